@@ -1,0 +1,13 @@
+//! The contract between strait's components.
+//!
+//! The injector writes annotations and environment variables that `strait-init`
+//! and `strait-proxy` read back; the lab and the chart rely on the same ports
+//! and labels. Keeping those names and the syntax of their values in one crate
+//! means a rename cannot leave one side behind.
+
+pub mod cidrs;
+pub mod names;
+pub mod ports;
+
+pub use cidrs::{Cidr, CidrError, parse_cidrs};
+pub use ports::{PortError, PortRange, PortSet};
