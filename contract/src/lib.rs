@@ -6,8 +6,10 @@
 //! means a rename cannot leave one side behind.
 
 pub mod cidrs;
+pub mod duration;
 pub mod names;
 pub mod ports;
 
 pub use cidrs::{Cidr, CidrError, parse_cidrs};
+pub use duration::{DurationError, format_duration, parse_duration};
 pub use ports::{PortError, PortRange, PortSet};

@@ -1,0 +1,192 @@
+//! The proxy's settings, read from `STRAIT_*` variables as the injector
+//! writes them. Every setting has a default; a bad value is an error that
+//! names the variable and the value.
+
+use std::net::{Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use strait_contract::names::{self, env};
+use strait_contract::{format_duration, parse_duration};
+
+pub const OUTBOUND_ADDRS: &str = "STRAIT_OUTBOUND_ADDRS";
+pub const INBOUND_ADDRS: &str = "STRAIT_INBOUND_ADDRS";
+pub const ADMIN_ADDR: &str = "STRAIT_ADMIN_ADDR";
+pub const CONNECT_TIMEOUT: &str = "STRAIT_CONNECT_TIMEOUT";
+pub const IDLE_TIMEOUT: &str = "STRAIT_IDLE_TIMEOUT";
+pub const SHUTDOWN_GRACE: &str = "STRAIT_SHUTDOWN_GRACE";
+pub const LOG_LEVEL: &str = env::LOG_LEVEL;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Where iptables redirects the pod's outgoing TCP, one listener per
+    /// address family (IPv6 ones are skipped where the pod has no IPv6).
+    pub outbound_addrs: Vec<SocketAddr>,
+    /// Where iptables redirects TCP arriving at the pod.
+    pub inbound_addrs: Vec<SocketAddr>,
+    /// `/metrics`, `/ready`, `/live`, `/shutdown`.
+    pub admin_addr: SocketAddr,
+    /// How long to wait for an upstream TCP handshake.
+    pub connect_timeout: Duration,
+    /// A relayed connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// After SIGTERM, how long open connections may take to finish.
+    pub shutdown_grace: Duration,
+    /// A tracing filter directive such as `info` or `strait_proxy=debug`.
+    pub log_level: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{name}={value:?}: {problem}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+impl Config {
+    /// Reads the settings through `env`, so tests can pass a map instead of
+    /// the process environment.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let setting = |name: &'static str| Setting {
+            name,
+            value: env(name),
+        };
+        Ok(Config {
+            outbound_addrs: setting(OUTBOUND_ADDRS).addrs(&[
+                SocketAddr::from(([127, 0, 0, 1], names::OUTBOUND_PORT)),
+                SocketAddr::from((Ipv6Addr::LOCALHOST, names::OUTBOUND_PORT)),
+            ])?,
+            inbound_addrs: setting(INBOUND_ADDRS).addrs(&[
+                SocketAddr::from(([0, 0, 0, 0], names::INBOUND_PORT)),
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, names::INBOUND_PORT)),
+            ])?,
+            admin_addr: setting(ADMIN_ADDR).addr(([0, 0, 0, 0], names::ADMIN_PORT))?,
+            connect_timeout: setting(CONNECT_TIMEOUT).duration(Duration::from_secs(1))?,
+            idle_timeout: setting(IDLE_TIMEOUT).duration(Duration::from_secs(3600))?,
+            shutdown_grace: setting(SHUTDOWN_GRACE).duration(Duration::from_secs(30))?,
+            log_level: setting(LOG_LEVEL)
+                .value
+                .unwrap_or_else(|| "info".to_string()),
+        })
+    }
+
+    /// One line per setting, for the start-up log.
+    pub fn describe(&self) -> String {
+        format!(
+            "outbound={} inbound={} admin={} connect_timeout={} idle_timeout={} shutdown_grace={} log_level={}",
+            list(&self.outbound_addrs),
+            list(&self.inbound_addrs),
+            self.admin_addr,
+            format_duration(self.connect_timeout),
+            format_duration(self.idle_timeout),
+            format_duration(self.shutdown_grace),
+            self.log_level,
+        )
+    }
+}
+
+fn list(addrs: &[SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// One variable's raw value, parsed with an error that names it.
+struct Setting {
+    name: &'static str,
+    value: Option<String>,
+}
+
+impl Setting {
+    fn parse<T>(
+        self,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match self.value {
+            None => Ok(default),
+            Some(value) => parse(&value).map_err(|problem| ConfigError {
+                name: self.name,
+                value,
+                problem,
+            }),
+        }
+    }
+
+    fn addr(self, default: impl Into<SocketAddr>) -> Result<SocketAddr, ConfigError> {
+        self.parse(default.into(), |text| {
+            text.trim()
+                .parse()
+                .map_err(|_| "expected an address and port such as 0.0.0.0:4143".to_string())
+        })
+    }
+
+    fn addrs(self, default: &[SocketAddr]) -> Result<Vec<SocketAddr>, ConfigError> {
+        self.parse(default.to_vec(), |text| {
+            let addrs: Vec<SocketAddr> = text
+                .split(',')
+                .map(|item| item.trim().parse())
+                .collect::<Result<_, _>>()
+                .map_err(|_| {
+                    "expected addresses with ports such as 127.0.0.1:4140,[::1]:4140".to_string()
+                })?;
+            if addrs.is_empty() {
+                return Err("expected at least one address".to_string());
+            }
+            Ok(addrs)
+        })
+    }
+
+    fn duration(self, default: Duration) -> Result<Duration, ConfigError> {
+        self.parse(default, |text| {
+            parse_duration(text).map_err(|e| e.to_string())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_env(|name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn defaults_are_the_design_ports() {
+        let config = from(&[]).unwrap();
+        assert_eq!(list(&config.outbound_addrs), "127.0.0.1:4140,[::1]:4140");
+        assert_eq!(list(&config.inbound_addrs), "0.0.0.0:4143,[::]:4143");
+        assert_eq!(config.admin_addr.to_string(), "0.0.0.0:4191");
+    }
+
+    #[test]
+    fn values_are_read() {
+        let config = from(&[(CONNECT_TIMEOUT, "250ms"), (ADMIN_ADDR, "127.0.0.1:9000")]).unwrap();
+        assert_eq!(config.connect_timeout, Duration::from_millis(250));
+        assert_eq!(config.admin_addr.to_string(), "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable() {
+        let error = from(&[(IDLE_TIMEOUT, "forever")]).unwrap_err();
+        assert_eq!(error.name, IDLE_TIMEOUT);
+        assert!(
+            error
+                .to_string()
+                .starts_with("STRAIT_IDLE_TIMEOUT=\"forever\": invalid duration")
+        );
+        let error = from(&[(INBOUND_ADDRS, "4143")]).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "STRAIT_INBOUND_ADDRS=\"4143\": expected addresses with ports such as 127.0.0.1:4140,[::1]:4140"
+        );
+    }
+}

@@ -1,0 +1,54 @@
+//! Graceful shutdown: one signal tells every listener to stop accepting, and
+//! a tracker waits, up to a grace period, for the connections still open.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tokio_util::task::TaskTracker;
+
+#[derive(Clone, Debug, Default)]
+pub struct Drain {
+    /// Fired once, by SIGTERM or `POST /shutdown`.
+    signal: CancellationToken,
+    /// Every connection task, so shutdown can wait for them to finish.
+    connections: TaskTracker,
+}
+
+impl Drain {
+    pub fn new() -> Self {
+        Drain::default()
+    }
+
+    /// Starts the drain: listeners stop accepting, readiness turns false.
+    pub fn start(&self) {
+        self.signal.cancel();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.signal.is_cancelled()
+    }
+
+    /// Resolves when the drain starts.
+    pub fn started(&self) -> WaitForCancellationFuture<'_> {
+        self.signal.cancelled()
+    }
+
+    /// Runs a connection handler that shutdown will wait for.
+    pub fn spawn<F>(&self, handler: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.connections.spawn(handler);
+    }
+
+    /// Waits for open connections to finish, at most `grace`; returns how
+    /// many were still open when the grace period ran out.
+    pub async fn finish(&self, grace: Duration) -> usize {
+        self.connections.close();
+        match tokio::time::timeout(grace, self.connections.wait()).await {
+            Ok(()) => 0,
+            Err(_) => self.connections.len(),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The proxy's Prometheus metrics. One registry (prefix `strait_`) is built
+//! at start and each subsystem registers its metrics under a sub-registry.
+
+use std::fmt::Write;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+use crate::relay::{ByteCounters, RelayError};
+use crate::transport::ConnectError;
+
+/// Traffic direction, relative to the pod.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: Direction,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    direction: Direction,
+    /// `ok`, `client_error`, `server_error` or `idle_timeout`.
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectErrorLabels {
+    direction: Direction,
+    reason: &'static str,
+}
+
+/// TCP connection metrics. Bytes are counted relative to the accepted
+/// (client-side) connection: read = from the client, written = to it.
+#[derive(Clone, Debug, Default)]
+pub struct TcpMetrics {
+    open_total: Family<TcpLabels, Counter>,
+    close_total: Family<CloseLabels, Counter>,
+    open_connections: Family<TcpLabels, Gauge>,
+    read_bytes: Family<TcpLabels, Counter>,
+    write_bytes: Family<TcpLabels, Counter>,
+    connect_errors: Family<ConnectErrorLabels, Counter>,
+}
+
+impl TcpMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = TcpMetrics::default();
+        let tcp = registry.sub_registry_with_prefix("tcp");
+        tcp.register("open", "Connections accepted", metrics.open_total.clone());
+        tcp.register(
+            "close",
+            "Connections closed, by outcome",
+            metrics.close_total.clone(),
+        );
+        tcp.register(
+            "open_connections",
+            "Connections currently open",
+            metrics.open_connections.clone(),
+        );
+        tcp.register(
+            "read_bytes",
+            "Bytes read from clients",
+            metrics.read_bytes.clone(),
+        );
+        tcp.register(
+            "write_bytes",
+            "Bytes written to clients",
+            metrics.write_bytes.clone(),
+        );
+        tcp.register(
+            "connect_errors",
+            "Failed upstream connection attempts, by reason",
+            metrics.connect_errors.clone(),
+        );
+        metrics
+    }
+
+    /// Counts a new connection; the returned guard counts its end.
+    pub fn opened(&self, labels: TcpLabels) -> ConnectionGuard {
+        self.open_total.get_or_create(&labels).inc();
+        self.open_connections.get_or_create(&labels).inc();
+        ConnectionGuard {
+            metrics: self.clone(),
+            labels,
+            outcome: "ok",
+        }
+    }
+
+    pub fn byte_counters(&self, labels: &TcpLabels) -> ByteCounters {
+        ByteCounters {
+            client_to_server: self.read_bytes.get_or_create(labels).clone(),
+            server_to_client: self.write_bytes.get_or_create(labels).clone(),
+        }
+    }
+
+    pub fn connect_failed(&self, direction: Direction, error: &ConnectError) {
+        let labels = ConnectErrorLabels {
+            direction,
+            reason: error.reason(),
+        };
+        self.connect_errors.get_or_create(&labels).inc();
+    }
+}
+
+/// Counts one connection's close, with its outcome, when dropped.
+pub struct ConnectionGuard {
+    metrics: TcpMetrics,
+    labels: TcpLabels,
+    outcome: &'static str,
+}
+
+impl ConnectionGuard {
+    pub fn failed(&mut self, error: &RelayError) {
+        self.outcome = match error {
+            RelayError::Downstream(_) => "client_error",
+            RelayError::Upstream(_) => "server_error",
+            RelayError::Idle(_) => "idle_timeout",
+        };
+    }
+
+    pub fn connect_failed(&mut self) {
+        self.outcome = "connect_error";
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let closed = CloseLabels {
+            direction: self.labels.direction,
+            outcome: self.outcome,
+        };
+        self.metrics.close_total.get_or_create(&closed).inc();
+        self.metrics
+            .open_connections
+            .get_or_create(&self.labels)
+            .dec();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// The root registry with build info registered.
+pub fn registry() -> Registry {
+    let mut registry = Registry::with_prefix("strait");
+    registry.register(
+        "build",
+        "strait-proxy build information",
+        Info::new(BuildLabels {
+            version: env!("CARGO_PKG_VERSION"),
+        }),
+    );
+    registry
+}

@@ -1,0 +1,132 @@
+//! Socket-level operations: the original destination of a redirected
+//! connection, upstream connects, and socket options. Everything that talks to
+//! the OS below tokio lives here.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::time::Duration;
+
+use socket2::SockRef;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Why an upstream connection could not be made; also the metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connection to {addr} refused")]
+    Refused { addr: SocketAddr },
+    #[error("connection to {addr} timed out after {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("connection to {addr} failed: {source}")]
+    Other { addr: SocketAddr, source: io::Error },
+}
+
+impl ConnectError {
+    /// A short stable name for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ConnectError::Refused { .. } => "refused",
+            ConnectError::Timeout { .. } => "timeout",
+            ConnectError::Other { source, .. } => match source.kind() {
+                io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => "unreachable",
+                _ => "other",
+            },
+        }
+    }
+}
+
+/// Why a connection has no usable original destination.
+#[derive(Debug, thiserror::Error)]
+pub enum OrigDstError {
+    #[error("cannot read the original destination: {0}")]
+    Unreadable(#[from] io::Error),
+    /// The connection was made straight to the listener, not redirected to
+    /// it; forwarding it to its "original destination" would loop.
+    #[error("connection was not redirected: it is addressed to the proxy itself at {0}")]
+    NotRedirected(SocketAddr),
+}
+
+/// The destination the client asked for before iptables redirected it here.
+pub fn redirected_dst(stream: &TcpStream) -> Result<SocketAddr, OrigDstError> {
+    let target = original_dst(stream)?;
+    if target == stream.local_addr()? {
+        return Err(OrigDstError::NotRedirected(target));
+    }
+    Ok(target)
+}
+
+#[cfg(target_os = "linux")]
+fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    use nix::sys::socket::{getsockopt, sockopt};
+    match stream.local_addr()? {
+        SocketAddr::V4(_) => {
+            let raw = getsockopt(stream, sockopt::OriginalDst)?;
+            let ip = Ipv4Addr::from(u32::from_be(raw.sin_addr.s_addr));
+            Ok(SocketAddrV4::new(ip, u16::from_be(raw.sin_port)).into())
+        }
+        SocketAddr::V6(_) => {
+            let raw = getsockopt(stream, sockopt::Ip6tOriginalDst)?;
+            let ip = Ipv6Addr::from(raw.sin6_addr.s6_addr);
+            Ok(SocketAddrV6::new(
+                ip,
+                u16::from_be(raw.sin6_port),
+                raw.sin6_flowinfo,
+                raw.sin6_scope_id,
+            )
+            .into())
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    stream.local_addr()
+}
+
+/// Options for every relayed socket: no Nagle delay (the proxy must not add
+/// latency to small writes) and keepalives so a vanished peer is noticed.
+pub fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+/// Whether a bind error means the address family is not configured here.
+pub fn family_unavailable(error: &io::Error) -> bool {
+    error.kind() == io::ErrorKind::AddrNotAvailable
+        || error.raw_os_error() == Some(nix::libc::EAFNOSUPPORT)
+}
+
+/// Keeps an IPv6 listener to IPv6, so each family has its own listener and
+/// original-destination lookups never see IPv4-mapped addresses.
+pub fn set_ipv6_only(socket: &TcpSocket) -> io::Result<()> {
+    SockRef::from(socket).set_only_v6(true)
+}
+
+/// Connects to `addr`, giving up after `timeout`.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|source| ConnectError::Other { addr, source })?;
+    match tokio::time::timeout(timeout, socket.connect(addr)).await {
+        Err(_) => Err(ConnectError::Timeout { addr, timeout }),
+        Ok(Err(source)) if source.kind() == io::ErrorKind::ConnectionRefused => {
+            Err(ConnectError::Refused { addr })
+        }
+        Ok(Err(source)) => Err(ConnectError::Other { addr, source }),
+        Ok(Ok(stream)) => {
+            tune(&stream);
+            Ok(stream)
+        }
+    }
+}
+
+/// Closes with a TCP reset instead of a FIN, so the client learns at once
+/// that its connection failed rather than seeing an orderly end of stream.
+pub fn reset(stream: TcpStream) {
+    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
