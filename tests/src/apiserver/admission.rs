@@ -1,0 +1,187 @@
+//! What the API server does to an object before storing it: defaulting (as
+//! Kubernetes' built-in admission does), ClusterIP allocation, and the
+//! mutating admission step for pods (sidecar injection).
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::resource::Resource;
+use super::store::{Store, namespace_of};
+
+/// A pod mutation and the warnings to return with the admission.
+pub struct Mutated {
+    pub pod: Value,
+    pub warnings: Vec<String>,
+}
+
+/// The mutating admission step for pods: given the pod and its namespace,
+/// returns the pod to store.
+pub trait PodMutator: Send + Sync {
+    fn mutate<'a>(
+        &'a self,
+        pod: Value,
+        namespace: &'a Value,
+    ) -> BoxFuture<'a, Result<Mutated, ApiError>>;
+}
+
+/// Hands out ClusterIPs from the service range.
+pub struct ClusterIps {
+    base: Ipv4Addr,
+    used: Mutex<BTreeSet<u32>>,
+}
+
+impl ClusterIps {
+    pub fn new(base: Ipv4Addr) -> Self {
+        ClusterIps {
+            base,
+            used: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Reserves a given address (one a manifest asked for).
+    fn reserve(&self, ip: Ipv4Addr) -> Result<(), ApiError> {
+        let offset = u32::from(ip).wrapping_sub(u32::from(self.base));
+        if offset == 0 || offset >= 65_536 {
+            return Err(ApiError::invalid(
+                "Service",
+                "",
+                format!(
+                    "spec.clusterIP: {ip} is not in the lab's service range {}/16",
+                    self.base
+                ),
+            ));
+        }
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        if !used.insert(offset) {
+            return Err(ApiError::invalid(
+                "Service",
+                "",
+                format!("spec.clusterIP: {ip} is already allocated"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn allocate(&self) -> Result<Ipv4Addr, ApiError> {
+        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
+        // .1 is the kubernetes Service; .10 the cluster DNS, by convention.
+        let offset = (11..65_535)
+            .find(|o| !used.contains(o))
+            .ok_or_else(|| ApiError::internal("service range exhausted"))?;
+        used.insert(offset);
+        Ok(Ipv4Addr::from(u32::from(self.base) + offset))
+    }
+
+    pub fn release(&self, ip: &str) {
+        if let Ok(ip) = ip.parse::<Ipv4Addr>() {
+            let offset = u32::from(ip).wrapping_sub(u32::from(self.base));
+            self.used
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&offset);
+        }
+    }
+}
+
+pub struct Admission {
+    pub store: Arc<Store>,
+    pub cluster_ips: ClusterIps,
+    pub pod_mutator: Option<Arc<dyn PodMutator>>,
+}
+
+impl Admission {
+    /// Defaults and mutates a new object; returns it with any warnings.
+    pub async fn create(
+        &self,
+        resource: &'static Resource,
+        object: Value,
+    ) -> Result<(Value, Vec<String>), ApiError> {
+        match resource.plural {
+            "services" => Ok((self.default_service(object)?, Vec::new())),
+            "pods" => self.admit_pod(object).await,
+            "deployments" => Ok((default_deployment(object), Vec::new())),
+            _ => Ok((object, Vec::new())),
+        }
+    }
+
+    fn default_service(&self, mut service: Value) -> Result<Value, ApiError> {
+        let spec = service
+            .get_mut("spec")
+            .and_then(Value::as_object_mut)
+            .ok_or_else(|| ApiError::invalid("Service", "", "spec: Required value"))?;
+        spec.entry("type").or_insert(json!("ClusterIP"));
+        spec.entry("sessionAffinity").or_insert(json!("None"));
+        match spec.get("clusterIP").and_then(Value::as_str) {
+            Some("None") => {}
+            Some(ip) if !ip.is_empty() => {
+                let ip = ip.parse().map_err(|_| {
+                    ApiError::invalid(
+                        "Service",
+                        "",
+                        format!("spec.clusterIP: {ip:?} is not an IPv4 address"),
+                    )
+                })?;
+                self.cluster_ips.reserve(ip)?;
+            }
+            _ => {
+                spec.insert(
+                    "clusterIP".into(),
+                    json!(self.cluster_ips.allocate()?.to_string()),
+                );
+            }
+        }
+        let ip = spec["clusterIP"].clone();
+        spec.insert("clusterIPs".into(), json!([ip]));
+        spec.insert("ipFamilies".into(), json!(["IPv4"]));
+        if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+            for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+                port.entry("protocol").or_insert(json!("TCP"));
+                if let Some(number) = port.get("port").cloned() {
+                    port.entry("targetPort").or_insert(number);
+                }
+            }
+        }
+        Ok(service)
+    }
+
+    async fn admit_pod(&self, pod: Value) -> Result<(Value, Vec<String>), ApiError> {
+        let pod = default_pod(pod);
+        let Some(mutator) = &self.pod_mutator else {
+            return Ok((pod, Vec::new()));
+        };
+        let namespace = self
+            .store
+            .get(Resource::named("namespaces"), "", namespace_of(&pod))?;
+        let mutated = mutator.mutate(pod, &namespace).await?;
+        Ok((mutated.pod, mutated.warnings))
+    }
+}
+
+/// Pod defaults that Kubernetes fills in and the lab relies on.
+pub fn default_pod(mut pod: Value) -> Value {
+    if let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.entry("restartPolicy").or_insert(json!("Always"));
+        spec.entry("serviceAccountName").or_insert(json!("default"));
+        spec.entry("terminationGracePeriodSeconds")
+            .or_insert(json!(30));
+        spec.entry("dnsPolicy").or_insert(json!("ClusterFirst"));
+        spec.entry("schedulerName")
+            .or_insert(json!("default-scheduler"));
+    }
+    if pod.get("status").is_none() {
+        pod["status"] = json!({"phase": "Pending"});
+    }
+    pod
+}
+
+fn default_deployment(mut deployment: Value) -> Value {
+    if let Some(spec) = deployment.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.entry("replicas").or_insert(json!(1));
+    }
+    deployment
+}

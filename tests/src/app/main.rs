@@ -1,0 +1,60 @@
+//! lab-app: the applications the lab's tests and demo run in pods. Servers
+//! and clients for raw TCP, HTTP/1, WebSocket and gRPC (with tonic), each
+//! printing what it measured as JSON so tests can check it.
+
+mod tcp;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "lab-app")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Echo every byte back; end of input is answered with end of output.
+    TcpEcho(tcp::EchoArgs),
+    /// Send random bytes to an echo server and check they come back intact.
+    TcpSend(tcp::SendArgs),
+    /// Many concurrent echo round trips.
+    TcpMany(tcp::ManyArgs),
+    /// Connect and report how the connection ends: refused, reset, closed, timeout or open.
+    TcpProbe(tcp::ProbeArgs),
+    /// GET a plain-HTTP URL and print the body.
+    HttpGet(tcp::GetArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("lab-app: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::TcpEcho(args) => tcp::echo(args).await,
+            Command::TcpSend(args) => tcp::send(args).await,
+            Command::TcpMany(args) => tcp::many(args).await,
+            Command::TcpProbe(args) => tcp::probe(args).await,
+            Command::HttpGet(args) => tcp::http_get(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("lab-app: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

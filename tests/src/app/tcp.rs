@@ -1,0 +1,211 @@
+//! Raw TCP servers and clients.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use rand::RngCore;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, clap::Args)]
+pub struct EchoArgs {
+    #[arg(long, default_value_t = 7000)]
+    port: u16,
+}
+
+pub async fn echo(args: EchoArgs) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(("0.0.0.0", args.port))
+        .await
+        .with_context(|| format!("listen on {}", args.port))?;
+    println!("echo listening on {}", args.port);
+    loop {
+        let (mut stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let (mut reader, mut writer) = stream.split();
+            let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            let _ = writer.shutdown().await;
+        });
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SendArgs {
+    /// host:port
+    #[arg(long)]
+    to: String,
+    /// How many random bytes to send.
+    #[arg(long, default_value_t = 1 << 20)]
+    bytes: usize,
+}
+
+/// Sends `bytes` random bytes while reading the echo, half-closes, reads to
+/// the end, and compares checksums of what went out and what came back.
+pub async fn send(args: SendArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let stream = TcpStream::connect(&args.to)
+        .await
+        .with_context(|| format!("connect to {}", args.to))?;
+    let (mut reader, mut writer) = stream.into_split();
+    let total = args.bytes;
+    let sender = tokio::spawn(async move {
+        let mut hash = Sha256::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            rand::rng().fill_bytes(&mut chunk[..n]);
+            hash.update(&chunk[..n]);
+            writer.write_all(&chunk[..n]).await?;
+            left -= n;
+        }
+        writer.shutdown().await?;
+        Ok::<_, std::io::Error>(hex(&hash.finalize()))
+    });
+    let mut hash = Sha256::new();
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        received += n;
+    }
+    let sent_hash = sender.await??;
+    let received_hash = hex(&hash.finalize());
+    let same = sent_hash == received_hash && received == total;
+    println!(
+        "{}",
+        json!({"sent": total, "received": received, "sha256_sent": sent_hash, "sha256_received": received_hash, "match": same, "seconds": started.elapsed().as_secs_f64()})
+    );
+    if !same {
+        bail!("the echo differs from what was sent");
+    }
+    Ok(())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ManyArgs {
+    #[arg(long)]
+    to: String,
+    #[arg(long, default_value_t = 100)]
+    connections: usize,
+    #[arg(long, default_value_t = 1024)]
+    bytes: usize,
+    /// Keep every connection open until all are established, so they are
+    /// truly concurrent.
+    #[arg(long)]
+    hold: bool,
+}
+
+pub async fn many(args: ManyArgs) -> anyhow::Result<()> {
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(if args.hold {
+        args.connections
+    } else {
+        1
+    }));
+    let tasks: Vec<_> = (0..args.connections)
+        .map(|i| {
+            let (to, bytes, barrier, hold) =
+                (args.to.clone(), args.bytes, barrier.clone(), args.hold);
+            tokio::spawn(async move {
+                let mut stream = TcpStream::connect(&to).await?;
+                if hold {
+                    barrier.wait().await;
+                }
+                let payload: Vec<u8> = (0..bytes).map(|b| (b + i) as u8).collect();
+                stream.write_all(&payload).await?;
+                stream.shutdown().await?;
+                let mut back = Vec::new();
+                stream.read_to_end(&mut back).await?;
+                Ok::<bool, std::io::Error>(back == payload)
+            })
+        })
+        .collect();
+    let (mut ok, mut failed) = (0, 0);
+    for task in tasks {
+        match task.await {
+            Ok(Ok(true)) => ok += 1,
+            _ => failed += 1,
+        }
+    }
+    println!(
+        "{}",
+        json!({"connections": args.connections, "ok": ok, "failed": failed})
+    );
+    if failed > 0 {
+        bail!("{failed} of {} connections failed", args.connections);
+    }
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ProbeArgs {
+    #[arg(long)]
+    to: String,
+    #[arg(long, default_value = "2s", value_parser = |t: &str| strait_contract::parse_duration(t).map_err(|e| e.to_string()))]
+    timeout: Duration,
+}
+
+/// How a connection attempt ends, and how long that took.
+pub async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let outcome = match tokio::time::timeout(args.timeout, TcpStream::connect(&args.to)).await {
+        Err(_) => "timeout",
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
+        Ok(Err(_)) => "error",
+        Ok(Ok(mut stream)) => {
+            let mut buf = [0u8; 1];
+            match tokio::time::timeout(args.timeout, stream.read(&mut buf)).await {
+                Err(_) => "open",
+                Ok(Ok(0)) => "closed",
+                Ok(Ok(_)) => "data",
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => "reset",
+                Ok(Err(_)) => "error",
+            }
+        }
+    };
+    println!(
+        "{}",
+        json!({"outcome": outcome, "seconds": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    url: String,
+}
+
+/// A plain HTTP/1.1 GET with no dependencies beyond the socket.
+pub async fn http_get(args: GetArgs) -> anyhow::Result<()> {
+    let rest = args
+        .url
+        .strip_prefix("http://")
+        .context("only http:// URLs")?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let mut stream = TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("connect to {authority}"))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        bail!("{status}");
+    }
+    print!("{body}");
+    Ok(())
+}

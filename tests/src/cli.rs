@@ -1,0 +1,490 @@
+//! The `strait-lab` command line (the contract in DESIGN.md).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::client::LabClient;
+use crate::kubelet::nsenter::PodNamespaces;
+use crate::kubelet::sandbox::{self, SandboxArgs};
+use crate::paths::{LabPaths, bin_dir};
+use crate::{manifest, network, table};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "strait-lab",
+    version,
+    about = "A Kubernetes-shaped cluster on one Linux machine, for strait"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the lab (if needed) and apply Kubernetes YAML; returns once all pods are ready.
+    Up {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        /// How long to wait for the pods to become ready.
+        #[arg(long, default_value = "180s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Pods and services.
+    Status {
+        /// `table` (default) or `json`.
+        #[arg(short = 'o', long, default_value = "table")]
+        output: String,
+    },
+    /// Run a command inside a pod, as its container's user.
+    Exec {
+        /// NAMESPACE/POD
+        target: String,
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Change a Deployment's replicas.
+    Scale { target: String, replicas: u32 },
+    /// Crash a pod; its Deployment replaces it.
+    Kill { target: String },
+    /// A container's output.
+    Logs {
+        target: String,
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+    },
+    /// Stop everything and remove every namespace, link and rule the lab made.
+    Down,
+    /// The guided demo: per-pod request share and CPU, without and with the mesh.
+    Demo,
+    /// Take the API server off the lab network, or bring it back.
+    Apiserver {
+        #[arg(value_parser = ["stop", "start"])]
+        action: String,
+    },
+    #[command(hide = true)]
+    Daemon,
+    #[command(hide = true)]
+    Sandbox(SandboxArgs),
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    strait_contract::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// `NAMESPACE/NAME`, or `NAME` in `default`.
+pub fn split_target(target: &str) -> (String, String) {
+    match target.split_once('/') {
+        Some((namespace, name)) => (namespace.to_string(), name.to_string()),
+        None => ("default".to_string(), target.to_string()),
+    }
+}
+
+fn require_root() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("strait-lab needs root: it creates network namespaces, links and iptables rules");
+    }
+    Ok(())
+}
+
+pub async fn run(command: Command, paths: LabPaths) -> anyhow::Result<i32> {
+    let client = LabClient::new(&paths);
+    match command {
+        Command::Up { files, timeout } => {
+            require_root()?;
+            up(&paths, &client, &files, timeout).await?;
+        }
+        Command::Status { output } => status(&client, &output).await?,
+        Command::Exec {
+            target,
+            container,
+            command,
+        } => {
+            require_root()?;
+            return exec(&paths, &client, &target, container.as_deref(), &command).await;
+        }
+        Command::Scale { target, replicas } => {
+            let (namespace, name) = split_target(&target);
+            let path = format!("/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale");
+            client
+                .merge_patch(&path, &json!({"spec": {"replicas": replicas}}))
+                .await?;
+            println!("deployment {namespace}/{name} scaled to {replicas}");
+        }
+        Command::Kill { target } => {
+            let (namespace, name) = split_target(&target);
+            client
+                .post(
+                    &format!("/lab/v1/namespaces/{namespace}/pods/{name}/kill"),
+                    &json!({}),
+                )
+                .await?;
+            println!("pod {namespace}/{name} killed");
+        }
+        Command::Logs { target, container } => {
+            let (namespace, name) = split_target(&target);
+            let pod = client
+                .get(&format!("/api/v1/namespaces/{namespace}/pods/{name}"))
+                .await?;
+            let container = pick_container(&pod, container.as_deref())?;
+            let log = paths.container_log(
+                &namespace,
+                &name,
+                container["name"].as_str().unwrap_or_default(),
+            );
+            let text = std::fs::read(&log)
+                .with_context(|| format!("no output recorded at {}", log.display()))?;
+            std::io::Write::write_all(&mut std::io::stdout(), &text)?;
+        }
+        Command::Down => {
+            require_root()?;
+            down(&paths, &client).await?;
+        }
+        Command::Demo => {
+            require_root()?;
+            crate::demo::run(&paths, &client).await?;
+        }
+        Command::Apiserver { action } => {
+            let answer = client
+                .post(&format!("/lab/v1/apiserver/{action}"), &json!({}))
+                .await?;
+            println!(
+                "apiserver: {}",
+                answer["apiserver"].as_str().unwrap_or_default()
+            );
+        }
+        Command::Daemon => {
+            require_root()?;
+            crate::daemon::run(paths, crate::injection::pod_mutator()).await?;
+        }
+        Command::Sandbox(_) => bail!("the sandbox runs before the runtime starts"),
+    }
+    Ok(0)
+}
+
+/// Starts the daemon in a fresh node namespace unless it already runs.
+pub async fn ensure_running(paths: &LabPaths, client: &LabClient) -> anyhow::Result<()> {
+    if client.is_running().await {
+        return Ok(());
+    }
+    sweep(paths);
+    std::fs::create_dir_all(&paths.state)?;
+    let node = paths.node_netns();
+    network::run("ip", &["netns", "add", &node])?;
+    let log = std::fs::File::create(paths.daemon_log())?;
+    let mut daemon = std::process::Command::new("setsid")
+        .arg("nsenter")
+        .arg(format!("--net=/run/netns/{node}"))
+        .arg("--")
+        .arg(bin_dir().join("strait-lab"))
+        .arg("daemon")
+        .env(crate::paths::LAB_NAME_ENV, &paths.name)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start the lab daemon")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client.is_running().await {
+        if let Some(status) = daemon.try_wait()? {
+            let log = std::fs::read_to_string(paths.daemon_log()).unwrap_or_default();
+            sweep(paths);
+            bail!("the lab daemon exited ({status}):\n{log}");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the lab daemon did not answer within 30s; see {}",
+                paths.daemon_log().display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn up(
+    paths: &LabPaths,
+    client: &LabClient,
+    files: &[PathBuf],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut objects = Vec::new();
+    for file in files {
+        objects.extend(manifest::read_file(file)?);
+    }
+    ensure_running(paths, client).await?;
+    for object in &objects {
+        manifest::apply(client, object).await?;
+    }
+    let mut namespaces: Vec<String> = objects
+        .iter()
+        .filter(|o| o.resource.namespaced)
+        .map(|o| o.namespace().to_string())
+        .collect();
+    namespaces.sort();
+    namespaces.dedup();
+    let pods = wait_ready(client, &namespaces, timeout).await?;
+    print!("{}", table::pods(&pods));
+    Ok(())
+}
+
+/// Waits until every Deployment in `namespaces` has all its replicas of the
+/// current template ready and every pod there is ready (or has completed).
+pub async fn wait_ready(
+    client: &LabClient,
+    namespaces: &[String],
+    timeout: Duration,
+) -> anyhow::Result<Vec<Value>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut pods = Vec::new();
+        let mut waiting = Vec::new();
+        for namespace in namespaces {
+            let listed = client
+                .get(&format!("/api/v1/namespaces/{namespace}/pods"))
+                .await?;
+            let deployments = client
+                .get(&format!("/apis/apps/v1/namespaces/{namespace}/deployments"))
+                .await?;
+            for deployment in deployments["items"].as_array().into_iter().flatten() {
+                let wanted = deployment
+                    .pointer("/spec/replicas")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(1);
+                let status = |field: &str| {
+                    deployment
+                        .pointer(&format!("/status/{field}"))
+                        .and_then(Value::as_i64)
+                        .unwrap_or(0)
+                };
+                if status("readyReplicas") != wanted
+                    || status("updatedReplicas") != wanted
+                    || status("replicas") != wanted
+                {
+                    waiting.push(format!(
+                        "deployment {namespace}/{}: {}/{wanted} ready",
+                        deployment["metadata"]["name"].as_str().unwrap_or_default(),
+                        status("readyReplicas")
+                    ));
+                }
+            }
+            for pod in listed["items"].as_array().cloned().unwrap_or_default() {
+                let done = matches!(
+                    pod.pointer("/status/phase").and_then(Value::as_str),
+                    Some("Succeeded")
+                );
+                if !done && !crate::controllers::pod_ready(&pod) {
+                    waiting.push(format!(
+                        "pod {namespace}/{}: {}",
+                        pod["metadata"]["name"].as_str().unwrap_or_default(),
+                        describe_waiting(&pod)
+                    ));
+                }
+                pods.push(pod);
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(pods);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not ready after {}s:\n  {}",
+                timeout.as_secs(),
+                waiting.join("\n  ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn describe_waiting(pod: &Value) -> String {
+    let statuses = ["/status/initContainerStatuses", "/status/containerStatuses"]
+        .iter()
+        .flat_map(|p| {
+            pod.pointer(p)
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        });
+    let mut parts = Vec::new();
+    for status in statuses {
+        if status["ready"] == true {
+            continue;
+        }
+        let state = status
+            .get("state")
+            .and_then(Value::as_object)
+            .and_then(|s| s.iter().next())
+            .map(|(k, v)| {
+                let detail = v
+                    .get("message")
+                    .or_else(|| v.get("reason"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                format!("{k} {detail}")
+            });
+        parts.push(format!(
+            "{} {}",
+            status["name"].as_str().unwrap_or_default(),
+            state.unwrap_or_default().trim()
+        ));
+    }
+    if let Some(message) = pod.pointer("/status/message").and_then(Value::as_str) {
+        parts.push(message.to_string());
+    }
+    if parts.is_empty() {
+        pod.pointer("/status/phase")
+            .and_then(Value::as_str)
+            .unwrap_or("Pending")
+            .to_string()
+    } else {
+        parts.join("; ")
+    }
+}
+
+async fn status(client: &LabClient, output: &str) -> anyhow::Result<()> {
+    let pods = client.get("/api/v1/pods").await?;
+    let services = client.get("/api/v1/services").await?;
+    let list = |v: &Value| v["items"].as_array().cloned().unwrap_or_default();
+    match output {
+        "json" => println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"pods": pods["items"], "services": services["items"]})
+            )?
+        ),
+        "table" => {
+            print!("{}", table::pods(&list(&pods)));
+            println!();
+            print!("{}", table::services(&list(&services)));
+        }
+        other => bail!("unknown output format {other:?}: use table or json"),
+    }
+    Ok(())
+}
+
+fn pick_container<'a>(pod: &'a Value, name: Option<&str>) -> anyhow::Result<&'a Value> {
+    let all = ["/spec/containers", "/spec/initContainers"]
+        .iter()
+        .flat_map(|p| {
+            pod.pointer(p)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        });
+    let mut all = all.collect::<Vec<_>>().into_iter();
+    match name {
+        None => all
+            .next()
+            .ok_or_else(|| anyhow!("the pod has no containers")),
+        Some(name) => all
+            .find(|c| c["name"] == name)
+            .ok_or_else(|| anyhow!("the pod has no container {name:?}")),
+    }
+}
+
+async fn exec(
+    paths: &LabPaths,
+    client: &LabClient,
+    target: &str,
+    container: Option<&str>,
+    command: &[String],
+) -> anyhow::Result<i32> {
+    let (namespace, name) = split_target(target);
+    let pod = client
+        .get(&format!("/api/v1/namespaces/{namespace}/pods/{name}"))
+        .await?;
+    let spec = pick_container(&pod, container)?;
+    let typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod.clone())?;
+    let typed_container: k8s_openapi::api::core::v1::Container =
+        serde_json::from_value(spec.clone())?;
+    let user = crate::kubelet::container::user(&typed, &typed_container);
+    let pid_file = paths.sandbox_pid(&namespace, &name);
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .with_context(|| {
+            format!(
+                "pod {namespace}/{name} is not running (no {})",
+                pid_file.display()
+            )
+        })?
+        .trim()
+        .parse()?;
+    let namespaces = PodNamespaces::of_process(pid)
+        .with_context(|| format!("pod {namespace}/{name} is not running"))?;
+    let mut process = std::process::Command::new(&command[0]);
+    process.args(&command[1..]);
+    let host_path = std::env::var("PATH").unwrap_or_default();
+    process.env("PATH", format!("{}:{host_path}", bin_dir().display()));
+    for var in typed_container.env.iter().flatten() {
+        if let Some(value) = &var.value {
+            process.env(&var.name, value);
+        }
+    }
+    namespaces.enter(&mut process, user, typed_container.working_dir.clone());
+    let status = process
+        .status()
+        .with_context(|| format!("cannot run {:?} in {namespace}/{name}", command[0]))?;
+    Ok(status.code().unwrap_or_else(|| {
+        128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
+    }))
+}
+
+/// Stops the daemon if it answers, then removes whatever the lab left.
+async fn down(paths: &LabPaths, client: &LabClient) -> anyhow::Result<()> {
+    if client.is_running().await {
+        let _ = client.post("/lab/v1/shutdown", &json!({})).await;
+        let pid = std::fs::read_to_string(paths.daemon_pid())
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while let Some(pid) = pid {
+            if !process_alive(pid) || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    sweep(paths);
+    println!("lab {} is down", paths.name);
+    Ok(())
+}
+
+fn process_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+}
+
+/// Removes every trace of a lab, whether it stopped cleanly or crashed:
+/// its processes, its network namespaces (with their links and rules) and
+/// its state directory. Safe to run twice.
+pub fn sweep(paths: &LabPaths) {
+    if let Some(pid) = std::fs::read_to_string(paths.daemon_pid())
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let listed = network::run("ip", &["netns", "list"]).unwrap_or_default();
+    let prefix = paths.netns_prefix();
+    let ours: Vec<&str> = listed
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    for netns in &ours {
+        sandbox::kill_netns_processes(netns);
+    }
+    for netns in &ours {
+        sandbox::remove_netns(netns);
+    }
+    let _ = std::fs::remove_dir_all(&paths.state);
+}

@@ -1,0 +1,54 @@
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use strait_lab::cli::{self, Cli, Command};
+use strait_lab::kubelet::sandbox::sandbox_main;
+use strait_lab::paths::LabPaths;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The sandbox changes namespaces, which needs a single-threaded process.
+    if let Command::Sandbox(args) = cli.command {
+        return sandbox_main(args);
+    }
+    let paths = LabPaths::from_env();
+    if !paths
+        .name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || paths.name.is_empty()
+    {
+        eprintln!(
+            "strait-lab: {}={:?}: use lowercase letters, digits and '-'",
+            strait_lab::paths::LAB_NAME_ENV,
+            paths.name
+        );
+        return ExitCode::from(2);
+    }
+    let filter = std::env::var("STRAIT_LAB_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("strait-lab: cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::run(cli.command, paths)) {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(error) => {
+            eprintln!("strait-lab: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
