@@ -96,12 +96,7 @@ struct Raw {
 }
 
 impl Raw {
-    fn pick(
-        flag: Option<String>,
-        flag_name: &str,
-        var: &str,
-        env: &impl Fn(&str) -> Option<String>,
-    ) -> Option<Raw> {
+    fn pick(flag: Option<String>, flag_name: &str, var: &str, env: &impl Fn(&str) -> Option<String>) -> Option<Raw> {
         if let Some(value) = flag {
             return Some(Raw {
                 value,
@@ -123,19 +118,13 @@ impl Raw {
 }
 
 fn number<T: std::str::FromStr>(what: &'static str) -> impl FnOnce(&str) -> Result<T, String> {
-    move |text| {
-        text.trim()
-            .parse::<T>()
-            .map_err(|_| format!("invalid {what} {text:?}"))
-    }
+    move |text| text.trim().parse::<T>().map_err(|_| format!("invalid {what} {text:?}"))
 }
 
 fn port(text: &str) -> Result<u16, String> {
     match text.trim().parse::<u16>() {
         Ok(port) if port != 0 => Ok(port),
-        _ => Err(format!(
-            "invalid port {text:?}: expected a number from 1 to 65535"
-        )),
+        _ => Err(format!("invalid port {text:?}: expected a number from 1 to 65535")),
     }
 }
 
@@ -145,20 +134,14 @@ fn choice<T: ValueEnum>(text: &str) -> Result<T, String> {
             .iter()
             .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
             .collect();
-        format!(
-            "invalid value {text:?}: expected one of {}",
-            names.join(", ")
-        )
+        format!("invalid value {text:?}: expected one of {}", names.join(", "))
     })
 }
 
 impl Config {
     /// Resolves flags and variables (read through `env`, so tests need not
     /// touch the process environment) into a checked configuration.
-    pub fn from_args(
-        args: Args,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
+    pub fn from_args(args: Args, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let setting = |flag, name, var| Raw::pick(flag, name, var, &env);
         let action = match (args.dry_run, args.cleanup) {
             (true, _) => Action::DryRun,
@@ -187,19 +170,10 @@ impl Config {
                 env::OUTBOUND_PORT,
                 names::OUTBOUND_PORT,
             )?,
-            admin_port: port_or(
-                args.admin_port,
-                "admin-port",
-                env::ADMIN_PORT,
-                names::ADMIN_PORT,
-            )?,
+            admin_port: port_or(args.admin_port, "admin-port", env::ADMIN_PORT, names::ADMIN_PORT)?,
             proxy_uid: setting(args.proxy_uid, "proxy-uid", env::PROXY_UID)
                 .map_or(Ok(names::PROXY_UID), |raw| raw.parse(number("uid")))?,
-            skip_inbound_ports: ports(
-                args.skip_inbound_ports,
-                "skip-inbound-ports",
-                env::SKIP_INBOUND_PORTS,
-            )?,
+            skip_inbound_ports: ports(args.skip_inbound_ports, "skip-inbound-ports", env::SKIP_INBOUND_PORTS)?,
             skip_outbound_ports: ports(
                 args.skip_outbound_ports,
                 "skip-outbound-ports",
@@ -215,8 +189,7 @@ impl Config {
             })?,
             backend: setting(args.iptables_mode, "iptables-mode", env::IPTABLES_MODE)
                 .map_or(Ok(Backend::Auto), |raw| raw.parse(choice))?,
-            ipv6: setting(args.ipv6, "ipv6", env::IPV6)
-                .map_or(Ok(Ipv6Mode::Auto), |raw| raw.parse(choice))?,
+            ipv6: setting(args.ipv6, "ipv6", env::IPV6).map_or(Ok(Ipv6Mode::Auto), |raw| raw.parse(choice))?,
         })
     }
 

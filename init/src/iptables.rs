@@ -9,17 +9,12 @@ use crate::rules::{self, Family, Jumps};
 #[derive(Debug, thiserror::Error)]
 pub enum IptablesError {
     #[error("cannot run {command}: {source}")]
-    Spawn {
-        command: String,
-        source: std::io::Error,
-    },
+    Spawn { command: String, source: std::io::Error },
     #[error("{command} failed: {stderr}")]
     Failed { command: String, stderr: String },
     #[error("no working iptables found: tried {tried}")]
     NoBackend { tried: String },
-    #[error(
-        "{family} rules failed ({error}); the {applied} rules applied before were removed again"
-    )]
+    #[error("{family} rules failed ({error}); the {applied} rules applied before were removed again")]
     RolledBack {
         family: &'static str,
         applied: &'static str,
@@ -69,11 +64,7 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, Ipta
     };
     let mut child = Command::new(program)
         .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -117,11 +108,7 @@ fn detect(config: &Config, family: Family) -> Result<(Tools, String), IptablesEr
         Backend::Auto => match first_working(Tools::for_backend(Backend::Nft, family)) {
             Some(nft) if rule_count(&nft.1) == 0 && legacy_nat_exists(family) => {
                 let legacy = first_working(Tools::for_backend(Backend::Legacy, family));
-                Some(
-                    legacy
-                        .filter(|(_, saved)| rule_count(saved) > 0)
-                        .unwrap_or(nft),
-                )
+                Some(legacy.filter(|(_, saved)| rule_count(saved) > 0).unwrap_or(nft))
             }
             Some(nft) => Some(nft),
             None => first_working(Tools::for_backend(Backend::Auto, family)),

@@ -16,10 +16,7 @@ pub use rules::Family;
 pub fn dry_run(config: &Config) -> String {
     let mut out = String::new();
     for family in config.families(iptables::namespace_has_ipv6()) {
-        out.push_str(&format!(
-            "# {} (iptables-restore --noflush)\n",
-            family.tool()
-        ));
+        out.push_str(&format!("# {} (iptables-restore --noflush)\n", family.tool()));
         out.push_str(&rules::render(config, family, &rules::Jumps::default()));
     }
     out

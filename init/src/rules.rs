@@ -88,10 +88,7 @@ pub fn render(config: &Config, family: Family, existing: &Jumps) -> String {
         "-A {OUTPUT_CHAIN} -m owner --uid-owner {} -j RETURN",
         config.proxy_uid
     ));
-    rule(format!(
-        "-A {OUTPUT_CHAIN} -d {} -j RETURN",
-        family.loopback()
-    ));
+    rule(format!("-A {OUTPUT_CHAIN} -d {} -j RETURN", family.loopback()));
     for range in config.skip_outbound_ports.ranges() {
         rule(format!(
             "-A {OUTPUT_CHAIN} -p tcp -m tcp --dport {} -j RETURN",
@@ -99,11 +96,7 @@ pub fn render(config: &Config, family: Family, existing: &Jumps) -> String {
         ));
     }
     let v4 = family == Family::V4;
-    for cidr in config
-        .skip_outbound_cidrs
-        .iter()
-        .filter(|c| c.is_ipv4() == v4)
-    {
+    for cidr in config.skip_outbound_cidrs.iter().filter(|c| c.is_ipv4() == v4) {
         rule(format!("-A {OUTPUT_CHAIN} -d {cidr} -j RETURN"));
     }
     rule(format!(
@@ -140,10 +133,7 @@ pub fn render_cleanup(saved: &str) -> Option<String> {
         }
     }
     for chain in [INBOUND_CHAIN, OUTPUT_CHAIN] {
-        if saved
-            .lines()
-            .any(|line| line.trim().starts_with(&format!(":{chain} ")))
-        {
+        if saved.lines().any(|line| line.trim().starts_with(&format!(":{chain} "))) {
             let _ = writeln!(out, "-F {chain}\n-X {chain}");
             found = true;
         }

@@ -7,10 +7,7 @@ struct Netns(String);
 
 impl Netns {
     fn new(tag: &str) -> Option<Netns> {
-        let is_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout == b"0\n");
+        let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n");
         if !is_root {
             assert!(
                 std::env::var_os("STRAIT_CI").is_none(),
@@ -64,9 +61,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.0])
-            .status();
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
     }
 }
 
@@ -88,14 +83,8 @@ fn apply_is_idempotent_and_cleanup_restores_the_namespace() {
     let once = ns.nat_rules();
     assert!(ns.init(&args).status.success());
     assert_eq!(ns.nat_rules(), once, "a second run changed the rules");
-    assert!(
-        once.contains("-A STRAIT_OUTPUT -d 10.0.0.0/8 -j RETURN"),
-        "{once}"
-    );
-    assert!(
-        once.contains("-A STRAIT_OUTPUT -d fd00::/8 -j RETURN"),
-        "{once}"
-    );
+    assert!(once.contains("-A STRAIT_OUTPUT -d 10.0.0.0/8 -j RETURN"), "{once}");
+    assert!(once.contains("-A STRAIT_OUTPUT -d fd00::/8 -j RETURN"), "{once}");
     assert!(
         once.contains("-A STRAIT_INBOUND -p tcp -j REDIRECT --to-ports 4143"),
         "{once}"

@@ -91,23 +91,16 @@ impl Admin {
                 StatusCode::FORBIDDEN,
                 "shutdown is only accepted from localhost\n".into(),
             ),
-            (_, "/live" | "/ready" | "/metrics" | "/shutdown") => text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed\n".into(),
-            ),
-            _ => text(
-                StatusCode::NOT_FOUND,
-                "not found: try /live, /ready, /metrics\n".into(),
-            ),
+            (_, "/live" | "/ready" | "/metrics" | "/shutdown") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into())
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found: try /live, /ready, /metrics\n".into()),
         }
     }
 
     fn ready(&self) -> Response<Full<Bytes>> {
         if self.drain.is_draining() {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "not ready: draining\n".into(),
-            );
+            return text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n".into());
         }
         let pending = self.readiness.pending();
         if pending.is_empty() {
@@ -131,9 +124,7 @@ impl Admin {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
-            header::HeaderValue::from_static(
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            ),
+            header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
         );
         response
     }

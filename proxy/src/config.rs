@@ -47,10 +47,7 @@ impl Config {
     /// Reads the settings through `env`, so tests can pass a map instead of
     /// the process environment.
     pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let setting = |name: &'static str| Setting {
-            name,
-            value: env(name),
-        };
+        let setting = |name: &'static str| Setting { name, value: env(name) };
         Ok(Config {
             outbound_addrs: setting(OUTBOUND_ADDRS).addrs(&[
                 SocketAddr::from(([127, 0, 0, 1], names::OUTBOUND_PORT)),
@@ -64,9 +61,7 @@ impl Config {
             connect_timeout: setting(CONNECT_TIMEOUT).duration(Duration::from_secs(1))?,
             idle_timeout: setting(IDLE_TIMEOUT).duration(Duration::from_secs(3600))?,
             shutdown_grace: setting(SHUTDOWN_GRACE).duration(Duration::from_secs(30))?,
-            log_level: setting(LOG_LEVEL)
-                .value
-                .unwrap_or_else(|| "info".to_string()),
+            log_level: setting(LOG_LEVEL).value.unwrap_or_else(|| "info".to_string()),
         })
     }
 
@@ -86,11 +81,7 @@ impl Config {
 }
 
 fn list(addrs: &[SocketAddr]) -> String {
-    addrs
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
+    addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
 }
 
 /// One variable's raw value, parsed with an error that names it.
@@ -100,11 +91,7 @@ struct Setting {
 }
 
 impl Setting {
-    fn parse<T>(
-        self,
-        default: T,
-        parse: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Result<T, ConfigError> {
+    fn parse<T>(self, default: T, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
         match self.value {
             None => Ok(default),
             Some(value) => parse(&value).map_err(|problem| ConfigError {
@@ -129,9 +116,7 @@ impl Setting {
                 .split(',')
                 .map(|item| item.trim().parse())
                 .collect::<Result<_, _>>()
-                .map_err(|_| {
-                    "expected addresses with ports such as 127.0.0.1:4140,[::1]:4140".to_string()
-                })?;
+                .map_err(|_| "expected addresses with ports such as 127.0.0.1:4140,[::1]:4140".to_string())?;
             if addrs.is_empty() {
                 return Err("expected at least one address".to_string());
             }
@@ -140,9 +125,7 @@ impl Setting {
     }
 
     fn duration(self, default: Duration) -> Result<Duration, ConfigError> {
-        self.parse(default, |text| {
-            parse_duration(text).map_err(|e| e.to_string())
-        })
+        self.parse(default, |text| parse_duration(text).map_err(|e| e.to_string()))
     }
 }
 
@@ -151,12 +134,7 @@ mod tests {
     use super::*;
 
     fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        Config::from_env(|name| {
-            pairs
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        })
+        Config::from_env(|name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
     }
 
     #[test]

@@ -172,18 +172,10 @@ impl Bound {
         ));
         let mut listeners = tokio::task::JoinSet::new();
         for listener in outbound {
-            listeners.spawn(outbound::serve(
-                listener,
-                forwarder(Direction::Outbound),
-                drain.clone(),
-            ));
+            listeners.spawn(outbound::serve(listener, forwarder(Direction::Outbound), drain.clone()));
         }
         for listener in inbound {
-            listeners.spawn(inbound::serve(
-                listener,
-                forwarder(Direction::Inbound),
-                drain.clone(),
-            ));
+            listeners.spawn(inbound::serve(listener, forwarder(Direction::Inbound), drain.clone()));
         }
         tracing::info!("proxy running");
 
@@ -195,10 +187,7 @@ impl Bound {
         listeners.join_all().await;
         let cut = drain.finish(config.shutdown_grace).await;
         if cut > 0 {
-            tracing::warn!(
-                connections = cut,
-                "grace period over; closing remaining connections"
-            );
+            tracing::warn!(connections = cut, "grace period over; closing remaining connections");
         }
         admin_task.abort();
         cut

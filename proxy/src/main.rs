@@ -21,10 +21,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     tracing::info!(config = %config.describe(), "starting");
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("strait-proxy: cannot start the runtime: {error}");
@@ -57,10 +54,7 @@ fn init_logging(level: &str) -> Result<(), tracing_subscriber::filter::ParseErro
 
 /// Resolves on SIGTERM or SIGINT.
 async fn termination() {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers; only POST /shutdown will stop the proxy");
         return std::future::pending().await;
     };

@@ -70,26 +70,14 @@ impl TcpMetrics {
         let metrics = TcpMetrics::default();
         let tcp = registry.sub_registry_with_prefix("tcp");
         tcp.register("open", "Connections accepted", metrics.open_total.clone());
-        tcp.register(
-            "close",
-            "Connections closed, by outcome",
-            metrics.close_total.clone(),
-        );
+        tcp.register("close", "Connections closed, by outcome", metrics.close_total.clone());
         tcp.register(
             "open_connections",
             "Connections currently open",
             metrics.open_connections.clone(),
         );
-        tcp.register(
-            "read_bytes",
-            "Bytes read from clients",
-            metrics.read_bytes.clone(),
-        );
-        tcp.register(
-            "write_bytes",
-            "Bytes written to clients",
-            metrics.write_bytes.clone(),
-        );
+        tcp.register("read_bytes", "Bytes read from clients", metrics.read_bytes.clone());
+        tcp.register("write_bytes", "Bytes written to clients", metrics.write_bytes.clone());
         tcp.register(
             "connect_errors",
             "Failed upstream connection attempts, by reason",
@@ -153,10 +141,7 @@ impl Drop for ConnectionGuard {
             outcome: self.outcome,
         };
         self.metrics.close_total.get_or_create(&closed).inc();
-        self.metrics
-            .open_connections
-            .get_or_create(&self.labels)
-            .dec();
+        self.metrics.open_connections.get_or_create(&self.labels).dec();
     }
 }
 

@@ -88,15 +88,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let before = this.transferred();
-        let up = this
-            .upward
-            .poll_copy(cx, &mut *this.client, &mut *this.server);
+        let up = this.upward.poll_copy(cx, &mut *this.client, &mut *this.server);
         if let Poll::Ready(Err(side)) = up {
             return Poll::Ready(Err(side.into_error(Side::Client)));
         }
-        let down = this
-            .downward
-            .poll_copy(cx, &mut *this.server, &mut *this.client);
+        let down = this.downward.poll_copy(cx, &mut *this.server, &mut *this.client);
         if let Poll::Ready(Err(side)) = down {
             return Poll::Ready(Err(side.into_error(Side::Server)));
         }
@@ -136,12 +132,8 @@ impl PipeError {
     /// Attributes the error to a side, given which side the pipe reads from.
     fn into_error(self, reads_from: Side) -> RelayError {
         match (self, reads_from) {
-            (PipeError::Read(e), Side::Client) | (PipeError::Write(e), Side::Server) => {
-                RelayError::Downstream(e)
-            }
-            (PipeError::Read(e), Side::Server) | (PipeError::Write(e), Side::Client) => {
-                RelayError::Upstream(e)
-            }
+            (PipeError::Read(e), Side::Client) | (PipeError::Write(e), Side::Server) => RelayError::Downstream(e),
+            (PipeError::Read(e), Side::Server) | (PipeError::Write(e), Side::Client) => RelayError::Upstream(e),
         }
     }
 }
@@ -173,12 +165,7 @@ impl Pipe {
         }
     }
 
-    fn poll_copy<R, W>(
-        &mut self,
-        cx: &mut Context<'_>,
-        reader: &mut R,
-        writer: &mut W,
-    ) -> Poll<Result<(), PipeError>>
+    fn poll_copy<R, W>(&mut self, cx: &mut Context<'_>, reader: &mut R, writer: &mut W) -> Poll<Result<(), PipeError>>
     where
         R: AsyncRead + Unpin + ?Sized,
         W: AsyncWrite + Unpin + ?Sized,
@@ -195,8 +182,7 @@ impl Pipe {
                 match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
                     Poll::Pending => {
                         if self.unflushed {
-                            ready!(Pin::new(&mut *writer).poll_flush(cx))
-                                .map_err(PipeError::Write)?;
+                            ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(PipeError::Write)?;
                             self.unflushed = false;
                         }
                         return Poll::Pending;
@@ -218,9 +204,8 @@ impl Pipe {
                 }
             }
             while self.start < self.end {
-                let written =
-                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.start..self.end]))
-                        .map_err(PipeError::Write)?;
+                let written = ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.start..self.end]))
+                    .map_err(PipeError::Write)?;
                 if written == 0 {
                     return Poll::Ready(Err(PipeError::Write(io::ErrorKind::WriteZero.into())));
                 }

@@ -22,12 +22,7 @@ impl Forwarder {
     /// Connects to `target` and relays until both sides are done. A failed
     /// connect resets the client at once, so it sees the failure as it would
     /// without the proxy.
-    pub async fn forward(
-        &self,
-        mut client: TcpStream,
-        client_addr: SocketAddr,
-        target: SocketAddr,
-    ) {
+    pub async fn forward(&self, mut client: TcpStream, client_addr: SocketAddr, target: SocketAddr) {
         let labels = TcpLabels {
             direction: self.direction,
         };

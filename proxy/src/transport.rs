@@ -66,13 +66,7 @@ fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
         SocketAddr::V6(_) => {
             let raw = getsockopt(stream, sockopt::Ip6tOriginalDst)?;
             let ip = Ipv6Addr::from(raw.sin6_addr.s6_addr);
-            Ok(SocketAddrV6::new(
-                ip,
-                u16::from_be(raw.sin6_port),
-                raw.sin6_flowinfo,
-                raw.sin6_scope_id,
-            )
-            .into())
+            Ok(SocketAddrV6::new(ip, u16::from_be(raw.sin6_port), raw.sin6_flowinfo, raw.sin6_scope_id).into())
         }
     }
 }
@@ -94,8 +88,7 @@ pub fn tune(stream: &TcpStream) {
 
 /// Whether a bind error means the address family is not configured here.
 pub fn family_unavailable(error: &io::Error) -> bool {
-    error.kind() == io::ErrorKind::AddrNotAvailable
-        || error.raw_os_error() == Some(nix::libc::EAFNOSUPPORT)
+    error.kind() == io::ErrorKind::AddrNotAvailable || error.raw_os_error() == Some(nix::libc::EAFNOSUPPORT)
 }
 
 /// Keeps an IPv6 listener to IPv6, so each family has its own listener and
@@ -113,9 +106,7 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
     .map_err(|source| ConnectError::Other { addr, source })?;
     match tokio::time::timeout(timeout, socket.connect(addr)).await {
         Err(_) => Err(ConnectError::Timeout { addr, timeout }),
-        Ok(Err(source)) if source.kind() == io::ErrorKind::ConnectionRefused => {
-            Err(ConnectError::Refused { addr })
-        }
+        Ok(Err(source)) if source.kind() == io::ErrorKind::ConnectionRefused => Err(ConnectError::Refused { addr }),
         Ok(Err(source)) => Err(ConnectError::Other { addr, source }),
         Ok(Ok(stream)) => {
             tune(&stream);

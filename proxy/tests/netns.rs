@@ -16,10 +16,7 @@ struct Netns(String);
 
 impl Netns {
     fn new(tag: &str) -> Option<Netns> {
-        let is_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout == b"0\n");
+        let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n");
         if !is_root {
             assert!(
                 std::env::var_os("STRAIT_CI").is_none(),
@@ -104,17 +101,12 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "pids", &self.0])
-            .output()
-            .map(|out| {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            });
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.0])
-            .status();
+        let _ = Command::new("ip").args(["netns", "pids", &self.0]).output().map(|out| {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        });
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
     }
 }
 
@@ -130,10 +122,7 @@ impl Drop for Killed {
 async fn wait_ready() {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if get("/ready")
-            .await
-            .is_some_and(|body| body.starts_with("HTTP/1.0 200"))
-        {
+        if get("/ready").await.is_some_and(|body| body.starts_with("HTTP/1.0 200")) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -190,11 +179,7 @@ fn original_destinations_are_recovered_for_ipv4_and_ipv6() {
             let addr: SocketAddr = addr.parse().unwrap();
             echo_server(addr).await;
             let payload = format!("hello {addr}").into_bytes();
-            assert_eq!(
-                round_trip(addr, &payload).await,
-                payload,
-                "through the proxy to {addr}"
-            );
+            assert_eq!(round_trip(addr, &payload).await, payload, "through the proxy to {addr}");
         }
         let metrics = get("/metrics").await.unwrap();
         assert!(
@@ -225,9 +210,7 @@ fn a_refused_upstream_closes_the_client_promptly() {
         assert!(started.elapsed() < Duration::from_secs(1));
         let metrics = get("/metrics").await.unwrap();
         assert!(
-            metrics.contains(
-                "strait_tcp_connect_errors_total{direction=\"outbound\",reason=\"refused\"} 1"
-            ),
+            metrics.contains("strait_tcp_connect_errors_total{direction=\"outbound\",reason=\"refused\"} 1"),
             "{metrics}"
         );
         assert!(
@@ -254,14 +237,9 @@ fn sigterm_stops_accepting_and_lets_open_connections_finish() {
         open.read_exact(&mut buf).await.unwrap();
 
         // `ip netns exec` execs, so the child's pid is the proxy's.
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while get("/ready")
-            .await
-            .is_some_and(|r| r.starts_with("HTTP/1.0 200"))
-        {
+        while get("/ready").await.is_some_and(|r| r.starts_with("HTTP/1.0 200")) {
             assert!(Instant::now() < deadline, "still ready after SIGTERM");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -121,10 +121,7 @@ pub async fn run(command: Command, paths: LabPaths) -> anyhow::Result<i32> {
         Command::Kill { target } => {
             let (namespace, name) = split_target(&target);
             client
-                .post(
-                    &format!("/lab/v1/namespaces/{namespace}/pods/{name}/kill"),
-                    &json!({}),
-                )
+                .post(&format!("/lab/v1/namespaces/{namespace}/pods/{name}/kill"), &json!({}))
                 .await?;
             println!("pod {namespace}/{name} killed");
         }
@@ -134,13 +131,8 @@ pub async fn run(command: Command, paths: LabPaths) -> anyhow::Result<i32> {
                 .get(&format!("/api/v1/namespaces/{namespace}/pods/{name}"))
                 .await?;
             let container = pick_container(&pod, container.as_deref())?;
-            let log = paths.container_log(
-                &namespace,
-                &name,
-                container["name"].as_str().unwrap_or_default(),
-            );
-            let text = std::fs::read(&log)
-                .with_context(|| format!("no output recorded at {}", log.display()))?;
+            let log = paths.container_log(&namespace, &name, container["name"].as_str().unwrap_or_default());
+            let text = std::fs::read(&log).with_context(|| format!("no output recorded at {}", log.display()))?;
             std::io::Write::write_all(&mut std::io::stdout(), &text)?;
         }
         Command::Down => {
@@ -152,13 +144,8 @@ pub async fn run(command: Command, paths: LabPaths) -> anyhow::Result<i32> {
             crate::demo::run(&paths, &client).await?;
         }
         Command::Apiserver { action } => {
-            let answer = client
-                .post(&format!("/lab/v1/apiserver/{action}"), &json!({}))
-                .await?;
-            println!(
-                "apiserver: {}",
-                answer["apiserver"].as_str().unwrap_or_default()
-            );
+            let answer = client.post(&format!("/lab/v1/apiserver/{action}"), &json!({})).await?;
+            println!("apiserver: {}", answer["apiserver"].as_str().unwrap_or_default());
         }
         Command::Daemon => {
             require_root()?;
@@ -209,12 +196,7 @@ pub async fn ensure_running(paths: &LabPaths, client: &LabClient) -> anyhow::Res
     Ok(())
 }
 
-async fn up(
-    paths: &LabPaths,
-    client: &LabClient,
-    files: &[PathBuf],
-    timeout: Duration,
-) -> anyhow::Result<()> {
+async fn up(paths: &LabPaths, client: &LabClient, files: &[PathBuf], timeout: Duration) -> anyhow::Result<()> {
     let mut objects = Vec::new();
     for file in files {
         objects.extend(manifest::read_file(file)?);
@@ -237,19 +219,13 @@ async fn up(
 
 /// Waits until every Deployment in `namespaces` has all its replicas of the
 /// current template ready and every pod there is ready (or has completed).
-pub async fn wait_ready(
-    client: &LabClient,
-    namespaces: &[String],
-    timeout: Duration,
-) -> anyhow::Result<Vec<Value>> {
+pub async fn wait_ready(client: &LabClient, namespaces: &[String], timeout: Duration) -> anyhow::Result<Vec<Value>> {
     let deadline = Instant::now() + timeout;
     loop {
         let mut pods = Vec::new();
         let mut waiting = Vec::new();
         for namespace in namespaces {
-            let listed = client
-                .get(&format!("/api/v1/namespaces/{namespace}/pods"))
-                .await?;
+            let listed = client.get(&format!("/api/v1/namespaces/{namespace}/pods")).await?;
             let deployments = client
                 .get(&format!("/apis/apps/v1/namespaces/{namespace}/deployments"))
                 .await?;
@@ -276,10 +252,7 @@ pub async fn wait_ready(
                 }
             }
             for pod in listed["items"].as_array().cloned().unwrap_or_default() {
-                let done = matches!(
-                    pod.pointer("/status/phase").and_then(Value::as_str),
-                    Some("Succeeded")
-                );
+                let done = matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded"));
                 if !done && !crate::controllers::pod_ready(&pod) {
                     waiting.push(format!(
                         "pod {namespace}/{}: {}",
@@ -294,11 +267,7 @@ pub async fn wait_ready(
             return Ok(pods);
         }
         if Instant::now() > deadline {
-            bail!(
-                "not ready after {}s:\n  {}",
-                timeout.as_secs(),
-                waiting.join("\n  ")
-            );
+            bail!("not ready after {}s:\n  {}", timeout.as_secs(), waiting.join("\n  "));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -307,12 +276,7 @@ pub async fn wait_ready(
 fn describe_waiting(pod: &Value) -> String {
     let statuses = ["/status/initContainerStatuses", "/status/containerStatuses"]
         .iter()
-        .flat_map(|p| {
-            pod.pointer(p)
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default()
-        });
+        .flat_map(|p| pod.pointer(p).and_then(Value::as_array).cloned().unwrap_or_default());
     let mut parts = Vec::new();
     for status in statuses {
         if status["ready"] == true {
@@ -356,9 +320,7 @@ async fn status(client: &LabClient, output: &str) -> anyhow::Result<()> {
     match output {
         "json" => println!(
             "{}",
-            serde_json::to_string_pretty(
-                &json!({"pods": pods["items"], "services": services["items"]})
-            )?
+            serde_json::to_string_pretty(&json!({"pods": pods["items"], "services": services["items"]}))?
         ),
         "table" => {
             print!("{}", table::pods(&list(&pods)));
@@ -373,17 +335,10 @@ async fn status(client: &LabClient, output: &str) -> anyhow::Result<()> {
 fn pick_container<'a>(pod: &'a Value, name: Option<&str>) -> anyhow::Result<&'a Value> {
     let all = ["/spec/containers", "/spec/initContainers"]
         .iter()
-        .flat_map(|p| {
-            pod.pointer(p)
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-        });
+        .flat_map(|p| pod.pointer(p).and_then(Value::as_array).into_iter().flatten());
     let mut all = all.collect::<Vec<_>>().into_iter();
     match name {
-        None => all
-            .next()
-            .ok_or_else(|| anyhow!("the pod has no containers")),
+        None => all.next().ok_or_else(|| anyhow!("the pod has no containers")),
         Some(name) => all
             .find(|c| c["name"] == name)
             .ok_or_else(|| anyhow!("the pod has no container {name:?}")),
@@ -403,21 +358,18 @@ async fn exec(
         .await?;
     let spec = pick_container(&pod, container)?;
     let typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod.clone())?;
-    let typed_container: k8s_openapi::api::core::v1::Container =
-        serde_json::from_value(spec.clone())?;
+    let typed_container: k8s_openapi::api::core::v1::Container = serde_json::from_value(spec.clone())?;
     let user = crate::kubelet::container::user(&typed, &typed_container);
-    let pid_file = paths.sandbox_pid(&namespace, &name);
-    let pid: u32 = std::fs::read_to_string(&pid_file)
-        .with_context(|| {
-            format!(
-                "pod {namespace}/{name} is not running (no {})",
-                pid_file.display()
-            )
-        })?
-        .trim()
-        .parse()?;
-    let namespaces = PodNamespaces::of_process(pid)
-        .with_context(|| format!("pod {namespace}/{name} is not running"))?;
+    let container_name = spec["name"].as_str().unwrap_or_default();
+    let read_pid = |file: PathBuf| -> anyhow::Result<u32> {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("pod {namespace}/{name} is not running (no {})", file.display()))?;
+        Ok(text.trim().parse()?)
+    };
+    let pod_holder = read_pid(paths.sandbox_pid(&namespace, &name))?;
+    let mount_holder = read_pid(paths.container_holder_pid(&namespace, &name, container_name))?;
+    let namespaces = PodNamespaces::of(pod_holder, mount_holder)
+        .with_context(|| format!("container {container_name} of pod {namespace}/{name} is not running"))?;
     let mut process = std::process::Command::new(&command[0]);
     process.args(&command[1..]);
     let host_path = std::env::var("PATH").unwrap_or_default();
@@ -431,9 +383,9 @@ async fn exec(
     let status = process
         .status()
         .with_context(|| format!("cannot run {:?} in {namespace}/{name}", command[0]))?;
-    Ok(status.code().unwrap_or_else(|| {
-        128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
-    }))
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)))
 }
 
 /// Stops the daemon if it answers, then removes whatever the lab left.
@@ -468,10 +420,7 @@ pub fn sweep(paths: &LabPaths) {
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok())
     {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
     let listed = network::run("ip", &["netns", "list"]).unwrap_or_default();
     let prefix = paths.netns_prefix();

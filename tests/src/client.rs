@@ -20,11 +20,7 @@ pub enum ClientError {
     Transport(String),
     /// The API answered with an error status; `reason` is Kubernetes'.
     #[error("{message}")]
-    Api {
-        code: u16,
-        reason: String,
-        message: String,
-    },
+    Api { code: u16, reason: String, message: String },
 }
 
 impl ClientError {
@@ -54,9 +50,9 @@ impl LabClient {
         body: Option<&Value>,
         content_type: &str,
     ) -> Result<Value, ClientError> {
-        let stream = UnixStream::connect(&self.socket).await.map_err(|_| {
-            ClientError::NotRunning(self.name.clone(), self.socket.display().to_string())
-        })?;
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|_| ClientError::NotRunning(self.name.clone(), self.socket.display().to_string()))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| ClientError::Transport(e.to_string()))?;
@@ -101,33 +97,24 @@ impl LabClient {
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
-        self.request(Method::GET, path, None, "application/json")
-            .await
+        self.request(Method::GET, path, None, "application/json").await
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        self.request(Method::POST, path, Some(body), "application/json")
-            .await
+        self.request(Method::POST, path, Some(body), "application/json").await
     }
 
     pub async fn put(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        self.request(Method::PUT, path, Some(body), "application/json")
-            .await
+        self.request(Method::PUT, path, Some(body), "application/json").await
     }
 
     pub async fn merge_patch(&self, path: &str, patch: &Value) -> Result<Value, ClientError> {
-        self.request(
-            Method::PATCH,
-            path,
-            Some(patch),
-            "application/merge-patch+json",
-        )
-        .await
+        self.request(Method::PATCH, path, Some(patch), "application/merge-patch+json")
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> Result<Value, ClientError> {
-        self.request(Method::DELETE, path, None, "application/json")
-            .await
+        self.request(Method::DELETE, path, None, "application/json").await
     }
 
     /// Whether the daemon answers at all.

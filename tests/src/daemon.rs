@@ -60,11 +60,7 @@ pub async fn run(paths: LabPaths, pod_mutator: Option<Arc<dyn PodMutator>>) -> a
     });
     bootstrap(&api).await?;
 
-    let network_server = NetworkServer::new(
-        api.clone(),
-        pki.server,
-        SocketAddr::from((NODE_IP, API_PORT)),
-    );
+    let network_server = NetworkServer::new(api.clone(), pki.server, SocketAddr::from((NODE_IP, API_PORT)));
     network_server.start().await?;
     dns::serve(store.clone(), SocketAddr::from((NODE_IP, 53))).await?;
 
@@ -103,8 +99,7 @@ pub async fn run(paths: LabPaths, pod_mutator: Option<Arc<dyn PodMutator>>) -> a
 /// `kubernetes` Service in front of the API server.
 async fn bootstrap(api: &Api) -> anyhow::Result<()> {
     for name in ["default", "kube-system"] {
-        let namespace =
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        let namespace = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
         api.create_object(Resource::named("namespaces"), None, namespace)
             .await?;
     }
@@ -151,9 +146,7 @@ impl Daemon {
                 tokio::spawn(async move {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let daemon = daemon.clone();
-                        async move {
-                            Ok::<_, std::convert::Infallible>(daemon.handle_local(request).await)
-                        }
+                        async move { Ok::<_, std::convert::Infallible>(daemon.handle_local(request).await) }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -167,10 +160,7 @@ impl Daemon {
     async fn handle_local(self: &Arc<Self>, request: Request<Incoming>) -> Response<Body> {
         let path = request.uri().path().to_string();
         let Some(lab_path) = path.strip_prefix("/lab/v1/") else {
-            return self
-                .api
-                .handle(request, Principal::Admin, self.shutdown.clone())
-                .await;
+            return self.api.handle(request, Principal::Admin, self.shutdown.clone()).await;
         };
         let segments: Vec<&str> = lab_path.split('/').collect();
         match (request.method().clone(), segments.as_slice()) {
@@ -184,21 +174,11 @@ impl Daemon {
             }
             (Method::POST, ["apiserver", "start"]) => match self.network.start().await {
                 Ok(()) => reply(StatusCode::OK, json!({"apiserver": "running"})),
-                Err(error) => reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    json!({"message": error.to_string()}),
-                ),
+                Err(error) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"message": error.to_string()})),
             },
-            (Method::POST, ["namespaces", namespace, "pods", name, "kill"]) => {
-                self.kill(namespace, name)
-            }
-            (Method::GET, ["namespaces", namespace, "pods", name, "cpu"]) => {
-                self.cpu(namespace, name)
-            }
-            _ => reply(
-                StatusCode::NOT_FOUND,
-                json!({"message": format!("no lab call {path}")}),
-            ),
+            (Method::POST, ["namespaces", namespace, "pods", name, "kill"]) => self.kill(namespace, name),
+            (Method::GET, ["namespaces", namespace, "pods", name, "cpu"]) => self.cpu(namespace, name),
+            _ => reply(StatusCode::NOT_FOUND, json!({"message": format!("no lab call {path}")})),
         }
     }
 
@@ -207,15 +187,9 @@ impl Daemon {
             Ok(pod) => pod,
             Err(error) => return reply(StatusCode::NOT_FOUND, error.status()),
         };
-        let uid = pod
-            .pointer("/metadata/uid")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
         self.kubelet.kill(uid);
-        reply(
-            StatusCode::OK,
-            json!({"killed": format!("{namespace}/{name}")}),
-        )
+        reply(StatusCode::OK, json!({"killed": format!("{namespace}/{name}")}))
     }
 
     fn cpu(&self, namespace: &str, name: &str) -> Response<Body> {
@@ -225,18 +199,11 @@ impl Daemon {
         };
         let containers = ["/spec/initContainers", "/spec/containers"]
             .iter()
-            .flat_map(|p| {
-                pod.pointer(p)
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default()
-            });
+            .flat_map(|p| pod.pointer(p).and_then(Value::as_array).cloned().unwrap_or_default());
         let pids: HashMap<String, u32> = containers
             .filter_map(|c| {
                 let container = c["name"].as_str()?.to_string();
-                let pid =
-                    std::fs::read_to_string(self.paths.container_pid(namespace, name, &container))
-                        .ok()?;
+                let pid = std::fs::read_to_string(self.paths.container_pid(namespace, name, &container)).ok()?;
                 Some((container, pid.trim().parse().ok()?))
             })
             .collect();

@@ -28,9 +28,7 @@ pub fn resolve(store: &Store, name: &str) -> Option<Vec<Ipv4Addr>> {
     let labels: Vec<&str> = local.split('.').collect();
     match labels.as_slice() {
         [service, namespace, "svc"] => {
-            let service = store
-                .get(Resource::named("services"), namespace, service)
-                .ok()?;
+            let service = store.get(Resource::named("services"), namespace, service).ok()?;
             match service.pointer("/spec/clusterIP").and_then(Value::as_str) {
                 Some("None") | None => Some(headless_addresses(store, namespace, &service)),
                 Some(ip) => ip.parse().ok().map(|ip| vec![ip]),
@@ -88,11 +86,7 @@ pub fn answer(store: &Store, query: &[u8]) -> Option<Vec<u8>> {
         Some(addresses) => {
             if question.query_type() == RecordType::A {
                 for address in addresses {
-                    response.add_answer(Record::from_rdata(
-                        question.name().clone(),
-                        TTL,
-                        RData::A(A(address)),
-                    ));
+                    response.add_answer(Record::from_rdata(question.name().clone(), TTL, RData::A(A(address))));
                 }
             }
         }
@@ -126,9 +120,7 @@ pub async fn serve(store: Arc<Store>, addr: SocketAddr) -> std::io::Result<()> {
                     let Ok(length) = u16::try_from(reply.len()) else {
                         return;
                     };
-                    if stream.write_u16(length).await.is_err()
-                        || stream.write_all(&reply).await.is_err()
-                    {
+                    if stream.write_u16(length).await.is_err() || stream.write_all(&reply).await.is_err() {
                         return;
                     }
                 }

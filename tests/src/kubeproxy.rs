@@ -39,10 +39,7 @@ pub async fn run(store: Arc<Store>) {
 /// ready, serving ones that are terminating (so a draining Service still
 /// answers).
 fn endpoints(store: &Store, service: &Value, port_name: &str) -> Vec<(String, i64)> {
-    let (slices, _) = store.list(
-        Resource::named("endpointslices"),
-        Some(namespace_of(service)),
-    );
+    let (slices, _) = store.list(Resource::named("endpointslices"), Some(namespace_of(service)));
     let label = format!("/metadata/labels/{}", SERVICE_NAME_LABEL.replace('/', "~1"));
     let mut ready = Vec::new();
     let mut serving = Vec::new();
@@ -62,15 +59,8 @@ fn endpoints(store: &Store, service: &Value, port_name: &str) -> Vec<(String, i6
         else {
             continue;
         };
-        for endpoint in slice
-            .get("endpoints")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let condition = |name: &str| {
-                endpoint.pointer(&format!("/conditions/{name}")) == Some(&Value::Bool(true))
-            };
+        for endpoint in slice.get("endpoints").and_then(Value::as_array).into_iter().flatten() {
+            let condition = |name: &str| endpoint.pointer(&format!("/conditions/{name}")) == Some(&Value::Bool(true));
             for address in endpoint
                 .get("addresses")
                 .and_then(Value::as_array)
@@ -109,10 +99,7 @@ pub fn render(store: &Store) -> String {
             .into_iter()
             .flatten()
         {
-            let (Some(number), name) = (
-                port["port"].as_i64(),
-                port["name"].as_str().unwrap_or_default(),
-            ) else {
+            let (Some(number), name) = (port["port"].as_i64(), port["name"].as_str().unwrap_or_default()) else {
                 continue;
             };
             let targets = endpoints(store, service, name);
@@ -136,8 +123,7 @@ pub fn render(store: &Store) -> String {
             for (i, (address, target_port)) in targets.iter().enumerate() {
                 let sep_chain = format!(
                     "LAB-SEP-{}",
-                    short_hash(&serde_json::json!([ip, number, address, target_port]), 12)
-                        .to_uppercase()
+                    short_hash(&serde_json::json!([ip, number, address, target_port]), 12).to_uppercase()
                 );
                 let _ = writeln!(chains, ":{sep_chain} - [0:0]");
                 let remaining = count - i;

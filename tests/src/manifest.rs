@@ -11,10 +11,7 @@ use crate::client::{ClientError, LabClient};
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{file}: cannot read: {source}")]
-    Read {
-        file: String,
-        source: std::io::Error,
-    },
+    Read { file: String, source: std::io::Error },
     #[error("{file}: document {index}: {problem}")]
     Invalid {
         file: String,
@@ -82,8 +79,8 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Object>, ManifestError> {
             index: index + 1,
             problem,
         };
-        let value: Value = serde::Deserialize::deserialize(document)
-            .map_err(|e| invalid(format!("not valid YAML: {e}")))?;
+        let value: Value =
+            serde::Deserialize::deserialize(document).map_err(|e| invalid(format!("not valid YAML: {e}")))?;
         if value.is_null() {
             continue;
         }
@@ -115,9 +112,7 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Object>, ManifestError> {
             }
             let resource = Resource::by_kind(api_version, kind)
                 .filter(|r| !r.virtual_only)
-                .ok_or_else(|| {
-                    invalid(format!("{api_version} {kind} is not a kind the lab serves"))
-                })?;
+                .ok_or_else(|| invalid(format!("{api_version} {kind} is not a kind the lab serves")))?;
             objects.push(Object {
                 resource,
                 value: item,
@@ -186,9 +181,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            error
-                .to_string()
-                .starts_with("x.yaml: document 2: not valid YAML"),
+            error.to_string().starts_with("x.yaml: document 2: not valid YAML"),
             "{error}"
         );
         let error = parse(

@@ -51,9 +51,7 @@ pub fn run_with_input(mut command: Command, input: &str) -> Result<(), NetError>
         .spawn()
         .map_err(|e| error(e.to_string()))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.as_bytes())
-            .map_err(|e| error(e.to_string()))?;
+        stdin.write_all(input.as_bytes()).map_err(|e| error(e.to_string()))?;
     }
     let output = child.wait_with_output().map_err(|e| error(e.to_string()))?;
     if !output.status.success() {
@@ -67,13 +65,10 @@ pub fn run_with_input(mut command: Command, input: &str) -> Result<(), NetError>
 }
 
 pub fn run(program: &str, args: &[&str]) -> Result<String, NetError> {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| NetError {
-            command: format!("{program} {}", args.join(" ")),
-            message: e.to_string(),
-        })?;
+    let output = Command::new(program).args(args).output().map_err(|e| NetError {
+        command: format!("{program} {}", args.join(" ")),
+        message: e.to_string(),
+    })?;
     if !output.status.success() {
         return Err(NetError {
             command: format!("{program} {}", args.join(" ")),
@@ -149,9 +144,6 @@ impl PodIps {
 
     pub fn release(&self, ip: Ipv4Addr) {
         let offset = u32::from(ip).wrapping_sub(u32::from(POD_BASE));
-        self.used
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&offset);
+        self.used.lock().unwrap_or_else(PoisonError::into_inner).remove(&offset);
     }
 }

@@ -64,13 +64,16 @@ impl LabPaths {
     }
 
     pub fn container_log(&self, namespace: &str, pod: &str, container: &str) -> PathBuf {
-        self.pod_dir(namespace, pod)
-            .join(format!("{container}.log"))
+        self.pod_dir(namespace, pod).join(format!("{container}.log"))
     }
 
     pub fn container_pid(&self, namespace: &str, pod: &str, container: &str) -> PathBuf {
-        self.pod_dir(namespace, pod)
-            .join(format!("{container}.pid"))
+        self.pod_dir(namespace, pod).join(format!("{container}.pid"))
+    }
+
+    /// The holder of a container's own mount namespace.
+    pub fn container_holder_pid(&self, namespace: &str, pod: &str, container: &str) -> PathBuf {
+        self.pod_dir(namespace, pod).join(format!("{container}.holder.pid"))
     }
 
     /// The sandbox (pause) process that holds a pod's namespaces.

@@ -46,8 +46,7 @@ pub fn generate() -> Result<ClusterPki, PkiError> {
         "kubernetes.default.svc.cluster.local",
         "localhost",
     ];
-    let mut params =
-        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+    let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
     for ip in [
         IpAddr::V4(NODE_IP),
         IpAddr::V4(API_SERVICE_IP),
@@ -55,9 +54,7 @@ pub fn generate() -> Result<ClusterPki, PkiError> {
     ] {
         params.subject_alt_names.push(SanType::IpAddress(ip));
     }
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "kube-apiserver");
+    params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca)?;
 

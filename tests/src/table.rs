@@ -6,10 +6,7 @@ use strait_contract::names::{MESHED_LABEL, annotations};
 use crate::controllers::pod_ready;
 
 fn text<'a>(object: &'a Value, pointer: &str) -> &'a str {
-    object
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_default()
+    object.pointer(pointer).and_then(Value::as_str).unwrap_or_default()
 }
 
 fn escaped(key: &str) -> String {
@@ -55,11 +52,7 @@ pub fn pods(pods: &[Value]) -> String {
                 .unwrap_or_default();
             let counted: Vec<&Value> = statuses
                 .iter()
-                .chain(
-                    sidecars
-                        .iter()
-                        .filter(|s| s["started"] == true || s["ready"] == true),
-                )
+                .chain(sidecars.iter().filter(|s| s["started"] == true || s["ready"] == true))
                 .collect();
             let ready = counted.iter().filter(|s| s["ready"] == true).count();
             let phase = text(pod, "/status/phase");
@@ -89,10 +82,7 @@ pub fn pods(pods: &[Value]) -> String {
             ]
         })
         .collect();
-    render(
-        &["NAMESPACE", "POD", "IP", "READY", "MESHED", "IDENTITY"],
-        &rows,
-    )
+    render(&["NAMESPACE", "POD", "IP", "READY", "MESHED", "IDENTITY"], &rows)
 }
 
 pub fn services(services: &[Value]) -> String {
@@ -104,22 +94,14 @@ pub fn services(services: &[Value]) -> String {
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .map(|p| {
-                    match p
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .filter(|n| !n.is_empty())
-                    {
-                        Some(name) => format!(
-                            "{}/{} ({name})",
-                            p["port"],
-                            p["protocol"].as_str().unwrap_or("TCP")
-                        ),
+                .map(
+                    |p| match p.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+                        Some(name) => format!("{}/{} ({name})", p["port"], p["protocol"].as_str().unwrap_or("TCP")),
                         None => {
                             format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP"))
                         }
-                    }
-                })
+                    },
+                )
                 .collect();
             vec![
                 text(service, "/metadata/namespace").to_string(),

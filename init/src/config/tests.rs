@@ -1,12 +1,7 @@
 use super::*;
 
 fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
-    move |name| {
-        pairs
-            .iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_string())
-    }
+    move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
 }
 
 #[test]
@@ -65,19 +60,11 @@ fn bad_values_name_the_setting_and_the_value() {
             &[("STRAIT_IPTABLES_MODE", "iptables")],
             "expected one of auto, nft, legacy",
         ),
-        (
-            &[("STRAIT_PROXY_UID", "-1")],
-            "STRAIT_PROXY_UID: invalid uid \"-1\"",
-        ),
+        (&[("STRAIT_PROXY_UID", "-1")], "STRAIT_PROXY_UID: invalid uid \"-1\""),
     ];
     for (env, expected) in cases {
-        let error = Config::from_args(Args::default(), env_of(env))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            error.contains(expected),
-            "{error:?} should contain {expected:?}"
-        );
+        let error = Config::from_args(Args::default(), env_of(env)).unwrap_err().to_string();
+        assert!(error.contains(expected), "{error:?} should contain {expected:?}");
     }
 }
 
@@ -88,10 +75,7 @@ fn flag_errors_name_the_flag() {
         ..Args::default()
     };
     let error = Config::from_args(args, |_| None).unwrap_err().to_string();
-    assert!(
-        error.starts_with("--inbound-port: invalid port \"0\""),
-        "{error}"
-    );
+    assert!(error.starts_with("--inbound-port: invalid port \"0\""), "{error}");
 }
 
 #[test]

@@ -15,12 +15,8 @@ fn assert_golden(name: &str, actual: &str) {
     if std::env::var_os("STRAIT_UPDATE_GOLDEN").is_some() {
         std::fs::write(&path, actual).unwrap();
     }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (run with STRAIT_UPDATE_GOLDEN=1 to create it)",
-            path.display()
-        )
-    });
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with STRAIT_UPDATE_GOLDEN=1 to create it)", path.display()));
     assert_eq!(actual, expected, "rules differ from {}", path.display());
 }
 

@@ -13,15 +13,7 @@ async fn bytes_pass_both_ways_and_half_close_propagates() {
     let counters = ByteCounters::default();
     let relay_task = {
         let counters = counters.clone();
-        tokio::spawn(async move {
-            relay(
-                &mut proxy_client_side,
-                &mut proxy_server_side,
-                LONG,
-                counters,
-            )
-            .await
-        })
+        tokio::spawn(async move { relay(&mut proxy_client_side, &mut proxy_server_side, LONG, counters).await })
     };
 
     let request: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
@@ -58,13 +50,7 @@ async fn an_idle_connection_is_closed_after_the_timeout() {
     let (_client, mut a) = duplex(64);
     let (mut b, _server) = duplex(64);
     let started = tokio::time::Instant::now();
-    let result = relay(
-        &mut a,
-        &mut b,
-        Duration::from_secs(30),
-        ByteCounters::default(),
-    )
-    .await;
+    let result = relay(&mut a, &mut b, Duration::from_secs(30), ByteCounters::default()).await;
     assert!(matches!(result, Err(RelayError::Idle(_))), "{result:?}");
     assert_eq!(started.elapsed(), Duration::from_secs(30));
 }
@@ -73,15 +59,8 @@ async fn an_idle_connection_is_closed_after_the_timeout() {
 async fn traffic_in_either_direction_keeps_the_connection_alive() {
     let (mut client, mut a) = duplex(64);
     let (mut b, mut server) = duplex(64);
-    let relay_task = tokio::spawn(async move {
-        relay(
-            &mut a,
-            &mut b,
-            Duration::from_secs(30),
-            ByteCounters::default(),
-        )
-        .await
-    });
+    let relay_task =
+        tokio::spawn(async move { relay(&mut a, &mut b, Duration::from_secs(30), ByteCounters::default()).await });
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_secs(20)).await;
         server.write_all(b"tick").await.unwrap();
@@ -93,10 +72,7 @@ async fn traffic_in_either_direction_keeps_the_connection_alive() {
         "the relay timed out while the server was talking"
     );
     tokio::time::sleep(Duration::from_secs(31)).await;
-    assert!(matches!(
-        relay_task.await.unwrap(),
-        Err(RelayError::Idle(_))
-    ));
+    assert!(matches!(relay_task.await.unwrap(), Err(RelayError::Idle(_))));
 }
 
 #[tokio::test]
@@ -113,24 +89,17 @@ async fn a_slow_reader_pushes_back_instead_of_being_buffered_for() {
             result = client.write_all(&chunk) => { result.unwrap(); written += chunk.len(); }
             _ = &mut deadline => break,
         }
-        assert!(
-            written < 10 * 1024 * 1024,
-            "the relay kept accepting bytes nobody read"
-        );
+        assert!(written < 10 * 1024 * 1024, "the relay kept accepting bytes nobody read");
     }
     // Two 4 KiB pipes plus at most one bulk buffer in the relay.
-    assert!(
-        written <= 4096 + 4096 + BULK_BUFFER,
-        "buffered {written} bytes"
-    );
+    assert!(written <= 4096 + 4096 + BULK_BUFFER, "buffered {written} bytes");
 }
 
 #[tokio::test]
 async fn a_server_reset_is_reported_as_an_upstream_error() {
     let (mut client, mut a) = duplex(64);
     let (mut b, server) = duplex(64);
-    let relay_task =
-        tokio::spawn(async move { relay(&mut a, &mut b, LONG, ByteCounters::default()).await });
+    let relay_task = tokio::spawn(async move { relay(&mut a, &mut b, LONG, ByteCounters::default()).await });
     drop(server);
     client.write_all(b"hello").await.unwrap();
     let result = relay_task.await.unwrap();

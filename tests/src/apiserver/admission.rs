@@ -22,11 +22,7 @@ pub struct Mutated {
 /// The mutating admission step for pods: given the pod and its namespace,
 /// returns the pod to store.
 pub trait PodMutator: Send + Sync {
-    fn mutate<'a>(
-        &'a self,
-        pod: Value,
-        namespace: &'a Value,
-    ) -> BoxFuture<'a, Result<Mutated, ApiError>>;
+    fn mutate<'a>(&'a self, pod: Value, namespace: &'a Value) -> BoxFuture<'a, Result<Mutated, ApiError>>;
 }
 
 /// Hands out ClusterIPs from the service range.
@@ -80,10 +76,7 @@ impl ClusterIps {
     pub fn release(&self, ip: &str) {
         if let Ok(ip) = ip.parse::<Ipv4Addr>() {
             let offset = u32::from(ip).wrapping_sub(u32::from(self.base));
-            self.used
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&offset);
+            self.used.lock().unwrap_or_else(PoisonError::into_inner).remove(&offset);
         }
     }
 }
@@ -96,11 +89,7 @@ pub struct Admission {
 
 impl Admission {
     /// Defaults and mutates a new object; returns it with any warnings.
-    pub async fn create(
-        &self,
-        resource: &'static Resource,
-        object: Value,
-    ) -> Result<(Value, Vec<String>), ApiError> {
+    pub async fn create(&self, resource: &'static Resource, object: Value) -> Result<(Value, Vec<String>), ApiError> {
         match resource.plural {
             "services" => Ok((self.default_service(object)?, Vec::new())),
             "pods" => self.admit_pod(object).await,
@@ -120,19 +109,12 @@ impl Admission {
             Some("None") => {}
             Some(ip) if !ip.is_empty() => {
                 let ip = ip.parse().map_err(|_| {
-                    ApiError::invalid(
-                        "Service",
-                        "",
-                        format!("spec.clusterIP: {ip:?} is not an IPv4 address"),
-                    )
+                    ApiError::invalid("Service", "", format!("spec.clusterIP: {ip:?} is not an IPv4 address"))
                 })?;
                 self.cluster_ips.reserve(ip)?;
             }
             _ => {
-                spec.insert(
-                    "clusterIP".into(),
-                    json!(self.cluster_ips.allocate()?.to_string()),
-                );
+                spec.insert("clusterIP".into(), json!(self.cluster_ips.allocate()?.to_string()));
             }
         }
         let ip = spec["clusterIP"].clone();
@@ -154,9 +136,7 @@ impl Admission {
         let Some(mutator) = &self.pod_mutator else {
             return Ok((pod, Vec::new()));
         };
-        let namespace = self
-            .store
-            .get(Resource::named("namespaces"), "", namespace_of(&pod))?;
+        let namespace = self.store.get(Resource::named("namespaces"), "", namespace_of(&pod))?;
         let mutated = mutator.mutate(pod, &namespace).await?;
         Ok((mutated.pod, mutated.warnings))
     }
@@ -167,11 +147,9 @@ pub fn default_pod(mut pod: Value) -> Value {
     if let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) {
         spec.entry("restartPolicy").or_insert(json!("Always"));
         spec.entry("serviceAccountName").or_insert(json!("default"));
-        spec.entry("terminationGracePeriodSeconds")
-            .or_insert(json!(30));
+        spec.entry("terminationGracePeriodSeconds").or_insert(json!(30));
         spec.entry("dnsPolicy").or_insert(json!("ClusterFirst"));
-        spec.entry("schedulerName")
-            .or_insert(json!("default-scheduler"));
+        spec.entry("schedulerName").or_insert(json!("default-scheduler"));
     }
     if pod.get("status").is_none() {
         pod["status"] = json!({"phase": "Pending"});

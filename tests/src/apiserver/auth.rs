@@ -56,10 +56,7 @@ impl Tokens {
     /// Mints a token for a pod's ServiceAccount.
     pub fn mint(&self, owner: TokenOwner, audiences: Vec<String>, lifetime: Duration) -> String {
         let bytes: [u8; 32] = rand::random();
-        let token = format!(
-            "lab.{}",
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-        );
+        let token = format!("lab.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
         let expires = SystemTime::now() + lifetime;
         let mut tokens = self.lock();
         let now = SystemTime::now();
@@ -81,11 +78,7 @@ impl Tokens {
     }
 
     fn lookup(&self, token: &str) -> Result<Token, &'static str> {
-        let token = self
-            .lock()
-            .get(token)
-            .cloned()
-            .ok_or("invalid bearer token")?;
+        let token = self.lock().get(token).cloned().ok_or("invalid bearer token")?;
         if token.expires <= SystemTime::now() {
             return Err("token has expired");
         }
@@ -112,11 +105,7 @@ impl Tokens {
         let wanted: Vec<String> = review
             .pointer("/spec/audiences")
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
             .unwrap_or_default();
         let wanted = if wanted.is_empty() {
             vec![API_AUDIENCE.to_string()]
@@ -126,10 +115,7 @@ impl Tokens {
         let status = match self.lookup(&token) {
             Err(error) => json!({"authenticated": false, "error": error, "user": {}}),
             Ok(found) => {
-                let matched: Vec<&String> = wanted
-                    .iter()
-                    .filter(|a| found.audiences.contains(a))
-                    .collect();
+                let matched: Vec<&String> = wanted.iter().filter(|a| found.audiences.contains(a)).collect();
                 if matched.is_empty() {
                     json!({
                         "authenticated": false,
@@ -181,11 +167,7 @@ mod tests {
     #[test]
     fn reviews_check_token_and_audience() {
         let tokens = Tokens::default();
-        let token = tokens.mint(
-            owner(),
-            vec!["strait-identity".into()],
-            Duration::from_secs(60),
-        );
+        let token = tokens.mint(owner(), vec!["strait-identity".into()], Duration::from_secs(60));
         let ok = review(&tokens, &token, &["strait-identity"]);
         assert_eq!(ok["authenticated"], true);
         assert_eq!(ok["user"]["username"], "system:serviceaccount:demo:web");
@@ -199,10 +181,7 @@ mod tests {
                 .unwrap()
                 .contains("invalid for the target audiences")
         );
-        assert_eq!(
-            review(&tokens, "garbage", &["strait-identity"])["authenticated"],
-            false
-        );
+        assert_eq!(review(&tokens, "garbage", &["strait-identity"])["authenticated"], false);
         // Without audiences the API server's own is meant.
         assert_eq!(review(&tokens, &token, &[])["authenticated"], false);
 

@@ -19,9 +19,7 @@ pub fn groups() -> Value {
             continue;
         }
         let version = json!({"groupVersion": resource.api_version(), "version": resource.version});
-        groups.push(
-            json!({"name": resource.group, "versions": [version], "preferredVersion": version}),
-        );
+        groups.push(json!({"name": resource.group, "versions": [version], "preferredVersion": version}));
     }
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
@@ -47,7 +45,5 @@ pub fn resources(group: &str, version: &str) -> Option<Value> {
     } else {
         format!("{group}/{version}")
     };
-    Some(
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}),
-    )
+    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
 }

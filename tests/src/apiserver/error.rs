@@ -23,11 +23,7 @@ impl ApiError {
     }
 
     pub fn not_found(resource: &Resource, name: &str) -> Self {
-        Self::new(
-            404,
-            "NotFound",
-            format!("{} {name:?} not found", qualified(resource)),
-        )
+        Self::new(404, "NotFound", format!("{} {name:?} not found", qualified(resource)))
     }
 
     pub fn already_exists(resource: &Resource, name: &str) -> Self {

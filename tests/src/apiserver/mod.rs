@@ -47,9 +47,7 @@ pub struct Api {
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed_unsync()
 }
 
 fn json_response(status: StatusCode, value: &Value, warnings: &[String]) -> Response<Body> {
@@ -91,13 +89,11 @@ async fn read_json(request: Request<Incoming>) -> Result<(Value, Option<String>)
         .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?
         .to_bytes();
     let value = if content_type.as_deref().is_some_and(|t| t.contains("yaml")) {
-        serde_yaml::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(format!("the request body is not valid YAML: {e}"))
-        })?
+        serde_yaml::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid YAML: {e}")))?
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
-        })?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?
     };
     Ok((value, content_type))
 }
@@ -128,8 +124,8 @@ impl Api {
         _principal: &Principal,
         stop: CancellationToken,
     ) -> Result<Response<Body>, ApiError> {
-        let route = route::parse(request.uri().path())
-            .ok_or_else(|| ApiError::new_not_found_path(request.uri().path()))?;
+        let route =
+            route::parse(request.uri().path()).ok_or_else(|| ApiError::new_not_found_path(request.uri().path()))?;
         let method = request.method().clone();
         match route {
             Route::Discovery(discovery) => {
@@ -138,17 +134,12 @@ impl Api {
                     Discovery::Health => return Ok(Response::new(full("ok"))),
                     Discovery::CoreVersions => discovery::core_versions(),
                     Discovery::Groups => discovery::groups(),
-                    Discovery::Resources { group, version } => {
-                        discovery::resources(&group, &version)
-                            .ok_or_else(|| ApiError::new_not_found_path(request.uri().path()))?
-                    }
+                    Discovery::Resources { group, version } => discovery::resources(&group, &version)
+                        .ok_or_else(|| ApiError::new_not_found_path(request.uri().path()))?,
                 };
                 Ok(json_response(StatusCode::OK, &document, &[]))
             }
-            Route::Collection {
-                resource,
-                namespace,
-            } => match method {
+            Route::Collection { resource, namespace } => match method {
                 Method::GET => {
                     let query = query(&request);
                     if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
@@ -175,12 +166,10 @@ impl Api {
                 let namespace = namespace.unwrap_or_default();
                 let sub = subresource.as_deref();
                 match (method, sub) {
-                    (_, Some("scale")) if resource.plural != "deployments" => Err(
-                        ApiError::new_not_found_path(&format!("{}/scale", resource.plural)),
-                    ),
-                    (Method::GET, Some("scale")) => {
-                        Ok(ok(&scale_of(&self.store.get(resource, &namespace, &name)?)))
+                    (_, Some("scale")) if resource.plural != "deployments" => {
+                        Err(ApiError::new_not_found_path(&format!("{}/scale", resource.plural)))
                     }
+                    (Method::GET, Some("scale")) => Ok(ok(&scale_of(&self.store.get(resource, &namespace, &name)?))),
                     (Method::GET, _) => Ok(ok(&self.store.get(resource, &namespace, &name)?)),
                     (Method::PUT, sub) => {
                         let (object, _) = read_json(request).await?;
@@ -188,31 +177,18 @@ impl Api {
                     }
                     (Method::PATCH, sub) => {
                         let (patch, content_type) = read_json(request).await?;
-                        self.patch(
-                            resource,
-                            &namespace,
-                            &name,
-                            sub,
-                            &patch,
-                            content_type.as_deref(),
-                        )
+                        self.patch(resource, &namespace, &name, sub, &patch, content_type.as_deref())
                     }
                     (Method::DELETE, None) => {
-                        let grace = query(&request)
-                            .get("gracePeriodSeconds")
-                            .and_then(|g| g.parse().ok());
+                        let grace = query(&request).get("gracePeriodSeconds").and_then(|g| g.parse().ok());
                         let body_grace = match read_json(request).await {
-                            Ok((options, _)) => {
-                                options.get("gracePeriodSeconds").and_then(Value::as_u64)
-                            }
+                            Ok((options, _)) => options.get("gracePeriodSeconds").and_then(Value::as_u64),
                             Err(_) => None,
                         };
                         self.delete_object(resource, &namespace, &name, grace.or(body_grace))
                             .map(|deleted| ok(&deleted))
                     }
-                    (method, _) => Err(ApiError::method_not_allowed(format!(
-                        "{method} is not supported here"
-                    ))),
+                    (method, _) => Err(ApiError::method_not_allowed(format!("{method} is not supported here"))),
                 }
             }
         }
@@ -252,13 +228,13 @@ impl Api {
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         let fields = FieldSelector::parse(query.get("fieldSelector").map_or("", String::as_str))
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let since =
-            match query.get("resourceVersion").map(String::as_str) {
-                None | Some("") | Some("0") => None,
-                Some(rv) => Some(rv.parse().map_err(|_| {
-                    ApiError::bad_request(format!("invalid resourceVersion {rv:?}"))
-                })?),
-            };
+        let since = match query.get("resourceVersion").map(String::as_str) {
+            None | Some("") | Some("0") => None,
+            Some(rv) => Some(
+                rv.parse()
+                    .map_err(|_| ApiError::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+            ),
+        };
         let timeout = query
             .get("timeoutSeconds")
             .and_then(|t| t.parse().ok())
@@ -270,9 +246,7 @@ impl Api {
             fields,
             since,
             timeout,
-            bookmarks: query
-                .get("allowWatchBookmarks")
-                .is_some_and(|b| b == "true"),
+            bookmarks: query.get("allowWatchBookmarks").is_some_and(|b| b == "true"),
         };
         let lines = watch::start(self.store.clone(), request, stop);
         let stream = futures::stream::unfold(lines, |mut lines| async move {
@@ -294,11 +268,7 @@ impl Api {
         object: Value,
     ) -> Result<Response<Body>, ApiError> {
         if resource.plural == "tokenreviews" {
-            return Ok(json_response(
-                StatusCode::CREATED,
-                &self.tokens.review(object),
-                &[],
-            ));
+            return Ok(json_response(StatusCode::CREATED, &self.tokens.review(object), &[]));
         }
         let (created, warnings) = self.create_object(resource, namespace, object).await?;
         Ok(json_response(StatusCode::CREATED, &created, &warnings))
@@ -333,14 +303,10 @@ impl Api {
                 (Some(path), _) => path,
                 (None, body) if !body.is_empty() => body.to_string(),
                 (None, _) => {
-                    return Err(ApiError::bad_request(
-                        "a namespaced object needs a namespace",
-                    ));
+                    return Err(ApiError::bad_request("a namespaced object needs a namespace"));
                 }
             };
-            let ns = self
-                .store
-                .get(Resource::named("namespaces"), "", &namespace)?;
+            let ns = self.store.get(Resource::named("namespaces"), "", &namespace)?;
             if ns.pointer("/metadata/deletionTimestamp").is_some() {
                 return Err(ApiError::forbidden(format!(
                     "namespace {namespace} is being terminated"
@@ -463,10 +429,7 @@ fn ok(value: &Value) -> Response<Body> {
 }
 
 fn check_kind(resource: &Resource, object: &Value) -> Result<(), ApiError> {
-    let kind = object
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or(resource.kind);
+    let kind = object.get("kind").and_then(Value::as_str).unwrap_or(resource.kind);
     let api_version = object
         .get("apiVersion")
         .and_then(Value::as_str)
@@ -488,9 +451,7 @@ fn check_kind(resource: &Resource, object: &Value) -> Result<(), ApiError> {
 fn apply_part(stored: &mut Value, new: Value, sub: Option<&str>) {
     match sub {
         Some("status") => stored["status"] = new.get("status").cloned().unwrap_or(Value::Null),
-        Some("scale") => {
-            stored["spec"]["replicas"] = new.pointer("/spec/replicas").cloned().unwrap_or(json!(0))
-        }
+        Some("scale") => stored["spec"]["replicas"] = new.pointer("/spec/replicas").cloned().unwrap_or(json!(0)),
         _ => {
             let status = stored.get("status").cloned();
             let metadata = stored["metadata"].clone();

@@ -39,11 +39,7 @@ fn subresource(tail: &[&str]) -> Option<Option<String>> {
 }
 
 pub fn parse(path: &str) -> Option<Route> {
-    let segments: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest) = match segments.as_slice() {
         ["version"] => return Some(Route::Discovery(Discovery::Version)),
         ["healthz" | "readyz" | "livez", ..] => return Some(Route::Discovery(Discovery::Health)),
@@ -59,16 +55,11 @@ pub fn parse(path: &str) -> Option<Route> {
             group: group.to_string(),
             version: version.to_string(),
         })),
-        ["namespaces", namespace, plural, tail @ ..]
-            if resource(plural).is_some_and(|r| r.namespaced) =>
-        {
+        ["namespaces", namespace, plural, tail @ ..] if resource(plural).is_some_and(|r| r.namespaced) => {
             let resource = resource(plural)?;
             let namespace = Some(namespace.to_string());
             match tail {
-                [] => Some(Route::Collection {
-                    resource,
-                    namespace,
-                }),
+                [] => Some(Route::Collection { resource, namespace }),
                 [name, tail @ ..] => Some(Route::Object {
                     resource,
                     namespace,

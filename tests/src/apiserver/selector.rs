@@ -40,11 +40,7 @@ fn split_top_level(text: &str) -> Vec<&str> {
         }
     }
     parts.push(&text[start..]);
-    parts
-        .into_iter()
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect()
+    parts.into_iter().map(str::trim).filter(|p| !p.is_empty()).collect()
 }
 
 fn set_values(text: &str) -> Option<Vec<String>> {
@@ -65,9 +61,7 @@ impl LabelSelector {
                 Requirement::DoesNotExist(key.trim().to_string())
             } else if let Some((key, value)) = part.split_once("!=") {
                 Requirement::NotEquals(key.trim().to_string(), value.trim().to_string())
-            } else if let Some((key, value)) =
-                part.split_once("==").or_else(|| part.split_once('='))
-            {
+            } else if let Some((key, value)) = part.split_once("==").or_else(|| part.split_once('=')) {
                 Requirement::Equals(key.trim().to_string(), value.trim().to_string())
             } else if let Some((key, values)) = part.split_once(" notin ") {
                 Requirement::NotIn(
@@ -79,10 +73,7 @@ impl LabelSelector {
                     key.trim().to_string(),
                     set_values(values).ok_or_else(|| error("bad value set"))?,
                 )
-            } else if part
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
-            {
+            } else if part.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
                 Requirement::Exists(part.to_string())
             } else {
                 return Err(error(&format!("cannot parse {part:?}")));
@@ -97,9 +88,7 @@ impl LabelSelector {
         LabelSelector(
             labels
                 .iter()
-                .map(|(k, v)| {
-                    Requirement::Equals(k.clone(), v.as_str().unwrap_or_default().to_string())
-                })
+                .map(|(k, v)| Requirement::Equals(k.clone(), v.as_str().unwrap_or_default().to_string()))
                 .collect(),
         )
     }
@@ -109,9 +98,7 @@ impl LabelSelector {
     }
 
     pub fn matches(&self, object: &Value) -> bool {
-        let labels = object
-            .pointer("/metadata/labels")
-            .and_then(Value::as_object);
+        let labels = object.pointer("/metadata/labels").and_then(Value::as_object);
         let label = |key: &str| labels.and_then(|l| l.get(key)).and_then(Value::as_str);
         self.0.iter().all(|requirement| match requirement {
             Requirement::Equals(k, v) => label(k) == Some(v.as_str()),
@@ -195,21 +182,9 @@ mod tests {
     #[test]
     fn field_selectors_read_dotted_paths() {
         let pod = json!({"metadata": {"name": "a"}, "status": {"podIP": "198.18.1.2"}});
-        assert!(
-            FieldSelector::parse("metadata.name=a")
-                .unwrap()
-                .matches(&pod)
-        );
-        assert!(
-            !FieldSelector::parse("status.podIP!=198.18.1.2")
-                .unwrap()
-                .matches(&pod)
-        );
-        assert!(
-            FieldSelector::parse("spec.nodeName=")
-                .unwrap()
-                .matches(&pod)
-        );
+        assert!(FieldSelector::parse("metadata.name=a").unwrap().matches(&pod));
+        assert!(!FieldSelector::parse("status.podIP!=198.18.1.2").unwrap().matches(&pod));
+        assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches(&pod));
         assert!(FieldSelector::parse("metadata.name").is_err());
     }
 }

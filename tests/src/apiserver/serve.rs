@@ -40,10 +40,7 @@ impl NetworkServer {
     }
 
     pub fn is_running(&self) -> bool {
-        self.running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some()
+        self.running.lock().unwrap_or_else(PoisonError::into_inner).is_some()
     }
 
     /// Binds and serves; a no-op when already serving.
@@ -76,12 +73,7 @@ impl NetworkServer {
 
     /// Closes the listener and every connection and watch on it.
     pub fn stop(&self) {
-        if let Some(stop) = self
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
+        if let Some(stop) = self.running.lock().unwrap_or_else(PoisonError::into_inner).take() {
             stop.cancel();
         }
     }
@@ -114,10 +106,7 @@ where
     let service = service_fn(move |request: Request<Incoming>| {
         let (api, stop) = (api.clone(), request_stop.clone());
         async move {
-            let public = matches!(
-                request.uri().path(),
-                "/version" | "/healthz" | "/readyz" | "/livez"
-            );
+            let public = matches!(request.uri().path(), "/version" | "/healthz" | "/readyz" | "/livez");
             let principal = match side {
                 Side::Local => Some(Principal::Admin),
                 Side::Network => bearer(&request).and_then(|token| api.tokens.authenticate(token)),
@@ -139,11 +128,7 @@ where
 }
 
 /// Serves the local socket: everything on it is the lab's own administration.
-pub async fn serve_unix(
-    api: Arc<Api>,
-    path: &Path,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
+pub async fn serve_unix(api: Arc<Api>, path: &Path, shutdown: CancellationToken) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     tokio::spawn(async move {
@@ -153,12 +138,7 @@ pub async fn serve_unix(
                 accepted = listener.accept() => accepted,
             };
             let Ok((stream, _)) = accepted else { continue };
-            tokio::spawn(serve_connection(
-                stream,
-                api.clone(),
-                shutdown.clone(),
-                Side::Local,
-            ));
+            tokio::spawn(serve_connection(stream, api.clone(), shutdown.clone(), Side::Local));
         }
     });
     Ok(())

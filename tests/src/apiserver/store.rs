@@ -147,41 +147,21 @@ impl Store {
         let _ = self.events.send(event);
     }
 
-    pub fn create(
-        &self,
-        resource: &'static Resource,
-        mut object: Value,
-    ) -> Result<Value, ApiError> {
+    pub fn create(&self, resource: &'static Resource, mut object: Value) -> Result<Value, ApiError> {
         let mut inner = self.lock();
         let meta = object
             .get_mut("metadata")
             .and_then(Value::as_object_mut)
             .ok_or_else(|| ApiError::bad_request("metadata is missing"))?;
-        if meta
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .is_empty()
-        {
-            let prefix = meta
-                .get("generateName")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
+        if meta.get("name").and_then(Value::as_str).unwrap_or_default().is_empty() {
+            let prefix = meta.get("generateName").and_then(Value::as_str).unwrap_or_default();
             if prefix.is_empty() {
-                return Err(ApiError::invalid(
-                    resource.kind,
-                    "",
-                    "metadata.name: Required value",
-                ));
+                return Err(ApiError::invalid(resource.kind, "", "metadata.name: Required value"));
             }
             let name = format!("{prefix}{}", random_suffix(5));
             meta.insert("name".into(), json!(name));
         }
-        let name = meta
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let name = meta.get("name").and_then(Value::as_str).unwrap_or_default().to_string();
         let namespace = meta
             .get("namespace")
             .and_then(Value::as_str)
@@ -215,12 +195,7 @@ impl Store {
         Ok(object)
     }
 
-    pub fn get(
-        &self,
-        resource: &'static Resource,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Value, ApiError> {
+    pub fn get(&self, resource: &'static Resource, namespace: &str, name: &str) -> Result<Value, ApiError> {
         self.lock()
             .objects
             .get(&key(resource, namespace, name))
@@ -235,9 +210,7 @@ impl Store {
         let objects = inner
             .objects
             .iter()
-            .filter(|((plural, ns, _), _)| {
-                *plural == resource.plural && namespace.is_none_or(|wanted| wanted == ns)
-            })
+            .filter(|((plural, ns, _), _)| *plural == resource.plural && namespace.is_none_or(|wanted| wanted == ns))
             .map(|(_, object)| object.clone())
             .collect();
         (objects, inner.rv)
@@ -306,10 +279,7 @@ impl Store {
             return Ok(object);
         }
         if object.get("spec") != old.get("spec") {
-            let generation = old
-                .pointer("/metadata/generation")
-                .and_then(Value::as_i64)
-                .unwrap_or(0);
+            let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
             object["metadata"]["generation"] = json!(generation + 1);
         }
         inner.rv += 1;
@@ -331,12 +301,7 @@ impl Store {
 
     /// Removes an object at once (graceful pod deletion is the API layer's
     /// and the kubelet's business).
-    pub fn remove(
-        &self,
-        resource: &'static Resource,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Value, ApiError> {
+    pub fn remove(&self, resource: &'static Resource, namespace: &str, name: &str) -> Result<Value, ApiError> {
         let mut inner = self.lock();
         let mut object = inner
             .objects
@@ -368,12 +333,7 @@ impl Store {
         if since + 1 < oldest && since < inner.rv {
             return Err(ApiError::gone(since));
         }
-        let backlog = inner
-            .log
-            .iter()
-            .filter(|event| event.rv > since)
-            .cloned()
-            .collect();
+        let backlog = inner.log.iter().filter(|event| event.rv > since).cloned().collect();
         Ok((backlog, receiver))
     }
 

@@ -39,24 +39,17 @@ impl WatchRequest {
 
     /// What this watcher sees of a change, if anything.
     fn translate<'e>(&self, event: &'e Event) -> Option<(EventType, &'e Value)> {
-        if event.resource != self.resource
-            || self
-                .namespace
-                .as_deref()
-                .is_some_and(|ns| ns != event.namespace())
-        {
+        if event.resource != self.resource || self.namespace.as_deref().is_some_and(|ns| ns != event.namespace()) {
             return None;
         }
         let now = self.selects(&event.object);
         let kind = match event.kind {
-            EventType::Modified => {
-                match (event.old.as_ref().is_some_and(|old| self.selects(old)), now) {
-                    (true, true) => EventType::Modified,
-                    (false, true) => EventType::Added,
-                    (true, false) => EventType::Deleted,
-                    (false, false) => return None,
-                }
-            }
+            EventType::Modified => match (event.old.as_ref().is_some_and(|old| self.selects(old)), now) {
+                (true, true) => EventType::Modified,
+                (false, true) => EventType::Added,
+                (true, false) => EventType::Deleted,
+                (false, false) => return None,
+            },
             kind => now.then_some(kind)?,
         };
         Some((kind, &event.object))
@@ -72,11 +65,7 @@ fn line(kind: &str, object: &Value) -> Bytes {
 /// Starts a watch; its lines arrive on the returned channel until the
 /// timeout, `stop`, a slow reader falling too far behind, or the client
 /// going away.
-pub fn start(
-    store: Arc<Store>,
-    request: WatchRequest,
-    stop: CancellationToken,
-) -> mpsc::Receiver<Bytes> {
+pub fn start(store: Arc<Store>, request: WatchRequest, stop: CancellationToken) -> mpsc::Receiver<Bytes> {
     let (lines, receiver) = mpsc::channel(256);
     tokio::spawn(async move {
         tokio::select! {

@@ -106,15 +106,10 @@ pub struct ManyArgs {
 }
 
 pub async fn many(args: ManyArgs) -> anyhow::Result<()> {
-    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(if args.hold {
-        args.connections
-    } else {
-        1
-    }));
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(if args.hold { args.connections } else { 1 }));
     let tasks: Vec<_> = (0..args.connections)
         .map(|i| {
-            let (to, bytes, barrier, hold) =
-                (args.to.clone(), args.bytes, barrier.clone(), args.hold);
+            let (to, bytes, barrier, hold) = (args.to.clone(), args.bytes, barrier.clone(), args.hold);
             tokio::spawn(async move {
                 let mut stream = TcpStream::connect(&to).await?;
                 if hold {
@@ -186,10 +181,7 @@ pub struct GetArgs {
 
 /// A plain HTTP/1.1 GET with no dependencies beyond the socket.
 pub async fn http_get(args: GetArgs) -> anyhow::Result<()> {
-    let rest = args
-        .url
-        .strip_prefix("http://")
-        .context("only http:// URLs")?;
+    let rest = args.url.strip_prefix("http://").context("only http:// URLs")?;
     let (authority, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));

@@ -31,11 +31,7 @@ async fn reconcile_all(api: &Arc<Api>) {
 fn limit(value: Option<&Value>, replicas: i64, default_percent: i64, round_up: bool) -> i64 {
     let percent = |p: i64| {
         let scaled = replicas * p;
-        if round_up {
-            (scaled + 99) / 100
-        } else {
-            scaled / 100
-        }
+        if round_up { (scaled + 99) / 100 } else { scaled / 100 }
     };
     match value {
         Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
@@ -87,17 +83,8 @@ async fn reconcile(api: &Arc<Api>, deployment: &Value) -> Result<(), String> {
         .unwrap_or("RollingUpdate");
     let rolling = deployment.pointer("/spec/strategy/rollingUpdate");
     let surge = limit(rolling.and_then(|r| r.get("maxSurge")), replicas, 25, true);
-    let unavailable = limit(
-        rolling.and_then(|r| r.get("maxUnavailable")),
-        replicas,
-        25,
-        false,
-    );
-    let surge = if surge == 0 && unavailable == 0 {
-        1
-    } else {
-        surge
-    };
+    let unavailable = limit(rolling.and_then(|r| r.get("maxUnavailable")), replicas, 25, false);
+    let surge = if surge == 0 && unavailable == 0 { 1 } else { surge };
 
     let ready = |set: &[&Value]| set.iter().filter(|p| pod_ready(p)).count() as i64;
     let (current_n, old_n) = (current.len() as i64, old.len() as i64);
@@ -115,9 +102,7 @@ async fn reconcile(api: &Arc<Api>, deployment: &Value) -> Result<(), String> {
             );
         }
     } else {
-        to_create = (replicas - current_n)
-            .min(replicas + surge - current_n - old_n)
-            .max(0);
+        to_create = (replicas - current_n).min(replicas + surge - current_n - old_n).max(0);
         let available = ready(&current) + ready(&old);
         let min_available = replicas - unavailable;
         let unready_old: Vec<&Value> = old.iter().copied().filter(|p| !pod_ready(p)).collect();
@@ -158,15 +143,10 @@ async fn reconcile(api: &Arc<Api>, deployment: &Value) -> Result<(), String> {
         }],
     });
     api.store
-        .modify(
-            Resource::named("deployments"),
-            &namespace,
-            name_of(deployment),
-            |d| {
-                d["status"] = status;
-                Ok(())
-            },
-        )
+        .modify(Resource::named("deployments"), &namespace, name_of(deployment), |d| {
+            d["status"] = status;
+            Ok(())
+        })
         .map_err(|e| e.to_string())?;
     Ok(())
 }
@@ -186,16 +166,9 @@ fn deletion_order<'a>(pods: &[&'a Value]) -> Vec<&'a Value> {
 }
 
 fn pod_from_template(deployment: &Value, template: &Value, hash: &str) -> Value {
-    let mut metadata = template
-        .get("metadata")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
+    let mut metadata = template.get("metadata").cloned().unwrap_or_else(|| json!({}));
     metadata["labels"][TEMPLATE_HASH_LABEL] = json!(hash);
-    metadata["name"] = json!(format!(
-        "{}-{hash}-{}",
-        name_of(deployment),
-        random_suffix(5)
-    ));
+    metadata["name"] = json!(format!("{}-{hash}-{}", name_of(deployment), random_suffix(5)));
     metadata["namespace"] = json!(namespace_of(deployment));
     metadata["ownerReferences"] = json!([owner_reference(deployment)]);
     json!({

@@ -36,26 +36,16 @@ fn reconcile_all(store: &Store) {
     // Slices of Services that are gone.
     let (slices, _) = store.list(Resource::named("endpointslices"), None);
     for slice in slices.iter().filter(|s| {
-        s.pointer(&format!(
-            "/metadata/labels/{}",
-            MANAGED_BY_LABEL.replace('/', "~1")
-        )) == Some(&json!(MANAGED_BY))
+        s.pointer(&format!("/metadata/labels/{}", MANAGED_BY_LABEL.replace('/', "~1"))) == Some(&json!(MANAGED_BY))
     }) {
         let service = slice
-            .pointer(&format!(
-                "/metadata/labels/{}",
-                SERVICE_NAME_LABEL.replace('/', "~1")
-            ))
+            .pointer(&format!("/metadata/labels/{}", SERVICE_NAME_LABEL.replace('/', "~1")))
             .and_then(Value::as_str);
         let exists = services
             .iter()
             .any(|s| Some(name_of(s)) == service && namespace_of(s) == namespace_of(slice));
         if !exists {
-            let _ = store.remove(
-                Resource::named("endpointslices"),
-                namespace_of(slice),
-                name_of(slice),
-            );
+            let _ = store.remove(Resource::named("endpointslices"), namespace_of(slice), name_of(slice));
         }
     }
 }
@@ -69,12 +59,7 @@ fn target_port(pod: &Value, target: &Value) -> Option<i64> {
             .pointer("/spec/containers")
             .and_then(Value::as_array)?
             .iter()
-            .flat_map(|c| {
-                c.get("ports")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default()
-            })
+            .flat_map(|c| c.get("ports").and_then(Value::as_array).cloned().unwrap_or_default())
             .find(|p| p["name"] == *name)
             .and_then(|p| p["containerPort"].as_i64()),
         _ => None,
@@ -159,16 +144,10 @@ fn reconcile(store: &Store, service: &Value, selector: &LabelSelector) {
     }
     let (slices, _) = store.list(Resource::named("endpointslices"), Some(namespace));
     for slice in slices {
-        let owned = slice.pointer(&format!(
-            "/metadata/labels/{}",
-            SERVICE_NAME_LABEL.replace('/', "~1")
-        )) == Some(&json!(service_name));
+        let owned = slice.pointer(&format!("/metadata/labels/{}", SERVICE_NAME_LABEL.replace('/', "~1")))
+            == Some(&json!(service_name));
         if owned && !wanted.iter().any(|w| w == name_of(&slice)) {
-            let _ = store.remove(
-                Resource::named("endpointslices"),
-                namespace,
-                name_of(&slice),
-            );
+            let _ = store.remove(Resource::named("endpointslices"), namespace, name_of(&slice));
         }
     }
 }

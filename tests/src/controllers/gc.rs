@@ -34,9 +34,7 @@ fn collect(api: &Api) {
         .collect();
 
     for (resource, object) in &everything {
-        let owners = object
-            .pointer("/metadata/ownerReferences")
-            .and_then(Value::as_array);
+        let owners = object.pointer("/metadata/ownerReferences").and_then(Value::as_array);
         let orphaned = owners.is_some_and(|owners| {
             !owners.is_empty()
                 && owners
@@ -56,9 +54,7 @@ fn collect(api: &Api) {
     for namespace in &namespaces {
         let name = name_of(namespace);
         if is_terminating(namespace) {
-            let empty = !everything
-                .iter()
-                .any(|(r, o)| r.namespaced && namespace_of(o) == name);
+            let empty = !everything.iter().any(|(r, o)| r.namespaced && namespace_of(o) == name);
             if empty {
                 let _ = api.store.remove(Resource::named("namespaces"), "", name);
             }

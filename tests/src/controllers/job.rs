@@ -31,10 +31,7 @@ fn phase(pod: &Value) -> &str {
 
 async fn reconcile(api: &Arc<Api>, job: &Value) -> Result<(), String> {
     let namespace = namespace_of(job).to_string();
-    let uid = job
-        .pointer("/metadata/uid")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
+    let uid = job.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
     let spec_number = |field: &str, default: i64| {
         job.pointer(&format!("/spec/{field}"))
             .and_then(Value::as_i64)
@@ -67,13 +64,9 @@ async fn reconcile(api: &Arc<Api>, job: &Value) -> Result<(), String> {
     if !finished && succeeded < completions && failed <= backoff_limit {
         let wanted = parallelism.min(completions - succeeded) - active;
         for _ in 0..wanted.max(0) {
-            api.create_object(
-                Resource::named("pods"),
-                Some(namespace.clone()),
-                pod_for(job),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            api.create_object(Resource::named("pods"), Some(namespace.clone()), pod_for(job))
+                .await
+                .map_err(|e| e.to_string())?;
         }
     }
     let mut status = json!({"active": active, "succeeded": succeeded, "failed": failed});
@@ -96,8 +89,7 @@ async fn reconcile(api: &Arc<Api>, job: &Value) -> Result<(), String> {
         }
     } else if let Some((kind, reason)) = condition {
         let now = now_rfc3339();
-        status["conditions"] =
-            json!([{"type": kind, "status": "True", "reason": reason, "lastTransitionTime": now}]);
+        status["conditions"] = json!([{"type": kind, "status": "True", "reason": reason, "lastTransitionTime": now}]);
         if kind == "Complete" {
             status["completionTime"] = json!(now);
         }
@@ -112,14 +104,8 @@ async fn reconcile(api: &Arc<Api>, job: &Value) -> Result<(), String> {
 }
 
 fn pod_for(job: &Value) -> Value {
-    let template = job
-        .pointer("/spec/template")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
-    let mut metadata = template
-        .get("metadata")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
+    let template = job.pointer("/spec/template").cloned().unwrap_or_else(|| json!({}));
+    let mut metadata = template.get("metadata").cloned().unwrap_or_else(|| json!({}));
     let job_name = name_of(job);
     metadata["labels"]["job-name"] = json!(job_name);
     metadata["labels"]["batch.kubernetes.io/job-name"] = json!(job_name);

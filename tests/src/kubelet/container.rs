@@ -27,9 +27,7 @@ pub type Lookup<'a> = &'a dyn Fn(&str, &str) -> Option<Value>;
 fn component_binary(image: &str) -> Option<PathBuf> {
     let repository = image.rsplit('/').next()?.split([':', '@']).next()?;
     let known = ["strait-proxy", "strait-init", "strait-injector"];
-    known
-        .contains(&repository)
-        .then(|| paths::bin_dir().join(repository))
+    known.contains(&repository).then(|| paths::bin_dir().join(repository))
 }
 
 /// Finds a program as the container's PATH would: the lab's binaries first.
@@ -48,17 +46,15 @@ fn resolve_program(program: &str) -> String {
 /// strait's own images.
 pub fn argv(container: &Container, env: &[(String, String)]) -> Result<Vec<String>, String> {
     let expand = |items: &Option<Vec<String>>| -> Vec<String> {
-        items
-            .iter()
-            .flatten()
-            .map(|item| expand_vars(item, env))
-            .collect()
+        items.iter().flatten().map(|item| expand_vars(item, env)).collect()
     };
     let mut argv = expand(&container.command);
     if argv.is_empty() {
         let image = container.image.as_deref().unwrap_or_default();
         let binary = component_binary(image).ok_or_else(|| {
-            format!("image {image:?} is not one of strait's; the lab runs local programs, so give the container a command")
+            format!(
+                "image {image:?} is not one of strait's; the lab runs local programs, so give the container a command"
+            )
         })?;
         argv.push(binary.display().to_string());
     } else {
@@ -117,10 +113,7 @@ fn field(pod: &Value, path: &str) -> Option<String> {
     match path {
         "spec.nodeName" => Some(NODE_NAME.to_string()),
         "status.hostIP" => Some(NODE_IP.to_string()),
-        "status.podIPs" => pod
-            .pointer("/status/podIP")
-            .and_then(Value::as_str)
-            .map(str::to_string),
+        "status.podIPs" => pod.pointer("/status/podIP").and_then(Value::as_str).map(str::to_string),
         _ => pod
             .pointer(&format!("/{}", path.replace('.', "/")))
             .and_then(Value::as_str)
@@ -131,9 +124,7 @@ fn field(pod: &Value, path: &str) -> Option<String> {
 /// Parses a Kubernetes quantity (`250m`, `2`, `64Mi`, `1G`) as a number.
 pub fn quantity(text: &str) -> Option<f64> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(text.len());
     let (number, suffix) = text.split_at(split);
     let number: f64 = number.parse().ok()?;
     let factor = match suffix {
@@ -152,11 +143,7 @@ pub fn quantity(text: &str) -> Option<f64> {
     Some(number * factor)
 }
 
-fn resource_field(
-    container: &Container,
-    resource: &str,
-    divisor: Option<&str>,
-) -> Result<String, String> {
+fn resource_field(container: &Container, resource: &str, divisor: Option<&str>) -> Result<String, String> {
     let (section, name) = resource
         .split_once('.')
         .ok_or_else(|| format!("resourceFieldRef {resource:?} is not section.name"))?;
@@ -177,10 +164,7 @@ fn resource_field(
         (None, "memory") => NODE_MEMORY,
         (None, _) => 0.0,
     };
-    let divisor = divisor
-        .and_then(quantity)
-        .filter(|d| *d > 0.0)
-        .unwrap_or(1.0);
+    let divisor = divisor.and_then(quantity).filter(|d| *d > 0.0).unwrap_or(1.0);
     Ok(format!("{}", (value / divisor).ceil() as u64))
 }
 
@@ -208,27 +192,26 @@ fn env_var(
         )
         .map(Some);
     }
-    let key_ref =
-        |plural: &str, name: &str, key: &str, optional: bool| -> Result<Option<String>, String> {
-            let object = lookup(plural, name);
-            let data = object
-                .as_ref()
-                .and_then(|o| o.get("data"))
-                .and_then(|d| d.get(key))
-                .and_then(Value::as_str);
-            match (data, optional) {
-                (Some(value), _) if plural == "secrets" => {
-                    use base64::Engine;
-                    let bytes = base64::engine::general_purpose::STANDARD
-                        .decode(value)
-                        .map_err(|e| format!("secret {name} key {key}: {e}"))?;
-                    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
-                }
-                (Some(value), _) => Ok(Some(value.to_string())),
-                (None, true) => Ok(None),
-                (None, false) => Err(format!("{plural} {name:?} has no key {key:?}")),
+    let key_ref = |plural: &str, name: &str, key: &str, optional: bool| -> Result<Option<String>, String> {
+        let object = lookup(plural, name);
+        let data = object
+            .as_ref()
+            .and_then(|o| o.get("data"))
+            .and_then(|d| d.get(key))
+            .and_then(Value::as_str);
+        match (data, optional) {
+            (Some(value), _) if plural == "secrets" => {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(value)
+                    .map_err(|e| format!("secret {name} key {key}: {e}"))?;
+                Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
             }
-        };
+            (Some(value), _) => Ok(Some(value.to_string())),
+            (None, true) => Ok(None),
+            (None, false) => Err(format!("{plural} {name:?} has no key {key:?}")),
+        }
+    };
     if let Some(r) = &from.config_map_key_ref {
         return key_ref("configmaps", &r.name, &r.key, r.optional.unwrap_or(false));
     }
@@ -248,15 +231,9 @@ pub fn environment(
 ) -> Result<Vec<(String, String)>, String> {
     let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
     let mut env: Vec<(String, String)> = vec![
-        (
-            "PATH".into(),
-            format!("{}:{host_path}", paths::bin_dir().display()),
-        ),
+        ("PATH".into(), format!("{}:{host_path}", paths::bin_dir().display())),
         ("HOME".into(), "/root".into()),
-        (
-            "HOSTNAME".into(),
-            typed.metadata.name.clone().unwrap_or_default(),
-        ),
+        ("HOSTNAME".into(), typed.metadata.name.clone().unwrap_or_default()),
         ("KUBERNETES_SERVICE_HOST".into(), API_SERVICE_IP.to_string()),
         ("KUBERNETES_SERVICE_PORT".into(), "443".into()),
         ("KUBERNETES_SERVICE_PORT_HTTPS".into(), "443".into()),
@@ -271,10 +248,7 @@ pub fn environment(
         match lookup(plural, &name).and_then(|o| o.get("data").cloned()) {
             Some(Value::Object(data)) => {
                 for (key, value) in data {
-                    env.push((
-                        format!("{prefix}{key}"),
-                        value.as_str().unwrap_or_default().to_string(),
-                    ));
+                    env.push((format!("{prefix}{key}"), value.as_str().unwrap_or_default().to_string()));
                 }
             }
             _ if optional => {}
@@ -291,10 +265,7 @@ pub fn environment(
 
 /// The uid and gid the container runs as; `None` is root.
 pub fn user(typed: &Pod, container: &Container) -> Option<(u32, u32)> {
-    let pod_context = typed
-        .spec
-        .as_ref()
-        .and_then(|s| s.security_context.as_ref());
+    let pod_context = typed.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let own = container.security_context.as_ref();
     let uid = own
         .and_then(|c| c.run_as_user)
@@ -337,10 +308,7 @@ mod tests {
 
     #[test]
     fn variables_expand_like_the_kubelet() {
-        let env = vec![
-            ("A".to_string(), "1".to_string()),
-            ("B".to_string(), "two".to_string()),
-        ];
+        let env = vec![("A".to_string(), "1".to_string()), ("B".to_string(), "two".to_string())];
         assert_eq!(expand_vars("$(A)-$(B)", &env), "1-two");
         assert_eq!(expand_vars("$$(A) $(C) $", &env), "$(A) $(C) $");
     }

@@ -17,7 +17,7 @@ use super::Kubelet;
 use super::container;
 use super::nsenter::PodNamespaces;
 use super::probe::{self, ProbeKind, Timing};
-use super::sandbox::Sandbox;
+use super::sandbox::{BindMount, Sandbox};
 use super::volumes::{self, TokenFile};
 use crate::apiserver::auth::TokenOwner;
 use crate::apiserver::resource::Resource;
@@ -87,7 +87,8 @@ pub struct PodRunner {
     uid: String,
     containers: Vec<ContainerState>,
     sandbox: Option<Sandbox>,
-    namespaces: Option<PodNamespaces>,
+    /// Each container's mounts, for its mount namespace.
+    mounts: HashMap<String, Vec<BindMount>>,
     ip: Option<Ipv4Addr>,
     tokens: Vec<TokenFile>,
     /// Index of the init container the pod is waiting on.
@@ -104,10 +105,7 @@ fn backoff(restarts: u32) -> Duration {
 }
 
 impl PodRunner {
-    pub fn new(
-        kubelet: Arc<Kubelet>,
-        pod: Value,
-    ) -> Result<(Self, mpsc::UnboundedSender<Message>), serde_json::Error> {
+    pub fn new(kubelet: Arc<Kubelet>, pod: Value) -> Result<(Self, mpsc::UnboundedSender<Message>), serde_json::Error> {
         let typed: Pod = serde_json::from_value(pod.clone())?;
         let spec = typed.spec.clone().unwrap_or_default();
         let mut containers = Vec::new();
@@ -132,7 +130,7 @@ impl PodRunner {
             typed,
             containers,
             sandbox: None,
-            namespaces: None,
+            mounts: HashMap::new(),
             ip: None,
             tokens: Vec::new(),
             init_index: 0,
@@ -203,32 +201,21 @@ impl PodRunner {
         self.ip = Some(ip);
         // The pod's IP is known before its containers start, as in Kubernetes.
         self.pod["status"]["podIP"] = json!(ip.to_string());
-        let lookup = |plural: &str, name: &str| {
-            kubelet
-                .store
-                .get(Resource::named(plural), &self.namespace, name)
-                .ok()
-        };
-        let prepared = volumes::prepare(
-            &self.pod,
-            &self.typed,
-            &dir,
-            &kubelet.paths.ca_cert(),
-            &lookup,
-        )
-        .map_err(|e| e.to_string())?;
+        let lookup = |plural: &str, name: &str| kubelet.store.get(Resource::named(plural), &self.namespace, name).ok();
+        let prepared = volumes::prepare(&self.pod, &self.typed, &dir, &kubelet.paths.ca_cert(), &lookup)
+            .map_err(|e| e.to_string())?;
         let owner = self.owner();
         for token in &prepared.tokens {
             volumes::write_token(&kubelet.tokens, &owner, token)
                 .map_err(|e| format!("write {}: {e}", token.path.display()))?;
         }
         self.tokens = prepared.tokens;
-        let mut mounts = prepared.mounts;
+        self.mounts = prepared.mounts;
+        let mut etc = Vec::new();
         for (file, contents) in self.etc_files(ip) {
             let path = dir.join(file);
-            std::fs::write(&path, contents)
-                .map_err(|e| format!("write {}: {e}", path.display()))?;
-            mounts.push(super::sandbox::BindMount {
+            std::fs::write(&path, contents).map_err(|e| format!("write {}: {e}", path.display()))?;
+            etc.push(BindMount {
                 source: path,
                 target: format!("/etc/{file}"),
                 read_only: false,
@@ -236,17 +223,12 @@ impl PodRunner {
         }
         let netns = kubelet.paths.pod_netns(&self.namespace, &self.name);
         let veth = kubelet.next_veth();
-        let sandbox = Sandbox::create(&netns, &veth, ip, &self.name, &mounts)
+        let sandbox = Sandbox::create(&netns, &veth, ip, &self.name, &etc)
             .await
             .map_err(|e| e.to_string())?;
         let _ = std::fs::write(
             kubelet.paths.sandbox_pid(&self.namespace, &self.name),
-            sandbox.pid.to_string(),
-        );
-        self.namespaces = Some(
-            sandbox
-                .namespaces()
-                .map_err(|e| format!("open the sandbox's namespaces: {e}"))?,
+            sandbox.pid().to_string(),
         );
         self.sandbox = Some(sandbox);
         self.schedule_token_refresh();
@@ -307,10 +289,8 @@ impl PodRunner {
                     ok,
                 } => self.probed(index, generation, kind, ok),
                 Message::Restart { index, generation } => {
-                    if self.containers[index].generation == generation
-                        && !self.containers[index].running()
-                    {
-                        self.start_container(index);
+                    if self.containers[index].generation == generation && !self.containers[index].running() {
+                        self.start_container(index).await;
                     }
                 }
                 Message::RefreshTokens => self.refresh_tokens(),
@@ -340,29 +320,18 @@ impl PodRunner {
 
     /// Starts whatever the pod is ready for next.
     async fn advance(&mut self) {
-        while self.init_index < self.containers.len()
-            && self.containers[self.init_index].role != Role::App
-        {
+        while self.init_index < self.containers.len() && self.containers[self.init_index].role != Role::App {
             let index = self.init_index;
             let state = &self.containers[index];
             match state.role {
                 Role::Sidecar if state.started => self.init_index += 1,
-                Role::Sidecar
-                    if !state.running() && state.restarts == 0 && state.terminated.is_none() =>
-                {
-                    self.start_container(index);
+                Role::Sidecar if !state.running() && state.restarts == 0 && state.terminated.is_none() => {
+                    self.start_container(index).await;
                     return;
                 }
-                Role::Init
-                    if state
-                        .terminated
-                        .as_ref()
-                        .is_some_and(|(code, _)| *code == 0) =>
-                {
-                    self.init_index += 1
-                }
+                Role::Init if state.terminated.as_ref().is_some_and(|(code, _)| *code == 0) => self.init_index += 1,
                 Role::Init if !state.running() && state.terminated.is_none() => {
-                    self.start_container(index);
+                    self.start_container(index).await;
                     return;
                 }
                 _ => return,
@@ -374,7 +343,7 @@ impl PodRunner {
         self.apps_started = true;
         self.phase = "Running";
         for index in self.init_index..self.containers.len() {
-            self.start_container(index);
+            self.start_container(index).await;
             let hook = self.containers[index]
                 .spec
                 .lifecycle
@@ -382,11 +351,11 @@ impl PodRunner {
                 .and_then(|l| l.post_start.as_ref())
                 .and_then(|h| h.exec.as_ref())
                 .and_then(|e| e.command.clone());
-            if let (Some(command), Some(namespaces)) = (hook, &self.namespaces) {
+            if let (Some(command), Some(namespaces)) = (hook, self.namespaces_of(index)) {
                 // Like the kubelet, the next container starts only after this
                 // container's postStart hook has finished.
                 let user = container::user(&self.typed, &self.containers[index].spec);
-                if !probe::run_hook(&command, namespaces, user, Duration::from_secs(120)).await {
+                if !probe::run_hook(&command, &namespaces, user, Duration::from_secs(120)).await {
                     tracing::warn!(pod = %self.name, container = %self.containers[index].spec.name, "postStart hook failed");
                     self.kill_container(index, nix::sys::signal::Signal::SIGKILL);
                 }
@@ -394,35 +363,33 @@ impl PodRunner {
         }
     }
 
-    fn start_container(&mut self, index: usize) {
+    fn namespaces_of(&self, index: usize) -> Option<PodNamespaces> {
+        self.sandbox.as_ref()?.namespaces(&self.containers[index].spec.name).ok()
+    }
+
+    async fn start_container(&mut self, index: usize) {
         let kubelet = self.kubelet.clone();
-        let lookup = |plural: &str, name: &str| {
-            kubelet
-                .store
-                .get(Resource::named(plural), &self.namespace, name)
-                .ok()
-        };
-        let Some(namespaces) = &self.namespaces else {
+        let spec = self.containers[index].spec.clone();
+        let Some(sandbox) = self.sandbox.as_mut() else {
             return;
         };
-        let spec = self.containers[index].spec.clone();
-        let log = kubelet
-            .paths
-            .container_log(&self.namespace, &self.name, &spec.name);
+        let mounts = self.mounts.get(&spec.name).cloned().unwrap_or_default();
+        let holder = sandbox.add_container(&spec.name, &mounts).await.map_err(|e| e.to_string());
+        if let Ok(pid) = &holder {
+            let path = kubelet.paths.container_holder_pid(&self.namespace, &self.name, &spec.name);
+            let _ = std::fs::write(path, pid.to_string());
+        }
+        let namespaces = holder.and_then(|_| sandbox.namespaces(&spec.name).map_err(|e| e.to_string()));
+        let lookup = |plural: &str, name: &str| kubelet.store.get(Resource::named(plural), &self.namespace, name).ok();
+        let log = kubelet.paths.container_log(&self.namespace, &self.name, &spec.name);
         let mut pod = self.pod.clone();
         pod["status"]["podIP"] = json!(self.ip.map(|ip| ip.to_string()));
-        let launched = container::environment(&pod, &self.typed, &spec, &lookup).and_then(|env| {
+        let launched = namespaces.and_then(|namespaces| {
+            let env = container::environment(&pod, &self.typed, &spec, &lookup)?;
             let argv = container::argv(&spec, &env)?;
             let user = container::user(&self.typed, &spec);
-            container::spawn(
-                namespaces,
-                &argv,
-                &env,
-                user,
-                spec.working_dir.clone(),
-                &log,
-            )
-            .map_err(|e| format!("cannot start {}: {e}", argv[0]))
+            container::spawn(&namespaces, &argv, &env, user, spec.working_dir.clone(), &log)
+                .map_err(|e| format!("cannot start {}: {e}", argv[0]))
         });
         let state = &mut self.containers[index];
         state.generation += 1;
@@ -439,9 +406,7 @@ impl PodRunner {
         };
         let pid = child.id().unwrap_or_default();
         let _ = std::fs::write(
-            kubelet
-                .paths
-                .container_pid(&self.namespace, &self.name, &spec.name),
+            kubelet.paths.container_pid(&self.namespace, &self.name, &spec.name),
             pid.to_string(),
         );
         state.pid = Some(pid);
@@ -453,9 +418,9 @@ impl PodRunner {
         let messages = self.messages.clone();
         tokio::spawn(async move {
             let code = match child.wait().await {
-                Ok(status) => status.code().unwrap_or_else(|| {
-                    128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(9)
-                }),
+                Ok(status) => status
+                    .code()
+                    .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(9)),
                 Err(_) => 255,
             };
             let _ = messages.send(Message::Exited {
@@ -478,16 +443,16 @@ impl PodRunner {
             (ProbeKind::Readiness, state.spec.readiness_probe.clone()),
             (ProbeKind::Liveness, state.spec.liveness_probe.clone()),
         ];
-        let sandbox_pid = self.sandbox.as_ref().map(|s| s.pid).unwrap_or_default();
+        let Some(namespaces) = self.sandbox.as_ref().and_then(|s| s.namespaces(&state.spec.name).ok()) else {
+            return;
+        };
+        let namespaces = Arc::new(namespaces);
         let user = container::user(&self.typed, &state.spec);
         for (kind, probe) in probes {
             let Some(probe) = probe else { continue };
-            let (messages, spec, generation) =
-                (self.messages.clone(), state.spec.clone(), state.generation);
+            let (messages, spec, generation) = (self.messages.clone(), state.spec.clone(), state.generation);
+            let namespaces = namespaces.clone();
             let task = tokio::spawn(async move {
-                let Ok(namespaces) = PodNamespaces::of_process(sandbox_pid) else {
-                    return;
-                };
                 let timing = Timing::of(&probe);
                 tokio::time::sleep(timing.initial_delay).await;
                 let (mut successes, mut failures, mut last) = (0, 0, None);
@@ -626,8 +591,7 @@ impl PodRunner {
             .iter()
             .filter(|c| c.role == Role::App)
             .all(|c| c.terminated.as_ref().is_some_and(|(code, _)| *code == 0));
-        self.stop_sidecars(Instant::now() + Duration::from_secs(10))
-            .await;
+        self.stop_sidecars(Instant::now() + Duration::from_secs(10)).await;
         self.phase = if succeeded { "Succeeded" } else { "Failed" };
         self.release_sandbox().await;
     }
@@ -652,14 +616,7 @@ impl PodRunner {
                     if state.generation == generation {
                         state.pid = None;
                         state.ready = false;
-                        state.terminated = Some((
-                            code,
-                            if code == 0 {
-                                "Completed".into()
-                            } else {
-                                "Error".into()
-                            },
-                        ));
+                        state.terminated = Some((code, if code == 0 { "Completed".into() } else { "Error".into() }));
                     }
                 }
                 Ok(Some(_)) => {}
@@ -699,15 +656,11 @@ impl PodRunner {
                     .as_ref()?
                     .command
                     .clone()?;
-                Some((command, container::user(&self.typed, spec)))
+                Some((self.namespaces_of(i)?, command, container::user(&self.typed, spec)))
             })
             .collect();
-        if let Some(namespaces) = &self.namespaces {
-            let runs = hooks
-                .iter()
-                .map(|(command, user)| probe::run_hook(command, namespaces, *user, grace));
-            futures::future::join_all(runs).await;
-        }
+        let runs = hooks.iter().map(|(namespaces, command, user)| probe::run_hook(command, namespaces, *user, grace));
+        futures::future::join_all(runs).await;
         for &index in &apps {
             self.kill_container(index, nix::sys::signal::Signal::SIGTERM);
         }
@@ -733,7 +686,6 @@ impl PodRunner {
             self.kill_container(index, nix::sys::signal::Signal::SIGKILL);
             self.containers[index].pid = None;
         }
-        self.namespaces = None;
         if let Some(sandbox) = self.sandbox.take() {
             sandbox.destroy().await;
         }
@@ -747,13 +699,11 @@ impl PodRunner {
         self.release_sandbox().await;
         match outcome {
             Outcome::Removed => {
-                let _ =
-                    self.kubelet
-                        .store
-                        .remove(Resource::named("pods"), &self.namespace, &self.name);
-                let _ = std::fs::remove_dir_all(
-                    self.kubelet.paths.pod_dir(&self.namespace, &self.name),
-                );
+                let _ = self
+                    .kubelet
+                    .store
+                    .remove(Resource::named("pods"), &self.namespace, &self.name);
+                let _ = std::fs::remove_dir_all(self.kubelet.paths.pod_dir(&self.namespace, &self.name));
             }
         }
         self.kubelet.forget(&self.uid);
@@ -762,17 +712,15 @@ impl PodRunner {
     /// Writes the pod's status to the API.
     fn publish(&self) {
         let status = self.status();
-        let result = self.kubelet.store.modify(
-            Resource::named("pods"),
-            &self.namespace,
-            &self.name,
-            |pod| {
+        let result = self
+            .kubelet
+            .store
+            .modify(Resource::named("pods"), &self.namespace, &self.name, |pod| {
                 if pod.pointer("/metadata/uid").and_then(Value::as_str) == Some(self.uid.as_str()) {
                     pod["status"] = status;
                 }
                 Ok(())
-            },
-        );
+            });
         if let Err(error) = result {
             tracing::debug!(pod = %self.name, %error, "cannot publish status");
         }
@@ -780,16 +728,15 @@ impl PodRunner {
 
     fn status(&self) -> Value {
         let container_status = |state: &ContainerState| {
-            let current =
-                if let Some((since, _)) = state.started_at.as_ref().filter(|_| state.running()) {
-                    json!({"running": {"startedAt": since}})
-                } else if let Some((reason, message)) = &state.waiting {
-                    json!({"waiting": {"reason": reason, "message": message}})
-                } else if let Some((code, reason)) = &state.terminated {
-                    json!({"terminated": {"exitCode": code, "reason": reason}})
-                } else {
-                    json!({"waiting": {"reason": "PodInitializing"}})
-                };
+            let current = if let Some((since, _)) = state.started_at.as_ref().filter(|_| state.running()) {
+                json!({"running": {"startedAt": since}})
+            } else if let Some((reason, message)) = &state.waiting {
+                json!({"waiting": {"reason": reason, "message": message}})
+            } else if let Some((code, reason)) = &state.terminated {
+                json!({"terminated": {"exitCode": code, "reason": reason}})
+            } else {
+                json!({"waiting": {"reason": "PodInitializing"}})
+            };
             json!({
                 "name": state.spec.name,
                 "image": state.spec.image,
@@ -807,10 +754,7 @@ impl PodRunner {
         let running = self.phase == "Running";
         let containers_ready = running
             && apps.iter().all(|c| c.ready)
-            && inits
-                .iter()
-                .filter(|c| c.role == Role::Sidecar)
-                .all(|c| c.ready);
+            && inits.iter().filter(|c| c.role == Role::Sidecar).all(|c| c.ready);
         let condition = |kind: &str, ok: bool| json!({"type": kind, "status": if ok { "True" } else { "False" }});
         let mut status = json!({
             "phase": self.phase,
@@ -826,10 +770,7 @@ impl PodRunner {
             "initContainerStatuses": inits.iter().map(|c| container_status(c)).collect::<Vec<_>>(),
             "containerStatuses": apps.iter().map(|c| container_status(c)).collect::<Vec<_>>(),
         });
-        if let Some(ip) = self
-            .ip
-            .filter(|_| self.sandbox.is_some() || self.phase == "Pending")
-        {
+        if let Some(ip) = self.ip.filter(|_| self.sandbox.is_some() || self.phase == "Pending") {
             status["podIP"] = json!(ip.to_string());
             status["podIPs"] = json!([{"ip": ip.to_string()}]);
         }
@@ -870,8 +811,7 @@ pub fn cpu_seconds(container_pids: &HashMap<String, u32>) -> HashMap<String, f64
         .ok()
         .flatten()
         .unwrap_or(100) as f64;
-    let mut totals: HashMap<String, f64> =
-        container_pids.keys().map(|k| (k.clone(), 0.0)).collect();
+    let mut totals: HashMap<String, f64> = container_pids.keys().map(|k| (k.clone(), 0.0)).collect();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return totals;
     };
@@ -884,9 +824,7 @@ pub fn cpu_seconds(container_pids: &HashMap<String, u32>) -> HashMap<String, f64
             continue;
         };
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let (Some(pgrp), Some(utime), Some(stime)) =
-            (fields.get(2), fields.get(11), fields.get(12))
-        else {
+        let (Some(pgrp), Some(utime), Some(stime)) = (fields.get(2), fields.get(11), fields.get(12)) else {
             continue;
         };
         let Ok(pgrp) = pgrp.parse::<u32>() else {

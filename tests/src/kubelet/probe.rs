@@ -32,9 +32,7 @@ pub struct Timing {
 
 impl Timing {
     pub fn of(probe: &Probe) -> Self {
-        let secs = |v: Option<i32>, default: u64| {
-            Duration::from_secs(v.map_or(default, |v| v.max(0) as u64))
-        };
+        let secs = |v: Option<i32>, default: u64| Duration::from_secs(v.map_or(default, |v| v.max(0) as u64));
         Timing {
             initial_delay: secs(probe.initial_delay_seconds, 0),
             period: secs(probe.period_seconds, 10).max(Duration::from_secs(1)),
@@ -72,11 +70,7 @@ pub async fn check(
         let Some(port) = port(container, &http.port) else {
             return false;
         };
-        let host = http
-            .host
-            .as_deref()
-            .and_then(|h| h.parse().ok())
-            .unwrap_or(pod_ip);
+        let host = http.host.as_deref().and_then(|h| h.parse().ok()).unwrap_or(pod_ip);
         let path = http.path.clone().unwrap_or_else(|| "/".into());
         return tokio::time::timeout(timeout, http_get(SocketAddr::new(host, port), &path))
             .await
@@ -87,10 +81,7 @@ pub async fn check(
             return false;
         };
         let addr = SocketAddr::new(pod_ip, port);
-        return matches!(
-            tokio::time::timeout(timeout, TcpStream::connect(addr)).await,
-            Ok(Ok(_))
-        );
+        return matches!(tokio::time::timeout(timeout, TcpStream::connect(addr)).await, Ok(Ok(_)));
     }
     if let Some(exec) = &probe.exec {
         let command = exec.command.clone().unwrap_or_default();
@@ -98,10 +89,7 @@ pub async fn check(
     }
     if let Some(grpc) = &probe.grpc {
         let addr = SocketAddr::new(pod_ip, u16::try_from(grpc.port).unwrap_or(0));
-        return matches!(
-            tokio::time::timeout(timeout, TcpStream::connect(addr)).await,
-            Ok(Ok(_))
-        );
+        return matches!(tokio::time::timeout(timeout, TcpStream::connect(addr)).await, Ok(Ok(_)));
     }
     false
 }
@@ -110,9 +98,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> bool {
     let Ok(stream) = TcpStream::connect(addr).await else {
         return false;
     };
-    let Ok((mut sender, connection)) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-    else {
+    let Ok((mut sender, connection)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
         return false;
     };
     tokio::spawn(connection);

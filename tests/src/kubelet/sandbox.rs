@@ -1,8 +1,11 @@
-//! A pod's sandbox: its network namespace wired to the bridge, and a small
-//! holder process (Kubernetes' "pause" container) that owns the pod's mount
-//! and UTS namespaces, with the pod's own /run, /tmp, /etc/hosts,
-//! /etc/resolv.conf, hostname and volumes mounted. Containers join it.
+//! A pod's sandbox: its network namespace wired to the bridge, a holder
+//! process (Kubernetes' "pause" container) that owns the pod's UTS namespace
+//! and base mount namespace (its /etc/hosts, /etc/resolv.conf and hostname),
+//! and one holder per container owning that container's own mount namespace:
+//! a private /run and /tmp with the container's volumes mounted. Containers
+//! join their pod's network and UTS namespaces and their own mount namespace.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -61,46 +64,26 @@ pub enum SandboxError {
     Setup(String),
 }
 
-pub struct Sandbox {
-    pub netns: String,
-    pub ip: Ipv4Addr,
-    holder: tokio::process::Child,
-    pub pid: u32,
+/// A holder process: it keeps namespaces alive until it is killed.
+struct Holder {
+    process: tokio::process::Child,
+    pid: u32,
 }
 
-impl Sandbox {
-    /// Creates the namespace, wires it, and starts the holder process.
-    pub async fn create(
-        netns: &str,
-        veth: &str,
-        ip: Ipv4Addr,
-        hostname: &str,
-        mounts: &[BindMount],
-    ) -> Result<Sandbox, SandboxError> {
-        network::run("ip", &["netns", "add", netns])?;
-        if let Err(error) = network::attach_pod(netns, veth, ip) {
-            remove_netns(netns);
-            return Err(error.into());
-        }
+impl Holder {
+    async fn start(args: &[String]) -> Result<Holder, SandboxError> {
         let mut command = tokio::process::Command::new(paths::bin_dir().join("strait-lab"));
         command
-            .args(["sandbox", "--netns", netns, "--hostname", hostname])
-            .args(
-                mounts
-                    .iter()
-                    .flat_map(|m| ["--bind".to_string(), m.to_arg()]),
-            )
+            .arg("sandbox")
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
-        let mut holder = command.spawn().map_err(|e| {
-            remove_netns(netns);
-            SandboxError::Spawn(e)
-        })?;
-        let pid = holder.id().unwrap_or_default();
-        let line = match holder.stdout.take() {
+        let mut process = command.spawn().map_err(SandboxError::Spawn)?;
+        let pid = process.id().unwrap_or_default();
+        let line = match process.stdout.take() {
             Some(stdout) => {
                 let mut lines = tokio::io::BufReader::new(stdout).lines();
                 tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await
@@ -109,15 +92,10 @@ impl Sandbox {
         };
         if !matches!(&line, Ok(Ok(Some(line))) if line == "ready") {
             let mut problem = String::new();
-            if let Some(mut stderr) = holder.stderr.take() {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    stderr.read_to_string(&mut problem),
-                )
-                .await;
+            if let Some(mut stderr) = process.stderr.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(1), stderr.read_to_string(&mut problem)).await;
             }
-            let _ = holder.kill().await;
-            remove_netns(netns);
+            let _ = process.kill().await;
             let problem = if problem.trim().is_empty() {
                 format!("{line:?}")
             } else {
@@ -125,22 +103,87 @@ impl Sandbox {
             };
             return Err(SandboxError::Setup(problem));
         }
-        Ok(Sandbox {
-            netns: netns.to_string(),
-            ip,
-            holder,
-            pid,
-        })
+        Ok(Holder { process, pid })
+    }
+}
+
+pub struct Sandbox {
+    pub netns: String,
+    pub ip: Ipv4Addr,
+    pod: Holder,
+    containers: HashMap<String, Holder>,
+}
+
+fn bind_args(mounts: &[BindMount]) -> impl Iterator<Item = String> + '_ {
+    mounts.iter().flat_map(|m| ["--bind".to_string(), m.to_arg()])
+}
+
+impl Sandbox {
+    /// Creates the namespace, wires it, and starts the pod's holder.
+    pub async fn create(
+        netns: &str,
+        veth: &str,
+        ip: Ipv4Addr,
+        hostname: &str,
+        etc: &[BindMount],
+    ) -> Result<Sandbox, SandboxError> {
+        network::run("ip", &["netns", "add", netns])?;
+        if let Err(error) = network::attach_pod(netns, veth, ip) {
+            remove_netns(netns);
+            return Err(error.into());
+        }
+        let mut args = vec![
+            "--netns".to_string(),
+            netns.to_string(),
+            "--hostname".to_string(),
+            hostname.to_string(),
+        ];
+        args.extend(bind_args(etc));
+        match Holder::start(&args).await {
+            Ok(pod) => Ok(Sandbox {
+                netns: netns.to_string(),
+                ip,
+                pod,
+                containers: HashMap::new(),
+            }),
+            Err(error) => {
+                remove_netns(netns);
+                Err(error)
+            }
+        }
     }
 
-    pub fn namespaces(&self) -> std::io::Result<PodNamespaces> {
-        PodNamespaces::of_process(self.pid)
+    pub fn pid(&self) -> u32 {
+        self.pod.pid
+    }
+
+    /// Gives a container its own mount namespace with its volumes; done once
+    /// per container, kept across its restarts.
+    pub async fn add_container(&mut self, name: &str, mounts: &[BindMount]) -> Result<u32, SandboxError> {
+        if let Some(holder) = self.containers.get(name) {
+            return Ok(holder.pid);
+        }
+        let mut args = vec!["--pod-pid".to_string(), self.pod.pid.to_string()];
+        args.extend(bind_args(mounts));
+        let holder = Holder::start(&args).await?;
+        let pid = holder.pid;
+        self.containers.insert(name.to_string(), holder);
+        Ok(pid)
+    }
+
+    /// The namespaces a container's processes run in.
+    pub fn namespaces(&self, container: &str) -> std::io::Result<PodNamespaces> {
+        let mount_holder = self.containers.get(container).map_or(self.pod.pid, |h| h.pid);
+        PodNamespaces::of(self.pod.pid, mount_holder)
     }
 
     /// Kills everything still running in the pod and removes its namespace.
     pub async fn destroy(mut self) {
         kill_netns_processes(&self.netns);
-        let _ = self.holder.kill().await;
+        for holder in self.containers.values_mut() {
+            let _ = holder.process.kill().await;
+        }
+        let _ = self.pod.process.kill().await;
         remove_netns(&self.netns);
     }
 }
@@ -148,14 +191,8 @@ impl Sandbox {
 /// SIGKILLs every process whose network namespace is `netns`.
 pub fn kill_netns_processes(netns: &str) {
     if let Ok(pids) = network::run("ip", &["netns", "pids", netns]) {
-        for pid in pids
-            .split_whitespace()
-            .filter_map(|p| p.parse::<i32>().ok())
-        {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
@@ -164,21 +201,25 @@ pub fn remove_netns(netns: &str) {
     let _ = network::run("ip", &["netns", "delete", netns]);
 }
 
-/// Arguments of the holder process (`strait-lab sandbox`).
+/// Arguments of a holder process (`strait-lab sandbox`): a pod's (with
+/// `--netns`) or a container's (with `--pod-pid`).
 #[derive(Debug, clap::Args)]
 pub struct SandboxArgs {
+    /// The pod's network namespace: makes a pod holder.
+    #[arg(long, conflicts_with = "pod_pid")]
+    pub netns: Option<String>,
     #[arg(long)]
-    pub netns: String,
+    pub hostname: Option<String>,
+    /// The pod holder to join: makes a container holder.
     #[arg(long)]
-    pub hostname: String,
+    pub pod_pid: Option<u32>,
     /// SOURCE=TARGET[:ro]
     #[arg(long = "bind")]
     pub binds: Vec<String>,
 }
 
-/// The holder process: joins the pod's network namespace, makes new mount
-/// and UTS namespaces, mounts the pod's files, says "ready" and waits to be
-/// killed. It runs single-threaded, as namespace changes require.
+/// A holder process: sets up its namespaces and mounts, says "ready" and
+/// waits to be killed. It runs single-threaded, as namespace changes require.
 pub fn sandbox_main(args: SandboxArgs) -> ExitCode {
     match prepare(&args) {
         Ok(()) => {
@@ -190,43 +231,63 @@ pub fn sandbox_main(args: SandboxArgs) -> ExitCode {
             }
         }
         Err(problem) => {
-            eprintln!("sandbox {}: {problem}", args.netns);
+            eprintln!("sandbox: {problem}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn prepare(args: &SandboxArgs) -> Result<(), String> {
-    let netns =
-        File::open(format!("/run/netns/{}", args.netns)).map_err(|e| format!("open netns: {e}"))?;
-    setns(netns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
-    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS)
-        .map_err(|e| format!("unshare: {e}"))?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| format!("make / private: {e}"))?;
-    nix::unistd::sethostname(&args.hostname).map_err(|e| format!("sethostname: {e}"))?;
+fn join(path: &str, kind: CloneFlags) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| format!("open {path}: {e}"))?;
+    setns(file, kind).map_err(|e| format!("setns {path}: {e}"))
+}
 
-    // Open every source before /run is covered: the lab keeps them there.
+fn prepare(args: &SandboxArgs) -> Result<(), String> {
+    match (&args.netns, args.pod_pid) {
+        (Some(netns), _) => {
+            join(&format!("/run/netns/{netns}"), CloneFlags::CLONE_NEWNET)?;
+            unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS).map_err(|e| format!("unshare: {e}"))?;
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(|e| format!("make / private: {e}"))?;
+            if let Some(hostname) = &args.hostname {
+                nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname: {e}"))?;
+            }
+            bind_all(&args.binds, &[])
+        }
+        (None, Some(pid)) => {
+            join(&format!("/proc/{pid}/ns/net"), CloneFlags::CLONE_NEWNET)?;
+            join(&format!("/proc/{pid}/ns/uts"), CloneFlags::CLONE_NEWUTS)?;
+            join(&format!("/proc/{pid}/ns/mnt"), CloneFlags::CLONE_NEWNS)?;
+            unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare: {e}"))?;
+            bind_all(&args.binds, &[("/run", "mode=755"), ("/tmp", "mode=1777")])
+        }
+        (None, None) => Err("either --netns or --pod-pid is needed".into()),
+    }
+}
+
+/// Opens every source first (the lab keeps them under /run, which a
+/// container's private /run then covers), mounts the private tmpfs
+/// directories, then binds each source from its open descriptor.
+fn bind_all(binds: &[String], private: &[(&str, &str)]) -> Result<(), String> {
     let mut sources = Vec::new();
-    for arg in &args.binds {
+    for arg in binds {
         let bind = BindMount::from_arg(arg).ok_or_else(|| format!("bad --bind {arg:?}"))?;
-        let source =
-            File::open(&bind.source).map_err(|e| format!("open {}: {e}", bind.source.display()))?;
+        let source = File::open(&bind.source).map_err(|e| format!("open {}: {e}", bind.source.display()))?;
         sources.push((bind, source));
     }
-    for (dir, mode) in [("/run", "mode=755"), ("/tmp", "mode=1777")] {
+    for (dir, mode) in private {
         mount(
             Some("tmpfs"),
-            dir,
+            *dir,
             Some("tmpfs"),
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            Some(mode),
+            Some(*mode),
         )
         .map_err(|e| format!("mount tmpfs on {dir}: {e}"))?;
     }
@@ -251,9 +312,10 @@ fn prepare(args: &SandboxArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Makes sure a mount point exists. New ones are only made where the pod
-/// has its own filesystem (/run, /tmp), so the host is left untouched; a
-/// symlinked file (such as /etc/resolv.conf on some hosts) is followed.
+/// Makes sure a mount point exists. New ones are only made where the
+/// container has its own filesystem (/run, /tmp), so the host is left
+/// untouched; a symlinked file (such as /etc/resolv.conf on some hosts) is
+/// followed.
 fn ensure_target(target: &Path, is_dir: bool) -> Result<PathBuf, String> {
     let target = match std::fs::read_link(target) {
         Ok(link) if link.is_absolute() => link,
@@ -263,9 +325,7 @@ fn ensure_target(target: &Path, is_dir: bool) -> Result<PathBuf, String> {
     if target.exists() {
         return Ok(target);
     }
-    let private = ["/run", "/var/run", "/tmp"]
-        .iter()
-        .any(|dir| target.starts_with(dir));
+    let private = ["/run", "/var/run", "/tmp"].iter().any(|dir| target.starts_with(dir));
     if !private {
         return Err(format!(
             "mount path {} does not exist; the lab creates mount paths only under /run, /var/run and /tmp",

@@ -3,6 +3,7 @@
 //! every pod, projected tokens, emptyDirs, ConfigMaps, Secrets and the
 //! downward API.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,11 +28,11 @@ pub struct TokenFile {
     pub lifetime: Duration,
 }
 
-/// What the pod's volumes came to: the mounts for the sandbox and the
-/// token files to keep fresh.
+/// What the pod's volumes came to: each container's mounts and the token
+/// files to keep fresh.
 #[derive(Debug, Default)]
 pub struct PreparedVolumes {
-    pub mounts: Vec<BindMount>,
+    pub mounts: HashMap<String, Vec<BindMount>>,
     pub tokens: Vec<TokenFile>,
 }
 
@@ -97,42 +98,37 @@ pub fn prepare(
         volume_dirs.push((volume.name.clone(), path));
     }
 
-    // Every container mounts the API access volume, as Kubernetes arranges.
-    if automount && let Some((_, path)) = volume_dirs.first() {
-        prepared.mounts.push(BindMount {
-            source: path.clone(),
-            target: API_ACCESS_PATH.into(),
-            read_only: true,
-        });
-    }
-    let containers = spec
-        .init_containers
-        .iter()
-        .flatten()
-        .chain(spec.containers.iter());
-    for mount in containers.flat_map(|c| c.volume_mounts.iter().flatten()) {
-        let (_, source) = volume_dirs
-            .iter()
-            .find(|(name, _)| *name == mount.name)
-            .ok_or_else(|| VolumeError {
-                volume: mount.name.clone(),
-                problem: format!(
-                    "mounted at {} but not declared in spec.volumes",
-                    mount.mount_path
-                ),
-            })?;
-        let source = match &mount.sub_path {
-            Some(sub) if !sub.is_empty() => source.join(sub),
-            _ => source.clone(),
-        };
-        let bind = BindMount {
-            source,
-            target: mount.mount_path.clone(),
-            read_only: mount.read_only.unwrap_or(false),
-        };
-        if !prepared.mounts.iter().any(|m| m.target == bind.target) {
-            prepared.mounts.push(bind);
+    let api_access = automount.then(|| BindMount {
+        source: dir.join("volumes").join(API_ACCESS_VOLUME),
+        target: API_ACCESS_PATH.into(),
+        read_only: true,
+    });
+    for container in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
+        // Every container mounts the API access volume, as Kubernetes arranges.
+        let mut mounts: Vec<BindMount> = api_access.iter().cloned().collect();
+        for mount in container.volume_mounts.iter().flatten() {
+            let (_, source) = volume_dirs
+                .iter()
+                .find(|(name, _)| *name == mount.name)
+                .ok_or_else(|| VolumeError {
+                    volume: mount.name.clone(),
+                    problem: format!(
+                        "mounted at {} by {} but not declared in spec.volumes",
+                        mount.mount_path, container.name
+                    ),
+                })?;
+            let source = match &mount.sub_path {
+                Some(sub) if !sub.is_empty() => source.join(sub),
+                _ => source.clone(),
+            };
+            mounts.retain(|m| m.target != mount.mount_path);
+            mounts.push(BindMount {
+                source,
+                target: mount.mount_path.clone(),
+                read_only: mount.read_only.unwrap_or(false),
+            });
         }
+        prepared.mounts.insert(container.name.clone(), mounts);
     }
     Ok(prepared)
 }
@@ -168,12 +164,7 @@ fn prepare_volume(
                 Err(error(format!("{plural} {name:?} not found")))
             };
         };
-        for (key, value) in object
-            .get("data")
-            .and_then(Value::as_object)
-            .into_iter()
-            .flatten()
-        {
+        for (key, value) in object.get("data").and_then(Value::as_object).into_iter().flatten() {
             let text = value.as_str().unwrap_or_default();
             let bytes = if plural == "secrets" {
                 base64::engine::general_purpose::STANDARD
@@ -187,14 +178,9 @@ fn prepare_volume(
         Ok(())
     };
     if volume.empty_dir.is_some() {
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o1777))
-            .map_err(|e| error(e.to_string()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o1777)).map_err(|e| error(e.to_string()))?;
     } else if let Some(config_map) = &volume.config_map {
-        write_data(
-            "configmaps",
-            &config_map.name,
-            config_map.optional.unwrap_or(false),
-        )?;
+        write_data("configmaps", &config_map.name, config_map.optional.unwrap_or(false))?;
     } else if let Some(secret) = &volume.secret {
         write_data(
             "secrets",
@@ -215,21 +201,12 @@ fn prepare_volume(
             if let Some(token) = &source.service_account_token {
                 tokens.push(TokenFile {
                     path: path.join(&token.path),
-                    audience: token
-                        .audience
-                        .clone()
-                        .unwrap_or_else(|| API_AUDIENCE.into()),
-                    lifetime: Duration::from_secs(
-                        token.expiration_seconds.map_or(3600, |s| s.max(600) as u64),
-                    ),
+                    audience: token.audience.clone().unwrap_or_else(|| API_AUDIENCE.into()),
+                    lifetime: Duration::from_secs(token.expiration_seconds.map_or(3600, |s| s.max(600) as u64)),
                 });
             }
             if let Some(config_map) = &source.config_map {
-                write_data(
-                    "configmaps",
-                    &config_map.name,
-                    config_map.optional.unwrap_or(false),
-                )?;
+                write_data("configmaps", &config_map.name, config_map.optional.unwrap_or(false))?;
             }
             if let Some(secret) = &source.secret {
                 write_data("secrets", &secret.name, secret.optional.unwrap_or(false))?;
