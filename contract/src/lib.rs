@@ -7,9 +7,11 @@
 
 pub mod cidrs;
 pub mod duration;
+pub mod identity;
 pub mod names;
 pub mod ports;
 
 pub use cidrs::{Cidr, CidrError, parse_cidrs};
 pub use duration::{DurationError, format_duration, parse_duration};
+pub use identity::{SpiffeId, SpiffeIdError};
 pub use ports::{PortError, PortRange, PortSet};

@@ -28,7 +28,21 @@ pub mod annotations {
     pub const OPAQUE_PORTS: &str = "strait.io/opaque-ports";
     pub const PROXY_LOG_LEVEL: &str = "strait.io/proxy-log-level";
     pub const INBOUND_MODE: &str = "strait.io/inbound-mode";
+    pub const PROXY_CPU_REQUEST: &str = "strait.io/proxy-cpu-request";
+    pub const PROXY_CPU_LIMIT: &str = "strait.io/proxy-cpu-limit";
+    pub const PROXY_MEMORY_REQUEST: &str = "strait.io/proxy-memory-request";
+    pub const PROXY_MEMORY_LIMIT: &str = "strait.io/proxy-memory-limit";
 }
+
+/// The container names the injector adds.
+pub const PROXY_CONTAINER: &str = "strait-proxy";
+pub const INIT_CONTAINER: &str = "strait-init";
+
+/// The audience of the projected token the proxy shows the identity service.
+pub const IDENTITY_TOKEN_AUDIENCE: &str = "strait-identity";
+/// Where the injected pod mounts that token.
+pub const IDENTITY_TOKEN_DIR: &str = "/var/run/secrets/tokens/strait-identity";
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
 /// Environment variables, as the injector writes them into the pod spec.
 pub mod env {
@@ -43,4 +57,14 @@ pub mod env {
     pub const ADMIN_PORT: &str = "STRAIT_ADMIN_PORT";
     pub const IPTABLES_MODE: &str = "STRAIT_IPTABLES_MODE";
     pub const IPV6: &str = "STRAIT_IPV6";
+    pub const INBOUND_MODE: &str = "STRAIT_INBOUND_MODE";
+    pub const POD_NAME: &str = "STRAIT_POD_NAME";
+    pub const POD_NAMESPACE: &str = "STRAIT_POD_NAMESPACE";
+    pub const POD_IP: &str = "STRAIT_POD_IP";
+    pub const SERVICE_ACCOUNT: &str = "STRAIT_SERVICE_ACCOUNT";
+    pub const IDENTITY: &str = "STRAIT_IDENTITY";
+    pub const IDENTITY_ADDR: &str = "STRAIT_IDENTITY_ADDR";
+    pub const IDENTITY_TOKEN: &str = "STRAIT_IDENTITY_TOKEN";
+    pub const TRUST_DOMAIN: &str = "STRAIT_TRUST_DOMAIN";
+    pub const TRUST_ANCHORS: &str = "STRAIT_TRUST_ANCHORS";
 }

@@ -212,9 +212,40 @@ async fn up(paths: &LabPaths, client: &LabClient, files: &[PathBuf], timeout: Du
         .collect();
     namespaces.sort();
     namespaces.dedup();
-    let pods = wait_ready(client, &namespaces, timeout).await?;
+    let pods = match wait_ready(client, &namespaces, timeout).await {
+        Ok(pods) => pods,
+        Err(error) => bail!("{error}{}", failing_logs(paths, client, &namespaces).await),
+    };
     print!("{}", table::pods(&pods));
     Ok(())
+}
+
+/// The last lines of every container that is not ready, to say why.
+async fn failing_logs(paths: &LabPaths, client: &LabClient, namespaces: &[String]) -> String {
+    let mut out = String::new();
+    for namespace in namespaces {
+        let Ok(pods) = client.get(&format!("/api/v1/namespaces/{namespace}/pods")).await else {
+            continue;
+        };
+        for pod in pods["items"].as_array().into_iter().flatten() {
+            let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+            let statuses = ["/status/initContainerStatuses", "/status/containerStatuses"]
+                .iter()
+                .flat_map(|p| pod.pointer(p).and_then(Value::as_array).cloned().unwrap_or_default());
+            for status in statuses
+                .filter(|s| s["ready"] != true && s["state"].get("terminated").is_none_or(|t| t["exitCode"] != 0))
+            {
+                let container = status["name"].as_str().unwrap_or_default();
+                let log = std::fs::read_to_string(paths.container_log(namespace, name, container)).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                if !tail.is_empty() {
+                    out.push_str(&format!("\n--- {namespace}/{name} {container}:\n"));
+                    out.push_str(&tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Waits until every Deployment in `namespaces` has all its replicas of the

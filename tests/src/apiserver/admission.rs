@@ -94,6 +94,7 @@ impl Admission {
             "services" => Ok((self.default_service(object)?, Vec::new())),
             "pods" => self.admit_pod(object).await,
             "deployments" => Ok((default_deployment(object), Vec::new())),
+            "namespaces" => Ok((label_namespace(object), Vec::new())),
             _ => Ok((object, Vec::new())),
         }
     }
@@ -155,6 +156,13 @@ pub fn default_pod(mut pod: Value) -> Value {
         pod["status"] = json!({"phase": "Pending"});
     }
     pod
+}
+
+/// Every namespace carries its own name as a label, so selectors can match it.
+fn label_namespace(mut namespace: Value) -> Value {
+    let name = namespace.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
+    namespace["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
+    namespace
 }
 
 fn default_deployment(mut deployment: Value) -> Value {

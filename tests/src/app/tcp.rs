@@ -11,23 +11,33 @@ use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Debug, clap::Args)]
 pub struct EchoArgs {
-    #[arg(long, default_value_t = 7000)]
-    port: u16,
+    /// Ports to listen on (repeatable).
+    #[arg(long = "port", default_value = "7000", action = clap::ArgAction::Append)]
+    ports: Vec<u16>,
 }
 
 pub async fn echo(args: EchoArgs) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(("0.0.0.0", args.port))
-        .await
-        .with_context(|| format!("listen on {}", args.port))?;
-    println!("echo listening on {}", args.port);
-    loop {
-        let (mut stream, _) = listener.accept().await?;
-        tokio::spawn(async move {
-            let (mut reader, mut writer) = stream.split();
-            let _ = tokio::io::copy(&mut reader, &mut writer).await;
-            let _ = writer.shutdown().await;
+    let mut servers = tokio::task::JoinSet::new();
+    for port in args.ports {
+        let listener = TcpListener::bind(("0.0.0.0", port))
+            .await
+            .with_context(|| format!("listen on {port}"))?;
+        println!("echo listening on {port}");
+        servers.spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let (mut reader, mut writer) = stream.split();
+                    let _ = tokio::io::copy(&mut reader, &mut writer).await;
+                    let _ = writer.shutdown().await;
+                });
+            }
         });
     }
+    servers.join_next().await;
+    Ok(())
 }
 
 #[derive(Debug, clap::Args)]

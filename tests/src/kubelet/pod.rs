@@ -364,7 +364,10 @@ impl PodRunner {
     }
 
     fn namespaces_of(&self, index: usize) -> Option<PodNamespaces> {
-        self.sandbox.as_ref()?.namespaces(&self.containers[index].spec.name).ok()
+        self.sandbox
+            .as_ref()?
+            .namespaces(&self.containers[index].spec.name)
+            .ok()
     }
 
     async fn start_container(&mut self, index: usize) {
@@ -374,9 +377,14 @@ impl PodRunner {
             return;
         };
         let mounts = self.mounts.get(&spec.name).cloned().unwrap_or_default();
-        let holder = sandbox.add_container(&spec.name, &mounts).await.map_err(|e| e.to_string());
+        let holder = sandbox
+            .add_container(&spec.name, &mounts)
+            .await
+            .map_err(|e| e.to_string());
         if let Ok(pid) = &holder {
-            let path = kubelet.paths.container_holder_pid(&self.namespace, &self.name, &spec.name);
+            let path = kubelet
+                .paths
+                .container_holder_pid(&self.namespace, &self.name, &spec.name);
             let _ = std::fs::write(path, pid.to_string());
         }
         let namespaces = holder.and_then(|_| sandbox.namespaces(&spec.name).map_err(|e| e.to_string()));
@@ -438,11 +446,16 @@ impl PodRunner {
         for handle in state.probes.drain(..) {
             handle.abort();
         }
-        let probes = [
-            (ProbeKind::Startup, state.spec.startup_probe.clone()),
-            (ProbeKind::Readiness, state.spec.readiness_probe.clone()),
-            (ProbeKind::Liveness, state.spec.liveness_probe.clone()),
-        ];
+        // As in Kubernetes, readiness and liveness are probed only once the
+        // startup probe (if any) has passed.
+        let probes = if state.started {
+            vec![
+                (ProbeKind::Readiness, state.spec.readiness_probe.clone()),
+                (ProbeKind::Liveness, state.spec.liveness_probe.clone()),
+            ]
+        } else {
+            vec![(ProbeKind::Startup, state.spec.startup_probe.clone())]
+        };
         let Some(namespaces) = self.sandbox.as_ref().and_then(|s| s.namespaces(&state.spec.name).ok()) else {
             return;
         };
@@ -514,6 +527,7 @@ impl PodRunner {
             ProbeKind::Startup if ok => {
                 state.started = true;
                 state.ready = state.spec.readiness_probe.is_none();
+                self.start_probes(index);
             }
             ProbeKind::Startup | ProbeKind::Liveness if !ok => {
                 tracing::info!(pod = %self.name, container = %state.spec.name, ?kind, "probe failed; restarting the container");
@@ -659,7 +673,9 @@ impl PodRunner {
                 Some((self.namespaces_of(i)?, command, container::user(&self.typed, spec)))
             })
             .collect();
-        let runs = hooks.iter().map(|(namespaces, command, user)| probe::run_hook(command, namespaces, *user, grace));
+        let runs = hooks
+            .iter()
+            .map(|(namespaces, command, user)| probe::run_hook(command, namespaces, *user, grace));
         futures::future::join_all(runs).await;
         for &index in &apps {
             self.kill_container(index, nix::sys::signal::Signal::SIGTERM);

@@ -128,6 +128,8 @@ pub fn prepare(
                 read_only: mount.read_only.unwrap_or(false),
             });
         }
+        // Parents before children, so a volume at /run does not hide one below it.
+        mounts.sort_by_key(|m| m.target.trim_end_matches('/').matches('/').count());
         prepared.mounts.insert(container.name.clone(), mounts);
     }
     Ok(prepared)

@@ -1,0 +1,124 @@
+//! The pod annotations that tune a pod's proxy. A bad value never stops the
+//! pod: it is ignored with a warning that names the annotation and value.
+
+use std::collections::BTreeMap;
+
+use strait_contract::names::annotations as key;
+use strait_contract::{PortSet, parse_cidrs};
+
+/// What a pod's annotations ask for, each only when valid.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub skip_inbound_ports: Option<String>,
+    pub skip_outbound_ports: Option<String>,
+    pub skip_outbound_cidrs: Option<String>,
+    pub opaque_ports: Option<String>,
+    pub log_level: Option<String>,
+    pub inbound_mode: Option<String>,
+    pub cpu_request: Option<String>,
+    pub cpu_limit: Option<String>,
+    pub memory_request: Option<String>,
+    pub memory_limit: Option<String>,
+}
+
+fn ports(text: &str) -> Result<String, String> {
+    PortSet::parse(text)
+        .map(|set| set.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn cidrs(text: &str) -> Result<String, String> {
+    let cidrs = parse_cidrs(text).map_err(|e| e.to_string())?;
+    Ok(cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(","))
+}
+
+fn log_level(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "_=,:.-".contains(c));
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err("expected a log filter such as info, debug or strait_proxy=trace".into())
+    }
+}
+
+fn inbound_mode(text: &str) -> Result<String, String> {
+    match text {
+        "strict" | "permissive" => Ok(text.to_string()),
+        _ => Err("expected strict or permissive".into()),
+    }
+}
+
+/// A Kubernetes quantity: digits with an optional fraction and unit suffix.
+fn quantity(text: &str) -> Result<String, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let units = ["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"];
+    if !number.is_empty() && number.parse::<f64>().is_ok() && units.contains(&unit) {
+        Ok(text.to_string())
+    } else {
+        Err("expected a quantity such as 100m, 1, 64Mi or 1Gi".into())
+    }
+}
+
+/// Reads the tuning annotations, collecting a warning for each bad one.
+pub fn read(annotations: &BTreeMap<String, String>) -> (Overrides, Vec<String>) {
+    let mut warnings = Vec::new();
+    let mut take = |name: &str, check: fn(&str) -> Result<String, String>| -> Option<String> {
+        let value = annotations.get(name)?;
+        match check(value.trim()) {
+            Ok(value) => Some(value),
+            Err(problem) => {
+                warnings.push(format!("annotation {name}={value:?} ignored: {problem}"));
+                None
+            }
+        }
+    };
+    let overrides = Overrides {
+        skip_inbound_ports: take(key::SKIP_INBOUND_PORTS, ports),
+        skip_outbound_ports: take(key::SKIP_OUTBOUND_PORTS, ports),
+        skip_outbound_cidrs: take(key::SKIP_OUTBOUND_CIDRS, cidrs),
+        opaque_ports: take(key::OPAQUE_PORTS, ports),
+        log_level: take(key::PROXY_LOG_LEVEL, log_level),
+        inbound_mode: take(key::INBOUND_MODE, inbound_mode),
+        cpu_request: take(key::PROXY_CPU_REQUEST, quantity),
+        cpu_limit: take(key::PROXY_CPU_LIMIT, quantity),
+        memory_request: take(key::PROXY_MEMORY_REQUEST, quantity),
+        memory_limit: take(key::PROXY_MEMORY_LIMIT, quantity),
+    };
+    (overrides, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn good_values_are_taken_and_bad_ones_warned_about() {
+        let annotations: BTreeMap<String, String> = [
+            ("strait.io/skip-inbound-ports", "22, 8000-8100"),
+            ("strait.io/skip-outbound-ports", "abc"),
+            ("strait.io/skip-outbound-cidrs", "10.0.0.1/8"),
+            ("strait.io/inbound-mode", "paranoid"),
+            ("strait.io/proxy-memory-limit", "128Mi"),
+            ("strait.io/proxy-cpu-limit", "lots"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let (overrides, warnings) = read(&annotations);
+        assert_eq!(overrides.skip_inbound_ports.as_deref(), Some("22,8000-8100"));
+        assert_eq!(overrides.skip_outbound_cidrs.as_deref(), Some("10.0.0.0/8"));
+        assert_eq!(overrides.memory_limit.as_deref(), Some("128Mi"));
+        assert_eq!(overrides.skip_outbound_ports, None);
+        assert_eq!(
+            warnings,
+            [
+                "annotation strait.io/skip-outbound-ports=\"abc\" ignored: invalid port \"abc\": expected a number from 1 to 65535",
+                "annotation strait.io/inbound-mode=\"paranoid\" ignored: expected strict or permissive",
+                "annotation strait.io/proxy-cpu-limit=\"lots\" ignored: expected a quantity such as 100m, 1, 64Mi or 1Gi",
+            ]
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! The mutation that meshes a pod, shared by the webhook and `inject`.
+//!
+//! Given a pod and whether its namespace turns injection on, it decides
+//! whether to inject and, if so, returns the JSON patch (RFC 6902) that adds
+//! the init container, the proxy, its token volume, the `strait.io/meshed`
+//! label, the identity annotation and the Prometheus scrape annotations.
+
+pub mod annotations;
+pub mod containers;
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use strait_contract::SpiffeId;
+use strait_contract::names::{self, annotations as key};
+
+use crate::settings::InjectSettings;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Nothing to do, and why.
+    Skip(String),
+    Inject {
+        /// RFC 6902 operations, in order.
+        patch: Vec<Value>,
+        warnings: Vec<String>,
+    },
+}
+
+/// Escapes a key for a JSON pointer (RFC 6901).
+fn pointer_key(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
+    value
+        .and_then(Value::as_object)
+        .map(|map| {
+            map.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn names_of(pod: &Value, list: &str) -> Vec<String> {
+    pod.pointer(&format!("/spec/{list}"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("name")?.as_str().map(str::to_string))
+        .collect()
+}
+
+/// Decides for one pod. `namespace_enabled` says whether the namespace
+/// carries `strait.io/inject=enabled` (the offline command passes `true`).
+pub fn decide(pod: &Value, namespace: &str, namespace_enabled: bool, settings: &InjectSettings) -> Decision {
+    if pod.pointer("/spec/hostNetwork") == Some(&Value::Bool(true)) {
+        return Decision::Skip("the pod uses the host network".into());
+    }
+    let annotations = string_map(pod.pointer("/metadata/annotations"));
+    let labels = string_map(pod.pointer("/metadata/labels"));
+    let has_proxy = ["initContainers", "containers"]
+        .iter()
+        .any(|list| names_of(pod, list).iter().any(|n| n == names::PROXY_CONTAINER));
+    if has_proxy || labels.get(names::MESHED_LABEL).is_some_and(|v| v == "true") {
+        return Decision::Skip("the pod is already injected".into());
+    }
+    let mut warnings = Vec::new();
+    let wanted = match annotations.get(key::INJECT).map(|v| v.trim()) {
+        Some("disabled") => return Decision::Skip(format!("the pod opts out ({}: disabled)", key::INJECT)),
+        Some("enabled") => true,
+        Some(other) => {
+            warnings.push(format!(
+                "annotation {}={other:?} ignored: expected enabled or disabled",
+                key::INJECT
+            ));
+            namespace_enabled
+        }
+        None => namespace_enabled,
+    };
+    if !wanted {
+        return Decision::Skip(format!(
+            "neither the namespace (label {}=enabled) nor the pod (annotation {}: enabled) turns injection on",
+            names::INJECT_LABEL,
+            key::INJECT
+        ));
+    }
+    let (overrides, annotation_warnings) = annotations::read(&annotations);
+    warnings.extend(annotation_warnings);
+    let service_account = pod
+        .pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    let identity = SpiffeId::new(&settings.trust_domain, namespace, service_account).to_string();
+
+    let init = serde_json::to_value(containers::init_container(settings, &overrides)).unwrap_or_default();
+    let proxy = serde_json::to_value(containers::proxy_container(settings, &overrides, &identity)).unwrap_or_default();
+    let mut patch = Vec::new();
+    let has = |pointer: &str| pod.pointer(pointer).is_some();
+    let mut add = |path: String, value: Value| patch.push(json!({"op": "add", "path": path, "value": value}));
+
+    match (has("/spec/initContainers"), settings.native_sidecar) {
+        (false, true) => add("/spec/initContainers".into(), json!([init, proxy])),
+        (false, false) => add("/spec/initContainers".into(), json!([init])),
+        (true, native) => {
+            add("/spec/initContainers/0".into(), init);
+            if native {
+                add("/spec/initContainers/1".into(), proxy.clone());
+            }
+        }
+    }
+    if !settings.native_sidecar {
+        add("/spec/containers/0".into(), proxy);
+    }
+    let volumes: Vec<Value> = containers::volumes()
+        .into_iter()
+        .filter_map(|v| serde_json::to_value(v).ok())
+        .collect();
+    if has("/spec/volumes") {
+        for volume in volumes {
+            add("/spec/volumes/-".into(), volume);
+        }
+    } else {
+        add("/spec/volumes".into(), json!(volumes));
+    }
+
+    let meshed = [(names::MESHED_LABEL, "true")];
+    let scrape = [
+        (key::IDENTITY, identity.as_str()),
+        ("prometheus.io/scrape", "true"),
+        ("prometheus.io/port", "4191"),
+        ("prometheus.io/path", "/metrics"),
+    ];
+    for (section, entries) in [("labels", &meshed[..]), ("annotations", &scrape[..])] {
+        if has(&format!("/metadata/{section}")) {
+            for (name, value) in entries {
+                add(format!("/metadata/{section}/{}", pointer_key(name)), json!(value));
+            }
+        } else {
+            let map: serde_json::Map<String, Value> = entries.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+            add(format!("/metadata/{section}"), Value::Object(map));
+        }
+    }
+    Decision::Inject { patch, warnings }
+}
+
+#[cfg(test)]
+mod tests;

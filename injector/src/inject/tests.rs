@@ -1,0 +1,148 @@
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use super::*;
+
+fn settings() -> InjectSettings {
+    InjectSettings {
+        trust_anchors_pem: "-----BEGIN CERTIFICATE-----\ntest\n-----END CERTIFICATE-----\n".into(),
+        proxy_image: "ghcr.io/strait-mesh/strait-proxy:test".into(),
+        init_image: "ghcr.io/strait-mesh/strait-init:test".into(),
+        ..InjectSettings::default()
+    }
+}
+
+fn golden(name: &str, actual: &Value) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/patches")
+        .join(format!("{name}.json"));
+    let text = serde_json::to_string_pretty(actual).unwrap() + "\n";
+    if std::env::var_os("STRAIT_UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &text).unwrap();
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with STRAIT_UPDATE_GOLDEN=1 to create it)", path.display()));
+    assert_eq!(text, expected, "patch differs from {}", path.display());
+}
+
+fn pod(extra: Value) -> Value {
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "demo", "labels": {"app": "web"}},
+        "spec": {"serviceAccountName": "web", "containers": [{"name": "app", "image": "web:1"}]},
+    });
+    json_patch::merge(&mut pod, &extra);
+    pod
+}
+
+/// The outcome as recorded in a golden file: the patch, or the reason to skip.
+fn outcome(decision: &Decision) -> Value {
+    match decision {
+        Decision::Skip(reason) => json!({"skip": reason}),
+        Decision::Inject { patch, warnings } => json!({"patch": patch, "warnings": warnings}),
+    }
+}
+
+#[test]
+fn golden_patches_for_a_table_of_pods() {
+    let cases = [
+        ("plain", pod(json!({})), true),
+        (
+            "annotated",
+            pod(json!({"metadata": {"annotations": {
+                "strait.io/skip-inbound-ports": "9000",
+                "strait.io/skip-outbound-cidrs": "169.254.169.254",
+                "strait.io/opaque-ports": "7000-7010",
+                "strait.io/proxy-log-level": "debug",
+                "strait.io/proxy-memory-limit": "64Mi",
+                "strait.io/inbound-mode": "strict",
+            }}})),
+            true,
+        ),
+        (
+            "bad-annotation",
+            pod(json!({"metadata": {"annotations": {"strait.io/skip-inbound-ports": "abc"}}})),
+            true,
+        ),
+        (
+            "already-injected",
+            pod(json!({"metadata": {"labels": {"strait.io/meshed": "true"}}})),
+            true,
+        ),
+        ("host-network", pod(json!({"spec": {"hostNetwork": true}})), true),
+        (
+            "opted-out",
+            pod(json!({"metadata": {"annotations": {"strait.io/inject": "disabled"}}})),
+            true,
+        ),
+        (
+            "opted-in",
+            pod(json!({"metadata": {"annotations": {"strait.io/inject": "enabled"}}})),
+            false,
+        ),
+        ("namespace-off", pod(json!({})), false),
+        (
+            "existing-init-containers",
+            pod(
+                json!({"spec": {"initContainers": [{"name": "migrate", "image": "tool:1"}], "volumes": [{"name": "data", "emptyDir": {}}]}}),
+            ),
+            true,
+        ),
+        (
+            "no-labels-default-sa",
+            json!({"metadata": {"name": "bare"}, "spec": {"containers": [{"name": "c", "image": "x"}]}}),
+            true,
+        ),
+    ];
+    for (name, pod, namespace_enabled) in cases {
+        golden(name, &outcome(&decide(&pod, "demo", namespace_enabled, &settings())));
+    }
+}
+
+#[test]
+fn the_patch_applies_and_a_second_injection_does_nothing() {
+    let original = pod(json!({"spec": {"initContainers": [{"name": "migrate", "image": "tool:1"}]}}));
+    let Decision::Inject { patch, .. } = decide(&original, "demo", true, &settings()) else {
+        panic!("not injected")
+    };
+    let patch: json_patch::Patch = serde_json::from_value(json!(patch)).unwrap();
+    let mut injected = original.clone();
+    json_patch::patch(&mut injected, &patch.0).unwrap();
+    let init_names: Vec<&str> = injected["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(init_names, ["strait-init", "strait-proxy", "migrate"]);
+    assert_eq!(
+        injected["metadata"]["annotations"]["strait.io/identity"],
+        "spiffe://cluster.local/ns/demo/sa/web"
+    );
+    assert_eq!(injected["spec"]["initContainers"][1]["restartPolicy"], "Always");
+    assert!(matches!(
+        decide(&injected, "demo", true, &settings()),
+        Decision::Skip(_)
+    ));
+}
+
+#[test]
+fn without_native_sidecars_the_proxy_is_the_first_container_and_waits() {
+    let settings = InjectSettings {
+        native_sidecar: false,
+        ..settings()
+    };
+    let Decision::Inject { patch, .. } = decide(&pod(json!({})), "demo", true, &settings) else {
+        panic!("not injected")
+    };
+    let patch: json_patch::Patch = serde_json::from_value(json!(patch)).unwrap();
+    let mut injected = pod(json!({}));
+    json_patch::patch(&mut injected, &patch.0).unwrap();
+    assert_eq!(injected["spec"]["containers"][0]["name"], "strait-proxy");
+    assert_eq!(
+        injected["spec"]["containers"][0]["lifecycle"]["postStart"]["exec"]["command"][1],
+        "wait-ready"
+    );
+    assert_eq!(injected["spec"]["initContainers"].as_array().unwrap().len(), 1);
+}
