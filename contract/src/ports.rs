@@ -104,6 +104,16 @@ impl PortSet {
             self.ranges.push(PortRange::single(port));
         }
     }
+
+    /// This set and every range of `other` it does not already cover.
+    pub fn union(mut self, other: &PortSet) -> PortSet {
+        for range in &other.ranges {
+            if !(range.first..=range.last).all(|port| self.contains(port)) {
+                self.ranges.push(*range);
+            }
+        }
+        self
+    }
 }
 
 impl fmt::Display for PortSet {

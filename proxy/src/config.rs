@@ -6,7 +6,7 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use strait_contract::names::{self, env};
-use strait_contract::{format_duration, parse_duration};
+use strait_contract::{PortSet, format_duration, parse_duration};
 
 pub const OUTBOUND_ADDRS: &str = "STRAIT_OUTBOUND_ADDRS";
 pub const INBOUND_ADDRS: &str = "STRAIT_INBOUND_ADDRS";
@@ -15,6 +15,11 @@ pub const CONNECT_TIMEOUT: &str = "STRAIT_CONNECT_TIMEOUT";
 pub const IDLE_TIMEOUT: &str = "STRAIT_IDLE_TIMEOUT";
 pub const SHUTDOWN_GRACE: &str = "STRAIT_SHUTDOWN_GRACE";
 pub const LOG_LEVEL: &str = env::LOG_LEVEL;
+pub const DETECT_TIMEOUT: &str = "STRAIT_DETECT_TIMEOUT";
+pub const NO_ENDPOINT_WAIT: &str = "STRAIT_NO_ENDPOINT_WAIT";
+pub const DISCOVERY: &str = "STRAIT_DISCOVERY";
+/// Set in every pod by Kubernetes; its presence means in-cluster discovery.
+pub const KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -33,6 +38,20 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// A tracing filter directive such as `info` or `strait_proxy=debug`.
     pub log_level: String,
+    /// How long to wait for a client's first bytes before treating the
+    /// connection as opaque TCP. Clients of HTTP and gRPC send at once; a
+    /// server-speaks-first protocol on a port not declared opaque waits this
+    /// long once per connection, so it is short, but long enough that a
+    /// busy client is not misread.
+    pub detect_timeout: Duration,
+    /// Ports whose traffic is never inspected: the defaults and STRAIT_OPAQUE_PORTS.
+    pub opaque_ports: PortSet,
+    /// How long a request waits for a Service to have a ready endpoint.
+    pub no_endpoint_wait: Duration,
+    /// Whether to discover Services from the Kubernetes API.
+    pub discovery: bool,
+    pub pod_name: String,
+    pub pod_namespace: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -62,13 +81,24 @@ impl Config {
             idle_timeout: setting(IDLE_TIMEOUT).duration(Duration::from_secs(3600))?,
             shutdown_grace: setting(SHUTDOWN_GRACE).duration(Duration::from_secs(30))?,
             log_level: setting(LOG_LEVEL).value.unwrap_or_else(|| "info".to_string()),
+            detect_timeout: setting(DETECT_TIMEOUT).duration(Duration::from_secs(1))?,
+            opaque_ports: setting(env::OPAQUE_PORTS).ports(names::DEFAULT_OPAQUE_PORTS)?,
+            no_endpoint_wait: setting(NO_ENDPOINT_WAIT).duration(Duration::from_secs(2))?,
+            discovery: setting(DISCOVERY).parse(env(KUBERNETES_SERVICE_HOST).is_some(), |text| match text.trim() {
+                "kubernetes" => Ok(true),
+                "off" => Ok(false),
+                _ => Err("expected kubernetes or off".to_string()),
+            })?,
+            pod_name: env(env::POD_NAME).unwrap_or_default(),
+            pod_namespace: env(env::POD_NAMESPACE).unwrap_or_default(),
         })
     }
 
     /// One line per setting, for the start-up log.
     pub fn describe(&self) -> String {
         format!(
-            "outbound={} inbound={} admin={} connect_timeout={} idle_timeout={} shutdown_grace={} log_level={}",
+            "outbound={} inbound={} admin={} connect_timeout={} idle_timeout={} shutdown_grace={} log_level={} \
+             detect_timeout={} opaque_ports={} no_endpoint_wait={} discovery={}",
             list(&self.outbound_addrs),
             list(&self.inbound_addrs),
             self.admin_addr,
@@ -76,6 +106,10 @@ impl Config {
             format_duration(self.idle_timeout),
             format_duration(self.shutdown_grace),
             self.log_level,
+            format_duration(self.detect_timeout),
+            self.opaque_ports,
+            format_duration(self.no_endpoint_wait),
+            if self.discovery { "kubernetes" } else { "off" },
         )
     }
 }
@@ -124,6 +158,15 @@ impl Setting {
         })
     }
 
+    /// The default ports plus those the variable adds.
+    fn ports(self, defaults: &str) -> Result<PortSet, ConfigError> {
+        let defaults = PortSet::parse(defaults).unwrap_or_default();
+        let extra = self.parse(PortSet::default(), |text| {
+            PortSet::parse(text).map_err(|e| e.to_string())
+        })?;
+        Ok(defaults.union(&extra))
+    }
+
     fn duration(self, default: Duration) -> Result<Duration, ConfigError> {
         self.parse(default, |text| parse_duration(text).map_err(|e| e.to_string()))
     }
@@ -150,6 +193,24 @@ mod tests {
         let config = from(&[(CONNECT_TIMEOUT, "250ms"), (ADMIN_ADDR, "127.0.0.1:9000")]).unwrap();
         assert_eq!(config.connect_timeout, Duration::from_millis(250));
         assert_eq!(config.admin_addr.to_string(), "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn opaque_ports_add_to_the_defaults_and_discovery_follows_the_cluster() {
+        let config = from(&[("STRAIT_OPAQUE_PORTS", "7000-7010,9999")]).unwrap();
+        assert!(
+            config.opaque_ports.contains(3306)
+                && config.opaque_ports.contains(7005)
+                && config.opaque_ports.contains(9999)
+        );
+        assert!(!from(&[]).unwrap().discovery);
+        assert!(from(&[(KUBERNETES_SERVICE_HOST, "198.19.0.1")]).unwrap().discovery);
+        assert!(
+            !from(&[(KUBERNETES_SERVICE_HOST, "198.19.0.1"), (DISCOVERY, "off")])
+                .unwrap()
+                .discovery
+        );
+        assert!(from(&[(DISCOVERY, "dns")]).is_err());
     }
 
     #[test]

@@ -5,8 +5,13 @@
 //! on ephemeral ports.
 
 pub mod admin;
+pub mod balance;
 pub mod config;
+pub mod counted;
+pub mod detect;
+pub mod discovery;
 pub mod drain;
+pub mod http;
 pub mod inbound;
 pub mod listener;
 pub mod metrics;
@@ -26,17 +31,29 @@ use tokio::net::{TcpListener, TcpSocket};
 pub use config::{Config, ConfigError};
 
 use admin::{Admin, Readiness};
+use discovery::{NoDiscovery, Resolve};
 use drain::Drain;
-use metrics::{Direction, TcpMetrics};
+use http::client::Connector;
+use inbound::Inbound;
+use metrics::Metrics;
+use outbound::Outbound;
 use tcp::Forwarder;
 
 /// A proxy that is configured but not yet listening.
 pub struct Proxy {
     config: Config,
     registry: Registry,
-    tcp: TcpMetrics,
+    metrics: Metrics,
     readiness: Readiness,
     drain: Drain,
+    /// The Kubernetes client for discovery, when in a cluster.
+    kube: Option<kube::Config>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("in-cluster Kubernetes configuration: {0}")]
+    Kube(#[from] kube::config::InClusterError),
 }
 
 /// The proxy's bound addresses, which tests read to find ephemeral ports.
@@ -56,16 +73,22 @@ pub struct BindError {
 }
 
 impl Proxy {
-    pub fn build(config: Config) -> Self {
+    pub fn build(config: Config) -> Result<Self, BuildError> {
         let mut registry = metrics::registry();
-        let tcp = TcpMetrics::register(&mut registry);
-        Proxy {
+        let metrics = Metrics::register(&mut registry);
+        let kube = if config.discovery {
+            Some(kube::Config::incluster()?)
+        } else {
+            None
+        };
+        Ok(Proxy {
             config,
             registry,
-            tcp,
+            metrics,
             readiness: Readiness::default(),
             drain: Drain::new(),
-        }
+            kube,
+        })
     }
 
     pub fn bind(self) -> Result<Bound, BindError> {
@@ -152,16 +175,36 @@ impl Bound {
         let Proxy {
             config,
             registry,
-            tcp,
+            metrics,
             readiness,
             drain,
+            kube,
         } = proxy;
-        let forwarder = |direction| Forwarder {
-            direction,
+        let resolve: Arc<dyn Resolve> = match kube.map(kube::Client::try_from) {
+            Some(Ok(client)) => Arc::new(discovery::kube::KubeDiscovery::start(client, metrics.discovery.clone())),
+            Some(Err(error)) => {
+                tracing::error!(%error, "cannot create the Kubernetes client; passing every destination through");
+                Arc::new(NoDiscovery)
+            }
+            None => Arc::new(NoDiscovery),
+        };
+        let forwarder = Forwarder {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
-            metrics: tcp.clone(),
+            no_endpoint_wait: config.no_endpoint_wait,
+            metrics: metrics.tcp.clone(),
         };
+        let connector = Connector {
+            connect_timeout: config.connect_timeout,
+        };
+        let outbound_proxy = Arc::new(Outbound::new(
+            &config,
+            resolve,
+            forwarder.clone(),
+            connector.clone(),
+            metrics.clone(),
+        ));
+        let inbound_proxy = Arc::new(Inbound::new(&config, forwarder, connector, metrics));
         let admin_task = tokio::spawn(admin::serve(
             admin,
             Admin {
@@ -172,10 +215,10 @@ impl Bound {
         ));
         let mut listeners = tokio::task::JoinSet::new();
         for listener in outbound {
-            listeners.spawn(outbound::serve(listener, forwarder(Direction::Outbound), drain.clone()));
+            listeners.spawn(outbound::serve(listener, outbound_proxy.clone(), drain.clone()));
         }
         for listener in inbound {
-            listeners.spawn(inbound::serve(listener, forwarder(Direction::Inbound), drain.clone()));
+            listeners.spawn(inbound::serve(listener, inbound_proxy.clone(), drain.clone()));
         }
         tracing::info!("proxy running");
 

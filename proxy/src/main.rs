@@ -21,6 +21,8 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     tracing::info!(config = %config.describe(), "starting");
+    // One TLS implementation for every client in the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -29,7 +31,8 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let bound = match Proxy::build(config).bind() {
+        let built = Proxy::build(config).map_err(|e| e.to_string());
+        let bound = match built.and_then(|proxy| proxy.bind().map_err(|e| e.to_string())) {
             Ok(bound) => bound,
             Err(error) => {
                 eprintln!("strait-proxy: {error}");

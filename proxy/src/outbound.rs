@@ -1,27 +1,185 @@
-//! The outbound listener: connections the pod's applications open, redirected
-//! here by iptables, go on to the destination they asked for.
+//! The outbound side: connections the pod's applications open, redirected
+//! here by iptables. The original destination is resolved through discovery;
+//! a Service port's HTTP and gRPC traffic is balanced per request, anything
+//! else goes to one endpoint (or, for a non-Service address, where the
+//! client asked) as opaque TCP.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
+use strait_contract::PortSet;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::balance::{Backend, Balancer};
+use crate::config::Config;
+use crate::counted::Counted;
+use crate::detect::{self, Opening, Prefixed, Protocol};
+use crate::discovery::{Destination, Resolve, ServicePort, ServiceRef};
 use crate::drain::Drain;
-use crate::listener;
-use crate::tcp::Forwarder;
-use crate::transport;
+use crate::http::client::{Connector, Endpoint};
+use crate::http::route::{Router, Target};
+use crate::metrics::{Direction, Metrics, RouteLabels, TcpLabels};
+use crate::tcp::{Forwarder, TcpTarget};
+use crate::{http, listener, transport};
 
-pub async fn serve(listener: TcpListener, forwarder: Forwarder, drain: Drain) {
+pub struct Outbound {
+    pub resolve: Arc<dyn Resolve>,
+    pub forwarder: Forwarder,
+    pub connector: Connector,
+    pub metrics: Metrics,
+    pub detect_timeout: Duration,
+    pub opaque_ports: PortSet,
+    pub no_endpoint_wait: Duration,
+    pub idle_timeout: Duration,
+    /// One balancer per Service port in use, shared by every connection to
+    /// it, so upstream connections and load estimates are shared too.
+    balancers: Mutex<HashMap<(ServiceRef, u16), Arc<Balancer>>>,
+}
+
+impl Outbound {
+    pub fn new(
+        config: &Config,
+        resolve: Arc<dyn Resolve>,
+        forwarder: Forwarder,
+        connector: Connector,
+        metrics: Metrics,
+    ) -> Self {
+        Outbound {
+            resolve,
+            forwarder,
+            connector,
+            metrics,
+            detect_timeout: config.detect_timeout,
+            opaque_ports: config.opaque_ports.clone(),
+            no_endpoint_wait: config.no_endpoint_wait,
+            idle_timeout: config.idle_timeout,
+            balancers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn route_labels(target: &ServicePort) -> RouteLabels {
+        let mut labels = RouteLabels::new(Direction::Outbound);
+        labels.dst_namespace = target.service.namespace.clone();
+        labels.dst_service = target.service.name.clone();
+        labels
+    }
+
+    fn balancer(&self, target: &ServicePort) -> Arc<Balancer> {
+        let key = (target.service.clone(), target.port);
+        let mut balancers = self.balancers.lock().unwrap_or_else(PoisonError::into_inner);
+        balancers
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Balancer::new(
+                    target,
+                    self.connector.clone(),
+                    Self::route_labels(target),
+                    self.metrics.http.clone(),
+                    self.metrics.discovery.clone(),
+                    self.no_endpoint_wait,
+                ))
+            })
+            .clone()
+    }
+}
+
+pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>, drain: Drain) {
+    let connection_drain = drain.clone();
     listener::serve(listener, drain, move |stream, peer| {
-        let forwarder = forwarder.clone();
-        async move { handle(stream, peer, forwarder).await }
+        let (outbound, drain) = (outbound.clone(), connection_drain.clone());
+        async move { handle(outbound, stream, peer, drain).await }
     })
     .await;
 }
 
-async fn handle(stream: TcpStream, peer: SocketAddr, forwarder: Forwarder) {
+async fn handle(outbound: Arc<Outbound>, mut stream: TcpStream, peer: SocketAddr, drain: Drain) {
     transport::tune(&stream);
-    match transport::redirected_dst(&stream) {
-        Ok(target) => forwarder.forward(stream, peer, target).await,
-        Err(error) => tracing::warn!(client = %peer, %error, "closing outbound connection"),
-    }
+    let orig_dst = match transport::redirected_dst(&stream) {
+        Ok(orig_dst) => orig_dst,
+        Err(error) => {
+            tracing::warn!(client = %peer, %error, "closing outbound connection");
+            return;
+        }
+    };
+    let destination = outbound.resolve.resolve(orig_dst).await;
+    let app_protocol = match &destination {
+        Destination::Service(target) => target.app_protocol.as_deref(),
+        Destination::Passthrough => None,
+    };
+    let mut labels = TcpLabels::new(Direction::Outbound);
+    let tcp_target = match &destination {
+        Destination::Service(target) => {
+            labels.dst_namespace = target.service.namespace.clone();
+            labels.dst_service = target.service.name.clone();
+            TcpTarget::Balanced(outbound.balancer(target))
+        }
+        Destination::Passthrough => TcpTarget::Fixed(orig_dst),
+    };
+    let forwarder = &outbound.forwarder;
+    let opening = detect::open(
+        &mut stream,
+        orig_dst.port(),
+        &outbound.opaque_ports,
+        app_protocol,
+        outbound.detect_timeout,
+        || forwarder.connect(&tcp_target, labels.clone()),
+    )
+    .await;
+    let (protocol, io) = match opening {
+        Err(error) => {
+            tracing::debug!(client = %peer, %error, "client went away during protocol detection");
+            return;
+        }
+        Ok(Opening::Unreachable { prefix, error }) => {
+            forwarder.refuse(Prefixed::new(prefix, stream), peer, labels, &error);
+            return;
+        }
+        Ok(Opening::Decided {
+            protocol,
+            prefix,
+            how,
+            upstream,
+        }) => {
+            outbound
+                .metrics
+                .tcp
+                .detected(Direction::Outbound, protocol.as_str(), how.as_str());
+            let io = Prefixed::new(prefix, stream);
+            if protocol == Protocol::Opaque {
+                match upstream {
+                    Some(upstream) => forwarder.relay(io, peer, upstream).await,
+                    None => forwarder.forward(io, peer, tcp_target, labels).await,
+                }
+                return;
+            }
+            (protocol, io)
+        }
+    };
+    let (target, unrouted) = match &destination {
+        Destination::Service(target) => (
+            Target::Balanced(outbound.balancer(target)),
+            outbound.metrics.http.route(Outbound::route_labels(target)),
+        ),
+        Destination::Passthrough => {
+            let metrics = outbound.metrics.http.route(RouteLabels::new(Direction::Outbound));
+            let endpoint = Arc::new(Endpoint::new(orig_dst, outbound.connector.clone()));
+            (
+                Target::Fixed(Arc::new(Backend::new(endpoint, String::new(), metrics.clone()))),
+                metrics,
+            )
+        }
+    };
+    let router = Router {
+        target,
+        unrouted,
+        client_id: None,
+        sets_client_id: false,
+        idle_timeout: outbound.idle_timeout,
+        upgrade_bytes: outbound.metrics.tcp.byte_counters(&labels),
+    };
+    let _guard = outbound.metrics.tcp.opened(labels.clone());
+    let io = Counted::new(io, outbound.metrics.tcp.byte_counters(&labels));
+    http::server::serve(io, protocol, Arc::new(router), drain).await;
 }

@@ -18,6 +18,8 @@ pub enum ConnectError {
     Timeout { addr: SocketAddr, timeout: Duration },
     #[error("connection to {addr} failed: {source}")]
     Other { addr: SocketAddr, source: io::Error },
+    #[error("{target} has no ready endpoint")]
+    NoEndpoints { target: String },
 }
 
 impl ConnectError {
@@ -25,6 +27,7 @@ impl ConnectError {
     pub fn reason(&self) -> &'static str {
         match self {
             ConnectError::Refused { .. } => "refused",
+            ConnectError::NoEndpoints { .. } => "no_endpoints",
             ConnectError::Timeout { .. } => "timeout",
             ConnectError::Other { source, .. } => match source.kind() {
                 io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => "unreachable",

@@ -1,43 +1,35 @@
-//! The proxy's Prometheus metrics. One registry (prefix `strait_`) is built
-//! at start and each subsystem registers its metrics under a sub-registry.
+//! TCP connection metrics: `strait_tcp_*`.
 
-use std::fmt::Write;
-
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+
+use super::Direction;
 
 use crate::relay::{ByteCounters, RelayError};
 use crate::transport::ConnectError;
 
-/// Traffic direction, relative to the pod.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum Direction {
-    Inbound,
-    Outbound,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
-        }
-    }
-}
-
-impl EncodeLabelValue for Direction {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
-        encoder.write_str(self.as_str())
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub direction: Direction,
+    pub dst_namespace: String,
+    pub dst_service: String,
+    pub dst_pod: String,
+    pub tls: bool,
+}
+
+impl TcpLabels {
+    pub fn new(direction: Direction) -> Self {
+        TcpLabels {
+            direction,
+            dst_namespace: String::new(),
+            dst_service: String::new(),
+            dst_pod: String::new(),
+            tls: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,6 +55,17 @@ pub struct TcpMetrics {
     read_bytes: Family<TcpLabels, Counter>,
     write_bytes: Family<TcpLabels, Counter>,
     connect_errors: Family<ConnectErrorLabels, Counter>,
+    detections: Family<DetectLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DetectLabels {
+    direction: Direction,
+    /// `http1`, `http2` or `opaque`.
+    protocol: &'static str,
+    /// How it was decided: `detected`, `timeout` (no bytes in time),
+    /// `opaque_port` or `app_protocol` (no detection at all).
+    reason: &'static str,
 }
 
 impl TcpMetrics {
@@ -83,6 +86,11 @@ impl TcpMetrics {
             "Failed upstream connection attempts, by reason",
             metrics.connect_errors.clone(),
         );
+        registry.register(
+            "protocol_detections",
+            "How each connection's protocol was decided",
+            metrics.detections.clone(),
+        );
         metrics
     }
 
@@ -102,6 +110,15 @@ impl TcpMetrics {
             client_to_server: self.read_bytes.get_or_create(labels).clone(),
             server_to_client: self.write_bytes.get_or_create(labels).clone(),
         }
+    }
+
+    pub fn detected(&self, direction: Direction, protocol: &'static str, reason: &'static str) {
+        let labels = DetectLabels {
+            direction,
+            protocol,
+            reason,
+        };
+        self.detections.get_or_create(&labels).inc();
     }
 
     pub fn connect_failed(&self, direction: Direction, error: &ConnectError) {
@@ -143,22 +160,4 @@ impl Drop for ConnectionGuard {
         self.metrics.close_total.get_or_create(&closed).inc();
         self.metrics.open_connections.get_or_create(&self.labels).dec();
     }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BuildLabels {
-    version: &'static str,
-}
-
-/// The root registry with build info registered.
-pub fn registry() -> Registry {
-    let mut registry = Registry::with_prefix("strait");
-    registry.register(
-        "build",
-        "strait-proxy build information",
-        Info::new(BuildLabels {
-            version: env!("CARGO_PKG_VERSION"),
-        }),
-    );
-    registry
 }

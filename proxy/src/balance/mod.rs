@@ -1,0 +1,281 @@
+//! Per-request balancing over a Service port's endpoints: power of two
+//! choices over a peak-EWMA load estimate (latency × in-flight requests).
+//!
+//! The load estimate is tower's `PeakEwma`. The choice itself is done here
+//! rather than with tower's `Balance` + `Buffer`, because the proxy needs two
+//! things that stack does not give per request: a bounded wait (then 503)
+//! when a Service has no ready endpoint, and retrying a request on another
+//! endpoint when its connection failed before anything was sent.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::sync::watch;
+use tower::Service;
+use tower::load::Load;
+use tower::load::completion::TrackCompletion;
+use tower::load::peak_ewma::{Handle, PeakEwma};
+
+use crate::discovery::{self, EndpointSet, ServiceRef};
+use crate::http::Body;
+use crate::http::client::{Connector, Endpoint, SendError};
+use crate::http::errors::ProxyError;
+use crate::metrics::discovery::EndpointStateLabels;
+use crate::metrics::{DiscoveryMetrics, HttpMetrics, RouteLabels, RouteMetrics};
+
+/// A new endpoint's latency until measured: optimistic, so new pods get
+/// traffic at once.
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// How quickly the latency estimate forgets a peak.
+const DECAY: Duration = Duration::from_secs(10);
+/// Attempts on distinct endpoints when connections fail.
+const MAX_ATTEMPTS: usize = 3;
+
+/// An endpoint as a tower service, so tower's PeakEwma can measure it.
+#[derive(Clone)]
+struct EndpointService(Arc<Endpoint>);
+
+impl Service<Request<Body>> for EndpointService {
+    type Response = Response<Incoming>;
+    type Error = SendError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, SendError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let endpoint = self.0.clone();
+        Box::pin(async move { endpoint.send(request).await })
+    }
+}
+
+/// Keeps PeakEwma's in-flight handle with the response, so the request
+/// counts as in flight until its body ends, not just until its headers.
+#[derive(Clone)]
+struct UntilBodyEnds;
+
+pub struct Tracked {
+    pub response: Response<Incoming>,
+    pub load: Handle,
+}
+
+impl TrackCompletion<Handle, Response<Incoming>> for UntilBodyEnds {
+    type Output = Tracked;
+
+    fn track_completion(&self, load: Handle, response: Response<Incoming>) -> Tracked {
+        Tracked { response, load }
+    }
+}
+
+/// One endpoint, kept across endpoint-set updates so its connections, load
+/// estimate and metric handles survive them.
+pub struct Backend {
+    pub endpoint: Arc<Endpoint>,
+    /// The endpoint's pod, for metric labels.
+    pub pod: String,
+    load: Mutex<PeakEwma<EndpointService, UntilBodyEnds>>,
+    pub metrics: RouteMetrics,
+}
+
+impl Backend {
+    pub fn new(endpoint: Arc<Endpoint>, pod: String, metrics: RouteMetrics) -> Self {
+        let service = EndpointService(endpoint.clone());
+        Backend {
+            endpoint,
+            pod,
+            load: Mutex::new(PeakEwma::new(
+                service,
+                DEFAULT_RTT,
+                DECAY.as_nanos() as f64,
+                UntilBodyEnds,
+            )),
+            metrics,
+        }
+    }
+
+    fn cost(&self) -> tower::load::peak_ewma::Cost {
+        self.load.lock().unwrap_or_else(PoisonError::into_inner).load()
+    }
+
+    /// Sends a request, counting it in this endpoint's load.
+    pub async fn send(&self, request: Request<Body>) -> Result<Tracked, SendError> {
+        let future = self.load.lock().unwrap_or_else(PoisonError::into_inner).call(request);
+        future.await
+    }
+}
+
+/// The balancer's view of one endpoint set.
+struct Snapshot {
+    set: Arc<EndpointSet>,
+    usable: Vec<Arc<Backend>>,
+}
+
+pub struct Balancer {
+    pub service: ServiceRef,
+    pub port: u16,
+    endpoints: watch::Receiver<Arc<EndpointSet>>,
+    snapshot: RwLock<Snapshot>,
+    backends: Mutex<HashMap<SocketAddr, Arc<Backend>>>,
+    connector: Connector,
+    route: RouteLabels,
+    http_metrics: HttpMetrics,
+    discovery_metrics: DiscoveryMetrics,
+    /// How long a request waits for a ready endpoint before 503.
+    wait: Duration,
+}
+
+impl Balancer {
+    pub fn new(
+        target: &discovery::ServicePort,
+        connector: Connector,
+        route: RouteLabels,
+        http_metrics: HttpMetrics,
+        discovery_metrics: DiscoveryMetrics,
+        wait: Duration,
+    ) -> Self {
+        Balancer {
+            service: target.service.clone(),
+            port: target.port,
+            endpoints: target.endpoints.clone(),
+            snapshot: RwLock::new(Snapshot {
+                set: Arc::new(EndpointSet::default()),
+                usable: Vec::new(),
+            }),
+            backends: Mutex::new(HashMap::new()),
+            connector,
+            route,
+            http_metrics,
+            discovery_metrics,
+            wait,
+        }
+    }
+
+    pub fn name(&self) -> String {
+        format!("{}/{}:{}", self.service.namespace, self.service.name, self.port)
+    }
+
+    /// Brings the snapshot up to date with discovery, reusing backends.
+    fn refresh(&self) {
+        let current = self.endpoints.borrow().clone();
+        if Arc::ptr_eq(
+            &current,
+            &self.snapshot.read().unwrap_or_else(PoisonError::into_inner).set,
+        ) {
+            return;
+        }
+        let mut backends = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
+        backends.retain(|addr, _| current.find(*addr).is_some());
+        let usable: Vec<Arc<Backend>> = current
+            .usable()
+            .into_iter()
+            .map(|endpoint| {
+                backends
+                    .entry(endpoint.addr)
+                    .or_insert_with(|| {
+                        let mut labels = self.route.clone();
+                        labels.dst_pod = endpoint.target.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+                        Arc::new(Backend::new(
+                            Arc::new(Endpoint::new(endpoint.addr, self.connector.clone())),
+                            labels.dst_pod.clone(),
+                            self.http_metrics.route(labels),
+                        ))
+                    })
+                    .clone()
+            })
+            .collect();
+        self.record_states(&current);
+        *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) = Snapshot { set: current, usable };
+    }
+
+    fn record_states(&self, set: &EndpointSet) {
+        let count =
+            |keep: &dyn Fn(&discovery::Endpoint) -> bool| set.endpoints.iter().filter(|e| keep(e)).count() as i64;
+        for (state, n) in [
+            ("ready", count(&|e| e.ready)),
+            ("serving", count(&|e| !e.ready && e.serving)),
+            ("unready", count(&|e| !e.ready && !e.serving)),
+        ] {
+            let labels = EndpointStateLabels {
+                dst_namespace: self.service.namespace.clone(),
+                dst_service: self.service.name.clone(),
+                state,
+            };
+            self.discovery_metrics.endpoints.get_or_create(&labels).set(n);
+        }
+    }
+
+    /// Power of two choices: two distinct random usable endpoints not in
+    /// connect back-off, the less loaded wins.
+    pub fn pick(&self) -> Option<Arc<Backend>> {
+        self.refresh();
+        let snapshot = self.snapshot.read().unwrap_or_else(PoisonError::into_inner);
+        let candidates: Vec<&Arc<Backend>> = snapshot.usable.iter().filter(|b| !b.endpoint.in_backoff()).collect();
+        match candidates.len() {
+            0 => None,
+            1 => Some(candidates[0].clone()),
+            n => {
+                let a = rand::random_range(0..n);
+                let b = (a + rand::random_range(1..n)) % n;
+                let (a, b) = (candidates[a], candidates[b]);
+                Some(if a.cost() <= b.cost() { a.clone() } else { b.clone() })
+            }
+        }
+    }
+
+    /// Waits (up to the bounded wait) for an endpoint to pick.
+    pub async fn pick_or_wait(&self, deadline: Instant) -> Option<Arc<Backend>> {
+        let mut changes = self.endpoints.clone();
+        loop {
+            if let Some(backend) = self.pick() {
+                return Some(backend);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            // Wake on a discovery change, or soon, for endpoints leaving back-off.
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(100)), changes.changed()).await;
+        }
+    }
+
+    /// Sends a request to the chosen endpoint; a request that could not be
+    /// sent is tried on another one.
+    pub async fn dispatch(&self, mut request: Request<Body>) -> Result<(Arc<Backend>, Tracked), ProxyError> {
+        let deadline = Instant::now() + self.wait;
+        let mut last_error = None;
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(backend) = self.pick_or_wait(deadline).await else {
+                break;
+            };
+            match backend.send(request).await {
+                Ok(tracked) => return Ok((backend, tracked)),
+                Err(SendError::NotSent { request: unsent, error }) => {
+                    tracing::debug!(endpoint = %backend.endpoint.addr, %error, "connect failed; trying another endpoint");
+                    request = *unsent;
+                    last_error = Some(error);
+                }
+                Err(SendError::Failed(source)) => {
+                    return Err(ProxyError::Upstream {
+                        endpoint: backend.endpoint.addr.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        Err(match last_error {
+            Some(last) => ProxyError::Unreachable {
+                target: self.name(),
+                last,
+            },
+            None => ProxyError::NoEndpoints(self.name(), self.wait),
+        })
+    }
+}

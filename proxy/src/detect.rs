@@ -1,0 +1,333 @@
+//! Protocol detection: reads the first bytes a client sends and decides
+//! between HTTP/2 (the connection preface), HTTP/1 (a request line) and
+//! opaque TCP (anything else, or nothing before the timeout). The bytes read
+//! are replayed in front of the stream, so nothing is lost either way.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An HTTP/1 request line longer than this is not worth waiting for.
+const MAX_REQUEST_LINE: usize = 8 * 1024;
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Opaque,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Opaque => "opaque",
+        }
+    }
+}
+
+/// What the bytes so far say.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Decided(Protocol),
+    NeedMore,
+}
+
+fn classify(bytes: &[u8]) -> Verdict {
+    let n = bytes.len().min(H2_PREFACE.len());
+    if bytes[..n] == H2_PREFACE[..n] {
+        return if n == H2_PREFACE.len() {
+            Verdict::Decided(Protocol::Http2)
+        } else {
+            Verdict::NeedMore
+        };
+    }
+    // A method, a space, a target, a space, HTTP/1.x, CRLF.
+    match bytes.iter().position(|b| *b == b' ') {
+        None if METHODS.iter().any(|m| m.as_bytes().starts_with(bytes)) => return Verdict::NeedMore,
+        None => return Verdict::Decided(Protocol::Opaque),
+        Some(len) if !METHODS.iter().any(|m| m.as_bytes() == &bytes[..len]) => {
+            return Verdict::Decided(Protocol::Opaque);
+        }
+        Some(_) => {}
+    }
+    let Some(end) = bytes.windows(2).position(|w| w == b"\r\n") else {
+        return if bytes.len() >= MAX_REQUEST_LINE {
+            Verdict::Decided(Protocol::Opaque)
+        } else {
+            Verdict::NeedMore
+        };
+    };
+    let line = &bytes[..end];
+    let is_http1 = line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0");
+    Verdict::Decided(if is_http1 { Protocol::Http1 } else { Protocol::Opaque })
+}
+
+/// Reads until the protocol is known, the client stops talking for
+/// `timeout`, or it closes. Returns the protocol, the bytes read, and
+/// whether the bytes decided (rather than the timeout or the close).
+pub async fn detect<S: AsyncRead + Unpin>(stream: &mut S, timeout: Duration) -> io::Result<(Protocol, Bytes, bool)> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
+        match read {
+            Err(_) | Ok(Ok(0)) => return Ok((Protocol::Opaque, buf.freeze(), false)),
+            Ok(Err(error)) => return Err(error),
+            Ok(Ok(_)) => {
+                if let Verdict::Decided(protocol) = classify(&buf) {
+                    return Ok((protocol, buf.freeze(), true));
+                }
+            }
+        }
+    }
+}
+
+/// How a connection's protocol was decided, for the detection metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decided {
+    /// From the first bytes.
+    Detected,
+    /// No decisive bytes before the timeout (or the client closed).
+    Timeout,
+    /// The port is opaque: no detection, so no added delay for protocols
+    /// where the server speaks first.
+    OpaquePort,
+    /// The Service port's `appProtocol` said so.
+    AppProtocol,
+    /// The server sent bytes before the client did.
+    ServerFirst,
+}
+
+impl Decided {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Decided::Detected => "detected",
+            Decided::Timeout => "timeout",
+            Decided::OpaquePort => "opaque_port",
+            Decided::AppProtocol => "app_protocol",
+            Decided::ServerFirst => "server_first",
+        }
+    }
+}
+
+/// How long a silent client is given before the upstream connection is
+/// opened alongside detection. HTTP clients speak within microseconds of
+/// connecting; a client still silent by then is waiting for the server
+/// (server-speaks-first) or idle, and either way it learns promptly if the
+/// upstream is unreachable.
+const PATIENCE: Duration = Duration::from_millis(200);
+
+/// The outcome of a connection's first moments.
+pub enum Opening<U, E> {
+    /// The protocol is known; `upstream` is a connection opened early for a
+    /// silent client, to use if the protocol is opaque.
+    Decided {
+        protocol: Protocol,
+        prefix: Bytes,
+        how: Decided,
+        upstream: Option<U>,
+    },
+    /// The early upstream connection failed: nothing can reach the target.
+    Unreachable { prefix: Bytes, error: E },
+}
+
+/// Decides a connection's protocol. Declared opaque ports and a Service
+/// port's `appProtocol` (`tcp`, `kubernetes.io/h2c`) are taken as they are,
+/// without reading; otherwise the first bytes decide. A client that stays
+/// silent has `connect` run alongside: if the server then speaks first, the
+/// connection is opaque at once; if it cannot be reached, the client is told
+/// without waiting for the detect timeout.
+pub async fn open<S, U, E, F>(
+    stream: &mut S,
+    port: u16,
+    opaque_ports: &strait_contract::PortSet,
+    app_protocol: Option<&str>,
+    timeout: Duration,
+    connect: impl FnOnce() -> F,
+) -> io::Result<Opening<U, E>>
+where
+    S: AsyncRead + Unpin,
+    U: Readable,
+    F: Future<Output = Result<U, E>>,
+{
+    let decided = |protocol, how| Opening::Decided {
+        protocol,
+        prefix: Bytes::new(),
+        how,
+        upstream: None,
+    };
+    if opaque_ports.contains(port) {
+        return Ok(decided(Protocol::Opaque, Decided::OpaquePort));
+    }
+    match app_protocol {
+        Some("tcp") => return Ok(decided(Protocol::Opaque, Decided::AppProtocol)),
+        Some("kubernetes.io/h2c") => return Ok(decided(Protocol::Http2, Decided::AppProtocol)),
+        _ => {}
+    }
+    let mut buf = BytesMut::with_capacity(1024);
+    let started = tokio::time::Instant::now();
+    let (patience, deadline) = (started + PATIENCE.min(timeout), started + timeout);
+    // Created now, but it runs only once polled, after the patience.
+    let mut connecting = std::pin::pin!(connect());
+    let mut connect_done = false;
+    let mut upstream: Option<U> = None;
+    loop {
+        let patient = tokio::time::Instant::now() < patience;
+        tokio::select! {
+            read = stream.read_buf(&mut buf) => match read {
+                Err(error) => return Err(error),
+                Ok(0) => break,
+                Ok(_) => {
+                    if let Verdict::Decided(protocol) = classify(&buf) {
+                        return Ok(Opening::Decided { protocol, prefix: buf.freeze(), how: Decided::Detected, upstream });
+                    }
+                }
+            },
+            connected = &mut connecting, if !patient && !connect_done => {
+                connect_done = true;
+                match connected {
+                    Ok(connected) => upstream = Some(connected),
+                    Err(error) => return Ok(Opening::Unreachable { prefix: buf.freeze(), error }),
+                }
+            }
+            () = server_speaks(upstream.as_ref()) => {
+                return Ok(Opening::Decided { protocol: Protocol::Opaque, prefix: buf.freeze(), how: Decided::ServerFirst, upstream });
+            }
+            () = tokio::time::sleep_until(patience), if patient => {}
+            () = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    Ok(Opening::Decided {
+        protocol: Protocol::Opaque,
+        prefix: buf.freeze(),
+        how: Decided::Timeout,
+        upstream,
+    })
+}
+
+/// Resolves once the early upstream connection has something to read (the
+/// server spoke first, or closed); never without one.
+async fn server_speaks<U: Readable>(upstream: Option<&U>) {
+    match upstream {
+        Some(upstream) => upstream.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An upstream connection whose first bytes can be waited for.
+pub trait Readable {
+    fn readable(&self) -> impl Future<Output = ()>;
+}
+
+/// A stream with some already-read bytes put back in front of it.
+pub struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Bytes, inner: S) -> Self {
+        Prefixed { prefix, inner }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The stream itself; bytes of the prefix not yet read are dropped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[test]
+    fn classifies_first_bytes() {
+        let cases: &[(&[u8], Verdict)] = &[
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Verdict::Decided(Protocol::Http2)),
+            (b"PRI * HTTP/2", Verdict::NeedMore),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n", Verdict::Decided(Protocol::Http1)),
+            (b"POST /upload HTTP/1.0\r\n", Verdict::Decided(Protocol::Http1)),
+            (b"GE", Verdict::NeedMore),
+            (b"GET /very/long", Verdict::NeedMore),
+            (b"GET / SPDY/3\r\n", Verdict::Decided(Protocol::Opaque)),
+            (b"\x16\x03\x01\x02\x00", Verdict::Decided(Protocol::Opaque)),
+            (b"SSH-2.0-OpenSSH\r\n", Verdict::Decided(Protocol::Opaque)),
+            (b"GETX / HTTP/1.1\r\n", Verdict::Decided(Protocol::Opaque)),
+            (b"*1\r\n$4\r\nPING\r\n", Verdict::Decided(Protocol::Opaque)),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(&classify(bytes), expected, "{:?}", String::from_utf8_lossy(bytes));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_opaque_after_the_timeout_and_bytes_are_kept() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        client.write_all(b"GET /slo").await.unwrap();
+        let (protocol, prefix, decisive) = detect(&mut server, Duration::from_secs(1)).await.unwrap();
+        assert_eq!((protocol, decisive), (Protocol::Opaque, false));
+        assert_eq!(&prefix[..], b"GET /slo");
+
+        let mut replayed = Prefixed::new(prefix, server);
+        client.write_all(b"w").await.unwrap();
+        drop(client);
+        let mut all = Vec::new();
+        replayed.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"GET /slow");
+    }
+}

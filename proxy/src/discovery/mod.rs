@@ -1,0 +1,58 @@
+//! Service discovery, behind one small interface: an original destination
+//! goes in, and either a Service port with a live endpoint set, or
+//! "passthrough" (not a Service: go where the client asked), comes out.
+//!
+//! The source today is the Kubernetes API (Services and EndpointSlices); at
+//! large scale the ClusterIP → Service lookup may move to the control plane,
+//! and only this module would change.
+
+pub mod endpoints;
+pub mod kube;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+
+pub use endpoints::{Endpoint, EndpointSet, TargetRef};
+
+/// A Service, by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A Service port that traffic was addressed to.
+#[derive(Clone, Debug)]
+pub struct ServicePort {
+    pub service: ServiceRef,
+    pub port: u16,
+    /// The port's `appProtocol`, such as `kubernetes.io/h2c` or `tcp`.
+    pub app_protocol: Option<String>,
+    /// The port's endpoints, updated as EndpointSlices change.
+    pub endpoints: watch::Receiver<Arc<EndpointSet>>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Destination {
+    Service(ServicePort),
+    /// Not a Service address (a pod IP, a headless Service's endpoint, or
+    /// something outside the cluster): connect to it as addressed.
+    Passthrough,
+}
+
+pub trait Resolve: Send + Sync + 'static {
+    fn resolve(&self, orig_dst: SocketAddr) -> BoxFuture<'_, Destination>;
+}
+
+/// No discovery at all (the proxy runs outside Kubernetes): every
+/// destination is passed through.
+pub struct NoDiscovery;
+
+impl Resolve for NoDiscovery {
+    fn resolve(&self, _: SocketAddr) -> BoxFuture<'_, Destination> {
+        Box::pin(std::future::ready(Destination::Passthrough))
+    }
+}

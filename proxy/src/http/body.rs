@@ -1,0 +1,116 @@
+//! The response body on its way back: frames pass untouched (no buffering,
+//! trailers verbatim); when it ends, the response is counted with its gRPC
+//! status from the trailers, and the endpoint's load handle is released.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tower::load::peak_ewma::Handle;
+
+use crate::metrics::RouteMetrics;
+
+const GRPC_CANCELLED: u32 = 1;
+const GRPC_UNKNOWN: u32 = 2;
+
+/// The call's gRPC status from headers or trailers; out-of-range values
+/// count as UNKNOWN so a misbehaving server cannot grow the label set.
+pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    let value = headers.get("grpc-status")?;
+    let code = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(GRPC_UNKNOWN);
+    Some(if code <= 16 { code } else { GRPC_UNKNOWN })
+}
+
+/// What to record when the response ends.
+pub struct Completion {
+    pub metrics: RouteMetrics,
+    pub status: u16,
+    pub grpc: bool,
+    pub grpc_status: Option<u32>,
+    pub started: Instant,
+    /// The endpoint's in-flight load, released when the body ends.
+    pub load: Option<Handle>,
+}
+
+impl Completion {
+    fn finish(self, ended: bool) {
+        let grpc_status = match (self.grpc, self.grpc_status, ended) {
+            (false, _, _) => None,
+            (true, Some(code), _) => Some(code),
+            // The body ended without a status trailer, or was dropped
+            // before its end: the call did not complete.
+            (true, None, true) => Some(GRPC_UNKNOWN),
+            (true, None, false) => Some(GRPC_CANCELLED),
+        };
+        self.metrics.response(self.status, grpc_status, self.started.elapsed());
+    }
+}
+
+pub struct Observed {
+    inner: Incoming,
+    completion: Option<Completion>,
+}
+
+impl Observed {
+    pub fn new(inner: Incoming, completion: Completion) -> Self {
+        Observed {
+            inner,
+            completion: Some(completion),
+        }
+    }
+}
+
+impl Body for Observed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(trailers), Some(completion)) = (frame.trailers_ref(), self.completion.as_mut()) {
+                    completion.grpc_status = grpc_status(trailers).or(completion.grpc_status);
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(completion) = self.completion.take() {
+                    completion.finish(true);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(mut completion) = self.completion.take() {
+                    if !completion.grpc {
+                        completion.status = 502;
+                    }
+                    completion.finish(false);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Observed {
+    fn drop(&mut self) {
+        if let Some(completion) = self.completion.take() {
+            let ended = self.inner.is_end_stream();
+            completion.finish(ended);
+        }
+    }
+}

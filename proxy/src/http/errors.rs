@@ -1,0 +1,114 @@
+//! Errors shaped for the protocol: where a request failed decides the
+//! answer (503 when no endpoint could take it, 502 when the upstream failed
+//! it, 504 on timeout), and gRPC callers get a gRPC status instead.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+
+use super::Body;
+use crate::transport::ConnectError;
+
+/// The header that says an answer came from the proxy, not the application.
+pub const PROXY_ERROR_HEADER: &str = "strait-proxy-error";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No endpoint of the Service was ready within the wait.
+    #[error("no ready endpoint for {0} after waiting {1:?}")]
+    NoEndpoints(String, std::time::Duration),
+    /// Every endpoint tried refused the connection; nothing was sent.
+    #[error("no endpoint of {target} could be reached: {last}")]
+    Unreachable { target: String, last: ConnectError },
+    /// The upstream failed after the request was sent.
+    #[error("upstream {endpoint} failed: {source}")]
+    Upstream { endpoint: String, source: hyper::Error },
+    /// The request was not valid HTTP for this hop.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoEndpoints(..) | ProxyError::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream { source, .. } if source.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The gRPC status code: UNAVAILABLE for what a retry may fix,
+    /// INTERNAL for a request the proxy cannot forward.
+    pub fn grpc_status(&self) -> u32 {
+        match self {
+            ProxyError::BadRequest(_) => 13,
+            _ => 14,
+        }
+    }
+}
+
+/// The response the proxy sends for an error.
+pub fn respond(error: &ProxyError, grpc: bool) -> Response<Body> {
+    let message = error.to_string();
+    let header =
+        HeaderValue::from_str(&message.replace(['\r', '\n'], " ")).unwrap_or(HeaderValue::from_static("proxy error"));
+    let body = |text: String| {
+        Full::new(Bytes::from(text))
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    };
+    let mut response = if grpc {
+        // A trailers-only gRPC response: status and message in the headers.
+        let mut response = Response::new(body(String::new()));
+        let headers = response.headers_mut();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert("grpc-status", HeaderValue::from(error.grpc_status()));
+        headers.insert("grpc-message", percent_encode(&message));
+        response
+    } else {
+        let mut response = Response::new(body(format!("{message}\n")));
+        *response.status_mut() = error.status();
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        response
+    };
+    response.headers_mut().insert(PROXY_ERROR_HEADER, header);
+    response
+}
+
+/// gRPC's percent-encoding of `grpc-message`.
+fn percent_encode(text: &str) -> HeaderValue {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static("proxy error"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_become_the_right_status_for_each_protocol() {
+        let none = ProxyError::NoEndpoints("demo/web:80".into(), std::time::Duration::from_secs(1));
+        let http = respond(&none, false);
+        assert_eq!(http.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(http.headers().contains_key(PROXY_ERROR_HEADER));
+        let grpc = respond(&none, true);
+        assert_eq!(grpc.status(), StatusCode::OK);
+        assert_eq!(grpc.headers()["grpc-status"], "14");
+        assert_eq!(
+            grpc.headers()["grpc-message"],
+            "no ready endpoint for demo/web:80 after waiting 1s"
+        );
+        assert_eq!(percent_encode("100% ünicode"), "100%25 %C3%BCnicode");
+    }
+}

@@ -1,0 +1,165 @@
+//! One request's way through the proxy: hop-by-hop headers out, the target
+//! picked (a balanced Service port or one fixed address), errors shaped for
+//! the protocol, and the response observed as it streams back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::body::{Completion, Observed, grpc_status};
+use super::client::SendError;
+use super::errors::{ProxyError, respond};
+use super::headers::{strip_hop_by_hop, wants_upgrade};
+use super::upgrade::relay_upgraded;
+use super::{Body, is_grpc};
+use crate::balance::{Backend, Balancer, Tracked};
+use crate::metrics::RouteMetrics;
+use crate::relay::ByteCounters;
+
+/// Where a connection's requests go.
+#[derive(Clone)]
+pub enum Target {
+    /// A Service port: each request to the endpoint the balancer picks.
+    Balanced(Arc<Balancer>),
+    /// One address: the original destination, or the local application.
+    Fixed(Arc<Backend>),
+}
+
+/// The request header that carries a verified client identity to the
+/// application; from anywhere else it is removed.
+pub const CLIENT_ID_HEADER: &str = "strait-client-id";
+
+#[derive(Clone)]
+pub struct Router {
+    pub target: Target,
+    /// Counts requests that reached no endpoint (their `dst_pod` is empty).
+    pub unrouted: RouteMetrics,
+    /// The verified identity of the client, for inbound requests over mTLS.
+    pub client_id: Option<HeaderValue>,
+    /// Whether `strait-client-id` is this hop's business (inbound).
+    pub sets_client_id: bool,
+    pub idle_timeout: Duration,
+    pub upgrade_bytes: ByteCounters,
+}
+
+/// Gives the request the URI form the upstream hop expects: HTTP/2 needs a
+/// scheme and authority, HTTP/1 wants origin-form with a Host header.
+fn prepare_uri(request: &mut Request<Incoming>, fallback_authority: &str) -> Result<(), ProxyError> {
+    let parts = request.uri().clone().into_parts();
+    let path = parts
+        .path_and_query
+        .clone()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if request.version() == Version::HTTP_2 {
+        let authority = match parts.authority {
+            Some(authority) => authority,
+            None => {
+                let host = request
+                    .headers()
+                    .get(HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or(fallback_authority);
+                host.parse::<Authority>()
+                    .map_err(|e| ProxyError::BadRequest(format!("invalid authority {host:?}: {e}")))?
+            }
+        };
+        let scheme = parts.scheme.unwrap_or(Scheme::HTTP);
+        *request.uri_mut() = Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    } else {
+        if let (Some(authority), false) = (&parts.authority, request.headers().contains_key(HOST)) {
+            let host = HeaderValue::from_str(authority.as_str()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+            request.headers_mut().insert(HOST, host);
+        }
+        *request.uri_mut() = Uri::from(path);
+    }
+    Ok(())
+}
+
+impl Router {
+    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let grpc = is_grpc(request.headers());
+        let upgrade = request.version() <= Version::HTTP_11 && wants_upgrade(request.headers());
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        strip_hop_by_hop(request.headers_mut(), upgrade);
+        if self.sets_client_id {
+            request.headers_mut().remove(CLIENT_ID_HEADER);
+            if let Some(id) = &self.client_id {
+                request.headers_mut().insert(CLIENT_ID_HEADER, id.clone());
+            }
+        }
+        let result = match prepare_uri(&mut request, &self.fallback_authority()) {
+            Ok(()) => self.dispatch(request.map(|body| body.boxed_unsync())).await,
+            Err(error) => Err(error),
+        };
+        let (backend, tracked) = match result {
+            Ok(sent) => sent,
+            Err(error) => {
+                tracing::debug!(%error, "request failed in the proxy");
+                self.unrouted.request();
+                let response = respond(&error, grpc);
+                let status = if grpc { None } else { Some(response.status().as_u16()) };
+                self.unrouted.response(
+                    status.unwrap_or(200),
+                    grpc.then_some(error.grpc_status()),
+                    started.elapsed(),
+                );
+                return response;
+            }
+        };
+        backend.metrics.request();
+        let Tracked { mut response, load } = tracked;
+        let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(downstream)) = (upgraded, downstream_upgrade) {
+            let upstream = hyper::upgrade::on(&mut response);
+            relay_upgraded(downstream, upstream, self.idle_timeout, self.upgrade_bytes.clone());
+        }
+        strip_hop_by_hop(response.headers_mut(), upgraded);
+        let completion = Completion {
+            metrics: backend.metrics.clone(),
+            status: response.status().as_u16(),
+            grpc,
+            grpc_status: grpc_status(response.headers()),
+            started,
+            load: Some(load),
+        };
+        response.map(|body| Observed::new(body, completion).boxed_unsync())
+    }
+
+    fn fallback_authority(&self) -> String {
+        match &self.target {
+            Target::Balanced(balancer) => format!(
+                "{}.{}.svc:{}",
+                balancer.service.name, balancer.service.namespace, balancer.port
+            ),
+            Target::Fixed(backend) => backend.endpoint.addr.to_string(),
+        }
+    }
+
+    async fn dispatch(&self, request: Request<Body>) -> Result<(Arc<Backend>, Tracked), ProxyError> {
+        match &self.target {
+            Target::Balanced(balancer) => balancer.dispatch(request).await,
+            Target::Fixed(backend) => match backend.send(request).await {
+                Ok(tracked) => Ok((backend.clone(), tracked)),
+                Err(SendError::NotSent { error, .. }) => Err(ProxyError::Unreachable {
+                    target: backend.endpoint.addr.to_string(),
+                    last: error,
+                }),
+                Err(SendError::Failed(source)) => Err(ProxyError::Upstream {
+                    endpoint: backend.endpoint.addr.to_string(),
+                    source,
+                }),
+            },
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! HTTP and gRPC metrics: requests, responses (HTTP status, gRPC status,
+//! classification) and latency, per route. A route's metric handles are
+//! looked up once and kept, so the request path only touches atomics.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::Direction;
+
+/// Latency buckets from 100 µs to 30 s: sub-millisecond proxy hops and slow
+/// calls both resolve.
+const LATENCY_BUCKETS: [f64; 18] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Where requests go and who is talking; every value comes from discovery or
+/// from verified identities.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub direction: Direction,
+    pub dst_namespace: String,
+    pub dst_service: String,
+    pub dst_pod: String,
+    pub client_id: String,
+    pub server_id: String,
+    pub tls: bool,
+}
+
+impl RouteLabels {
+    pub fn new(direction: Direction) -> Self {
+        RouteLabels {
+            direction,
+            dst_namespace: String::new(),
+            dst_service: String::new(),
+            dst_pod: String::new(),
+            client_id: String::new(),
+            server_id: String::new(),
+            tls: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResponseLabels {
+    #[prometheus(flatten)]
+    route: RouteLabels,
+    status_code: u16,
+    grpc_status: String,
+    /// `success` or `failure`; a gRPC error in a trailer is a failure.
+    classification: &'static str,
+}
+
+#[derive(Clone)]
+struct LatencyHistogram;
+
+impl MetricConstructor<Histogram> for LatencyHistogram {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(LATENCY_BUCKETS)
+    }
+}
+
+#[derive(Clone)]
+pub struct HttpMetrics {
+    requests: Family<RouteLabels, Counter>,
+    responses: Family<ResponseLabels, Counter>,
+    latency: Family<RouteLabels, Histogram, LatencyHistogram>,
+}
+
+impl std::fmt::Debug for HttpMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HttpMetrics")
+    }
+}
+
+impl HttpMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = HttpMetrics {
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::new_with_constructor(LatencyHistogram),
+        };
+        registry.register(
+            "requests",
+            "HTTP requests and gRPC calls, per route",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "responses",
+            "Completed responses by HTTP status, gRPC status and classification",
+            metrics.responses.clone(),
+        );
+        registry.register_with_unit(
+            "response_latency",
+            "Time from request to the end of the response",
+            Unit::Seconds,
+            metrics.latency.clone(),
+        );
+        metrics
+    }
+
+    /// The handles of one route, to keep with it.
+    pub fn route(&self, labels: RouteLabels) -> RouteMetrics {
+        RouteMetrics(Arc::new(RouteInner {
+            requests: self.requests.get_or_create(&labels).clone(),
+            latency: self.latency.get_or_create(&labels).clone(),
+            responses: Mutex::new(Vec::new()),
+            family: self.responses.clone(),
+            labels,
+        }))
+    }
+}
+
+/// An HTTP status and, for gRPC, the call's status.
+type StatusKey = (u16, Option<u32>);
+
+struct RouteInner {
+    requests: Counter,
+    latency: Histogram,
+    /// Response counters already looked up, by (status, gRPC status).
+    responses: Mutex<Vec<(StatusKey, Counter)>>,
+    family: Family<ResponseLabels, Counter>,
+    labels: RouteLabels,
+}
+
+/// One route's metric handles.
+#[derive(Clone)]
+pub struct RouteMetrics(Arc<RouteInner>);
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("RouteMetrics").field(&self.0.labels).finish()
+    }
+}
+
+impl RouteMetrics {
+    pub fn request(&self) {
+        self.0.requests.inc();
+    }
+
+    /// Records a finished response. `grpc_status` is the call's status for
+    /// gRPC (from the trailers, or the headers of a trailers-only response).
+    pub fn response(&self, status: u16, grpc_status: Option<u32>, elapsed: Duration) {
+        self.0.latency.observe(elapsed.as_secs_f64());
+        let key = (status, grpc_status);
+        let mut cached = self.0.responses.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, counter)) = cached.iter().find(|(k, _)| *k == key) {
+            counter.inc();
+            return;
+        }
+        let success = match grpc_status {
+            Some(code) => code == 0,
+            None => status < 500,
+        };
+        let labels = ResponseLabels {
+            route: self.0.labels.clone(),
+            status_code: status,
+            grpc_status: grpc_status.map(|c| c.to_string()).unwrap_or_default(),
+            classification: if success { "success" } else { "failure" },
+        };
+        let counter = self.0.family.get_or_create(&labels).clone();
+        counter.inc();
+        cached.push((key, counter));
+    }
+}

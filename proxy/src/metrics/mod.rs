@@ -1,0 +1,75 @@
+//! The proxy's Prometheus metrics. One registry (prefix `strait_`) is built
+//! at start and each subsystem registers its metrics under it. Every label
+//! value comes from discovered objects or from the proxy itself, never from
+//! request paths or other client input, so the number of series is bounded.
+
+pub mod discovery;
+pub mod http;
+pub mod tcp;
+
+use std::fmt::Write;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+pub use discovery::DiscoveryMetrics;
+pub use http::{HttpMetrics, RouteLabels, RouteMetrics};
+pub use tcp::{TcpLabels, TcpMetrics};
+
+/// Traffic direction, relative to the pod.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// Every metric the proxy has, registered in one registry.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub tcp: TcpMetrics,
+    pub http: HttpMetrics,
+    pub discovery: DiscoveryMetrics,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        registry.register(
+            "build",
+            "strait-proxy build information",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        Metrics {
+            tcp: TcpMetrics::register(registry),
+            http: HttpMetrics::register(registry),
+            discovery: DiscoveryMetrics::register(registry),
+        }
+    }
+}
+
+/// The root registry: every metric is `strait_*`.
+pub fn registry() -> Registry {
+    Registry::with_prefix("strait")
+}
