@@ -18,6 +18,7 @@ pub mod injection;
 pub mod kubelet;
 pub mod kubeproxy;
 pub mod manifest;
+pub mod metrics_text;
 pub mod network;
 pub mod paths;
 pub mod pki;

@@ -1,27 +1,23 @@
 //! Per-request balancing over a Service port's endpoints: power of two
 //! choices over a peak-EWMA load estimate (latency × in-flight requests).
 //!
-//! The load estimate is tower's `PeakEwma`. The choice itself is done here
-//! rather than with tower's `Balance` + `Buffer`, because the proxy needs two
-//! things that stack does not give per request: a bounded wait (then 503)
-//! when a Service has no ready endpoint, and retrying a request on another
-//! endpoint when its connection failed before anything was sent.
+//! This is done here rather than with tower's `Balance` + `Buffer`, because
+//! the proxy needs things that stack does not give per request: a bounded
+//! wait (then 503) when a Service has no ready endpoint, retrying a request
+//! on another endpoint when its connection failed before anything was sent,
+//! and a noise-tolerant comparison of loads (see `load`).
+
+pub mod load;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use load::{InFlight, PeakEwma};
 use tokio::sync::watch;
-use tower::Service;
-use tower::load::Load;
-use tower::load::completion::TrackCompletion;
-use tower::load::peak_ewma::{Handle, PeakEwma};
 
 use crate::discovery::{self, EndpointSet, ServiceRef};
 use crate::http::Body;
@@ -30,49 +26,28 @@ use crate::http::errors::ProxyError;
 use crate::metrics::discovery::EndpointStateLabels;
 use crate::metrics::{DiscoveryMetrics, HttpMetrics, RouteLabels, RouteMetrics};
 
-/// A new endpoint's latency until measured: optimistic, so new pods get
-/// traffic at once.
-const DEFAULT_RTT: Duration = Duration::from_millis(30);
-/// How quickly the latency estimate forgets a peak.
-const DECAY: Duration = Duration::from_secs(10);
+/// An endpoint's latency until measured: about a hop inside a cluster, so a
+/// new pod competes at once; its first response replaces the guess, and the
+/// in-flight count keeps a burst from landing on it alone.
+const DEFAULT_RTT: Duration = Duration::from_millis(1);
+/// How quickly the latency estimate forgets a peak. Short enough that one
+/// slow response (a pause, a cold cache) costs an endpoint its share only
+/// briefly; long enough that a consistently slow endpoint stays avoided.
+const DECAY: Duration = Duration::from_millis(1000);
+/// How much cheaper the other candidate must be to win over the first.
+/// Latency estimates jitter (a pause, a cold cache, a busy core); comparing
+/// them exactly would let that noise skew the shares of equal pods. Within
+/// this band the random first choice stands, so equal pods share evenly,
+/// while a pod with more requests in flight or a clearly higher latency
+/// still loses.
+const CLEARLY_CHEAPER: f64 = 2.0;
 /// Attempts on distinct endpoints when connections fail.
 const MAX_ATTEMPTS: usize = 3;
 
-/// An endpoint as a tower service, so tower's PeakEwma can measure it.
-#[derive(Clone)]
-struct EndpointService(Arc<Endpoint>);
-
-impl Service<Request<Body>> for EndpointService {
-    type Response = Response<Incoming>;
-    type Error = SendError;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, SendError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let endpoint = self.0.clone();
-        Box::pin(async move { endpoint.send(request).await })
-    }
-}
-
-/// Keeps PeakEwma's in-flight handle with the response, so the request
-/// counts as in flight until its body ends, not just until its headers.
-#[derive(Clone)]
-struct UntilBodyEnds;
-
+/// A response with the endpoint's in-flight count held until its body ends.
 pub struct Tracked {
     pub response: Response<Incoming>,
-    pub load: Handle,
-}
-
-impl TrackCompletion<Handle, Response<Incoming>> for UntilBodyEnds {
-    type Output = Tracked;
-
-    fn track_completion(&self, load: Handle, response: Response<Incoming>) -> Tracked {
-        Tracked { response, load }
-    }
+    pub load: InFlight,
 }
 
 /// One endpoint, kept across endpoint-set updates so its connections, load
@@ -81,34 +56,50 @@ pub struct Backend {
     pub endpoint: Arc<Endpoint>,
     /// The endpoint's pod, for metric labels.
     pub pod: String,
-    load: Mutex<PeakEwma<EndpointService, UntilBodyEnds>>,
+    load: Arc<PeakEwma>,
     pub metrics: RouteMetrics,
 }
 
 impl Backend {
     pub fn new(endpoint: Arc<Endpoint>, pod: String, metrics: RouteMetrics) -> Self {
-        let service = EndpointService(endpoint.clone());
         Backend {
             endpoint,
             pod,
-            load: Mutex::new(PeakEwma::new(
-                service,
-                DEFAULT_RTT,
-                DECAY.as_nanos() as f64,
-                UntilBodyEnds,
-            )),
+            load: PeakEwma::new(DEFAULT_RTT, DECAY),
             metrics,
         }
     }
 
-    fn cost(&self) -> tower::load::peak_ewma::Cost {
-        self.load.lock().unwrap_or_else(PoisonError::into_inner).load()
+    fn cost(&self) -> f64 {
+        self.load.cost()
     }
 
-    /// Sends a request, counting it in this endpoint's load.
+    /// Sends a request, counting it in this endpoint's load from when it is
+    /// written on a connection. A shared connection found closed gets one
+    /// fresh try.
     pub async fn send(&self, request: Request<Body>) -> Result<Tracked, SendError> {
-        let future = self.load.lock().unwrap_or_else(PoisonError::into_inner).call(request);
-        future.await
+        let mut request = request;
+        for attempt in 0..2 {
+            let connection = match self.endpoint.connection(request.version()).await {
+                Ok(connection) => connection,
+                Err(error) => {
+                    return Err(SendError::NotSent {
+                        request: Box::new(request),
+                        error,
+                    });
+                }
+            };
+            let load = self.load.start();
+            match connection.send(request, self.endpoint.addr).await {
+                Ok(response) => return Ok(Tracked { response, load }),
+                Err(SendError::NotSent { request: unsent, .. }) if attempt == 0 => {
+                    self.endpoint.forget_h2().await;
+                    request = *unsent;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        unreachable!("the loop returns on its second attempt")
     }
 }
 
@@ -213,7 +204,7 @@ impl Balancer {
     }
 
     /// Power of two choices: two distinct random usable endpoints not in
-    /// connect back-off, the less loaded wins.
+    /// connect back-off; the second wins only if it is clearly less loaded.
     pub fn pick(&self) -> Option<Arc<Backend>> {
         self.refresh();
         let snapshot = self.snapshot.read().unwrap_or_else(PoisonError::into_inner);
@@ -225,7 +216,11 @@ impl Balancer {
                 let a = rand::random_range(0..n);
                 let b = (a + rand::random_range(1..n)) % n;
                 let (a, b) = (candidates[a], candidates[b]);
-                Some(if a.cost() <= b.cost() { a.clone() } else { b.clone() })
+                Some(if b.cost() * CLEARLY_CHEAPER < a.cost() {
+                    b.clone()
+                } else {
+                    a.clone()
+                })
             }
         }
     }
@@ -279,3 +274,6 @@ impl Balancer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

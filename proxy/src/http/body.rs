@@ -6,10 +6,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use crate::balance::load::InFlight;
 use bytes::Bytes;
 use http::HeaderMap;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tower::load::peak_ewma::Handle;
 
 use crate::metrics::RouteMetrics;
 
@@ -36,7 +36,7 @@ pub struct Completion {
     pub grpc_status: Option<u32>,
     pub started: Instant,
     /// The endpoint's in-flight load, released when the body ends.
-    pub load: Option<Handle>,
+    pub load: Option<InFlight>,
 }
 
 impl Completion {

@@ -88,16 +88,27 @@ impl Endpoint {
         *self.failed_until.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + FAILURE_BACKOFF);
     }
 
-    pub async fn send(&self, request: Request<Body>) -> Result<Response<Incoming>, SendError> {
-        let result = if request.version() == Version::HTTP_2 {
-            self.send_h2(request).await
+    /// A connection ready for a request of this HTTP version: the shared
+    /// HTTP/2 connection, or an idle (else new) HTTP/1 one. A failed connect
+    /// puts the endpoint in back-off.
+    pub async fn connection(&self, version: Version) -> Result<Connection, ConnectError> {
+        let connection = if version == Version::HTTP_2 {
+            self.h2_sender().await.map(Connection::H2)
         } else {
-            self.send_h1(request).await
+            self.h1_sender().await.map(|sender| Connection::H1 {
+                sender,
+                idle: self.h1_idle.clone(),
+            })
         };
-        if matches!(result, Err(SendError::NotSent { .. })) {
+        if connection.is_err() {
             self.mark_failed();
         }
-        result
+        connection
+    }
+
+    /// Forgets a shared HTTP/2 connection found closed.
+    pub async fn forget_h2(&self) {
+        self.h2.lock().await.take();
     }
 
     async fn connect_io(&self) -> Result<TokioIo<tokio::net::TcpStream>, ConnectError> {
@@ -129,40 +140,6 @@ impl Endpoint {
         Ok(sender)
     }
 
-    async fn send_h2(&self, request: Request<Body>) -> Result<Response<Incoming>, SendError> {
-        let mut request = request;
-        // A cached connection may turn out to be closed; then one fresh try.
-        for attempt in 0..2 {
-            let mut sender = match self.h2_sender().await {
-                Ok(sender) => sender,
-                Err(error) => {
-                    return Err(SendError::NotSent {
-                        request: Box::new(request),
-                        error,
-                    });
-                }
-            };
-            match sender.try_send_request(request).await {
-                Ok(response) => return Ok(response),
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if attempt == 0 => {
-                        self.h2.lock().await.take();
-                        request = unsent;
-                    }
-                    Some(unsent) => {
-                        let error = connect_failed(error.into_error(), self.addr);
-                        return Err(SendError::NotSent {
-                            request: Box::new(unsent),
-                            error,
-                        });
-                    }
-                    None => return Err(SendError::Failed(error.into_error())),
-                },
-            }
-        }
-        unreachable!("the loop returns on its second attempt")
-    }
-
     async fn h1_sender(&self) -> Result<http1::SendRequest<Body>, ConnectError> {
         loop {
             let idle = self.h1_idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
@@ -185,52 +162,53 @@ impl Endpoint {
         });
         Ok(sender)
     }
+}
 
-    async fn send_h1(&self, request: Request<Body>) -> Result<Response<Incoming>, SendError> {
-        let mut request = request;
-        for attempt in 0..2 {
-            let mut sender = match self.h1_sender().await {
-                Ok(sender) => sender,
-                Err(error) => {
-                    return Err(SendError::NotSent {
-                        request: Box::new(request),
-                        error,
-                    });
+/// An established connection to an endpoint, for one request.
+pub enum Connection {
+    H2(http2::SendRequest<Body>),
+    H1 {
+        sender: http1::SendRequest<Body>,
+        /// Where the connection goes back once its response is done.
+        idle: Arc<Mutex<Vec<http1::SendRequest<Body>>>>,
+    },
+}
+
+impl Connection {
+    /// Sends the request. If the connection turned out to be closed before
+    /// anything was written, the request comes back as `NotSent`.
+    pub async fn send(self, request: Request<Body>, addr: SocketAddr) -> Result<Response<Incoming>, SendError> {
+        let result = match self {
+            Connection::H2(mut sender) => sender.try_send_request(request).await,
+            Connection::H1 { mut sender, idle } => {
+                let result = sender.try_send_request(request).await;
+                if result
+                    .as_ref()
+                    .is_ok_and(|r| r.status() != http::StatusCode::SWITCHING_PROTOCOLS)
+                {
+                    reuse_when_ready(sender, idle);
                 }
-            };
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                        self.reuse_when_ready(sender);
-                    }
-                    return Ok(response);
-                }
-                Err(mut error) => match error.take_message() {
-                    Some(unsent) if attempt == 0 => request = unsent,
-                    Some(unsent) => {
-                        let error = connect_failed(error.into_error(), self.addr);
-                        return Err(SendError::NotSent {
-                            request: Box::new(unsent),
-                            error,
-                        });
-                    }
-                    None => return Err(SendError::Failed(error.into_error())),
-                },
+                result
+            }
+        };
+        result.map_err(|mut error| match error.take_message() {
+            Some(unsent) => SendError::NotSent {
+                request: Box::new(unsent),
+                error: connect_failed(error.into_error(), addr),
+            },
+            None => SendError::Failed(error.into_error()),
+        })
+    }
+}
+
+/// Returns an HTTP/1 connection to the pool once its response is done.
+fn reuse_when_ready(mut sender: http1::SendRequest<Body>, idle: Arc<Mutex<Vec<http1::SendRequest<Body>>>>) {
+    tokio::spawn(async move {
+        if sender.ready().await.is_ok() {
+            let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
+            if idle.len() < MAX_IDLE_HTTP1 {
+                idle.push(sender);
             }
         }
-        unreachable!("the loop returns on its second attempt")
-    }
-
-    /// Returns an HTTP/1 connection to the pool once its response is done.
-    fn reuse_when_ready(&self, mut sender: http1::SendRequest<Body>) {
-        let idle = self.h1_idle.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                let mut idle = idle.lock().unwrap_or_else(PoisonError::into_inner);
-                if idle.len() < MAX_IDLE_HTTP1 {
-                    idle.push(sender);
-                }
-            }
-        });
-    }
+    });
 }

@@ -2,6 +2,8 @@
 //! and clients for raw TCP, HTTP/1, WebSocket and gRPC (with tonic), each
 //! printing what it measured as JSON so tests can check it.
 
+mod grpc;
+mod http;
 mod tcp;
 
 use std::process::ExitCode;
@@ -27,6 +29,16 @@ enum Command {
     TcpProbe(tcp::ProbeArgs),
     /// GET a plain-HTTP URL and print the body.
     HttpGet(tcp::GetArgs),
+    /// A gRPC server (tonic) whose replies name its pod.
+    GrpcServer(grpc::ServerArgs),
+    /// gRPC calls over one connection, counted by the pod that answered.
+    GrpcClient(grpc::ClientArgs),
+    /// An HTTP/1.1 server: pod name, echo, status codes, WebSocket echo.
+    HttpServer(http::ServerArgs),
+    /// HTTP/1.1 requests over one keep-alive connection, counted by pod.
+    HttpClient(http::ClientArgs),
+    /// WebSocket messages echoed and checked.
+    WsClient(http::WsArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +57,11 @@ fn main() -> ExitCode {
             Command::TcpMany(args) => tcp::many(args).await,
             Command::TcpProbe(args) => tcp::probe(args).await,
             Command::HttpGet(args) => tcp::http_get(args).await,
+            Command::GrpcServer(args) => grpc::server(args).await,
+            Command::GrpcClient(args) => grpc::client(args).await,
+            Command::HttpServer(args) => http::server(args).await,
+            Command::HttpClient(args) => http::client(args).await,
+            Command::WsClient(args) => http::ws_client(args).await,
         }
     });
     match result {

@@ -188,13 +188,31 @@ impl Sandbox {
     }
 }
 
-/// SIGKILLs every process whose network namespace is `netns`.
+/// SIGKILLs every process whose network namespace is `netns`, and waits
+/// (briefly) until they are gone.
 pub fn kill_netns_processes(netns: &str) {
-    if let Ok(pids) = network::run("ip", &["netns", "pids", netns]) {
-        for pid in pids.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
-        }
+    let Ok(pids) = network::run("ip", &["netns", "pids", netns]) else {
+        return;
+    };
+    let pids: Vec<i32> = pids.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    for &pid in &pids {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|&pid| is_running(pid)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Whether a process exists and is not just a zombie awaiting its reaper.
+pub fn is_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
 }
 
 pub fn remove_netns(netns: &str) {

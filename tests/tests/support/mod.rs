@@ -120,6 +120,19 @@ impl Lab {
         serde_json::from_str(last).unwrap_or_else(|e| panic!("lab-app {args:?} printed {out:?}: {e}"))
     }
 
+    /// Starts a lab-app command in a pod without waiting: its JSON lines
+    /// can be read as they come.
+    pub fn spawn_app(&self, pod: &str, args: &[&str]) -> Streaming {
+        let child = Command::new(binary())
+            .args(["exec", pod, "--", "lab-app"])
+            .args(args)
+            .env("STRAIT_LAB_NAME", &self.name)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        Streaming::new(child)
+    }
+
     pub fn status(&self) -> Value {
         serde_json::from_str(&self.cli_ok(&["status", "-o", "json"])).unwrap()
     }
@@ -183,6 +196,95 @@ impl Drop for Lab {
     fn drop(&mut self) {
         self.down();
     }
+}
+
+/// A running command whose JSON output lines arrive on a channel.
+pub struct Streaming {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<Value>,
+}
+
+impl Streaming {
+    fn new(mut child: std::process::Child) -> Self {
+        let stdout = child.stdout.take().unwrap();
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(value) = serde_json::from_str::<Value>(&line) {
+                    let _ = sender.send(value);
+                }
+            }
+        });
+        Streaming { child, lines }
+    }
+
+    /// The next JSON line, waiting at most `within`.
+    pub fn next(&self, within: Duration) -> Option<Value> {
+        self.lines.recv_timeout(within).ok()
+    }
+
+    /// Waits for the command to end (at most `within`) and returns its last line.
+    pub fn finish(mut self, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        let mut last = Value::Null;
+        loop {
+            while let Ok(line) = self.lines.try_recv() {
+                last = line;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "the command failed: {status}");
+                std::thread::sleep(Duration::from_millis(50));
+                while let Ok(line) = self.lines.try_recv() {
+                    last = line;
+                }
+                return last;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the command did not finish within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts that every pod's count is within `tolerance` of an even share.
+pub fn assert_even(by_pod: &Value, pods: usize, tolerance: f64, what: &str) {
+    let counts: Vec<f64> = by_pod
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert_eq!(counts.len(), pods, "{what}: expected {pods} pods to answer: {by_pod}");
+    let total: f64 = counts.iter().sum();
+    let even = total / pods as f64;
+    for count in counts {
+        assert!(
+            (count - even).abs() <= even * tolerance,
+            "{what}: {count} is not within {tolerance} of {even}: {by_pod}"
+        );
+    }
+}
+
+/// Adds up per-pod counts of several report windows.
+pub fn merge_windows<'a>(windows: impl IntoIterator<Item = &'a Value>) -> Value {
+    let mut total = serde_json::Map::new();
+    for window in windows {
+        for (pod, count) in window["by_pod"].as_object().unwrap() {
+            let sum = total.get(pod).and_then(Value::as_u64).unwrap_or(0) + count.as_u64().unwrap();
+            total.insert(pod.clone(), Value::from(sum));
+        }
+    }
+    Value::Object(total)
 }
 
 pub fn sum_metric(text: &str, metric: &str, labels: &[&str]) -> f64 {

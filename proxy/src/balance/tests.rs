@@ -1,0 +1,145 @@
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use super::*;
+use crate::discovery::{Endpoint as DiscoveredEndpoint, ServicePort, TargetRef};
+use crate::metrics::{Direction, Metrics};
+
+/// An HTTP/1 and HTTP/2 server that answers with its name after `delay`.
+async fn server(name: &'static str, delay: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            tokio::spawn(async move {
+                let service = service_fn(move |_request| async move {
+                    tokio::time::sleep(delay).await;
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn balancer(addrs: &[(SocketAddr, &str)]) -> (Balancer, watch::Sender<Arc<EndpointSet>>) {
+    let endpoints = addrs
+        .iter()
+        .map(|(addr, pod)| DiscoveredEndpoint {
+            addr: *addr,
+            ready: true,
+            serving: true,
+            terminating: false,
+            target: Some(TargetRef {
+                namespace: "demo".into(),
+                name: pod.to_string(),
+            }),
+        })
+        .collect();
+    let (sender, receiver) = watch::channel(Arc::new(EndpointSet { endpoints }));
+    let target = ServicePort {
+        service: ServiceRef {
+            namespace: "demo".into(),
+            name: "web".into(),
+        },
+        port: 80,
+        app_protocol: None,
+        endpoints: receiver,
+    };
+    let mut registry = crate::metrics::registry();
+    let metrics = Metrics::register(&mut registry);
+    let connector = Connector {
+        connect_timeout: Duration::from_secs(1),
+    };
+    let balancer = Balancer::new(
+        &target,
+        connector,
+        RouteLabels::new(Direction::Outbound),
+        metrics.http,
+        metrics.discovery,
+        Duration::from_millis(200),
+    );
+    (balancer, sender)
+}
+
+async fn call(balancer: &Balancer, version: http::Version) -> Result<String, ProxyError> {
+    let request = Request::builder()
+        .uri("http://web.demo:80/")
+        .version(version)
+        .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync())
+        .unwrap();
+    let (_, tracked) = balancer.dispatch(request).await?;
+    let body = tracked.response.into_body().collect().await.unwrap().to_bytes();
+    Ok(String::from_utf8(body.to_vec()).unwrap())
+}
+
+async fn shares(balancer: &Balancer, calls: usize, version: http::Version) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..calls {
+        *counts.entry(call(balancer, version).await.unwrap()).or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test]
+async fn sequential_requests_to_equal_endpoints_spread_evenly() {
+    let servers = [
+        (server("a", Duration::ZERO).await, "a"),
+        (server("b", Duration::ZERO).await, "b"),
+        (server("c", Duration::ZERO).await, "c"),
+    ];
+    let (balancer, _updates) = balancer(&servers);
+    for version in [http::Version::HTTP_11, http::Version::HTTP_2] {
+        let counts = shares(&balancer, 3000, version).await;
+        for (pod, count) in &counts {
+            assert!(
+                (850..=1150).contains(count),
+                "{version:?}: {pod} got {count} of 3000: {counts:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slow_endpoint_gets_less() {
+    let servers = [
+        (server("fast1", Duration::from_millis(1)).await, "fast1"),
+        (server("fast2", Duration::from_millis(1)).await, "fast2"),
+        (server("slow", Duration::from_millis(10)).await, "slow"),
+    ];
+    let (balancer, _updates) = balancer(&servers);
+    let counts = shares(&balancer, 600, http::Version::HTTP_2).await;
+    assert!(counts.get("slow").copied().unwrap_or(0) < 100, "{counts:?}");
+}
+
+#[tokio::test]
+async fn no_endpoint_is_a_bounded_wait_then_unavailable() {
+    let (balancer, _updates) = balancer(&[]);
+    let started = Instant::now();
+    let error = call(&balancer, http::Version::HTTP_2).await.unwrap_err();
+    assert!(matches!(error, ProxyError::NoEndpoints(..)), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn a_refusing_endpoint_is_skipped_and_the_request_retried() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let servers = [(closed, "gone"), (server("up", Duration::ZERO).await, "up")];
+    let (balancer, _updates) = balancer(&servers);
+    for _ in 0..20 {
+        assert_eq!(call(&balancer, http::Version::HTTP_11).await.unwrap(), "up");
+    }
+}
