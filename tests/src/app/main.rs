@@ -29,6 +29,12 @@ enum Command {
     TcpProbe(tcp::ProbeArgs),
     /// GET a plain-HTTP URL and print the body.
     HttpGet(tcp::GetArgs),
+    /// A server that speaks first (like MySQL or SMTP), then echoes.
+    TcpGreeter(tcp::GreeterArgs),
+    /// Connect silently and wait for the server's greeting.
+    TcpGreeting(tcp::GreetingArgs),
+    /// Send raw bytes and print the answer.
+    TcpRaw(tcp::RawArgs),
     /// A gRPC server (tonic) whose replies name its pod.
     GrpcServer(grpc::ServerArgs),
     /// gRPC calls over one connection, counted by the pod that answered.
@@ -57,6 +63,9 @@ fn main() -> ExitCode {
             Command::TcpMany(args) => tcp::many(args).await,
             Command::TcpProbe(args) => tcp::probe(args).await,
             Command::HttpGet(args) => tcp::http_get(args).await,
+            Command::TcpGreeter(args) => tcp::greeter(args).await,
+            Command::TcpGreeting(args) => tcp::greeting(args).await,
+            Command::TcpRaw(args) => tcp::raw(args).await,
             Command::GrpcServer(args) => grpc::server(args).await,
             Command::GrpcClient(args) => grpc::client(args).await,
             Command::HttpServer(args) => http::server(args).await,

@@ -211,3 +211,88 @@ pub async fn http_get(args: GetArgs) -> anyhow::Result<()> {
     print!("{body}");
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub struct GreeterArgs {
+    #[arg(long = "port", default_value = "3306", action = clap::ArgAction::Append)]
+    ports: Vec<u16>,
+}
+
+/// A server that speaks first, as MySQL and SMTP do: a greeting on
+/// connect, then an echo.
+pub async fn greeter(args: GreeterArgs) -> anyhow::Result<()> {
+    let mut servers = tokio::task::JoinSet::new();
+    for port in args.ports {
+        let listener = TcpListener::bind(("0.0.0.0", port))
+            .await
+            .with_context(|| format!("listen on {port}"))?;
+        println!("greeter listening on {port}");
+        servers.spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    if stream.write_all(b"220 lab greeter ready\r\n").await.is_err() {
+                        return;
+                    }
+                    let (mut reader, mut writer) = stream.split();
+                    let _ = tokio::io::copy(&mut reader, &mut writer).await;
+                    let _ = writer.shutdown().await;
+                });
+            }
+        });
+    }
+    servers.join_next().await;
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GreetingArgs {
+    #[arg(long)]
+    to: String,
+}
+
+/// Connects without sending anything and waits for the server's greeting.
+pub async fn greeting(args: GreetingArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(&args.to)
+        .await
+        .with_context(|| format!("connect to {}", args.to))?;
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .context("no greeting within 10s")??;
+    let greeting = String::from_utf8_lossy(&buf[..n]).trim().to_string();
+    println!(
+        "{}",
+        json!({"greeting": greeting, "seconds": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RawArgs {
+    #[arg(long)]
+    to: String,
+    /// What to send, with \r and \n escapes.
+    #[arg(long)]
+    send: String,
+}
+
+/// Sends raw bytes, half-closes, and prints what came back before the close.
+pub async fn raw(args: RawArgs) -> anyhow::Result<()> {
+    let mut stream = TcpStream::connect(&args.to)
+        .await
+        .with_context(|| format!("connect to {}", args.to))?;
+    let payload = args.send.replace("\\r", "\r").replace("\\n", "\n");
+    stream.write_all(payload.as_bytes()).await?;
+    let mut response = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await;
+    let closed = matches!(read, Ok(Ok(_)));
+    let text = String::from_utf8_lossy(&response);
+    let status = text.lines().next().unwrap_or_default().to_string();
+    println!("{}", json!({"status_line": status, "closed": closed, "response": text}));
+    Ok(())
+}
