@@ -59,3 +59,102 @@ impl Default for InjectSettings {
         }
     }
 }
+
+/// The variables the chart sets on the injector.
+pub mod env {
+    pub const PROXY_IMAGE: &str = "STRAIT_PROXY_IMAGE";
+    pub const INIT_IMAGE: &str = "STRAIT_INIT_IMAGE";
+    pub const IMAGE_PULL_POLICY: &str = "STRAIT_IMAGE_PULL_POLICY";
+    pub const NATIVE_SIDECAR: &str = "STRAIT_NATIVE_SIDECAR";
+    pub const PROXY_CPU_REQUEST: &str = "STRAIT_PROXY_CPU_REQUEST";
+    pub const PROXY_CPU_LIMIT: &str = "STRAIT_PROXY_CPU_LIMIT";
+    pub const PROXY_MEMORY_REQUEST: &str = "STRAIT_PROXY_MEMORY_REQUEST";
+    pub const PROXY_MEMORY_LIMIT: &str = "STRAIT_PROXY_MEMORY_LIMIT";
+    pub const INIT_CPU_REQUEST: &str = "STRAIT_INIT_CPU_REQUEST";
+    pub const INIT_CPU_LIMIT: &str = "STRAIT_INIT_CPU_LIMIT";
+    pub const INIT_MEMORY_REQUEST: &str = "STRAIT_INIT_MEMORY_REQUEST";
+    pub const INIT_MEMORY_LIMIT: &str = "STRAIT_INIT_MEMORY_LIMIT";
+    pub const PROXY_LOG_LEVEL: &str = "STRAIT_PROXY_LOG_LEVEL";
+    pub const PROXY_INBOUND_MODE: &str = "STRAIT_PROXY_INBOUND_MODE";
+    /// host:port of the identity service, as proxies reach it.
+    pub const IDENTITY_SERVICE: &str = "STRAIT_IDENTITY_SERVICE";
+    pub const TRUST_DOMAIN: &str = "STRAIT_TRUST_DOMAIN";
+    /// A file holding the trust anchors' PEM.
+    pub const TRUST_ANCHORS_FILE: &str = "STRAIT_TRUST_ANCHORS_FILE";
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?}: {problem}")]
+pub struct SettingsError {
+    pub name: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+impl InjectSettings {
+    /// Reads the settings through `env` (so tests can pass a map), with
+    /// the defaults for anything unset.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+        let defaults = InjectSettings::default();
+        let text = |name: &str, default: String| env(name).filter(|v| !v.is_empty()).unwrap_or(default);
+        let optional = |name: &str, default: Option<String>| match env(name) {
+            Some(value) if value.is_empty() => None,
+            Some(value) => Some(value),
+            None => default,
+        };
+        let native_sidecar = match env(env::NATIVE_SIDECAR).as_deref().map(str::trim) {
+            None | Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(SettingsError {
+                    name: env::NATIVE_SIDECAR,
+                    value: other.to_string(),
+                    problem: "expected true or false".into(),
+                });
+            }
+        };
+        let trust_anchors_pem = match env(env::TRUST_ANCHORS_FILE) {
+            None => String::new(),
+            Some(path) => std::fs::read_to_string(&path).map_err(|e| SettingsError {
+                name: env::TRUST_ANCHORS_FILE,
+                value: path.clone(),
+                problem: e.to_string(),
+            })?,
+        };
+        let resources = |prefix: [&str; 4], default: &Resources| Resources {
+            cpu_request: optional(prefix[0], default.cpu_request.clone()),
+            cpu_limit: optional(prefix[1], default.cpu_limit.clone()),
+            memory_request: optional(prefix[2], default.memory_request.clone()),
+            memory_limit: optional(prefix[3], default.memory_limit.clone()),
+        };
+        Ok(InjectSettings {
+            proxy_image: text(env::PROXY_IMAGE, defaults.proxy_image.clone()),
+            init_image: text(env::INIT_IMAGE, defaults.init_image.clone()),
+            image_pull_policy: text(env::IMAGE_PULL_POLICY, defaults.image_pull_policy.clone()),
+            native_sidecar,
+            proxy_resources: resources(
+                [
+                    env::PROXY_CPU_REQUEST,
+                    env::PROXY_CPU_LIMIT,
+                    env::PROXY_MEMORY_REQUEST,
+                    env::PROXY_MEMORY_LIMIT,
+                ],
+                &defaults.proxy_resources,
+            ),
+            init_resources: resources(
+                [
+                    env::INIT_CPU_REQUEST,
+                    env::INIT_CPU_LIMIT,
+                    env::INIT_MEMORY_REQUEST,
+                    env::INIT_MEMORY_LIMIT,
+                ],
+                &defaults.init_resources,
+            ),
+            log_level: text(env::PROXY_LOG_LEVEL, defaults.log_level.clone()),
+            identity_addr: text(env::IDENTITY_SERVICE, defaults.identity_addr.clone()),
+            trust_domain: text(env::TRUST_DOMAIN, defaults.trust_domain.clone()),
+            trust_anchors_pem,
+            inbound_mode: text(env::PROXY_INBOUND_MODE, defaults.inbound_mode.clone()),
+        })
+    }
+}

@@ -5,6 +5,10 @@ use strait_proxy::{Config, Proxy};
 use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("wait-ready") {
+        return wait_ready(&args[2..]);
+    }
     let config = match Config::from_env(|name| std::env::var(name).ok()) {
         Ok(config) => config,
         Err(error) => {
@@ -65,4 +69,51 @@ async fn termination() {
         _ = term.recv() => {},
         _ = int.recv() => {},
     }
+}
+
+/// `strait-proxy wait-ready [--timeout 120s]`: waits until the proxy in
+/// this pod is ready, for a postStart hook that holds the application back
+/// when the proxy is not a native sidecar.
+fn wait_ready(args: &[String]) -> ExitCode {
+    let timeout = match args {
+        [] => std::time::Duration::from_secs(120),
+        [flag, value] if flag == "--timeout" => match strait_contract::parse_duration(value) {
+            Ok(timeout) => timeout,
+            Err(error) => {
+                eprintln!("strait-proxy wait-ready: --timeout: {error}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => {
+            eprintln!("usage: strait-proxy wait-ready [--timeout DURATION]");
+            return ExitCode::from(2);
+        }
+    };
+    let admin = std::env::var(strait_proxy::config::ADMIN_ADDR)
+        .ok()
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map_or(4191, |a| a.port());
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if ready(admin) {
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    eprintln!("strait-proxy wait-ready: the proxy was not ready within {timeout:?}");
+    ExitCode::FAILURE
+}
+
+fn ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(1)));
+    if stream.write_all(b"GET /ready HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200")
 }

@@ -149,7 +149,7 @@ pub async fn run(command: Command, paths: LabPaths) -> anyhow::Result<i32> {
         }
         Command::Daemon => {
             require_root()?;
-            crate::daemon::run(paths, crate::injection::pod_mutator()).await?;
+            crate::daemon::run(paths).await?;
         }
         Command::Sandbox(_) => bail!("the sandbox runs before the runtime starts"),
     }
@@ -173,6 +173,7 @@ pub async fn ensure_running(paths: &LabPaths, client: &LabClient) -> anyhow::Res
         .arg(bin_dir().join("strait-lab"))
         .arg("daemon")
         .env(crate::paths::LAB_NAME_ENV, &paths.name)
+        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -192,6 +193,16 @@ pub async fn ensure_running(paths: &LabPaths, client: &LabClient) -> anyhow::Res
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Pods created before the webhook answers would start without the mesh.
+    if std::env::var(crate::daemon::MESH_ENV).as_deref() != Ok("off") {
+        wait_ready(
+            client,
+            &[crate::controlplane::NAMESPACE.to_string()],
+            Duration::from_secs(120),
+        )
+        .await
+        .context("strait's control plane did not become ready")?;
     }
     Ok(())
 }
@@ -363,7 +374,13 @@ async fn status(client: &LabClient, output: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The container a command is for: the one named, else the pod's default
+/// container (kubectl's annotation), else its first application container.
 fn pick_container<'a>(pod: &'a Value, name: Option<&str>) -> anyhow::Result<&'a Value> {
+    let default = pod
+        .pointer("/metadata/annotations/kubectl.kubernetes.io~1default-container")
+        .and_then(Value::as_str);
+    let name = name.or(default);
     let all = ["/spec/containers", "/spec/initContainers"]
         .iter()
         .flat_map(|p| pod.pointer(p).and_then(Value::as_array).into_iter().flatten());

@@ -70,6 +70,14 @@ impl LabClient {
             .send_request(request)
             .await
             .map_err(|e| ClientError::Transport(e.to_string()))?;
+        // As kubectl does, admission warnings go to the user.
+        for warning in response.headers().get_all(header::WARNING) {
+            let text = warning.to_str().unwrap_or_default();
+            eprintln!(
+                "Warning: {}",
+                text.strip_prefix("299 - ").unwrap_or(text).trim_matches('"')
+            );
+        }
         let status = response.status();
         let bytes = response
             .into_body()

@@ -17,11 +17,12 @@ use serde_json::{Value, json};
 use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::apiserver::admission::{Admission, ClusterIps, PodMutator};
+use crate::apiserver::admission::{Admission, ClusterIps};
 use crate::apiserver::auth::{Principal, Tokens};
 use crate::apiserver::resource::Resource;
 use crate::apiserver::serve::NetworkServer;
 use crate::apiserver::store::Store;
+use crate::apiserver::webhooks::Webhooks;
 use crate::apiserver::{Api, Body};
 use crate::controllers::{self, endpointslice};
 use crate::kubelet::Kubelet;
@@ -39,9 +40,14 @@ struct Daemon {
     controllers: Vec<tokio::task::AbortHandle>,
 }
 
+/// Set to `off` for a lab without strait's control plane.
+pub const MESH_ENV: &str = "STRAIT_LAB_MESH";
+/// Chart values for the control plane, `key=value` separated by spaces.
+pub const CHART_VALUES_ENV: &str = "STRAIT_LAB_CHART_VALUES";
+
 /// Runs the lab until shut down. The caller has put this process in the
 /// node namespace.
-pub async fn run(paths: LabPaths, pod_mutator: Option<Arc<dyn PodMutator>>) -> anyhow::Result<()> {
+pub async fn run(paths: LabPaths) -> anyhow::Result<()> {
     network::setup_node()?;
     let pki = pki::generate()?;
     std::fs::write(paths.ca_cert(), &pki.ca_pem)?;
@@ -51,7 +57,7 @@ pub async fn run(paths: LabPaths, pod_mutator: Option<Arc<dyn PodMutator>>) -> a
     let admission = Admission {
         store: store.clone(),
         cluster_ips: ClusterIps::new(network::SERVICE_BASE),
-        pod_mutator,
+        pod_mutator: Some(Arc::new(Webhooks { store: store.clone() })),
     };
     let api = Arc::new(Api {
         store: store.clone(),
@@ -82,6 +88,14 @@ pub async fn run(paths: LabPaths, pod_mutator: Option<Arc<dyn PodMutator>>) -> a
         shutdown: CancellationToken::new(),
         controllers,
     });
+    if std::env::var(MESH_ENV).as_deref() != Ok("off") {
+        let values: Vec<String> = std::env::var(CHART_VALUES_ENV)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        crate::controlplane::install(&daemon.api, &values).await?;
+    }
     daemon.clone().serve_local().await?;
     std::fs::write(paths.daemon_pid(), std::process::id().to_string())?;
     tracing::info!(lab = %paths.name, "lab running");

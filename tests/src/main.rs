@@ -6,7 +6,14 @@ use strait_lab::cli::{self, Cli, Command};
 use strait_lab::kubelet::sandbox::sandbox_main;
 use strait_lab::paths::LabPaths;
 
+#[allow(unsafe_code)]
 fn main() -> ExitCode {
+    // SAFETY: called first thing, before any other thread exists; it
+    // restores the default SIGPIPE action so `strait-lab status | head`
+    // ends quietly, as command-line tools do.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     // The sandbox changes namespaces, which needs a single-threaded process.
     if let Command::Sandbox(args) = cli.command {

@@ -95,7 +95,8 @@ pub fn setup_node() -> Result<(), NetError> {
             "link set lo up\n\
              link add {BRIDGE} type bridge\n\
              addr add {NODE_IP}/16 dev {BRIDGE}\n\
-             link set {BRIDGE} up\n"
+             link set {BRIDGE} up\n\
+             route add {SERVICE_BASE}/16 dev {BRIDGE}\n"
         ),
     )?;
     write_sysctl("net/ipv4/ip_forward", "1")?;

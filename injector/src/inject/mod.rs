@@ -27,6 +27,9 @@ pub enum Decision {
     },
 }
 
+/// The annotation kubectl reads for the container to exec into by default.
+const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+
 /// Escapes a key for a JSON pointer (RFC 6901).
 fn pointer_key(key: &str) -> String {
     key.replace('~', "~0").replace('/', "~1")
@@ -125,13 +128,23 @@ pub fn decide(pod: &Value, namespace: &str, namespace_enabled: bool, settings: &
         add("/spec/volumes".into(), json!(volumes));
     }
 
+    if !has("/metadata") {
+        add("/metadata".into(), json!({}));
+    }
     let meshed = [(names::MESHED_LABEL, "true")];
-    let scrape = [
+    let mut scrape = vec![
         (key::IDENTITY, identity.as_str()),
         ("prometheus.io/scrape", "true"),
         ("prometheus.io/port", "4191"),
         ("prometheus.io/path", "/metrics"),
     ];
+    // With the proxy first, `kubectl exec` and `logs` should still default
+    // to the application.
+    let first_app = names_of(pod, "containers").into_iter().next().unwrap_or_default();
+    let has_default = annotations.contains_key(DEFAULT_CONTAINER);
+    if !settings.native_sidecar && !has_default && !first_app.is_empty() {
+        scrape.push((DEFAULT_CONTAINER, first_app.as_str()));
+    }
     for (section, entries) in [("labels", &meshed[..]), ("annotations", &scrape[..])] {
         if has(&format!("/metadata/{section}")) {
             for (name, value) in entries {

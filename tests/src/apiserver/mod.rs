@@ -13,6 +13,7 @@ pub mod selector;
 pub mod serve;
 pub mod store;
 pub mod watch;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::Arc;

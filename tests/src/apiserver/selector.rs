@@ -83,6 +83,49 @@ impl LabelSelector {
         Ok(LabelSelector(requirements))
     }
 
+    /// A `metav1.LabelSelector` object: `matchLabels` and `matchExpressions`.
+    pub fn from_object(selector: &Value) -> Result<Self, SelectorError> {
+        let error = |problem: String| SelectorError {
+            what: "label",
+            text: selector.to_string(),
+            problem,
+        };
+        let mut requirements = Self::from_map(
+            selector
+                .get("matchLabels")
+                .and_then(Value::as_object)
+                .unwrap_or(&serde_json::Map::new()),
+        )
+        .0;
+        for expression in selector
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let key = expression
+                .get("key")
+                .and_then(Value::as_str)
+                .ok_or_else(|| error("an expression has no key".into()))?
+                .to_string();
+            let values: Vec<String> = expression
+                .get("values")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            requirements.push(match expression.get("operator").and_then(Value::as_str) {
+                Some("In") => Requirement::In(key, values),
+                Some("NotIn") => Requirement::NotIn(key, values),
+                Some("Exists") => Requirement::Exists(key),
+                Some("DoesNotExist") => Requirement::DoesNotExist(key),
+                other => return Err(error(format!("unknown operator {other:?}"))),
+            });
+        }
+        Ok(LabelSelector(requirements))
+    }
+
     /// The selector of a Service or a Deployment's `matchLabels`.
     pub fn from_map(labels: &serde_json::Map<String, Value>) -> Self {
         LabelSelector(
@@ -177,6 +220,21 @@ mod tests {
             );
         }
         assert!(LabelSelector::parse("app in web").is_err());
+    }
+
+    #[test]
+    fn label_selector_objects_are_read() {
+        let selector = json!({
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "NotIn", "values": ["back"]},
+                {"key": "strait.io/inject", "operator": "DoesNotExist"},
+            ],
+        });
+        let selector = LabelSelector::from_object(&selector).unwrap();
+        assert!(selector.matches(&json!({"metadata": {"labels": {"app": "web", "tier": "front"}}})));
+        assert!(!selector.matches(&json!({"metadata": {"labels": {"app": "web", "strait.io/inject": "x"}}})));
+        assert!(LabelSelector::from_object(&json!({"matchExpressions": [{"key": "a", "operator": "Near"}]})).is_err());
     }
 
     #[test]

@@ -44,6 +44,11 @@ impl Lab {
     /// Starts a lab named after the test with the given manifests (from
     /// `tests/manifests`) applied and all pods ready.
     pub fn up(test: &str, manifests: &[&str]) -> Option<Lab> {
+        Self::up_with(test, manifests, &[])
+    }
+
+    /// Like `up`, with extra environment for the lab (chart values, say).
+    pub fn up_with(test: &str, manifests: &[&str], env: &[(&str, &str)]) -> Option<Lab> {
         require_root(test)?;
         let name = format!("t-{}", test.replace('_', "-"))
             .chars()
@@ -59,7 +64,12 @@ impl Lab {
             args.push("-f".into());
             args.push(file.display().to_string());
         }
-        let out = lab.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let out = Command::new(binary())
+            .args(&args)
+            .env("STRAIT_LAB_NAME", &lab.name)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "strait-lab up failed:\n{}\n{}",

@@ -1,0 +1,28 @@
+{{/* Common names and labels. */}}
+
+{{- define "strait.tag" -}}
+{{- default .Chart.AppVersion .Values.image.tag -}}
+{{- end -}}
+
+{{- define "strait.image" -}}
+{{- printf "%s/%s:%s" .root.Values.image.registry .name (include "strait.tag" .root) -}}
+{{- end -}}
+
+{{- define "strait.labels" -}}
+app.kubernetes.io/name: strait
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ include "strait.tag" . | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "strait.selector" -}}
+app.kubernetes.io/name: strait
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: control-plane
+{{- end -}}
+
+{{- define "strait.webhookService" -}}strait-injector{{- end -}}
+{{- define "strait.identityService" -}}strait-identity{{- end -}}
+{{- define "strait.webhookSecret" -}}strait-injector-webhook-tls{{- end -}}
+{{- define "strait.identitySecret" -}}strait-identity-issuer{{- end -}}

@@ -1,0 +1,48 @@
+//! The control plane's plain-HTTP admin port for the kubelet and
+//! Prometheus: `/live`, `/ready` (once its caches have synced) and `/metrics`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, ready: Arc<dyn Fn() -> bool + Send + Sync>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let (registry, ready) = (registry.clone(), ready.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let (status, body) = match request.uri().path() {
+                    "/live" => (StatusCode::OK, "live\n".to_string()),
+                    "/ready" if ready() => (StatusCode::OK, "ready\n".to_string()),
+                    "/ready" => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: caches not synced\n".to_string(),
+                    ),
+                    "/metrics" => {
+                        let mut text = String::new();
+                        match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                            Ok(()) => (StatusCode::OK, text),
+                            Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+                        }
+                    }
+                    _ => (StatusCode::NOT_FOUND, "not found\n".to_string()),
+                };
+                let mut response = Response::new(Full::new(Bytes::from(body)));
+                *response.status_mut() = status;
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

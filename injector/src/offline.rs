@@ -1,0 +1,117 @@
+//! `strait-injector inject`: the webhook's mutation applied to manifests on
+//! disk, for clusters without the webhook or for review. Every pod template
+//! in Pods, Deployments, StatefulSets, DaemonSets, ReplicaSets, Jobs,
+//! CronJobs and Lists is injected (unless it opts out); everything else
+//! passes through unchanged.
+
+use serde_json::Value;
+
+use crate::inject::{Decision, decide};
+use crate::settings::InjectSettings;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OfflineError {
+    #[error("document {index}: not valid YAML: {problem}")]
+    Yaml { index: usize, problem: String },
+    #[error("document {index}: {problem}")]
+    Patch { index: usize, problem: String },
+}
+
+/// Where each kind keeps its pod template.
+fn template_pointer(kind: &str) -> Option<&'static str> {
+    match kind {
+        "Pod" => Some(""),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" | "ReplicationController" => {
+            Some("/spec/template")
+        }
+        "CronJob" => Some("/spec/jobTemplate/spec/template"),
+        _ => None,
+    }
+}
+
+fn describe(object: &Value) -> String {
+    let text = |pointer: &str| {
+        object
+            .pointer(pointer)
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string()
+    };
+    format!(
+        "{} {}/{}",
+        text("/kind"),
+        object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default"),
+        text("/metadata/name")
+    )
+}
+
+/// Injects one object (recursing into Lists); notes go to `notes`.
+fn inject_object(object: &mut Value, settings: &InjectSettings, notes: &mut Vec<String>) -> Result<(), String> {
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    if kind == "List" {
+        for item in object
+            .get_mut("items")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            inject_object(item, settings, notes)?;
+        }
+        return Ok(());
+    }
+    let Some(pointer) = template_pointer(&kind) else {
+        return Ok(());
+    };
+    let namespace = object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default")
+        .to_string();
+    let name = describe(object);
+    let Some(template) = object.pointer_mut(pointer) else {
+        return Err(format!("{name} has no pod template at {pointer}"));
+    };
+    match decide(template, &namespace, true, settings) {
+        Decision::Skip(reason) => notes.push(format!("{name}: not injected: {reason}")),
+        Decision::Inject { patch, warnings } => {
+            let patch: json_patch::Patch = serde_json::from_value(Value::Array(patch)).map_err(|e| e.to_string())?;
+            json_patch::patch(template, &patch.0).map_err(|e| format!("{name}: {e}"))?;
+            notes.extend(warnings.into_iter().map(|w| format!("{name}: {w}")));
+        }
+    }
+    Ok(())
+}
+
+/// Injects every document of a multi-document YAML text. Returns the YAML
+/// to print and notes (skips and warnings) for the user.
+pub fn inject_yaml(text: &str, settings: &InjectSettings) -> Result<(String, Vec<String>), OfflineError> {
+    let mut out = String::new();
+    let mut notes = Vec::new();
+    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let index = i + 1;
+        let value: Value = serde::Deserialize::deserialize(document).map_err(|e| OfflineError::Yaml {
+            index,
+            problem: e.to_string(),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        let mut value = value;
+        inject_object(&mut value, settings, &mut notes).map_err(|problem| OfflineError::Patch { index, problem })?;
+        if !out.is_empty() {
+            out.push_str("---\n");
+        }
+        out.push_str(&serde_yaml::to_string(&value).map_err(|e| OfflineError::Yaml {
+            index,
+            problem: e.to_string(),
+        })?);
+    }
+    Ok((out, notes))
+}

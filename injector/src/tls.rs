@@ -1,0 +1,101 @@
+//! Serving TLS from certificate files that may be rotated under us (by
+//! cert-manager, or a Secret update): the files are re-read when they change.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls::pki_types::PrivateKeyDer;
+use rustls::pki_types::pem::PemObject;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::pki::{PkiError, load_certs};
+
+/// How often the files' modification times are checked.
+const RECHECK: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    modified: Option<SystemTime>,
+    checked: Instant,
+}
+
+/// A certificate and key from files, reloaded when the certificate changes.
+#[derive(Debug)]
+pub struct FileCert {
+    cert: PathBuf,
+    key: PathBuf,
+    loaded: Mutex<Loaded>,
+}
+
+fn modified(path: &PathBuf) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn load(cert: &PathBuf, key: &PathBuf) -> Result<Arc<CertifiedKey>, PkiError> {
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|e| PkiError::Load {
+            what: path.display().to_string(),
+            problem: e.to_string(),
+        })
+    };
+    let chain = load_certs(&read(cert)?, &cert.display().to_string())?;
+    let private = PrivateKeyDer::from_pem_slice(read(key)?.as_bytes()).map_err(|e| PkiError::Load {
+        what: key.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&private).map_err(|e| PkiError::Load {
+        what: key.display().to_string(),
+        problem: e.to_string(),
+    })?;
+    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+}
+
+impl FileCert {
+    pub fn new(cert: PathBuf, key: PathBuf) -> Result<Self, PkiError> {
+        let loaded = Loaded {
+            key: load(&cert, &key)?,
+            modified: modified(&cert),
+            checked: Instant::now(),
+        };
+        Ok(FileCert {
+            cert,
+            key,
+            loaded: Mutex::new(loaded),
+        })
+    }
+
+    /// A rustls server configuration that presents this certificate.
+    pub fn server_config(self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(self));
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(Arc::new(config))
+    }
+}
+
+impl ResolvesServerCert for FileCert {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
+        if loaded.checked.elapsed() >= RECHECK {
+            loaded.checked = Instant::now();
+            let now = modified(&self.cert);
+            if now != loaded.modified {
+                match load(&self.cert, &self.key) {
+                    Ok(key) => {
+                        tracing::info!(cert = %self.cert.display(), "serving certificate reloaded");
+                        loaded.key = key;
+                        loaded.modified = now;
+                    }
+                    Err(error) => tracing::warn!(%error, "keeping the previous serving certificate"),
+                }
+            }
+        }
+        Some(loaded.key.clone())
+    }
+}

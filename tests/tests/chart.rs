@@ -1,0 +1,185 @@
+//! The Helm chart: lint-clean, and every object it renders (with default
+//! and with non-default values) valid against the Kubernetes schemas, as
+//! are the outputs of the offline `inject` command. Needs helm and
+//! kubernetes-validate (scripts/deps.sh installs both); skips loudly
+//! without them, never under STRAIT_CI.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn source_tree() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn tool(name: &str, local: Option<PathBuf>) -> Option<PathBuf> {
+    if let Some(local) = local.filter(|p| p.exists()) {
+        return Some(local);
+    }
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .ok()?;
+    found
+        .status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&found.stdout).trim()))
+}
+
+fn tools(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let helm = tool("helm", Some(source_tree().join(".tools/bin/helm")));
+    let validate = tool("kubernetes-validate", None);
+    match (helm, validate) {
+        (Some(helm), Some(validate)) => Some((helm, validate)),
+        _ => {
+            assert!(
+                std::env::var_os("STRAIT_CI").is_none(),
+                "STRAIT_CI is set but helm or kubernetes-validate is missing"
+            );
+            eprintln!("SKIPPED: {test} needs helm and kubernetes-validate (scripts/deps.sh installs them)");
+            None
+        }
+    }
+}
+
+fn run(program: &Path, args: &[&str]) -> Output {
+    Command::new(program).args(args).output().unwrap()
+}
+
+fn ok(output: &Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Validates a multi-document YAML text strictly; only kinds Kubernetes
+/// has no schema for (cert-manager's, the Prometheus Operator's) may warn.
+fn validate(validator: &Path, yaml: &str, what: &str) {
+    let file = std::env::temp_dir().join(format!(
+        "strait-validate-{}-{}.yaml",
+        std::process::id(),
+        what.replace(' ', "-")
+    ));
+    std::fs::write(&file, yaml).unwrap();
+    let output = run(validator, &["--strict", "-k", "1.35.0", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{what}: not valid:\n{text}");
+    for line in text.lines().filter(|l| !l.contains(" passed for resource ")) {
+        let known_crd = line.contains("cert-manager.io/v1") || line.contains("monitoring.coreos.com/v1");
+        assert!(known_crd && line.starts_with("WARN"), "{what}: {line}");
+    }
+    assert!(
+        text.contains(" passed for resource "),
+        "{what}: nothing was validated:\n{text}"
+    );
+}
+
+fn template(helm: &Path, values: &[&str]) -> String {
+    let chart = source_tree().join("charts/strait");
+    let mut args = vec![
+        "template",
+        "strait",
+        chart.to_str().unwrap(),
+        "--namespace",
+        "strait-system",
+    ];
+    for value in values {
+        args.extend(["--set", value]);
+    }
+    ok(&run(helm, &args), "helm template")
+}
+
+#[test]
+fn helm_lint_is_clean() {
+    let Some((helm, _)) = tools("helm_lint_is_clean") else {
+        return;
+    };
+    let chart = source_tree().join("charts/strait");
+    let out = ok(&run(&helm, &["lint", "--strict", chart.to_str().unwrap()]), "helm lint");
+    assert!(!out.contains("[WARNING]") && !out.contains("[ERROR]"), "{out}");
+}
+
+#[test]
+fn rendered_objects_are_valid_with_default_and_other_values() {
+    let Some((helm, validator)) = tools("rendered_objects_are_valid") else {
+        return;
+    };
+    let defaults = template(&helm, &[]);
+    validate(&validator, &defaults, "default values");
+    for kind in [
+        "Deployment",
+        "MutatingWebhookConfiguration",
+        "PodDisruptionBudget",
+        "ClusterRole",
+        "Secret",
+        "Service",
+    ] {
+        assert!(defaults.contains(&format!("kind: {kind}\n")), "no {kind} rendered");
+    }
+    let others = template(
+        &helm,
+        &[
+            "injector.replicas=3",
+            "webhook.failurePolicy=Fail",
+            "webhook.certManager.enabled=true",
+            "webhook.excludedNamespaces={monitoring,ingress}",
+            "proxy.nativeSidecar=false",
+            "proxy.inboundMode=strict",
+            "identity.trustDomain=example.org",
+            "image.tag=1.2.3",
+            "injector.podDisruptionBudget.enabled=false",
+            "metrics.podMonitor.enabled=true",
+            "metrics.dashboard.enabled=true",
+        ],
+    );
+    validate(&validator, &others, "other values");
+    assert!(others.contains("failurePolicy: Fail") && others.contains("cert-manager.io/inject-ca-from"));
+    assert!(!others.contains("kind: PodDisruptionBudget"));
+}
+
+#[test]
+fn values_outside_the_schema_are_refused() {
+    let Some((helm, _)) = tools("values_outside_the_schema_are_refused") else {
+        return;
+    };
+    let chart = source_tree().join("charts/strait");
+    for bad in [
+        "webhook.failurePolicy=Sometimes",
+        "injector.replicas=0",
+        "proxy.inboundMode=paranoid",
+        "unknown=1",
+    ] {
+        let out = run(&helm, &["template", "strait", chart.to_str().unwrap(), "--set", bad]);
+        assert!(!out.status.success(), "{bad} was accepted");
+    }
+}
+
+#[test]
+fn injected_manifests_are_valid() {
+    let Some((_, validator)) = tools("injected_manifests_are_valid") else {
+        return;
+    };
+    let injector = Path::new(env!("CARGO_BIN_EXE_strait-lab")).with_file_name("strait-injector");
+    for manifest in ["grpc.yaml", "injection.yaml", "protocols.yaml"] {
+        let path = source_tree().join("tests/manifests").join(manifest);
+        let injected = ok(
+            &run(&injector, &["inject", "-f", path.to_str().unwrap()]),
+            "strait-injector inject",
+        );
+        assert!(injected.contains("name: strait-proxy"), "{manifest} was not injected");
+        validate(&validator, &injected, manifest);
+    }
+}
