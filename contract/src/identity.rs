@@ -25,6 +25,17 @@ impl SpiffeId {
     }
 }
 
+impl SpiffeId {
+    /// The TLS server name (SNI) a client uses to reach this identity, and
+    /// by which an inbound proxy recognises a connection meant for it.
+    pub fn server_name(&self) -> String {
+        format!(
+            "{}.{}.serviceaccount.identity.{}",
+            self.service_account, self.namespace, self.trust_domain
+        )
+    }
+}
+
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(

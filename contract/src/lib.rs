@@ -8,6 +8,8 @@
 pub mod cidrs;
 pub mod duration;
 pub mod identity;
+pub mod identity_api;
+pub mod mesh;
 pub mod names;
 pub mod ports;
 

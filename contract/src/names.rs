@@ -61,6 +61,7 @@ pub mod env {
     pub const POD_NAME: &str = "STRAIT_POD_NAME";
     pub const POD_NAMESPACE: &str = "STRAIT_POD_NAMESPACE";
     pub const POD_IP: &str = "STRAIT_POD_IP";
+    pub const HOST_IP: &str = "STRAIT_HOST_IP";
     pub const SERVICE_ACCOUNT: &str = "STRAIT_SERVICE_ACCOUNT";
     pub const IDENTITY: &str = "STRAIT_IDENTITY";
     pub const IDENTITY_ADDR: &str = "STRAIT_IDENTITY_ADDR";

@@ -5,6 +5,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use strait_injector::identity::pods::PodIndex;
+use strait_injector::identity::review::KubeTokenReviewer;
+use strait_injector::identity::sign::Signer;
+use strait_injector::identity::{self, IdentityService};
 use strait_injector::namespaces::NamespaceCache;
 use strait_injector::serve::{ServeConfig, serve_webhook};
 use strait_injector::tls::FileCert;
@@ -98,9 +102,29 @@ fn serve() -> anyhow::Result<()> {
         .server_config(&[b"h2", b"http/1.1"])
         .context("webhook TLS")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let issuer_cert =
+        std::fs::read_to_string(&config.issuer_cert).with_context(|| format!("{}", config.issuer_cert.display()))?;
+    let issuer_key =
+        std::fs::read_to_string(&config.issuer_key).with_context(|| format!("{}", config.issuer_key.display()))?;
+    let signer = Signer::load(&issuer_cert, &issuer_key, config.cert_lifetime)?;
+    let (chain, key) = signer.serving_certificate(&config.identity_names())?;
+    let identity_tls = identity_tls(chain, key)?;
     runtime.block_on(async move {
         let client = kube::Client::try_default().await.context("Kubernetes client")?;
-        let namespaces = NamespaceCache::start(client);
+        let namespaces = NamespaceCache::start(client.clone());
+        let pods = PodIndex::start(client.clone());
+        let mut registry = prometheus_client::registry::Registry::with_prefix("strait_control");
+        let service = Arc::new(IdentityService::new(
+            signer,
+            Arc::new(KubeTokenReviewer::new(client)),
+            pods.clone(),
+            config.inject.trust_domain.clone(),
+            &mut registry,
+        ));
+        let identity_listener = tokio::net::TcpListener::bind(config.identity_listen)
+            .await
+            .with_context(|| format!("listen on {}", config.identity_listen))?;
+        tokio::spawn(identity::serve(identity_listener, identity_tls, service));
         let webhook = tokio::net::TcpListener::bind(config.webhook_addr)
             .await
             .with_context(|| format!("listen on {}", config.webhook_addr))?;
@@ -122,4 +146,17 @@ fn serve() -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+fn identity_tls(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }

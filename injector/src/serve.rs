@@ -2,19 +2,18 @@
 //! admission webhook over HTTPS and the admin port, built from its
 //! configuration before anything is bound.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+
+use strait_contract::parse_duration;
 
 use crate::settings::InjectSettings;
 use crate::webhook::{self, NamespaceLabels};
@@ -23,6 +22,10 @@ pub const WEBHOOK_ADDR: &str = "STRAIT_WEBHOOK_ADDR";
 pub const WEBHOOK_CERT: &str = "STRAIT_WEBHOOK_CERT";
 pub const WEBHOOK_KEY: &str = "STRAIT_WEBHOOK_KEY";
 pub const ADMIN_ADDR: &str = "STRAIT_ADMIN_ADDR";
+pub const IDENTITY_LISTEN: &str = "STRAIT_IDENTITY_LISTEN";
+pub const ISSUER_CERT: &str = "STRAIT_ISSUER_CERT";
+pub const ISSUER_KEY: &str = "STRAIT_ISSUER_KEY";
+pub const CERT_LIFETIME: &str = "STRAIT_CERT_LIFETIME";
 
 /// AdmissionReviews are small; anything bigger is refused.
 const MAX_REVIEW: usize = 8 * 1024 * 1024;
@@ -34,6 +37,30 @@ pub struct ServeConfig {
     pub webhook_key: PathBuf,
     pub admin_addr: SocketAddr,
     pub inject: InjectSettings,
+    pub identity_listen: SocketAddr,
+    pub issuer_cert: PathBuf,
+    pub issuer_key: PathBuf,
+    /// How long the certificates the identity service signs are valid.
+    pub cert_lifetime: Duration,
+}
+
+impl ServeConfig {
+    /// The DNS names the identity service is reached by, for its own
+    /// serving certificate: the configured host and its shorter forms.
+    pub fn identity_names(&self) -> Vec<String> {
+        let host = self
+            .inject
+            .identity_addr
+            .rsplit_once(':')
+            .map_or(self.inject.identity_addr.as_str(), |(h, _)| h);
+        let mut names = vec![host.to_string()];
+        for suffix in [".cluster.local", ".svc"] {
+            if let Some(shorter) = names.last().and_then(|n| n.strip_suffix(suffix)).map(str::to_string) {
+                names.push(shorter);
+            }
+        }
+        names
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +95,21 @@ impl ServeConfig {
                 .unwrap_or_else(|| "/var/run/strait/webhook/tls.key".into())
                 .into(),
             admin_addr: addr(ADMIN_ADDR, "0.0.0.0:9990")?,
+            identity_listen: addr(IDENTITY_LISTEN, "0.0.0.0:8083")?,
+            issuer_cert: env(ISSUER_CERT)
+                .unwrap_or_else(|| "/var/run/strait/identity/tls.crt".into())
+                .into(),
+            issuer_key: env(ISSUER_KEY)
+                .unwrap_or_else(|| "/var/run/strait/identity/tls.key".into())
+                .into(),
+            cert_lifetime: match env(CERT_LIFETIME) {
+                None => Duration::from_secs(24 * 3600),
+                Some(value) => parse_duration(&value).map_err(|e| ConfigError {
+                    name: CERT_LIFETIME,
+                    value,
+                    problem: e.to_string(),
+                })?,
+            },
             inject,
         })
     }
@@ -128,27 +170,9 @@ pub async fn serve_webhook(
     namespaces: Arc<dyn NamespaceLabels>,
     settings: Arc<InjectSettings>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
-        let (acceptor, namespaces, settings) = (acceptor.clone(), namespaces.clone(), settings.clone());
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(stream).await {
-                Ok(stream) => stream,
-                Err(error) => {
-                    tracing::debug!(%peer, %error, "TLS handshake failed");
-                    return;
-                }
-            };
-            let service = service_fn(move |request| {
-                let (namespaces, settings) = (namespaces.clone(), settings.clone());
-                async move { Ok::<_, Infallible>(handle(request, namespaces.as_ref(), &settings).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    crate::tls::serve_https(listener, tls, "webhook", move |request| {
+        let (namespaces, settings) = (namespaces.clone(), settings.clone());
+        async move { handle(request, namespaces.as_ref(), &settings).await }
+    })
+    .await
 }

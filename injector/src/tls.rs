@@ -1,14 +1,23 @@
-//! Serving TLS from certificate files that may be rotated under us (by
-//! cert-manager, or a Secret update): the files are re-read when they change.
+//! Serving HTTPS: from certificate files that may be rotated under us (by
+//! cert-manager, or a Secret update), re-read when they change.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
+use http::{Request, Response};
+use hyper::body::{Body, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::pki::{PkiError, load_certs};
 
@@ -97,5 +106,41 @@ impl ResolvesServerCert for FileCert {
             }
         }
         Some(loaded.key.clone())
+    }
+}
+
+/// Serves HTTPS (HTTP/1.1 or HTTP/2) on `listener` until the task is
+/// dropped, handing every request to `handle`. `what` names the service in
+/// the logs.
+pub async fn serve_https<H, F, B>(listener: TcpListener, tls: Arc<rustls::ServerConfig>, what: &'static str, handle: H)
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let (acceptor, handle) = (acceptor.clone(), handle.clone());
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(stream).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%peer, %error, service = what, "TLS handshake failed");
+                    return;
+                }
+            };
+            let service = service_fn(move |request| {
+                let response = handle(request);
+                async move { Ok::<_, Infallible>(response.await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
     }
 }

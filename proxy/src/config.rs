@@ -2,11 +2,12 @@
 //! writes them. Every setting has a default; a bad value is an error that
 //! names the variable and the value.
 
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use strait_contract::names::{self, env};
-use strait_contract::{PortSet, format_duration, parse_duration};
+use strait_contract::{PortSet, SpiffeId, format_duration, parse_duration};
 
 pub const OUTBOUND_ADDRS: &str = "STRAIT_OUTBOUND_ADDRS";
 pub const INBOUND_ADDRS: &str = "STRAIT_INBOUND_ADDRS";
@@ -52,6 +53,24 @@ pub struct Config {
     pub discovery: bool,
     pub pod_name: String,
     pub pod_namespace: String,
+    /// Mutual TLS: this workload's identity and where to get certificates.
+    pub identity: Option<IdentityConfig>,
+    /// Strict refuses plaintext inbound connections (the kubelet's, from
+    /// the host, excepted); permissive accepts them.
+    pub inbound_strict: bool,
+    /// The node's address, where the kubelet's probes come from.
+    pub host_ip: Option<IpAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityConfig {
+    pub id: SpiffeId,
+    /// host:port of the identity service.
+    pub service: String,
+    /// The projected ServiceAccount token shown to the identity service.
+    pub token: PathBuf,
+    /// PEM of the trust anchors.
+    pub trust_anchors: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -91,6 +110,18 @@ impl Config {
             })?,
             pod_name: env(env::POD_NAME).unwrap_or_default(),
             pod_namespace: env(env::POD_NAMESPACE).unwrap_or_default(),
+            identity: identity(&env)?,
+            inbound_strict: setting(env::INBOUND_MODE).parse(false, |text| match text.trim() {
+                "strict" => Ok(true),
+                "permissive" => Ok(false),
+                _ => Err("expected strict or permissive".to_string()),
+            })?,
+            host_ip: setting(env::HOST_IP).parse(None, |text| {
+                text.trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| "expected an IP address".to_string())
+            })?,
         })
     }
 
@@ -110,12 +141,50 @@ impl Config {
             self.opaque_ports,
             format_duration(self.no_endpoint_wait),
             if self.discovery { "kubernetes" } else { "off" },
+        ) + &format!(
+            " identity={} inbound_mode={}",
+            self.identity
+                .as_ref()
+                .map_or("off".to_string(), |i| format!("{}@{}", i.id, i.service)),
+            if self.inbound_strict { "strict" } else { "permissive" },
         )
     }
 }
 
 fn list(addrs: &[SocketAddr]) -> String {
     addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Identity is on when the identity service's address is set; then the
+/// identity and trust anchors must be too.
+fn identity(env: &impl Fn(&str) -> Option<String>) -> Result<Option<IdentityConfig>, ConfigError> {
+    let Some(service) = env(env::IDENTITY_ADDR).filter(|s| !s.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let required = |name: &'static str| {
+        env(name).filter(|v| !v.trim().is_empty()).ok_or_else(|| ConfigError {
+            name,
+            value: String::new(),
+            problem: format!("required when {} is set", env::IDENTITY_ADDR),
+        })
+    };
+    let raw_id = required(env::IDENTITY)?;
+    let id = raw_id
+        .trim()
+        .parse()
+        .map_err(|e: strait_contract::SpiffeIdError| ConfigError {
+            name: env::IDENTITY,
+            value: raw_id.clone(),
+            problem: e.to_string(),
+        })?;
+    Ok(Some(IdentityConfig {
+        id,
+        service: service.trim().to_string(),
+        token: env(env::IDENTITY_TOKEN)
+            .unwrap_or_else(|| format!("{}/token", strait_contract::names::IDENTITY_TOKEN_DIR))
+            .into(),
+        trust_anchors: required(env::TRUST_ANCHORS)?,
+    }))
 }
 
 /// One variable's raw value, parsed with an error that names it.
@@ -211,6 +280,29 @@ mod tests {
                 .discovery
         );
         assert!(from(&[(DISCOVERY, "dns")]).is_err());
+    }
+
+    #[test]
+    fn identity_is_all_or_nothing() {
+        assert_eq!(from(&[]).unwrap().identity, None);
+        let error = from(&[("STRAIT_IDENTITY_ADDR", "id:8083")]).unwrap_err();
+        assert_eq!(error.name, "STRAIT_IDENTITY");
+        let error = from(&[
+            ("STRAIT_IDENTITY_ADDR", "id:8083"),
+            ("STRAIT_IDENTITY", "web"),
+            ("STRAIT_TRUST_ANCHORS", "x"),
+        ])
+        .unwrap_err();
+        assert!(error.to_string().contains("invalid SPIFFE ID"), "{error}");
+        let config = from(&[
+            ("STRAIT_IDENTITY_ADDR", "id:8083"),
+            ("STRAIT_IDENTITY", "spiffe://cluster.local/ns/demo/sa/web"),
+            ("STRAIT_TRUST_ANCHORS", "PEM"),
+            ("STRAIT_INBOUND_MODE", "strict"),
+        ])
+        .unwrap();
+        assert_eq!(config.identity.unwrap().service, "id:8083");
+        assert!(config.inbound_strict);
     }
 
     #[test]

@@ -178,56 +178,59 @@ where
     let mut buf = BytesMut::with_capacity(1024);
     let started = tokio::time::Instant::now();
     let (patience, deadline) = (started + PATIENCE.min(timeout), started + timeout);
-    // Created now, but it runs only once polled, after the patience.
-    let mut connecting = std::pin::pin!(connect());
-    let mut connect_done = false;
-    let mut upstream: Option<U> = None;
-    loop {
-        let patient = tokio::time::Instant::now() < patience;
+    let decided = |protocol, buf: BytesMut, how, upstream| {
+        Ok(Opening::Decided {
+            protocol,
+            prefix: buf.freeze(),
+            how,
+            upstream,
+        })
+    };
+    // Before the patience runs out, only the client's bytes are awaited;
+    // then the upstream connection is opened alongside.
+    let mut connecting = std::pin::pin!(async {
+        tokio::time::sleep_until(patience).await;
+        connect().await
+    });
+    let mut upstream = loop {
         tokio::select! {
-            read = stream.read_buf(&mut buf) => match read {
-                Err(error) => return Err(error),
-                Ok(0) => break,
-                Ok(_) => {
+            read = stream.read_buf(&mut buf) => match read? {
+                0 => return decided(Protocol::Opaque, buf, Decided::Timeout, None),
+                _ => {
                     if let Verdict::Decided(protocol) = classify(&buf) {
-                        return Ok(Opening::Decided { protocol, prefix: buf.freeze(), how: Decided::Detected, upstream });
+                        return decided(protocol, buf, Decided::Detected, None);
                     }
                 }
             },
-            connected = &mut connecting, if !patient && !connect_done => {
-                connect_done = true;
-                match connected {
-                    Ok(connected) => upstream = Some(connected),
-                    Err(error) => return Ok(Opening::Unreachable { prefix: buf.freeze(), error }),
-                }
-            }
-            () = server_speaks(upstream.as_ref()) => {
-                return Ok(Opening::Decided { protocol: Protocol::Opaque, prefix: buf.freeze(), how: Decided::ServerFirst, upstream });
-            }
-            () = tokio::time::sleep_until(patience), if patient => {}
-            () = tokio::time::sleep_until(deadline) => break,
+            connected = &mut connecting => match connected {
+                Ok(upstream) => break upstream,
+                Err(error) => return Ok(Opening::Unreachable { prefix: buf.freeze(), error }),
+            },
+            () = tokio::time::sleep_until(deadline) => return decided(Protocol::Opaque, buf, Decided::Timeout, None),
         }
-    }
-    Ok(Opening::Decided {
-        protocol: Protocol::Opaque,
-        prefix: buf.freeze(),
-        how: Decided::Timeout,
-        upstream,
-    })
-}
-
-/// Resolves once the early upstream connection has something to read (the
-/// server spoke first, or closed); never without one.
-async fn server_speaks<U: Readable>(upstream: Option<&U>) {
-    match upstream {
-        Some(upstream) => upstream.readable().await,
-        None => std::future::pending().await,
+    };
+    // Connected: the client may still speak, or the server speak first.
+    loop {
+        tokio::select! {
+            read = stream.read_buf(&mut buf) => match read? {
+                0 => return decided(Protocol::Opaque, buf, Decided::Timeout, Some(upstream)),
+                _ => {
+                    if let Verdict::Decided(protocol) = classify(&buf) {
+                        return decided(protocol, buf, Decided::Detected, Some(upstream));
+                    }
+                }
+            },
+            () = upstream.server_spoke() => return decided(Protocol::Opaque, buf, Decided::ServerFirst, Some(upstream)),
+            () = tokio::time::sleep_until(deadline) => return decided(Protocol::Opaque, buf, Decided::Timeout, Some(upstream)),
+        }
     }
 }
 
 /// An upstream connection whose first bytes can be waited for.
 pub trait Readable {
-    fn readable(&self) -> impl Future<Output = ()>;
+    /// Resolves once the server has sent something (or closed); what it
+    /// sent must not be lost.
+    fn server_spoke(&mut self) -> impl Future<Output = ()>;
 }
 
 /// A stream with some already-read bytes put back in front of it.

@@ -1,15 +1,21 @@
-//! The inbound side: connections arriving at the pod, redirected here by
-//! iptables, go on to the application at their original destination. HTTP
-//! and gRPC are proxied per request (for metrics and the client identity
-//! header), over connections to the application that all clients share.
+//! The inbound side: connections arriving at the pod go on to the
+//! application. Plaintext connections were redirected here by iptables and
+//! go to their original destination; mesh connections arrive on the inbound
+//! port itself, over mutual TLS from a peer proxy, and name the application
+//! port in the mesh header. HTTP and gRPC are proxied per request (for
+//! metrics and the client identity header), over connections to the
+//! application that all clients share.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use strait_contract::PortSet;
+use ::http::HeaderValue;
+use rustls::server::Acceptor;
+use strait_contract::{PortSet, SpiffeId};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::LazyConfigAcceptor;
 
 use crate::balance::Backend;
 use crate::config::Config;
@@ -17,10 +23,13 @@ use crate::counted::Counted;
 use crate::detect::{self, Opening, Prefixed, Protocol};
 use crate::drain::Drain;
 use crate::http::client::{Connector, Endpoint};
-use crate::http::route::{Router, Target};
+use crate::http::route::{Router, Target as RouteTarget};
 use crate::metrics::{Direction, Metrics, RouteLabels, TcpLabels};
-use crate::tcp::{Forwarder, TcpTarget};
-use crate::{http, listener, transport};
+use crate::tcp::{ClientStream, Forwarder, TcpTarget};
+use crate::tls::{MESH_ALPN, MeshTls, verify};
+use crate::transport::{self, OrigDstError};
+use crate::upstream::Target;
+use crate::{http, listener, mesh};
 
 pub struct Inbound {
     pub forwarder: Forwarder,
@@ -31,12 +40,64 @@ pub struct Inbound {
     pub idle_timeout: Duration,
     pub pod_namespace: String,
     pub pod_name: String,
-    /// One backend per application port, shared by all clients.
-    apps: Mutex<HashMap<SocketAddr, Arc<Backend>>>,
+    /// Accepts mesh connections, when this proxy has an identity.
+    mesh: Option<Arc<MeshTls>>,
+    /// Refuse plaintext from anywhere but the node.
+    strict: bool,
+    host_ip: Option<IpAddr>,
+    /// How long a peer may take over the TLS handshake and mesh header.
+    handshake_timeout: Duration,
+    /// One connection pool per application port, shared by all clients.
+    apps: Mutex<HashMap<SocketAddr, Arc<Endpoint>>>,
+    /// The pool seen through each client identity's metrics.
+    backends: Mutex<HashMap<(SocketAddr, String), Arc<Backend>>>,
+}
+
+/// How a connection reached the inbound listener.
+enum Arrival {
+    /// Redirected by iptables: plaintext for the original destination.
+    Redirected(SocketAddr),
+    /// Addressed to the inbound port itself: a peer proxy's mesh connection.
+    Mesh(SocketAddr),
+}
+
+/// Why a connection is refused before it reaches the application.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("plaintext connection refused in strict mode")]
+    Plaintext,
+    #[error("TLS ClientHello for {0:?}, not this workload")]
+    NotForThisPod(Option<String>),
+    #[error("TLS ClientHello without the mesh protocol (ALPN strait.io/mesh/1)")]
+    NotMesh,
+    #[error("mutual TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
+    #[error("bad mesh header: {0}")]
+    Header(std::io::Error),
+    #[error("peer took longer than {0:?} to complete the handshake")]
+    Timeout(Duration),
+}
+
+impl Refusal {
+    fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Plaintext => "plaintext",
+            Refusal::NotForThisPod(_) => "not_for_this_pod",
+            Refusal::NotMesh => "not_mesh",
+            Refusal::Handshake(_) | Refusal::Timeout(_) => "tls_handshake",
+            Refusal::Header(_) => "mesh_header",
+        }
+    }
 }
 
 impl Inbound {
-    pub fn new(config: &Config, forwarder: Forwarder, connector: Connector, metrics: Metrics) -> Self {
+    pub fn new(
+        config: &Config,
+        forwarder: Forwarder,
+        connector: Connector,
+        metrics: Metrics,
+        mesh: Option<Arc<MeshTls>>,
+    ) -> Self {
         Inbound {
             forwarder,
             connector,
@@ -46,29 +107,97 @@ impl Inbound {
             idle_timeout: config.idle_timeout,
             pod_namespace: config.pod_namespace.clone(),
             pod_name: config.pod_name.clone(),
+            mesh,
+            strict: config.inbound_strict,
+            host_ip: config.host_ip,
+            handshake_timeout: config.connect_timeout.max(Duration::from_secs(10)),
             apps: Mutex::new(HashMap::new()),
+            backends: Mutex::new(HashMap::new()),
         }
     }
 
-    fn route_labels(&self) -> RouteLabels {
+    fn route_labels(&self, client_id: &str) -> RouteLabels {
         let mut labels = RouteLabels::new(Direction::Inbound);
         labels.dst_namespace = self.pod_namespace.clone();
         labels.dst_pod = self.pod_name.clone();
+        labels.client_id = client_id.to_string();
+        labels.tls = !client_id.is_empty();
         labels
     }
 
-    fn app(&self, addr: SocketAddr) -> Arc<Backend> {
-        let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
-        apps.entry(addr)
+    fn app(&self, addr: SocketAddr, client_id: &str) -> Arc<Backend> {
+        let mut backends = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
+        backends
+            .entry((addr, client_id.to_string()))
             .or_insert_with(|| {
-                let endpoint = Arc::new(Endpoint::new(addr, self.connector.clone()));
+                let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+                let endpoint = apps
+                    .entry(addr)
+                    .or_insert_with(|| Arc::new(Endpoint::new(Target { addr, peer: None }, self.connector.clone())))
+                    .clone();
                 Arc::new(Backend::new(
                     endpoint,
                     self.pod_name.clone(),
-                    self.metrics.http.route(self.route_labels()),
+                    self.metrics.http.route(self.route_labels(client_id)),
                 ))
             })
             .clone()
+    }
+
+    fn arrival(&self, stream: &TcpStream) -> Result<Arrival, OrigDstError> {
+        match transport::redirected_dst(stream) {
+            Ok(orig_dst) => Ok(Arrival::Redirected(orig_dst)),
+            Err(OrigDstError::NotRedirected(local)) if self.mesh.is_some() => Ok(Arrival::Mesh(local)),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Whether a plaintext connection from `peer` may reach the application.
+    fn admits_plaintext(&self, peer: SocketAddr) -> Result<(), Refusal> {
+        if !self.strict || self.mesh.is_none() || Some(peer.ip()) == self.host_ip {
+            return Ok(());
+        }
+        Err(Refusal::Plaintext)
+    }
+
+    /// Completes a peer proxy's handshake: returns the TLS stream, the
+    /// application address the connection is for and the client's identity.
+    async fn accept_mesh(
+        &self,
+        mesh: &MeshTls,
+        stream: TcpStream,
+        local: SocketAddr,
+    ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr, Option<SpiffeId>), Refusal> {
+        let handshake = async {
+            // Look at the ClientHello before answering it, so a connection
+            // meant for another workload, or not from a proxy, is named as such.
+            let start = LazyConfigAcceptor::new(Acceptor::default(), stream)
+                .await
+                .map_err(Refusal::Handshake)?;
+            let hello = start.client_hello();
+            let expected = mesh.identity.server_name();
+            if hello.server_name() != Some(expected.as_str()) {
+                return Err(Refusal::NotForThisPod(hello.server_name().map(str::to_string)));
+            }
+            if !hello
+                .alpn()
+                .is_some_and(|mut protocols| protocols.any(|p| p == MESH_ALPN))
+            {
+                return Err(Refusal::NotMesh);
+            }
+            let mut tls = start.into_stream(mesh.server()).await.map_err(Refusal::Handshake)?;
+            let port = mesh::read_header(&mut tls).await.map_err(Refusal::Header)?;
+            let client_id = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| verify::spiffe_ids(leaf).into_iter().next());
+            Ok((tls, SocketAddr::new(local.ip(), port), client_id))
+        };
+        tokio::time::timeout(self.handshake_timeout, handshake)
+            .await
+            .unwrap_or(Err(Refusal::Timeout(self.handshake_timeout)))
     }
 }
 
@@ -81,26 +210,60 @@ pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>, drain: Drain) {
     .await;
 }
 
-async fn handle(inbound: Arc<Inbound>, mut stream: TcpStream, peer: SocketAddr, drain: Drain) {
+async fn handle(inbound: Arc<Inbound>, stream: TcpStream, peer: SocketAddr, drain: Drain) {
     transport::tune(&stream);
-    let orig_dst = match transport::redirected_dst(&stream) {
-        Ok(orig_dst) => orig_dst,
+    let arrival = match inbound.arrival(&stream) {
+        Ok(arrival) => arrival,
         Err(error) => {
             tracing::warn!(client = %peer, %error, "closing inbound connection");
             return;
         }
     };
+    let refused = |refusal: Refusal| {
+        tracing::info!(client = %peer, error = %refusal, "refusing inbound connection");
+        inbound.metrics.tcp.refused_inbound(refusal.reason());
+    };
+    match (arrival, &inbound.mesh) {
+        (Arrival::Redirected(orig_dst), _) => match inbound.admits_plaintext(peer) {
+            Ok(()) => proxy(&inbound, stream, peer, orig_dst, None, drain).await,
+            Err(refusal) => {
+                refused(refusal);
+                transport::reset(stream);
+            }
+        },
+        (Arrival::Mesh(local), Some(mesh)) => match inbound.accept_mesh(mesh, stream, local).await {
+            Ok((tls, app, client_id)) => proxy(&inbound, tls, peer, app, client_id, drain).await,
+            Err(refusal) => refused(refusal),
+        },
+        (Arrival::Mesh(_), None) => {}
+    }
+}
+
+/// Takes a connection for the application at `app` through protocol
+/// detection to the application.
+async fn proxy<C: ClientStream + 'static>(
+    inbound: &Inbound,
+    mut stream: C,
+    peer: SocketAddr,
+    app: SocketAddr,
+    client_id: Option<SpiffeId>,
+    drain: Drain,
+) {
+    let client_id = client_id.map(|id| id.to_string()).unwrap_or_default();
     let mut labels = TcpLabels::new(Direction::Inbound);
     labels.dst_namespace = inbound.pod_namespace.clone();
     labels.dst_pod = inbound.pod_name.clone();
-    let (forwarder, app) = (&inbound.forwarder, TcpTarget::Fixed(orig_dst));
+    labels.client_id = client_id.clone();
+    labels.tls = !client_id.is_empty();
+    let forwarder = &inbound.forwarder;
+    let target = TcpTarget::Fixed(Target { addr: app, peer: None });
     let opening = detect::open(
         &mut stream,
-        orig_dst.port(),
+        app.port(),
         &inbound.opaque_ports,
         None,
         inbound.detect_timeout,
-        || forwarder.connect(&app, labels.clone()),
+        || forwarder.connect(&target, labels.clone()),
     )
     .await;
     let (protocol, io) = match opening {
@@ -126,7 +289,7 @@ async fn handle(inbound: Arc<Inbound>, mut stream: TcpStream, peer: SocketAddr, 
             if protocol == Protocol::Opaque {
                 match upstream {
                     Some(upstream) => forwarder.relay(io, peer, upstream).await,
-                    None => forwarder.forward(io, peer, app, labels).await,
+                    None => forwarder.forward(io, peer, target, labels).await,
                 }
                 return;
             }
@@ -134,9 +297,9 @@ async fn handle(inbound: Arc<Inbound>, mut stream: TcpStream, peer: SocketAddr, 
         }
     };
     let router = Router {
-        target: Target::Fixed(inbound.app(orig_dst)),
-        unrouted: inbound.metrics.http.route(inbound.route_labels()),
-        client_id: None,
+        target: RouteTarget::Fixed(inbound.app(app, &client_id)),
+        unrouted: inbound.metrics.http.route(inbound.route_labels(&client_id)),
+        client_id: HeaderValue::from_str(&client_id).ok().filter(|_| !client_id.is_empty()),
         sets_client_id: true,
         idle_timeout: inbound.idle_timeout,
         upgrade_bytes: inbound.metrics.tcp.byte_counters(&labels),

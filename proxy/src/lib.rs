@@ -12,13 +12,18 @@ pub mod detect;
 pub mod discovery;
 pub mod drain;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod listener;
+pub mod mesh;
 pub mod metrics;
 pub mod outbound;
 pub mod relay;
 pub mod tcp;
+pub mod tls;
 pub mod transport;
+pub mod upstream;
+pub mod workloads;
 
 use std::future::Future;
 use std::io;
@@ -34,10 +39,12 @@ use admin::{Admin, Readiness};
 use discovery::{NoDiscovery, Resolve};
 use drain::Drain;
 use http::client::Connector;
+use identity::LocalIdentity;
 use inbound::Inbound;
 use metrics::Metrics;
 use outbound::Outbound;
 use tcp::Forwarder;
+use workloads::Workloads;
 
 /// A proxy that is configured but not yet listening.
 pub struct Proxy {
@@ -48,12 +55,16 @@ pub struct Proxy {
     drain: Drain,
     /// The Kubernetes client for discovery, when in a cluster.
     kube: Option<kube::Config>,
+    /// This workload's identity, when mutual TLS is on.
+    identity: Option<Arc<LocalIdentity>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("in-cluster Kubernetes configuration: {0}")]
     Kube(#[from] kube::config::InClusterError),
+    #[error("identity: {0}")]
+    Identity(#[from] identity::SetupError),
 }
 
 /// The proxy's bound addresses, which tests read to find ephemeral ports.
@@ -76,6 +87,21 @@ impl Proxy {
     pub fn build(config: Config) -> Result<Self, BuildError> {
         let mut registry = metrics::registry();
         let metrics = Metrics::register(&mut registry);
+        let readiness = Readiness::default();
+        let identity = match &config.identity {
+            None => None,
+            Some(settings) => {
+                readiness.require(identity::READY_CONDITION);
+                let local = LocalIdentity::new(
+                    settings.id.clone(),
+                    &settings.service,
+                    settings.token.clone(),
+                    &settings.trust_anchors,
+                    &mut registry,
+                )?;
+                Some(local)
+            }
+        };
         let kube = if config.discovery {
             Some(kube::Config::incluster()?)
         } else {
@@ -85,9 +111,10 @@ impl Proxy {
             config,
             registry,
             metrics,
-            readiness: Readiness::default(),
+            readiness,
             drain: Drain::new(),
             kube,
+            identity,
         })
     }
 
@@ -179,7 +206,15 @@ impl Bound {
             readiness,
             drain,
             kube,
+            identity,
         } = proxy;
+        let mesh = identity.as_ref().map(|identity| identity.tls.clone());
+        let workloads = identity
+            .as_ref()
+            .map(|identity| Workloads::new(identity.client().clone()));
+        if let Some(identity) = identity {
+            tokio::spawn(identity.run(readiness.clone()));
+        }
         let resolve: Arc<dyn Resolve> = match kube.map(kube::Client::try_from) {
             Some(Ok(client)) => Arc::new(discovery::kube::KubeDiscovery::start(client, metrics.discovery.clone())),
             Some(Err(error)) => {
@@ -193,9 +228,11 @@ impl Bound {
             idle_timeout: config.idle_timeout,
             no_endpoint_wait: config.no_endpoint_wait,
             metrics: metrics.tcp.clone(),
+            mesh: mesh.clone(),
         };
         let connector = Connector {
             connect_timeout: config.connect_timeout,
+            mesh: mesh.clone(),
         };
         let outbound_proxy = Arc::new(Outbound::new(
             &config,
@@ -203,8 +240,9 @@ impl Bound {
             forwarder.clone(),
             connector.clone(),
             metrics.clone(),
+            workloads,
         ));
-        let inbound_proxy = Arc::new(Inbound::new(&config, forwarder, connector, metrics));
+        let inbound_proxy = Arc::new(Inbound::new(&config, forwarder, connector, metrics, mesh));
         let admin_task = tokio::spawn(admin::serve(
             admin,
             Admin {

@@ -12,16 +12,18 @@ use std::time::Duration;
 use strait_contract::PortSet;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::balance::{Backend, Balancer};
+use crate::balance::{Backend, Balancer, BalancerContext};
 use crate::config::Config;
 use crate::counted::Counted;
 use crate::detect::{self, Opening, Prefixed, Protocol};
 use crate::discovery::{Destination, Resolve, ServicePort, ServiceRef};
 use crate::drain::Drain;
 use crate::http::client::{Connector, Endpoint};
-use crate::http::route::{Router, Target};
+use crate::http::route::{Router, Target as RouteTarget};
 use crate::metrics::{Direction, Metrics, RouteLabels, TcpLabels};
 use crate::tcp::{Forwarder, TcpTarget};
+use crate::upstream::Target;
+use crate::workloads::{Workloads, peer_identity};
 use crate::{http, listener, transport};
 
 pub struct Outbound {
@@ -36,6 +38,8 @@ pub struct Outbound {
     /// One balancer per Service port in use, shared by every connection to
     /// it, so upstream connections and load estimates are shared too.
     balancers: Mutex<HashMap<(ServiceRef, u16), Arc<Balancer>>>,
+    /// Which pods are meshed, when this proxy has an identity.
+    workloads: Option<Arc<Workloads>>,
 }
 
 impl Outbound {
@@ -45,6 +49,7 @@ impl Outbound {
         forwarder: Forwarder,
         connector: Connector,
         metrics: Metrics,
+        workloads: Option<Arc<Workloads>>,
     ) -> Self {
         Outbound {
             resolve,
@@ -56,6 +61,7 @@ impl Outbound {
             no_endpoint_wait: config.no_endpoint_wait,
             idle_timeout: config.idle_timeout,
             balancers: Mutex::new(HashMap::new()),
+            workloads,
         }
     }
 
@@ -66,22 +72,37 @@ impl Outbound {
         labels
     }
 
-    fn balancer(&self, target: &ServicePort) -> Arc<Balancer> {
+    /// The balancer of a Service port, made on first use. With mutual TLS
+    /// on, which of the Service's pods are meshed is known first.
+    async fn balancer(&self, target: &ServicePort) -> Arc<Balancer> {
+        if let Some(workloads) = &self.workloads {
+            workloads.ready(&target.service.namespace).await;
+        }
         let key = (target.service.clone(), target.port);
         let mut balancers = self.balancers.lock().unwrap_or_else(PoisonError::into_inner);
         balancers
             .entry(key)
             .or_insert_with(|| {
-                Arc::new(Balancer::new(
-                    target,
-                    self.connector.clone(),
-                    Self::route_labels(target),
-                    self.metrics.http.clone(),
-                    self.metrics.discovery.clone(),
-                    self.no_endpoint_wait,
-                ))
+                let context = BalancerContext {
+                    connector: self.connector.clone(),
+                    http_metrics: self.metrics.http.clone(),
+                    discovery_metrics: self.metrics.discovery.clone(),
+                    wait: self.no_endpoint_wait,
+                    workloads: self.workloads.clone(),
+                };
+                Arc::new(Balancer::new(target, Self::route_labels(target), context))
             })
             .clone()
+    }
+
+    /// Where a connection to a non-Service address goes: there, over mutual
+    /// TLS if it is a meshed pod.
+    async fn passthrough(&self, orig_dst: SocketAddr) -> Target {
+        let peer = match &self.workloads {
+            Some(workloads) => workloads.by_ip(orig_dst.ip()).await.as_ref().and_then(peer_identity),
+            None => None,
+        };
+        Target { addr: orig_dst, peer }
     }
 }
 
@@ -113,9 +134,9 @@ async fn handle(outbound: Arc<Outbound>, mut stream: TcpStream, peer: SocketAddr
         Destination::Service(target) => {
             labels.dst_namespace = target.service.namespace.clone();
             labels.dst_service = target.service.name.clone();
-            TcpTarget::Balanced(outbound.balancer(target))
+            TcpTarget::Balanced(outbound.balancer(target).await)
         }
-        Destination::Passthrough => TcpTarget::Fixed(orig_dst),
+        Destination::Passthrough => TcpTarget::Fixed(outbound.passthrough(orig_dst).await),
     };
     let forwarder = &outbound.forwarder;
     let opening = detect::open(
@@ -157,16 +178,19 @@ async fn handle(outbound: Arc<Outbound>, mut stream: TcpStream, peer: SocketAddr
             (protocol, io)
         }
     };
-    let (target, unrouted) = match &destination {
-        Destination::Service(target) => (
-            Target::Balanced(outbound.balancer(target)),
-            outbound.metrics.http.route(Outbound::route_labels(target)),
-        ),
-        Destination::Passthrough => {
-            let metrics = outbound.metrics.http.route(RouteLabels::new(Direction::Outbound));
-            let endpoint = Arc::new(Endpoint::new(orig_dst, outbound.connector.clone()));
+    let (target, unrouted) = match tcp_target {
+        TcpTarget::Balanced(balancer) => {
+            let mut route = RouteLabels::new(Direction::Outbound);
+            route.dst_namespace = balancer.service.namespace.clone();
+            route.dst_service = balancer.service.name.clone();
+            (RouteTarget::Balanced(balancer), outbound.metrics.http.route(route))
+        }
+        TcpTarget::Fixed(fixed) => {
+            let endpoint = Arc::new(Endpoint::new(fixed, outbound.connector.clone()));
+            let route = endpoint.labelled(RouteLabels::new(Direction::Outbound));
+            let metrics = outbound.metrics.http.route(route);
             (
-                Target::Fixed(Arc::new(Backend::new(endpoint, String::new(), metrics.clone()))),
+                RouteTarget::Fixed(Arc::new(Backend::new(endpoint, String::new(), metrics.clone()))),
                 metrics,
             )
         }

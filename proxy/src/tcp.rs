@@ -4,13 +4,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::balance::Balancer;
-use crate::detect::Prefixed;
+use crate::detect::{Prefixed, Readable};
 use crate::metrics::{TcpLabels, TcpMetrics};
 use crate::relay::{RelayError, relay};
+use crate::tls::MeshTls;
 use crate::transport::{self, ConnectError};
+use crate::upstream::{self, Io, Target};
 
 /// Connection attempts on distinct endpoints of a Service.
 const MAX_ATTEMPTS: usize = 3;
@@ -19,7 +23,7 @@ const MAX_ATTEMPTS: usize = 3;
 #[derive(Clone)]
 pub enum TcpTarget {
     /// One address: the original destination or the local application.
-    Fixed(SocketAddr),
+    Fixed(Target),
     /// One endpoint of a Service, picked by the balancer; a refused
     /// connection is tried on another endpoint.
     Balanced(Arc<Balancer>),
@@ -27,13 +31,43 @@ pub enum TcpTarget {
 
 /// An upstream connection and the labels that describe it.
 pub struct Upstream {
-    pub stream: TcpStream,
+    pub io: Io,
+    /// Bytes the server sent while the protocol was being decided.
+    pub early: Bytes,
     pub labels: TcpLabels,
 }
 
-impl crate::detect::Readable for Upstream {
-    async fn readable(&self) {
-        let _ = self.stream.readable().await;
+impl Readable for Upstream {
+    async fn server_spoke(&mut self) {
+        match &mut self.io {
+            Io::Plain(stream) => {
+                let _ = stream.readable().await;
+            }
+            Io::Tls(stream) => {
+                let mut buf = vec![0u8; 16 * 1024];
+                if let Ok(n) = stream.read(&mut buf).await {
+                    buf.truncate(n);
+                    self.early = Bytes::from(buf);
+                }
+            }
+        }
+    }
+}
+
+/// A client connection the proxy can refuse with a reset.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    fn into_tcp(self) -> Option<TcpStream>;
+}
+
+impl ClientStream for TcpStream {
+    fn into_tcp(self) -> Option<TcpStream> {
+        Some(self)
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn into_tcp(self) -> Option<TcpStream> {
+        Some(self.into_inner().0)
     }
 }
 
@@ -44,19 +78,32 @@ pub struct Forwarder {
     pub idle_timeout: Duration,
     pub no_endpoint_wait: Duration,
     pub metrics: TcpMetrics,
+    /// This proxy's mutual TLS, when it has an identity.
+    pub mesh: Option<Arc<MeshTls>>,
 }
 
 impl Forwarder {
+    async fn connect_to(&self, target: &Target, labels: &mut TcpLabels) -> Result<Io, ConnectError> {
+        let io = upstream::connect(target, self.mesh.as_ref(), self.connect_timeout).await?;
+        // Inbound, the client side may already be mutual TLS.
+        labels.tls |= matches!(io, Io::Tls(_));
+        Ok(io)
+    }
+
     /// Connects to the target; for a Service, to the endpoint the balancer
     /// picks, trying others when one refuses.
     pub async fn connect(&self, target: &TcpTarget, mut labels: TcpLabels) -> Result<Upstream, ConnectError> {
         let balancer = match target {
-            TcpTarget::Fixed(addr) => {
-                let connected = transport::connect(*addr, self.connect_timeout).await;
+            TcpTarget::Fixed(target) => {
+                let connected = self.connect_to(target, &mut labels).await;
                 if let Err(error) = &connected {
                     self.metrics.connect_failed(labels.direction, error);
                 }
-                return connected.map(|stream| Upstream { stream, labels });
+                return connected.map(|io| Upstream {
+                    io,
+                    early: Bytes::new(),
+                    labels,
+                });
             }
             TcpTarget::Balanced(balancer) => balancer,
         };
@@ -66,10 +113,14 @@ impl Forwarder {
             let Some(backend) = balancer.pick_or_wait(deadline).await else {
                 break;
             };
-            match transport::connect(backend.endpoint.addr, self.connect_timeout).await {
-                Ok(stream) => {
+            match self.connect_to(&backend.endpoint.target, &mut labels).await {
+                Ok(io) => {
                     labels.dst_pod = backend.pod.clone();
-                    return Ok(Upstream { stream, labels });
+                    return Ok(Upstream {
+                        io,
+                        early: Bytes::new(),
+                        labels,
+                    });
                 }
                 Err(error) => {
                     backend.endpoint.mark_failed();
@@ -88,9 +139,9 @@ impl Forwarder {
     }
 
     /// Connects and relays until both sides are done.
-    pub async fn forward(
+    pub async fn forward<C: ClientStream>(
         &self,
-        client: Prefixed<TcpStream>,
+        client: Prefixed<C>,
         client_addr: SocketAddr,
         target: TcpTarget,
         labels: TcpLabels,
@@ -103,9 +154,9 @@ impl Forwarder {
 
     /// Resets the client at once, so it sees a failed connect as it would
     /// without the proxy.
-    pub fn refuse(
+    pub fn refuse<C: ClientStream>(
         &self,
-        client: Prefixed<TcpStream>,
+        client: Prefixed<C>,
         client_addr: SocketAddr,
         labels: TcpLabels,
         error: &ConnectError,
@@ -113,21 +164,24 @@ impl Forwarder {
         tracing::debug!(client = %client_addr, %error, "upstream connect failed");
         let mut guard = self.metrics.opened(labels);
         guard.connect_failed();
-        transport::reset(client.into_inner());
+        if let Some(tcp) = client.into_inner().into_tcp() {
+            transport::reset(tcp);
+        }
     }
 
     /// Relays between the client and an established upstream connection.
-    pub async fn relay(&self, mut client: Prefixed<TcpStream>, client_addr: SocketAddr, upstream: Upstream) {
-        let Upstream { mut stream, labels } = upstream;
+    pub async fn relay<C: ClientStream>(&self, mut client: Prefixed<C>, client_addr: SocketAddr, upstream: Upstream) {
+        let Upstream { io, early, labels } = upstream;
+        let mut server = Prefixed::new(early, io);
         let mut guard = self.metrics.opened(labels.clone());
         let counters = self.metrics.byte_counters(&labels);
-        match relay(&mut client, &mut stream, self.idle_timeout, counters).await {
+        match relay(&mut client, &mut server, self.idle_timeout, counters).await {
             Ok(moved) => tracing::trace!(client = %client_addr, ?moved, "connection closed"),
             Err(error) => {
                 tracing::debug!(client = %client_addr, %error, "connection ended");
                 guard.failed(&error);
-                if matches!(error, RelayError::Upstream(_)) {
-                    transport::reset(client.into_inner());
+                if let (RelayError::Upstream(_), Some(tcp)) = (&error, client.into_inner().into_tcp()) {
+                    transport::reset(tcp);
                 }
             }
         }

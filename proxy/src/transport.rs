@@ -20,6 +20,12 @@ pub enum ConnectError {
     Other { addr: SocketAddr, source: io::Error },
     #[error("{target} has no ready endpoint")]
     NoEndpoints { target: String },
+    #[error("mutual TLS with {peer} at {addr} failed: {error}")]
+    Tls {
+        addr: SocketAddr,
+        peer: String,
+        error: String,
+    },
 }
 
 impl ConnectError {
@@ -28,6 +34,7 @@ impl ConnectError {
         match self {
             ConnectError::Refused { .. } => "refused",
             ConnectError::NoEndpoints { .. } => "no_endpoints",
+            ConnectError::Tls { .. } => "tls",
             ConnectError::Timeout { .. } => "timeout",
             ConnectError::Other { source, .. } => match source.kind() {
                 io::ErrorKind::HostUnreachable | io::ErrorKind::NetworkUnreachable => "unreachable",

@@ -54,6 +54,14 @@ pub enum Command {
     Scale { target: String, replicas: u32 },
     /// Crash a pod; its Deployment replaces it.
     Kill { target: String },
+    /// Set (`KEY=VALUE`) or remove (`KEY-`) annotations of a pod, as
+    /// `kubectl annotate --overwrite` does.
+    Annotate {
+        /// NAMESPACE/POD
+        target: String,
+        #[arg(required = true)]
+        changes: Vec<String>,
+    },
     /// A container's output.
     Logs {
         target: String,
@@ -124,6 +132,25 @@ pub async fn run(command: Command, paths: LabPaths) -> anyhow::Result<i32> {
                 .post(&format!("/lab/v1/namespaces/{namespace}/pods/{name}/kill"), &json!({}))
                 .await?;
             println!("pod {namespace}/{name} killed");
+        }
+        Command::Annotate { target, changes } => {
+            let (namespace, name) = split_target(&target);
+            let mut annotations = serde_json::Map::new();
+            for change in &changes {
+                let (key, value) = match (change.split_once('='), change.strip_suffix('-')) {
+                    (Some((key, value)), _) => (key, json!(value)),
+                    (None, Some(key)) => (key, Value::Null),
+                    (None, None) => bail!("{change:?}: expected KEY=VALUE or KEY-"),
+                };
+                annotations.insert(key.to_string(), value);
+            }
+            client
+                .merge_patch(
+                    &format!("/api/v1/namespaces/{namespace}/pods/{name}"),
+                    &json!({"metadata": {"annotations": annotations}}),
+                )
+                .await?;
+            println!("pod {namespace}/{name} annotated");
         }
         Command::Logs { target, container } => {
             let (namespace, name) = split_target(&target);
@@ -203,8 +230,38 @@ pub async fn ensure_running(paths: &LabPaths, client: &LabClient) -> anyhow::Res
         )
         .await
         .context("strait's control plane did not become ready")?;
+        wait_webhooks_reachable(client, Duration::from_secs(60)).await?;
     }
     Ok(())
+}
+
+/// Waits until the API server can reach every webhook: the injector pod
+/// being ready is not enough, its Service must route to it too.
+async fn wait_webhooks_reachable(client: &LabClient, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let answer = client.get("/lab/v1/webhooks").await?;
+        let unreachable: Vec<String> = answer["webhooks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|w| w["reachable"] != true)
+            .map(|w| {
+                format!(
+                    "{}: {}",
+                    w["name"].as_str().unwrap_or_default(),
+                    w["problem"].as_str().unwrap_or_default()
+                )
+            })
+            .collect();
+        if unreachable.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the API server cannot reach the webhooks: {}", unreachable.join("; "));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 async fn up(paths: &LabPaths, client: &LabClient, files: &[PathBuf], timeout: Duration) -> anyhow::Result<()> {

@@ -192,6 +192,18 @@ impl Daemon {
             },
             (Method::POST, ["namespaces", namespace, "pods", name, "kill"]) => self.kill(namespace, name),
             (Method::GET, ["namespaces", namespace, "pods", name, "cpu"]) => self.cpu(namespace, name),
+            (Method::GET, ["webhooks"]) => {
+                let webhooks = Webhooks {
+                    store: self.api.store.clone(),
+                };
+                let answers: Vec<Value> = webhooks
+                    .reachability()
+                    .await
+                    .into_iter()
+                    .map(|(name, reachable)| json!({"name": name, "reachable": reachable.is_ok(), "problem": reachable.err()}))
+                    .collect();
+                reply(StatusCode::OK, json!({"webhooks": answers}))
+            }
             _ => reply(StatusCode::NOT_FOUND, json!({"message": format!("no lab call {path}")})),
         }
     }

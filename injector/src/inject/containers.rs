@@ -147,6 +147,7 @@ pub fn proxy_container(settings: &InjectSettings, overrides: &Overrides, identit
         field(env::POD_NAME, "metadata.name"),
         field(env::POD_NAMESPACE, "metadata.namespace"),
         field(env::POD_IP, "status.podIP"),
+        field(env::HOST_IP, "status.hostIP"),
         field(env::SERVICE_ACCOUNT, "spec.serviceAccountName"),
         var(env::IDENTITY, identity),
         var(env::IDENTITY_ADDR, settings.identity_addr.clone()),

@@ -25,6 +25,8 @@ use crate::http::client::{Connector, Endpoint, SendError};
 use crate::http::errors::ProxyError;
 use crate::metrics::discovery::EndpointStateLabels;
 use crate::metrics::{DiscoveryMetrics, HttpMetrics, RouteLabels, RouteMetrics};
+use crate::upstream::Target;
+use crate::workloads::{Workloads, peer_identity};
 
 /// An endpoint's latency until measured: about a hop inside a cluster, so a
 /// new pod competes at once; its first response replaces the guess, and the
@@ -106,6 +108,8 @@ impl Backend {
 /// The balancer's view of one endpoint set.
 struct Snapshot {
     set: Arc<EndpointSet>,
+    /// The workloads' generation the targets were computed at.
+    workloads: u64,
     usable: Vec<Arc<Backend>>,
 }
 
@@ -114,30 +118,42 @@ pub struct Balancer {
     pub port: u16,
     endpoints: watch::Receiver<Arc<EndpointSet>>,
     snapshot: RwLock<Snapshot>,
-    backends: Mutex<HashMap<SocketAddr, Arc<Backend>>>,
+    backends: Mutex<HashMap<Target, Arc<Backend>>>,
     connector: Connector,
     route: RouteLabels,
     http_metrics: HttpMetrics,
     discovery_metrics: DiscoveryMetrics,
     /// How long a request waits for a ready endpoint before 503.
     wait: Duration,
+    /// Which endpoints are meshed, when this proxy has an identity.
+    workloads: Option<Arc<Workloads>>,
+}
+
+/// What a balancer needs besides its Service port.
+pub struct BalancerContext {
+    pub connector: Connector,
+    pub http_metrics: HttpMetrics,
+    pub discovery_metrics: DiscoveryMetrics,
+    pub wait: Duration,
+    pub workloads: Option<Arc<Workloads>>,
 }
 
 impl Balancer {
-    pub fn new(
-        target: &discovery::ServicePort,
-        connector: Connector,
-        route: RouteLabels,
-        http_metrics: HttpMetrics,
-        discovery_metrics: DiscoveryMetrics,
-        wait: Duration,
-    ) -> Self {
+    pub fn new(target: &discovery::ServicePort, route: RouteLabels, context: BalancerContext) -> Self {
+        let BalancerContext {
+            connector,
+            http_metrics,
+            discovery_metrics,
+            wait,
+            workloads,
+        } = context;
         Balancer {
             service: target.service.clone(),
             port: target.port,
             endpoints: target.endpoints.clone(),
             snapshot: RwLock::new(Snapshot {
                 set: Arc::new(EndpointSet::default()),
+                workloads: 0,
                 usable: Vec::new(),
             }),
             backends: Mutex::new(HashMap::new()),
@@ -146,6 +162,23 @@ impl Balancer {
             http_metrics,
             discovery_metrics,
             wait,
+            workloads,
+        }
+    }
+
+    /// Where to connect for an endpoint: its address and, if its pod is
+    /// meshed, the identity to expect there.
+    fn target(&self, endpoint: &discovery::Endpoint) -> Target {
+        let peer = match (&self.workloads, &endpoint.target) {
+            (Some(workloads), Some(pod)) => workloads
+                .pod(&pod.namespace, &pod.name)
+                .as_ref()
+                .and_then(peer_identity),
+            _ => None,
+        };
+        Target {
+            addr: endpoint.addr,
+            peer,
         }
     }
 
@@ -153,37 +186,50 @@ impl Balancer {
         format!("{}/{}:{}", self.service.namespace, self.service.name, self.port)
     }
 
-    /// Brings the snapshot up to date with discovery, reusing backends.
+    /// Brings the snapshot up to date with discovery and with which pods
+    /// are meshed, reusing backends whose target is unchanged.
     fn refresh(&self) {
         let current = self.endpoints.borrow().clone();
-        if Arc::ptr_eq(
-            &current,
-            &self.snapshot.read().unwrap_or_else(PoisonError::into_inner).set,
-        ) {
-            return;
+        let workloads = self.workloads.as_ref().map_or(0, |w| w.generation());
+        {
+            let snapshot = self.snapshot.read().unwrap_or_else(PoisonError::into_inner);
+            if Arc::ptr_eq(&current, &snapshot.set) && snapshot.workloads == workloads {
+                return;
+            }
         }
         let mut backends = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
-        backends.retain(|addr, _| current.find(*addr).is_some());
+        let targets: HashMap<SocketAddr, Target> = current.endpoints.iter().map(|e| (e.addr, self.target(e))).collect();
+        // Endpoints not ready now keep their connections for when they are.
+        backends.retain(|target, _| targets.get(&target.addr) == Some(target));
         let usable: Vec<Arc<Backend>> = current
             .usable()
             .into_iter()
-            .map(|endpoint| {
-                backends
-                    .entry(endpoint.addr)
-                    .or_insert_with(|| {
-                        let mut labels = self.route.clone();
-                        labels.dst_pod = endpoint.target.as_ref().map(|t| t.name.clone()).unwrap_or_default();
-                        Arc::new(Backend::new(
-                            Arc::new(Endpoint::new(endpoint.addr, self.connector.clone())),
-                            labels.dst_pod.clone(),
-                            self.http_metrics.route(labels),
-                        ))
-                    })
-                    .clone()
+            .filter_map(|endpoint| {
+                let target = targets.get(&endpoint.addr)?;
+                let backend = backends
+                    .entry(target.clone())
+                    .or_insert_with(|| self.backend(endpoint, target.clone()))
+                    .clone();
+                Some(backend)
             })
             .collect();
         self.record_states(&current);
-        *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) = Snapshot { set: current, usable };
+        *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) = Snapshot {
+            set: current,
+            workloads,
+            usable,
+        };
+    }
+
+    fn backend(&self, endpoint: &discovery::Endpoint, target: Target) -> Arc<Backend> {
+        let connection = Arc::new(Endpoint::new(target, self.connector.clone()));
+        let mut labels = connection.labelled(self.route.clone());
+        labels.dst_pod = endpoint.target.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+        Arc::new(Backend::new(
+            connection,
+            labels.dst_pod.clone(),
+            self.http_metrics.route(labels),
+        ))
     }
 
     fn record_states(&self, set: &EndpointSet) {

@@ -61,17 +61,17 @@ fn balancer(addrs: &[(SocketAddr, &str)]) -> (Balancer, watch::Sender<Arc<Endpoi
     };
     let mut registry = crate::metrics::registry();
     let metrics = Metrics::register(&mut registry);
-    let connector = Connector {
-        connect_timeout: Duration::from_secs(1),
+    let context = BalancerContext {
+        connector: Connector {
+            connect_timeout: Duration::from_secs(1),
+            mesh: None,
+        },
+        http_metrics: metrics.http,
+        discovery_metrics: metrics.discovery,
+        wait: Duration::from_millis(200),
+        workloads: None,
     };
-    let balancer = Balancer::new(
-        &target,
-        connector,
-        RouteLabels::new(Direction::Outbound),
-        metrics.http,
-        metrics.discovery,
-        Duration::from_millis(200),
-    );
+    let balancer = Balancer::new(&target, RouteLabels::new(Direction::Outbound), context);
     (balancer, sender)
 }
 

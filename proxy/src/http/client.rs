@@ -15,7 +15,10 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use super::Body;
-use crate::transport::{self, ConnectError};
+use crate::metrics::RouteLabels;
+use crate::tls::MeshTls;
+use crate::transport::ConnectError;
+use crate::upstream::{self, Io, Target};
 
 /// Idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_HTTP1: usize = 32;
@@ -39,10 +42,15 @@ pub enum SendError {
 #[derive(Clone, Debug)]
 pub struct Connector {
     pub connect_timeout: Duration,
+    /// This proxy's mutual TLS, when it has an identity.
+    pub mesh: Option<Arc<MeshTls>>,
 }
 
 pub struct Endpoint {
+    /// The application's address.
     pub addr: SocketAddr,
+    /// How to reach it: the address and, when meshed, the identity there.
+    pub target: Target,
     connector: Connector,
     /// The shared HTTP/2 connection; the lock is held while connecting so
     /// concurrent requests wait for one connection instead of making many.
@@ -66,9 +74,10 @@ fn connect_failed(error: hyper::Error, addr: SocketAddr) -> ConnectError {
 }
 
 impl Endpoint {
-    pub fn new(addr: SocketAddr, connector: Connector) -> Self {
+    pub fn new(target: Target, connector: Connector) -> Self {
         Endpoint {
-            addr,
+            addr: target.addr,
+            target,
             connector,
             h2: tokio::sync::Mutex::new(None),
             h1_idle: Arc::new(Mutex::new(Vec::new())),
@@ -111,9 +120,29 @@ impl Endpoint {
         self.h2.lock().await.take();
     }
 
-    async fn connect_io(&self) -> Result<TokioIo<tokio::net::TcpStream>, ConnectError> {
-        let stream = transport::connect(self.addr, self.connector.connect_timeout).await?;
-        Ok(TokioIo::new(stream))
+    async fn connect_io(&self) -> Result<TokioIo<Io>, ConnectError> {
+        let io = upstream::connect(
+            &self.target,
+            self.connector.mesh.as_ref(),
+            self.connector.connect_timeout,
+        )
+        .await?;
+        Ok(TokioIo::new(io))
+    }
+
+    /// Whether requests to this endpoint travel over mutual TLS.
+    pub fn is_meshed(&self) -> bool {
+        self.target.peer.is_some() && self.connector.mesh.is_some()
+    }
+
+    /// `route` with this endpoint's server identity and TLS labels.
+    pub fn labelled(&self, mut route: RouteLabels) -> RouteLabels {
+        route.tls = self.is_meshed();
+        route.server_id = match (&self.target.peer, route.tls) {
+            (Some(peer), true) => peer.to_string(),
+            _ => String::new(),
+        };
+        route
     }
 
     async fn h2_sender(&self) -> Result<http2::SendRequest<Body>, ConnectError> {

@@ -17,6 +17,8 @@ pub struct TcpLabels {
     pub dst_namespace: String,
     pub dst_service: String,
     pub dst_pod: String,
+    /// The verified identity of the client, for inbound mutual TLS.
+    pub client_id: String,
     pub tls: bool,
 }
 
@@ -27,6 +29,7 @@ impl TcpLabels {
             dst_namespace: String::new(),
             dst_service: String::new(),
             dst_pod: String::new(),
+            client_id: String::new(),
             tls: false,
         }
     }
@@ -56,6 +59,14 @@ pub struct TcpMetrics {
     write_bytes: Family<TcpLabels, Counter>,
     connect_errors: Family<ConnectErrorLabels, Counter>,
     detections: Family<DetectLabels, Counter>,
+    refusals: Family<RefusalLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    /// `plaintext` (strict mode), `not_for_this_pod`, `not_mesh`,
+    /// `tls_handshake` or `mesh_header`.
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,6 +93,11 @@ impl TcpMetrics {
         tcp.register("read_bytes", "Bytes read from clients", metrics.read_bytes.clone());
         tcp.register("write_bytes", "Bytes written to clients", metrics.write_bytes.clone());
         tcp.register(
+            "inbound_refusals",
+            "Inbound connections refused before reaching the application, by reason",
+            metrics.refusals.clone(),
+        );
+        tcp.register(
             "connect_errors",
             "Failed upstream connection attempts, by reason",
             metrics.connect_errors.clone(),
@@ -92,6 +108,10 @@ impl TcpMetrics {
             metrics.detections.clone(),
         );
         metrics
+    }
+
+    pub fn refused_inbound(&self, reason: &'static str) {
+        self.refusals.get_or_create(&RefusalLabels { reason }).inc();
     }
 
     /// Counts a new connection; the returned guard counts its end.

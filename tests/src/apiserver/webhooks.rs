@@ -54,8 +54,9 @@ fn selects(webhook: &Value, field: &str, object: &Value) -> Result<bool, String>
 }
 
 impl Webhooks {
-    /// Calls one webhook and returns its (decoded) patch and warnings.
-    async fn call(&self, webhook: &Value, review: &Value) -> Result<(Option<Vec<Value>>, Vec<String>), String> {
+    /// Where a webhook's Service is: its ClusterIP and port, the DNS name
+    /// its certificate must carry, and the request path.
+    fn service_of(&self, webhook: &Value) -> Result<(String, u16, String, String), String> {
         let config = webhook.get("clientConfig").ok_or("clientConfig is missing")?;
         let service = config
             .get("service")
@@ -64,8 +65,8 @@ impl Webhooks {
             service["namespace"].as_str().unwrap_or_default(),
             service["name"].as_str().unwrap_or_default(),
         );
-        let port = service.get("port").and_then(Value::as_u64).unwrap_or(443);
-        let path = service.get("path").and_then(Value::as_str).unwrap_or("/");
+        let port = service.get("port").and_then(Value::as_u64).unwrap_or(443) as u16;
+        let path = service.get("path").and_then(Value::as_str).unwrap_or("/").to_string();
         let found = self
             .store
             .get(Resource::named("services"), namespace, name)
@@ -74,6 +75,42 @@ impl Webhooks {
             .pointer("/spec/clusterIP")
             .and_then(Value::as_str)
             .ok_or("the webhook's Service has no ClusterIP")?;
+        Ok((ip.to_string(), port, format!("{name}.{namespace}.svc"), path))
+    }
+
+    /// Every configured webhook, and whether its Service takes connections
+    /// (its endpoints are ready and the Service's rules are in place).
+    pub async fn reachability(&self) -> Vec<(String, Result<(), String>)> {
+        let (configurations, _) = self.store.list(Resource::named("mutatingwebhookconfigurations"), None);
+        let mut answers = Vec::new();
+        for webhook in configurations
+            .iter()
+            .flat_map(|c| c.get("webhooks").and_then(Value::as_array).into_iter().flatten())
+        {
+            let name = webhook
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let reachable = match self.service_of(webhook) {
+                Ok((ip, port, ..)) => {
+                    match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect((ip.as_str(), port))).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(error)) => Err(format!("connect to {ip}:{port}: {error}")),
+                        Err(_) => Err(format!("connect to {ip}:{port}: no answer within 1s")),
+                    }
+                }
+                Err(problem) => Err(problem),
+            };
+            answers.push((name, reachable));
+        }
+        answers
+    }
+
+    /// Calls one webhook and returns its (decoded) patch and warnings.
+    async fn call(&self, webhook: &Value, review: &Value) -> Result<(Option<Vec<Value>>, Vec<String>), String> {
+        let config = webhook.get("clientConfig").ok_or("clientConfig is missing")?;
+        let (ip, port, host, path) = self.service_of(webhook)?;
         let ca = config
             .get("caBundle")
             .and_then(Value::as_str)
@@ -93,8 +130,8 @@ impl Webhooks {
             .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        let server_name = ServerName::try_from(format!("{name}.{namespace}.svc")).map_err(|e| e.to_string())?;
-        let stream = TcpStream::connect((ip, port as u16))
+        let server_name = ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+        let stream = TcpStream::connect((ip.as_str(), port))
             .await
             .map_err(|e| format!("connect to {ip}:{port}: {e}"))?;
         let stream = TlsConnector::from(Arc::new(tls))
@@ -106,7 +143,7 @@ impl Webhooks {
             .map_err(|e| e.to_string())?;
         tokio::spawn(connection);
         let request = http::Request::post(path)
-            .header(http::header::HOST, format!("{name}.{namespace}.svc"))
+            .header(http::header::HOST, host)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(review.to_string())))
             .map_err(|e| e.to_string())?;

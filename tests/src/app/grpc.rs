@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::{Stream, StreamExt};
 use serde_json::json;
+
+use crate::parse_duration;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Request, Response, Status, Streaming};
 
@@ -22,10 +24,6 @@ fn hostname() -> String {
     nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    strait_contract::parse_duration(text).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, clap::Args)]
@@ -168,7 +166,8 @@ pub struct ClientArgs {
     /// Keep calling until this much time has passed (instead of --calls).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Calls per second across all workers (default: as fast as possible).
+    /// Calls per second across all workers, or messages per second on a
+    /// stream (default: as fast as possible).
     #[arg(long)]
     rate: Option<f64>,
     /// Ask the server to fail each call with this status code.
@@ -261,7 +260,8 @@ pub async fn client(args: ClientArgs) -> anyhow::Result<()> {
         "client-stream" | "bidi" => {
             let mut tally = Tally::default();
             let begun = Instant::now();
-            let result = stream_upload(client_of(channel), &args.mode, args.calls, args.payload).await;
+            let pace = args.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
+            let result = stream_upload(client_of(channel), &args.mode, args.calls, args.payload, pace).await;
             tally.record(result, begun.elapsed());
             tally
         }
@@ -405,18 +405,25 @@ async fn server_stream(mut client: LabClient<Channel>, count: u32, size: u32) ->
     Ok(pod)
 }
 
-/// Sends `count` messages of `size` bytes; for bidi, checks each echo.
+/// Sends `count` messages of `size` bytes, `pace` apart if given, on one
+/// stream; for bidi, checks each echo.
 async fn stream_upload(
     mut client: LabClient<Channel>,
     mode: &str,
     count: usize,
     size: usize,
+    pace: Option<Duration>,
 ) -> Result<String, Status> {
-    let outgoing = futures::stream::iter((0..count).map(move |i| LabRequest {
-        payload: vec![(i % 251) as u8; size],
-        fail_code: 0,
-        fail_message: String::new(),
-    }));
+    let outgoing = futures::stream::iter(0..count).then(move |i| async move {
+        if let (Some(pace), true) = (pace, i > 0) {
+            tokio::time::sleep(pace).await;
+        }
+        LabRequest {
+            payload: vec![(i % 251) as u8; size],
+            fail_code: 0,
+            fail_message: String::new(),
+        }
+    });
     if mode == "client-stream" {
         let reply = client.client_stream(outgoing).await?.into_inner();
         if reply.received_bytes != (count * size) as u64 {

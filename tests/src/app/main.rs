@@ -4,6 +4,8 @@
 
 mod grpc;
 mod http;
+mod identity;
+mod mesh;
 mod tcp;
 
 use std::process::ExitCode;
@@ -23,6 +25,8 @@ enum Command {
     TcpEcho(tcp::EchoArgs),
     /// Send random bytes to an echo server and check they come back intact.
     TcpSend(tcp::SendArgs),
+    /// One connection kept open: echo round trips at an interval.
+    TcpChat(tcp::ChatArgs),
     /// Many concurrent echo round trips.
     TcpMany(tcp::ManyArgs),
     /// Connect and report how the connection ends: refused, reset, closed, timeout or open.
@@ -35,6 +39,10 @@ enum Command {
     TcpGreeting(tcp::GreetingArgs),
     /// Send raw bytes and print the answer.
     TcpRaw(tcp::RawArgs),
+    /// Ask the identity service for a certificate and report the answer.
+    IdentityRequest(identity::RequestArgs),
+    /// Probe a peer proxy's mesh port with a client certificate of one's choosing.
+    MeshHandshake(mesh::HandshakeArgs),
     /// A gRPC server (tonic) whose replies name its pod.
     GrpcServer(grpc::ServerArgs),
     /// gRPC calls over one connection, counted by the pod that answered.
@@ -60,12 +68,15 @@ fn main() -> ExitCode {
         match cli.command {
             Command::TcpEcho(args) => tcp::echo(args).await,
             Command::TcpSend(args) => tcp::send(args).await,
+            Command::TcpChat(args) => tcp::chat(args).await,
             Command::TcpMany(args) => tcp::many(args).await,
             Command::TcpProbe(args) => tcp::probe(args).await,
             Command::HttpGet(args) => tcp::http_get(args).await,
             Command::TcpGreeter(args) => tcp::greeter(args).await,
             Command::TcpGreeting(args) => tcp::greeting(args).await,
             Command::TcpRaw(args) => tcp::raw(args).await,
+            Command::IdentityRequest(args) => identity::request(args).await,
+            Command::MeshHandshake(args) => mesh::handshake(args).await,
             Command::GrpcServer(args) => grpc::server(args).await,
             Command::GrpcClient(args) => grpc::client(args).await,
             Command::HttpServer(args) => http::server(args).await,
@@ -80,4 +91,9 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A duration flag such as `500ms` or `2s`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    strait_contract::parse_duration(text).map_err(|e| e.to_string())
 }

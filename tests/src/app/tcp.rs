@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use rand::RngCore;
 use serde_json::json;
+
+use crate::parse_duration;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -102,6 +104,57 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct ChatArgs {
+    /// host:port of an echo server.
+    #[arg(long)]
+    to: String,
+    /// Round trips to make on the one connection.
+    #[arg(long, default_value_t = 10)]
+    messages: usize,
+    /// Pause between round trips.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    interval: Duration,
+    /// Bytes per message.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+}
+
+/// A long-lived connection: one echo round trip every `interval`, each
+/// checked, then a clean close. Fails on the first lost or changed byte.
+pub async fn chat(args: ChatArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(&args.to)
+        .await
+        .with_context(|| format!("connect to {}", args.to))?;
+    let (mut sent, mut echoed) = (vec![0u8; args.size], vec![0u8; args.size]);
+    for message in 0..args.messages {
+        if message > 0 {
+            tokio::time::sleep(args.interval).await;
+        }
+        rand::rng().fill_bytes(&mut sent);
+        stream
+            .write_all(&sent)
+            .await
+            .with_context(|| format!("send message {message}"))?;
+        stream
+            .read_exact(&mut echoed)
+            .await
+            .with_context(|| format!("read the echo of message {message}"))?;
+        if sent != echoed {
+            bail!("the echo of message {message} differs from what was sent");
+        }
+    }
+    stream.shutdown().await?;
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.context("read to the close")?;
+    println!(
+        "{}",
+        json!({"messages": args.messages, "ok": true, "seconds": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
 pub struct ManyArgs {
     #[arg(long)]
     to: String,
@@ -155,17 +208,24 @@ pub async fn many(args: ManyArgs) -> anyhow::Result<()> {
 pub struct ProbeArgs {
     #[arg(long)]
     to: String,
-    #[arg(long, default_value = "2s", value_parser = |t: &str| strait_contract::parse_duration(t).map_err(|e| e.to_string()))]
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
     timeout: Duration,
 }
 
 /// How a connection attempt ends, and how long that took.
 pub async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let mut error = None;
+    let mut failed = |e: std::io::Error, outcome: &'static str| {
+        error = Some(e.to_string());
+        outcome
+    };
     let outcome = match tokio::time::timeout(args.timeout, TcpStream::connect(&args.to)).await {
         Err(_) => "timeout",
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => "refused",
-        Ok(Err(_)) => "error",
+        // A reset that beats the connect's completion is reported by it.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => "reset",
+        Ok(Err(e)) => failed(e, "error"),
         Ok(Ok(mut stream)) => {
             let mut buf = [0u8; 1];
             match tokio::time::timeout(args.timeout, stream.read(&mut buf)).await {
@@ -173,13 +233,13 @@ pub async fn probe(args: ProbeArgs) -> anyhow::Result<()> {
                 Ok(Ok(0)) => "closed",
                 Ok(Ok(_)) => "data",
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => "reset",
-                Ok(Err(_)) => "error",
+                Ok(Err(e)) => failed(e, "error"),
             }
         }
     };
     println!(
         "{}",
-        json!({"outcome": outcome, "seconds": started.elapsed().as_secs_f64()})
+        json!({"outcome": outcome, "error": error, "seconds": started.elapsed().as_secs_f64()})
     );
     Ok(())
 }

@@ -88,14 +88,7 @@ impl Lab {
     }
 
     pub fn cli_ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(
-            out.status.success(),
-            "strait-lab {args:?} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(self.cli(args), &format!("strait-lab {args:?}"))
     }
 
     /// Applies more manifests and waits for their pods.
@@ -109,25 +102,69 @@ impl Lab {
         self.cli(&args)
     }
 
+    /// Runs a command in one container of a pod.
+    pub fn exec_in(&self, pod: &str, container: &str, command: &[&str]) -> Output {
+        let mut args = vec!["exec", pod, "-c", container, "--"];
+        args.extend_from_slice(command);
+        self.cli(&args)
+    }
+
+    /// Runs a lab-app command in one container of a pod and parses the JSON
+    /// line it prints last.
+    pub fn app_in(&self, pod: &str, container: &str, args: &[&str]) -> Value {
+        let command = [&["lab-app"], args].concat();
+        last_json(&self.exec_in_ok(pod, container, &command), args)
+    }
+
+    /// The network namespace of a pod (`NAMESPACE/POD`).
+    pub fn netns(&self, pod: &str) -> String {
+        let (namespace, name) = pod.split_once('/').unwrap();
+        format!("{}_{namespace}_{name}", self.name)
+    }
+
+    /// A pod's IP.
+    pub fn pod_ip(&self, pod: &str) -> String {
+        let (namespace, name) = pod.split_once('/').unwrap();
+        let status = self.status();
+        status["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["metadata"]["namespace"] == namespace && p["metadata"]["name"] == name)
+            .and_then(|p| p["status"]["podIP"].as_str())
+            .unwrap_or_else(|| panic!("{pod} has no IP"))
+            .to_string()
+    }
+
+    /// Whether every container of a pod is ready.
+    pub fn is_ready(&self, pod: &str) -> bool {
+        let (namespace, name) = pod.split_once('/').unwrap();
+        self.status()["pods"].as_array().unwrap().iter().any(|p| {
+            p["metadata"]["namespace"] == namespace
+                && p["metadata"]["name"] == name
+                && p["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        })
+    }
+
+    /// Runs a command in one container of a pod; its standard output, or a panic with both streams.
+    pub fn exec_in_ok(&self, pod: &str, container: &str, command: &[&str]) -> String {
+        succeeded(
+            self.exec_in(pod, container, command),
+            &format!("{command:?} in {pod}/{container}"),
+        )
+    }
+
     /// Runs a command in a pod; its standard output, or a panic with both streams.
     pub fn exec_ok(&self, pod: &str, command: &[&str]) -> String {
-        let out = self.exec(pod, command);
-        assert!(
-            out.status.success(),
-            "{command:?} in {pod} failed:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeeded(self.exec(pod, command), &format!("{command:?} in {pod}"))
     }
 
     /// Runs a lab-app command in a pod and parses the JSON line it prints last.
     pub fn app(&self, pod: &str, args: &[&str]) -> Value {
-        let mut command = vec!["lab-app"];
-        command.extend_from_slice(args);
-        let out = self.exec_ok(pod, &command);
-        let last = out.lines().last().unwrap_or_default();
-        serde_json::from_str(last).unwrap_or_else(|e| panic!("lab-app {args:?} printed {out:?}: {e}"))
+        let command = [&["lab-app"], args].concat();
+        last_json(&self.exec_ok(pod, &command), args)
     }
 
     /// Starts a lab-app command in a pod without waiting: its JSON lines
@@ -202,8 +239,63 @@ impl Lab {
     }
 }
 
+/// The standard output of a command that must have succeeded.
+fn succeeded(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The JSON line a lab-app command printed last.
+fn last_json(out: &str, args: &[&str]) -> Value {
+    let last = out.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("lab-app {args:?} printed {out:?}: {e}"))
+}
+
+impl Lab {
+    /// After a failure: the pods, and the end of every container's output,
+    /// so a failure in CI can be understood without rerunning it.
+    fn report(&self) {
+        let Ok(status) =
+            serde_json::from_str::<Value>(&String::from_utf8_lossy(&self.cli(&["status", "-o", "json"]).stdout))
+        else {
+            return;
+        };
+        eprintln!("--- lab {} at the failure ---", self.name);
+        eprintln!("{}", String::from_utf8_lossy(&self.cli(&["status"]).stdout));
+        for pod in status["pods"].as_array().into_iter().flatten() {
+            let target = format!(
+                "{}/{}",
+                pod["metadata"]["namespace"].as_str().unwrap_or_default(),
+                pod["metadata"]["name"].as_str().unwrap_or_default()
+            );
+            let spec = &pod["spec"];
+            let containers = spec["initContainers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .chain(spec["containers"].as_array().into_iter().flatten());
+            for container in containers.filter_map(|c| c["name"].as_str()) {
+                let log = String::from_utf8_lossy(&self.cli(&["logs", &target, "-c", container]).stdout).into_owned();
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!("--- {target} {container} (last {} lines) ---", lines.len().min(20));
+                for line in &lines[lines.len().saturating_sub(20)..] {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.report();
+        }
         self.down();
     }
 }

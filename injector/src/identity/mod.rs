@@ -1,0 +1,283 @@
+//! The identity service (TLS :8083). It signs each proxy a certificate for
+//! the ServiceAccount its token proves, and tells proxies which pods are
+//! meshed and as whom.
+
+pub mod pods;
+pub mod review;
+pub mod sign;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use strait_contract::SpiffeId;
+use strait_contract::identity_api::{
+    CERTIFICATES_PATH, CertificateRequest, CertificateResponse, ErrorResponse, WORKLOADS_PATH, WorkloadEvent,
+};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast;
+
+use pods::PodIndex;
+use review::{ReviewError, TokenReviewer};
+use sign::{SignError, Signer};
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+const MAX_REQUEST: usize = 64 * 1024;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    /// `issued`, or why not: `unauthenticated`, `forbidden`, `bad_request`, `unavailable`.
+    outcome: &'static str,
+}
+
+pub struct IdentityService {
+    pub signer: Signer,
+    pub reviewer: Arc<dyn TokenReviewer>,
+    pub pods: Arc<PodIndex>,
+    pub trust_domain: String,
+    certificates: Family<OutcomeLabels, Counter>,
+}
+
+/// Why a request was refused, and the status that says so.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("{0}")]
+    Review(#[from] ReviewError),
+    #[error("{0}")]
+    Sign(#[from] SignError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::Review(ReviewError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Review(_) => StatusCode::UNAUTHORIZED,
+            Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+            Refusal::Sign(SignError::Signing(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            Refusal::Sign(_) | Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn outcome(&self) -> &'static str {
+        match self.status() {
+            StatusCode::UNAUTHORIZED => "unauthenticated",
+            StatusCode::FORBIDDEN => "forbidden",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            _ => "bad_request",
+        }
+    }
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    let mut response =
+        Response::new(Full::new(Bytes::from(serde_json::to_vec(value).unwrap_or_default())).boxed_unsync());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn refused(refusal: &Refusal) -> Response<Body> {
+    json(
+        refusal.status(),
+        &ErrorResponse {
+            error: refusal.to_string(),
+        },
+    )
+}
+
+fn bearer(request: &Request<Incoming>) -> Result<String, Refusal> {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Refusal::Review(ReviewError::Unauthenticated("no bearer token".into())))
+}
+
+impl IdentityService {
+    pub fn new(
+        signer: Signer,
+        reviewer: Arc<dyn TokenReviewer>,
+        pods: Arc<PodIndex>,
+        trust_domain: String,
+        registry: &mut Registry,
+    ) -> Self {
+        let certificates = Family::default();
+        registry.register(
+            "identity_certificates",
+            "Certificate requests, by outcome",
+            certificates.clone(),
+        );
+        IdentityService {
+            signer,
+            reviewer,
+            pods,
+            trust_domain,
+            certificates,
+        }
+    }
+
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        match (request.method().clone(), request.uri().path()) {
+            (Method::POST, CERTIFICATES_PATH) => {
+                let result = self.certify(request).await;
+                let outcome = result.as_ref().map_or_else(Refusal::outcome, |_| "issued");
+                self.certificates.get_or_create(&OutcomeLabels { outcome }).inc();
+                match result {
+                    Ok(issued) => json(StatusCode::OK, &issued),
+                    Err(refusal) => {
+                        tracing::info!(%refusal, "certificate refused");
+                        refused(&refusal)
+                    }
+                }
+            }
+            (Method::GET, WORKLOADS_PATH) => match self.workloads(request).await {
+                Ok(response) => response,
+                Err(refusal) => refused(&refusal),
+            },
+            _ => refused(&Refusal::BadRequest(format!(
+                "no such call; use POST {CERTIFICATES_PATH} or GET {WORKLOADS_PATH}?namespace=NS"
+            ))),
+        }
+    }
+
+    async fn certify(&self, request: Request<Incoming>) -> Result<CertificateResponse, Refusal> {
+        let token = bearer(&request)?;
+        let body = Limited::new(request.into_body(), MAX_REQUEST)
+            .collect()
+            .await
+            .map_err(|e| Refusal::BadRequest(format!("cannot read the request: {e}")))?
+            .to_bytes();
+        let wanted: CertificateRequest = serde_json::from_slice(&body)
+            .map_err(|e| Refusal::BadRequest(format!("the request is not a CertificateRequest: {e}")))?;
+        let account = self.reviewer.review(&token).await?;
+        let identity = SpiffeId::new(&self.trust_domain, &account.namespace, &account.name);
+        if wanted.identity != identity.to_string() {
+            return Err(Refusal::Forbidden(format!(
+                "the token is ServiceAccount {}/{}'s: it cannot get a certificate for {}",
+                account.namespace, account.name, wanted.identity
+            )));
+        }
+        let signed = self.signer.sign(&wanted.csr, &identity)?;
+        tracing::info!(%identity, not_after = signed.not_after, "certificate issued");
+        Ok(CertificateResponse {
+            certificate: signed.certificate,
+            chain: self.signer.chain_pem().to_string(),
+            not_after: signed.not_after,
+        })
+    }
+
+    /// A stream of one namespace's workloads: a snapshot, then changes.
+    async fn workloads(&self, request: Request<Incoming>) -> Result<Response<Body>, Refusal> {
+        let token = bearer(&request)?;
+        self.reviewer.review(&token).await?;
+        let query: HashMap<String, String> = request
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        let scope = match (
+            query.get("namespace").filter(|n| !n.is_empty()),
+            query.get("ip").filter(|i| !i.is_empty()),
+        ) {
+            (Some(namespace), _) => Scope::Namespace(namespace.clone()),
+            (None, Some(ip)) => Scope::Ip(ip.clone()),
+            (None, None) => return Err(Refusal::BadRequest("give namespace=NS or ip=IP".into())),
+        };
+        self.pods.synced().await;
+        let changes = self.pods.subscribe();
+        let snapshot = WorkloadEvent::Snapshot {
+            workloads: scope.snapshot(&self.pods),
+        };
+        let pods = self.pods.clone();
+        let line = |event: &WorkloadEvent| {
+            let mut bytes = serde_json::to_vec(event).unwrap_or_default();
+            bytes.push(b'\n');
+            Ok::<_, Infallible>(Frame::data(Bytes::from(bytes)))
+        };
+        let first = futures::stream::once(std::future::ready(line(&snapshot)));
+        let rest = futures::stream::unfold((changes, scope), move |(mut changes, scope)| {
+            let pods = pods.clone();
+            async move {
+                loop {
+                    match changes.recv().await {
+                        Ok((namespace, event)) if scope.covers(&namespace, &event) => {
+                            return Some((event, (changes, scope)));
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            let workloads = scope.snapshot(&pods);
+                            return Some((WorkloadEvent::Snapshot { workloads }, (changes, scope)));
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            }
+        });
+        let body = StreamBody::new(futures::StreamExt::chain(
+            first,
+            futures::StreamExt::map(rest, move |event| line(&event)),
+        ));
+        let mut response = Response::new(body.boxed_unsync());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/x-ndjson"),
+        );
+        Ok(response)
+    }
+}
+
+/// Which workloads a stream follows.
+enum Scope {
+    Namespace(String),
+    /// The pod with this IP, whatever its namespace.
+    Ip(String),
+}
+
+impl Scope {
+    fn snapshot(&self, pods: &PodIndex) -> Vec<strait_contract::identity_api::Workload> {
+        match self {
+            Scope::Namespace(namespace) => pods.snapshot(namespace),
+            Scope::Ip(ip) => pods.with_ip(ip),
+        }
+    }
+
+    fn covers(&self, namespace: &str, event: &WorkloadEvent) -> bool {
+        match (self, event) {
+            (Scope::Namespace(wanted), _) => wanted == namespace,
+            (Scope::Ip(ip), WorkloadEvent::Update { workload }) => workload.ips.contains(ip),
+            (Scope::Ip(_), _) => false,
+        }
+    }
+}
+
+/// Serves the identity service over TLS until the task is dropped.
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, service: Arc<IdentityService>) {
+    crate::tls::serve_https(listener, tls, "identity", move |request| {
+        let service = service.clone();
+        async move { service.handle(request).await }
+    })
+    .await
+}

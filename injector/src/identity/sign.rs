@@ -1,0 +1,137 @@
+//! Signing workload certificates: the CSR proves possession of a key; the
+//! certificate names only the identity the token proved, whatever the CSR
+//! asked for.
+
+use std::time::Duration;
+
+use rcgen::{
+    CertificateParams, CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use strait_contract::SpiffeId;
+
+use crate::pki::{PkiError, load_certs, load_key};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SignError {
+    #[error("the CSR is malformed or its signature does not verify: {0}")]
+    MalformedCsr(String),
+    #[error("the CSR's key type ({0}) is not accepted: use ECDSA P-256 or P-384, or Ed25519")]
+    KeyType(String),
+    #[error("signing failed: {0}")]
+    Signing(String),
+}
+
+/// A signed leaf and when it expires.
+#[derive(Debug)]
+pub struct Signed {
+    pub certificate: String,
+    pub not_after: i64,
+}
+
+/// How long the identity service's own serving certificate is valid.
+const SERVING_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+
+pub struct Signer {
+    issuer: Issuer<'static, KeyPair>,
+    /// The issuer's own certificate, sent with every leaf.
+    chain_pem: String,
+    lifetime: Duration,
+}
+
+fn accepted(alg: &rcgen::SignatureAlgorithm) -> bool {
+    [
+        &rcgen::PKCS_ECDSA_P256_SHA256,
+        &rcgen::PKCS_ECDSA_P384_SHA384,
+        &rcgen::PKCS_ED25519,
+    ]
+    .contains(&alg)
+}
+
+impl Signer {
+    pub fn load(cert_pem: &str, key_pem: &str, lifetime: Duration) -> Result<Self, PkiError> {
+        let key = load_key(key_pem, "identity issuer key")?;
+        load_certs(cert_pem, "identity issuer certificate")?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| PkiError::Load {
+            what: "identity issuer certificate".into(),
+            problem: e.to_string(),
+        })?;
+        Ok(Signer {
+            issuer,
+            chain_pem: cert_pem.to_string(),
+            lifetime,
+        })
+    }
+
+    pub fn chain_pem(&self) -> &str {
+        &self.chain_pem
+    }
+
+    fn validity(params: &mut CertificateParams, lifetime: Duration) -> i64 {
+        let now = time::OffsetDateTime::now_utc();
+        // A little back-dating absorbs clock skew between nodes.
+        params.not_before = now - time::Duration::seconds(60);
+        params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
+        params.serial_number = Some(SerialNumber::from_slice(&rand_bytes()));
+        params.not_after.unix_timestamp()
+    }
+
+    /// Signs a certificate for `identity` with the CSR's public key.
+    pub fn sign(&self, csr_pem: &str, identity: &SpiffeId) -> Result<Signed, SignError> {
+        let csr =
+            CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| SignError::MalformedCsr(e.to_string()))?;
+        let alg = rcgen::PublicKeyData::algorithm(&csr.public_key);
+        if !accepted(alg) {
+            return Err(SignError::KeyType(format!("{alg:?}")));
+        }
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let uri = identity
+            .to_string()
+            .try_into()
+            .map_err(|e: rcgen::Error| SignError::Signing(e.to_string()))?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let not_after = Self::validity(&mut params, self.lifetime);
+        let certificate = params
+            .signed_by(&csr.public_key, &self.issuer)
+            .map_err(|e| SignError::Signing(e.to_string()))?;
+        Ok(Signed {
+            certificate: certificate.pem(),
+            not_after,
+        })
+    }
+
+    /// The identity service's own serving certificate, for its DNS names.
+    pub fn serving_certificate(
+        &self,
+        names: &[String],
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), SignError> {
+        let key = KeyPair::generate().map_err(|e| SignError::Signing(e.to_string()))?;
+        let mut params = CertificateParams::new(names.to_vec()).map_err(|e| SignError::Signing(e.to_string()))?;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        // Made once per process start, so not bound to workload lifetimes.
+        Self::validity(&mut params, SERVING_LIFETIME);
+        let leaf = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|e| SignError::Signing(e.to_string()))?;
+        let mut chain = vec![leaf.der().clone()];
+        chain.extend(load_certs(&self.chain_pem, "issuer").map_err(|e| SignError::Signing(e.to_string()))?);
+        Ok((
+            chain,
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        ))
+    }
+}
+
+/// A random positive serial number.
+fn rand_bytes() -> [u8; 16] {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f;
+    bytes
+}
+
+#[cfg(test)]
+mod tests;

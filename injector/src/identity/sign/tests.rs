@@ -1,0 +1,70 @@
+use rcgen::{BasicConstraints, IsCa};
+
+use super::*;
+
+fn signer() -> Signer {
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    Signer::load(&cert.pem(), &key.serialize_pem(), Duration::from_secs(3600)).unwrap()
+}
+
+fn csr(key: &KeyPair, names: Vec<String>) -> String {
+    CertificateParams::new(names)
+        .unwrap()
+        .serialize_request(key)
+        .unwrap()
+        .pem()
+        .unwrap()
+}
+
+fn uris(pem: &str) -> Vec<String> {
+    let der = load_certs(pem, "leaf").unwrap().remove(0);
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    san.value
+        .general_names
+        .iter()
+        .map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => uri.to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect()
+}
+
+#[test]
+fn the_certificate_names_only_the_identity_whatever_the_csr_asked() {
+    let signer = signer();
+    let key = KeyPair::generate().unwrap();
+    let identity = SpiffeId::new("cluster.local", "demo", "web");
+    let request = csr(
+        &key,
+        vec![
+            "admin.example.com".into(),
+            "spiffe://cluster.local/ns/kube-system/sa/root".into(),
+        ],
+    );
+    let signed = signer.sign(&request, &identity).unwrap();
+    assert_eq!(uris(&signed.certificate), ["spiffe://cluster.local/ns/demo/sa/web"]);
+    let lifetime = signed.not_after - time::OffsetDateTime::now_utc().unix_timestamp();
+    assert!((3500..=3600).contains(&lifetime), "{lifetime}");
+}
+
+#[test]
+fn garbage_and_unaccepted_keys_are_refused() {
+    let signer = signer();
+    let identity = SpiffeId::new("cluster.local", "demo", "web");
+    assert!(matches!(
+        signer.sign("not a csr", &identity),
+        Err(SignError::MalformedCsr(_))
+    ));
+    let tampered = csr(&KeyPair::generate().unwrap(), vec![]).replace('A', "B");
+    assert!(matches!(
+        signer.sign(&tampered, &identity),
+        Err(SignError::MalformedCsr(_))
+    ));
+    let rsa = load_key(include_str!("../../../tests/fixtures/rsa-pkcs1.key"), "rsa").unwrap();
+    let error = signer.sign(&csr(&rsa, vec![]), &identity).unwrap_err();
+    assert!(matches!(error, SignError::KeyType(_)), "{error}");
+}

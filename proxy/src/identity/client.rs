@@ -1,0 +1,169 @@
+//! Talking to the identity service: HTTPS verified against the trust
+//! anchors, the projected ServiceAccount token as the bearer token (read
+//! afresh each time, since the kubelet rotates it).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::Stream;
+use http::{Request, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use rustls::RootCertStore;
+use rustls::pki_types::ServerName;
+use strait_contract::SpiffeId;
+use strait_contract::identity_api::{
+    CERTIFICATES_PATH, CertificateRequest, CertificateResponse, ErrorResponse, WORKLOADS_PATH, WorkloadEvent,
+};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot reach the identity service at {addr}: {problem}")]
+    Unreachable { addr: String, problem: String },
+    #[error("cannot read the token {path}: {source}")]
+    Token { path: String, source: std::io::Error },
+    #[error("the identity service refused ({status}): {message}")]
+    Refused { status: StatusCode, message: String },
+    #[error("the identity service's answer is not understood: {0}")]
+    Protocol(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct IdentityClient {
+    /// host:port of the service.
+    addr: String,
+    host: String,
+    tls: Arc<rustls::ClientConfig>,
+    token: PathBuf,
+}
+
+impl IdentityClient {
+    pub fn new(addr: &str, token: PathBuf, roots: Arc<RootCertStore>) -> Result<Self, rustls::Error> {
+        let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host).to_string();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(IdentityClient {
+            addr: addr.to_string(),
+            host,
+            tls: Arc::new(tls),
+            token,
+        })
+    }
+
+    fn unreachable(&self, problem: impl ToString) -> IdentityError {
+        IdentityError::Unreachable {
+            addr: self.addr.clone(),
+            problem: problem.to_string(),
+        }
+    }
+
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<hyper::Response<Incoming>, IdentityError> {
+        let connect = async {
+            let stream = TcpStream::connect(&self.addr).await.map_err(|e| self.unreachable(e))?;
+            let _ = stream.set_nodelay(true);
+            let name = ServerName::try_from(self.host.clone()).map_err(|e| self.unreachable(e))?;
+            let stream = TlsConnector::from(self.tls.clone())
+                .connect(name, stream)
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            tokio::spawn(connection);
+            sender.send_request(request).await.map_err(|e| self.unreachable(e))
+        };
+        let response = tokio::time::timeout(TIMEOUT, connect)
+            .await
+            .map_err(|_| self.unreachable("no answer within 10s"))??;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let message = serde_json::from_slice::<ErrorResponse>(&body)
+            .map_or_else(|_| String::from_utf8_lossy(&body).into_owned(), |e| e.error);
+        Err(IdentityError::Refused { status, message })
+    }
+
+    fn request(&self, method: &str, path: &str, body: Bytes) -> Result<Request<Full<Bytes>>, IdentityError> {
+        let token = std::fs::read_to_string(&self.token).map_err(|source| IdentityError::Token {
+            path: self.token.display().to_string(),
+            source,
+        })?;
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, &self.host)
+            .header(header::AUTHORIZATION, format!("Bearer {}", token.trim()))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| IdentityError::Protocol(e.to_string()))
+    }
+
+    /// Asks for a certificate for `identity` with this CSR.
+    pub async fn certify(&self, identity: &SpiffeId, csr: String) -> Result<CertificateResponse, IdentityError> {
+        let body = serde_json::to_vec(&CertificateRequest {
+            identity: identity.to_string(),
+            csr,
+        })
+        .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        let response = self
+            .send(self.request("POST", CERTIFICATES_PATH, Bytes::from(body))?)
+            .await?;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| self.unreachable(e))?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| IdentityError::Protocol(e.to_string()))
+    }
+
+    /// Follows which pods are meshed: `selector` is `namespace=NS` or `ip=IP`.
+    pub async fn workloads(
+        &self,
+        selector: &str,
+    ) -> Result<impl Stream<Item = Result<WorkloadEvent, IdentityError>> + use<>, IdentityError> {
+        let response = self
+            .send(self.request("GET", &format!("{WORKLOADS_PATH}?{selector}"), Bytes::new())?)
+            .await?;
+        let body = response.into_body();
+        Ok(futures::stream::unfold(
+            (body, BytesMut::new()),
+            |(mut body, mut pending)| async move {
+                loop {
+                    if let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                        let line = pending.split_to(end + 1);
+                        let event =
+                            serde_json::from_slice(&line[..end]).map_err(|e| IdentityError::Protocol(e.to_string()));
+                        return Some((event, (body, pending)));
+                    }
+                    match body.frame().await? {
+                        Ok(frame) => {
+                            if let Ok(data) = frame.into_data() {
+                                pending.extend_from_slice(&data);
+                            }
+                        }
+                        Err(error) => return Some((Err(IdentityError::Protocol(error.to_string())), (body, pending))),
+                    }
+                }
+            },
+        ))
+    }
+}

@@ -1,0 +1,142 @@
+//! This workload's identity. The private key is made in memory at start and
+//! never leaves the process; the certificate comes from the identity
+//! service (with retries and back-off until it answers), and is renewed at
+//! about 70% of its lifetime. The proxy is not ready until it has one.
+
+pub mod client;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use rcgen::{CertificateParams, KeyPair, SanType};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+use strait_contract::SpiffeId;
+
+use crate::admin::Readiness;
+use crate::tls::{CurrentCert, MeshTls};
+use client::{IdentityClient, IdentityError};
+
+/// What `/ready` waits for until the first certificate arrives.
+pub const READY_CONDITION: &str = "identity";
+/// When to renew, as a share of the certificate's lifetime.
+const RENEW_AT: f64 = 0.7;
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+pub struct LocalIdentity {
+    pub tls: Arc<MeshTls>,
+    key: KeyPair,
+    client: IdentityClient,
+    expiry: Gauge,
+    requests: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot make a key: {0}")]
+    Key(#[from] rcgen::Error),
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("TLS for the identity service: {0}")]
+    Client(#[from] rustls::Error),
+}
+
+impl LocalIdentity {
+    pub fn new(
+        id: SpiffeId,
+        service: &str,
+        token: std::path::PathBuf,
+        anchors_pem: &str,
+        registry: &mut Registry,
+    ) -> Result<Arc<Self>, SetupError> {
+        let tls = Arc::new(MeshTls::new(id, anchors_pem, Arc::new(CurrentCert::default()))?);
+        let client = IdentityClient::new(service, token, tls.roots())?;
+        let expiry = Gauge::default();
+        let requests = Family::default();
+        let sub = registry.sub_registry_with_prefix("identity");
+        sub.register(
+            "cert_expiry_timestamp_seconds",
+            "When this proxy's certificate expires (Unix time)",
+            expiry.clone(),
+        );
+        sub.register(
+            "certificate_requests",
+            "Certificate requests to the identity service, by outcome",
+            requests.clone(),
+        );
+        Ok(Arc::new(LocalIdentity {
+            tls,
+            key: KeyPair::generate()?,
+            client,
+            expiry,
+            requests,
+        }))
+    }
+
+    pub fn client(&self) -> &IdentityClient {
+        &self.client
+    }
+
+    /// Gets a certificate now; returns its lifetime.
+    async fn obtain(&self) -> Result<Duration, IdentityError> {
+        let id = &self.tls.identity;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(
+            id.to_string()
+                .try_into()
+                .map_err(|e: rcgen::Error| IdentityError::Protocol(e.to_string()))?,
+        )];
+        let csr = params
+            .serialize_request(&self.key)
+            .and_then(|csr| csr.pem())
+            .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        let issued = self.client.certify(id, csr).await?;
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(format!("{}\n{}", issued.certificate, issued.chain).as_bytes())
+                .collect::<Result<_, _>>()
+                .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()));
+        let signer = rustls::crypto::ring::sign::any_supported_type(&private)
+            .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        self.tls.current.set(Arc::new(CertifiedKey::new(chain, signer)));
+        self.expiry.set(issued.not_after);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        Ok(Duration::from_secs((issued.not_after - now).max(1) as u64))
+    }
+
+    /// Obtains and renews the certificate for as long as the proxy runs.
+    pub async fn run(self: Arc<Self>, readiness: Readiness) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.obtain().await {
+                Ok(lifetime) => {
+                    self.requests.get_or_create(&OutcomeLabels { outcome: "issued" }).inc();
+                    readiness.met(READY_CONDITION);
+                    backoff = Duration::from_millis(100);
+                    tracing::info!(identity = %self.tls.identity, ?lifetime, "certificate obtained");
+                    tokio::time::sleep(lifetime.mul_f64(RENEW_AT)).await;
+                }
+                Err(error) => {
+                    self.requests.get_or_create(&OutcomeLabels { outcome: "failed" }).inc();
+                    tracing::warn!(%error, retry_in = ?backoff, "no certificate yet");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,160 @@
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::sign::CertifiedKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::*;
+
+struct Ca(CertifiedIssuer<'static, KeyPair>);
+
+impl Ca {
+    fn new() -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        Ca(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
+    }
+
+    fn pem(&self) -> String {
+        self.0.pem()
+    }
+
+    /// A workload certificate for `id`, valid from `from` to `until` days from now.
+    fn leaf(&self, id: &SpiffeId, from: i64, until: i64) -> Arc<CertifiedKey> {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(id.to_string().try_into().unwrap())];
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now + time::Duration::days(from);
+        params.not_after = now + time::Duration::days(until);
+        let cert = params.signed_by(&key, &self.0).unwrap();
+        let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let signer = rustls::crypto::ring::sign::any_supported_type(&private).unwrap();
+        Arc::new(CertifiedKey::new(
+            vec![cert.der().clone(), self.0.der().clone()],
+            signer,
+        ))
+    }
+}
+
+fn id(account: &str) -> SpiffeId {
+    SpiffeId::new("cluster.local", "demo", account)
+}
+
+fn mesh(id: &SpiffeId, anchors: &str, cert: Arc<CertifiedKey>) -> MeshTls {
+    let current = Arc::new(CurrentCert::default());
+    current.set(cert);
+    MeshTls::new(id.clone(), anchors, current).unwrap()
+}
+
+/// Handshakes `client` (expecting `expected`) with `server`; the server's
+/// view of the client's identity, or the error.
+async fn handshake(
+    client: &MeshTls,
+    expected: &SpiffeId,
+    server: &MeshTls,
+    sni: &str,
+) -> Result<Vec<SpiffeId>, String> {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let acceptor = TlsAcceptor::from(server.server());
+    let server_side = tokio::spawn(async move {
+        let mut stream = acceptor.accept(b).await.map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 5];
+        stream.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+        stream.write_all(b"ok").await.map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())?;
+        let peer = stream.get_ref().1.peer_certificates().map(|c| c[0].clone());
+        Ok::<_, String>(
+            peer.map(|c: CertificateDer<'static>| verify::spiffe_ids(&c))
+                .unwrap_or_default(),
+        )
+    });
+    let connector = TlsConnector::from(client.client(expected).unwrap());
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    let client_result = async {
+        let mut stream = connector.connect(name, a).await.map_err(|e| e.to_string())?;
+        stream.write_all(b"hello").await.map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())?;
+        let mut reply = [0u8; 2];
+        stream.read_exact(&mut reply).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(())
+    }
+    .await;
+    let server_result = server_side.await.unwrap();
+    match (client_result, server_result) {
+        (Ok(()), server) => server,
+        (Err(client), Err(server)) => Err(format!("client: {client}; server: {server}")),
+        (Err(client), Ok(_)) => Err(client),
+    }
+}
+
+#[tokio::test]
+async fn peers_with_certificates_from_the_anchors_talk_and_learn_who_is_who() {
+    let ca = Ca::new();
+    let (web, api) = (id("web"), id("api"));
+    let client = mesh(&web, &ca.pem(), ca.leaf(&web, -1, 1));
+    let server = mesh(&api, &ca.pem(), ca.leaf(&api, -1, 1));
+    let seen = handshake(&client, &api, &server, &api.server_name()).await.unwrap();
+    assert_eq!(seen, [web]);
+}
+
+#[tokio::test]
+async fn a_server_with_another_service_accounts_certificate_is_refused() {
+    let ca = Ca::new();
+    let (web, api, other) = (id("web"), id("api"), id("other"));
+    let client = mesh(&web, &ca.pem(), ca.leaf(&web, -1, 1));
+    // The server answers for api's name but holds other's certificate.
+    let impostor = MeshTls::new(api.clone(), &ca.pem(), Arc::new(CurrentCert::default())).unwrap();
+    impostor.current.set(ca.leaf(&other, -1, 1));
+    let error = handshake(&client, &api, &impostor, &api.server_name())
+        .await
+        .unwrap_err();
+    assert!(
+        error.contains("WrongIdentity") && error.contains("\"other\""),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_another_ca_is_refused() {
+    let (ca, rogue) = (Ca::new(), Ca::new());
+    let (web, api) = (id("web"), id("api"));
+    let client = mesh(&web, &ca.pem(), rogue.leaf(&web, -1, 1));
+    let server = mesh(&api, &ca.pem(), ca.leaf(&api, -1, 1));
+    assert!(handshake(&client, &api, &server, &api.server_name()).await.is_err());
+}
+
+#[tokio::test]
+async fn expired_certificates_are_refused_either_way() {
+    let ca = Ca::new();
+    let (web, api) = (id("web"), id("api"));
+    let expired_server = mesh(&api, &ca.pem(), ca.leaf(&api, -3, -1));
+    let client = mesh(&web, &ca.pem(), ca.leaf(&web, -1, 1));
+    let error = handshake(&client, &api, &expired_server, &api.server_name())
+        .await
+        .unwrap_err();
+    assert!(error.to_lowercase().contains("expired"), "{error}");
+
+    let expired_client = mesh(&web, &ca.pem(), ca.leaf(&web, -3, -1));
+    let server = mesh(&api, &ca.pem(), ca.leaf(&api, -1, 1));
+    assert!(
+        handshake(&expired_client, &api, &server, &api.server_name())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_handshake_for_another_workloads_name_is_refused() {
+    let ca = Ca::new();
+    let (web, api) = (id("web"), id("api"));
+    let client = mesh(&web, &ca.pem(), ca.leaf(&web, -1, 1));
+    let server = mesh(&api, &ca.pem(), ca.leaf(&api, -1, 1));
+    assert!(
+        handshake(&client, &api, &server, &id("db").server_name())
+            .await
+            .is_err()
+    );
+}
