@@ -7,6 +7,7 @@
 
 pub mod cidrs;
 pub mod duration;
+pub mod exposition;
 pub mod identity;
 pub mod identity_api;
 pub mod mesh;

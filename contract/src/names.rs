@@ -28,6 +28,9 @@ pub mod annotations {
     pub const OPAQUE_PORTS: &str = "strait.io/opaque-ports";
     pub const PROXY_LOG_LEVEL: &str = "strait.io/proxy-log-level";
     pub const INBOUND_MODE: &str = "strait.io/inbound-mode";
+    /// `disabled`: the proxy runs without an identity, so neither
+    /// originates nor accepts mutual TLS; peers talk plaintext to the pod.
+    pub const MTLS: &str = "strait.io/mtls";
     pub const PROXY_CPU_REQUEST: &str = "strait.io/proxy-cpu-request";
     pub const PROXY_CPU_LIMIT: &str = "strait.io/proxy-cpu-limit";
     pub const PROXY_MEMORY_REQUEST: &str = "strait.io/proxy-memory-request";

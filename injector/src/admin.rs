@@ -5,11 +5,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Response, StatusCode};
+use http::{Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
+use strait_contract::exposition;
 use tokio::net::TcpListener;
 
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>, ready: Arc<dyn Fn() -> bool + Send + Sync>) {
@@ -20,6 +21,7 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, ready: Arc<dy
         let (registry, ready) = (registry.clone(), ready.clone());
         tokio::spawn(async move {
             let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let mut content_type = "text/plain; charset=utf-8";
                 let (status, body) = match request.uri().path() {
                     "/live" => (StatusCode::OK, "live\n".to_string()),
                     "/ready" if ready() => (StatusCode::OK, "ready\n".to_string()),
@@ -28,9 +30,14 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, ready: Arc<dy
                         "not ready: caches not synced\n".to_string(),
                     ),
                     "/metrics" => {
-                        let mut text = String::new();
-                        match prometheus_client::encoding::text::encode(&mut text, &registry) {
-                            Ok(()) => (StatusCode::OK, text),
+                        let mut encoded = String::new();
+                        match prometheus_client::encoding::text::encode(&mut encoded, &registry) {
+                            Ok(()) => {
+                                let accept = request.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+                                let (body, negotiated) = exposition::negotiate(accept, encoded);
+                                content_type = negotiated;
+                                (StatusCode::OK, body)
+                            }
                             Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
                         }
                     }
@@ -38,6 +45,9 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>, ready: Arc<dy
                 };
                 let mut response = Response::new(Full::new(Bytes::from(body)));
                 *response.status_mut() = status;
+                response
+                    .headers_mut()
+                    .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
                 async move { Ok::<_, Infallible>(response) }
             });
             let _ = hyper::server::conn::http1::Builder::new()

@@ -14,6 +14,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
+use strait_contract::exposition;
 use tokio::net::TcpListener;
 
 use crate::drain::Drain;
@@ -81,7 +82,7 @@ impl Admin {
         match (request.method(), request.uri().path()) {
             (&Method::GET | &Method::HEAD, "/live") => text(StatusCode::OK, "live\n".into()),
             (&Method::GET | &Method::HEAD, "/ready") => self.ready(),
-            (&Method::GET | &Method::HEAD, "/metrics") => self.metrics(),
+            (&Method::GET | &Method::HEAD, "/metrics") => self.metrics(request.headers()),
             (&Method::POST, "/shutdown") if peer.ip().is_loopback() => {
                 tracing::info!("shutdown requested over the admin API");
                 self.drain.start();
@@ -113,19 +114,21 @@ impl Admin {
         }
     }
 
-    fn metrics(&self) -> Response<Full<Bytes>> {
-        let mut body = String::new();
-        if let Err(error) = prometheus_client::encoding::text::encode(&mut body, &self.registry) {
+    /// OpenMetrics for Prometheus, the classic text format for the rest.
+    fn metrics(&self, headers: &http::HeaderMap) -> Response<Full<Bytes>> {
+        let mut encoded = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut encoded, &self.registry) {
             return text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("cannot encode metrics: {error}\n"),
             );
         }
+        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+        let (body, content_type) = exposition::negotiate(accept, encoded);
         let mut response = Response::new(Full::new(Bytes::from(body)));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        );
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
         response
     }
 }

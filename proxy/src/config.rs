@@ -19,6 +19,8 @@ pub const LOG_LEVEL: &str = env::LOG_LEVEL;
 pub const DETECT_TIMEOUT: &str = "STRAIT_DETECT_TIMEOUT";
 pub const NO_ENDPOINT_WAIT: &str = "STRAIT_NO_ENDPOINT_WAIT";
 pub const DISCOVERY: &str = "STRAIT_DISCOVERY";
+/// `off` stops recording metrics, to measure what they cost.
+pub const METRICS: &str = "STRAIT_METRICS";
 /// Set in every pod by Kubernetes; its presence means in-cluster discovery.
 pub const KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
 
@@ -51,6 +53,8 @@ pub struct Config {
     pub no_endpoint_wait: Duration,
     /// Whether to discover Services from the Kubernetes API.
     pub discovery: bool,
+    /// Whether to record metrics (`STRAIT_METRICS=on|off`, default on).
+    pub metrics: bool,
     pub pod_name: String,
     pub pod_namespace: String,
     /// Mutual TLS: this workload's identity and where to get certificates.
@@ -108,6 +112,11 @@ impl Config {
                 "off" => Ok(false),
                 _ => Err("expected kubernetes or off".to_string()),
             })?,
+            metrics: setting(METRICS).parse(true, |text| match text.trim() {
+                "on" => Ok(true),
+                "off" => Ok(false),
+                _ => Err("expected on or off".to_string()),
+            })?,
             pod_name: env(env::POD_NAME).unwrap_or_default(),
             pod_namespace: env(env::POD_NAMESPACE).unwrap_or_default(),
             identity: identity(&env)?,
@@ -142,11 +151,12 @@ impl Config {
             format_duration(self.no_endpoint_wait),
             if self.discovery { "kubernetes" } else { "off" },
         ) + &format!(
-            " identity={} inbound_mode={}",
+            " identity={} inbound_mode={} metrics={}",
             self.identity
                 .as_ref()
                 .map_or("off".to_string(), |i| format!("{}@{}", i.id, i.service)),
             if self.inbound_strict { "strict" } else { "permissive" },
+            if self.metrics { "on" } else { "off" },
         )
     }
 }

@@ -86,7 +86,7 @@ pub struct BindError {
 impl Proxy {
     pub fn build(config: Config) -> Result<Self, BuildError> {
         let mut registry = metrics::registry();
-        let metrics = Metrics::register(&mut registry);
+        let metrics = Metrics::register(&mut registry, config.metrics);
         let readiness = Readiness::default();
         let identity = match &config.identity {
             None => None,

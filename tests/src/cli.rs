@@ -1,5 +1,6 @@
 //! The `strait-lab` command line (the contract in DESIGN.md).
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -77,8 +78,19 @@ pub enum Command {
         #[arg(value_parser = ["stop", "start"])]
         action: String,
     },
+    /// Start a real Prometheus that scrapes every proxy, and print its URL.
+    Prometheus {
+        /// Port on the host's loopback for its UI and API (0 picks a free one).
+        #[arg(long, default_value_t = 9090)]
+        port: u16,
+        /// How often it scrapes.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        scrape_interval: Duration,
+    },
     #[command(hide = true)]
     Daemon,
+    #[command(hide = true)]
+    PortForward(crate::forward::ForwardArgs),
     #[command(hide = true)]
     Sandbox(SandboxArgs),
 }
@@ -178,9 +190,63 @@ pub async fn run(command: Command, paths: LabPaths) -> anyhow::Result<i32> {
             require_root()?;
             crate::daemon::run(paths).await?;
         }
-        Command::Sandbox(_) => bail!("the sandbox runs before the runtime starts"),
+        Command::Prometheus { port, scrape_interval } => {
+            require_root()?;
+            ensure_running(&paths, &client).await?;
+            let interval = strait_contract::format_duration(scrape_interval);
+            client
+                .post(&format!("/lab/v1/prometheus?scrapeInterval={interval}"), &json!({}))
+                .await?;
+            let url = forward_prometheus(&paths, port).await?;
+            println!("Prometheus scrapes every proxy of the lab every {interval}:");
+            println!("  {url}");
+            println!("For example: {url}/graph?g0.expr=sum%20by%20(dst_pod)%20(rate(strait_requests_total%5B1m%5D))");
+        }
+        Command::Sandbox(_) | Command::PortForward(_) => bail!("this command runs before the runtime starts"),
     }
     Ok(0)
+}
+
+/// Makes the lab's Prometheus reachable on the host's loopback (once per
+/// lab) and returns its URL.
+async fn forward_prometheus(paths: &LabPaths, port: u16) -> anyhow::Result<String> {
+    let address_file = paths.state.join("prometheus").join("forward.addr");
+    let running = std::fs::read_to_string(paths.state.join("prometheus").join("forward.pid"))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<i32>().ok())
+        .is_some_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok());
+    if !running {
+        let _ = std::fs::remove_file(&address_file);
+        let log = std::fs::File::create(paths.state.join("prometheus").join("forward.log"))?;
+        let child = std::process::Command::new(bin_dir().join("strait-lab"))
+            .arg("port-forward")
+            .arg(format!("--listen=127.0.0.1:{port}"))
+            .arg(format!("--to={}", crate::prometheus::listen()))
+            .arg("--address-file")
+            .arg(&address_file)
+            .env(crate::paths::LAB_NAME_ENV, &paths.name)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .context("cannot start the port forwarder")?;
+        std::fs::write(
+            paths.state.join("prometheus").join("forward.pid"),
+            child.id().to_string(),
+        )?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(address) = std::fs::read_to_string(&address_file) {
+            return Ok(format!("http://{}", address.trim()));
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(paths.state.join("prometheus").join("forward.log")).unwrap_or_default();
+            bail!("the port forwarder did not start: {log}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Starts the daemon in a fresh node namespace unless it already runs.

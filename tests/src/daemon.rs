@@ -38,6 +38,8 @@ struct Daemon {
     shutdown: CancellationToken,
     /// The controllers, stopped before the pods so nothing is recreated.
     controllers: Vec<tokio::task::AbortHandle>,
+    /// Started on demand by `strait-lab prometheus`.
+    prometheus: crate::prometheus::Prometheus,
 }
 
 /// Set to `off` for a lab without strait's control plane.
@@ -87,6 +89,7 @@ pub async fn run(paths: LabPaths) -> anyhow::Result<()> {
         network: network_server,
         shutdown: CancellationToken::new(),
         controllers,
+        prometheus: crate::prometheus::Prometheus::default(),
     });
     if std::env::var(MESH_ENV).as_deref() != Ok("off") {
         let values: Vec<String> = std::env::var(CHART_VALUES_ENV)
@@ -192,6 +195,28 @@ impl Daemon {
             },
             (Method::POST, ["namespaces", namespace, "pods", name, "kill"]) => self.kill(namespace, name),
             (Method::GET, ["namespaces", namespace, "pods", name, "cpu"]) => self.cpu(namespace, name),
+            (Method::POST, ["prometheus"]) => {
+                let interval = request
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("scrapeInterval="))
+                    .and_then(|text| strait_contract::parse_duration(text).ok())
+                    .unwrap_or(Duration::from_secs(5));
+                match self
+                    .prometheus
+                    .start(&self.paths, self.api.store.clone(), interval)
+                    .await
+                {
+                    Ok(()) => reply(
+                        StatusCode::OK,
+                        json!({"listen": crate::prometheus::listen().to_string()}),
+                    ),
+                    Err(error) => reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        json!({"message": format!("{error:#}")}),
+                    ),
+                }
+            }
             (Method::GET, ["webhooks"]) => {
                 let webhooks = Webhooks {
                     store: self.api.store.clone(),

@@ -1,8 +1,9 @@
 //! `strait-lab demo`: one gRPC client holding one HTTP/2 connection, a
 //! Deployment scaled from 3 to 5 replicas, first without the mesh (one pod
 //! does everything) and then with it; per-pod request share and CPU time
-//! side by side. With the mesh, the shares come from the client proxy's own
-//! metrics; without it, from the client's count of who answered.
+//! side by side. The shares come from the server pods' proxies (every
+//! server is meshed; in the plain namespace the client is not, so nothing
+//! balances its calls), each counting the calls it passed to its app.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -64,28 +65,24 @@ async fn cpu(client: &LabClient, namespace: &str, pod: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn proxy_counts(paths: &LabPaths, client_pod: &str) -> anyhow::Result<BTreeMap<String, f64>> {
-    let text = exec(
-        paths,
-        client_pod,
-        &["lab-app", "http-get", "http://127.0.0.1:4191/metrics"],
-    )
-    .await?;
-    Ok(sum_by(
-        &text,
-        "strait_requests_total",
-        &[("direction", "outbound"), ("dst_service", "grpc")],
-        "dst_pod",
-    ))
+/// Calls each server pod's proxy has passed to its app so far.
+async fn served(paths: &LabPaths, namespace: &str, servers: &[String]) -> anyhow::Result<BTreeMap<String, f64>> {
+    let mut counts = BTreeMap::new();
+    for pod in servers {
+        let text = exec(
+            paths,
+            &format!("{namespace}/{pod}"),
+            &["lab-app", "http-get", "http://127.0.0.1:4191/metrics"],
+        )
+        .await?;
+        let inbound = sum_by(&text, "strait_requests_total", &[("direction", "inbound")], "dst_pod");
+        counts.insert(pod.clone(), inbound.values().sum());
+    }
+    Ok(counts)
 }
 
 /// One measurement: calls for a few seconds over one connection.
-async fn measure(
-    paths: &LabPaths,
-    client: &LabClient,
-    namespace: &str,
-    meshed: bool,
-) -> anyhow::Result<Vec<(String, f64, f64)>> {
+async fn measure(paths: &LabPaths, client: &LabClient, namespace: &str) -> anyhow::Result<Vec<(String, f64, f64)>> {
     let client_pod = format!(
         "{namespace}/{}",
         pods(client, namespace, "client")
@@ -98,11 +95,7 @@ async fn measure(
     for pod in &servers {
         cpu_before.insert(pod.clone(), cpu(client, namespace, pod).await);
     }
-    let counts_before = if meshed {
-        proxy_counts(paths, &client_pod).await?
-    } else {
-        BTreeMap::new()
-    };
+    let counts_before = served(paths, namespace, &servers).await?;
     let args = [
         "lab-app",
         "grpc-client",
@@ -115,24 +108,15 @@ async fn measure(
         "--rate",
         "1000",
     ];
-    let result: Value = serde_json::from_str(exec(paths, &client_pod, &args).await?.lines().last().unwrap_or("{}"))?;
-    let counts: BTreeMap<String, f64> = if meshed {
-        let after = proxy_counts(paths, &client_pod).await?;
-        after
-            .iter()
-            .map(|(pod, n)| (pod.clone(), n - counts_before.get(pod).copied().unwrap_or(0.0)))
-            .collect()
-    } else {
-        result["by_pod"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .map(|(pod, n)| (pod.clone(), n.as_f64().unwrap_or(0.0)))
-            .collect()
-    };
+    exec(paths, &client_pod, &args).await?;
+    let counts: BTreeMap<String, f64> = served(paths, namespace, &servers)
+        .await?
+        .into_iter()
+        .map(|(pod, n)| (pod.clone(), n - counts_before.get(&pod).copied().unwrap_or(0.0)))
+        .collect();
     let total: f64 = counts.values().sum::<f64>().max(1.0);
     let mut rows = Vec::new();
-    for pod in servers {
+    for pod in servers.iter().cloned() {
         let used = cpu(client, namespace, &pod).await - cpu_before.get(&pod).copied().unwrap_or(0.0);
         let share = counts.get(&pod).copied().unwrap_or(0.0) / total;
         rows.push((pod, share, used));
@@ -168,19 +152,18 @@ pub async fn run(paths: &LabPaths, client: &LabClient) -> anyhow::Result<()> {
         Duration::from_secs(180),
     )
     .await?;
-    for (namespace, meshed, title) in [
+    for (namespace, title) in [
         (
             "plain",
-            false,
-            "Without the mesh, kube-proxy balances connections, and the client has one",
+            "Without strait in the client pod, kube-proxy balances connections, and the client has one",
         ),
-        ("demo", true, "With strait, the client's proxy balances every call"),
+        ("demo", "With strait, the client's proxy balances every call"),
     ] {
         println!("{title} (namespace {namespace}):");
         println!("  {:<9} {:<26} {:>7}  {:>8}", "replicas", "pod", "share", "CPU");
         for replicas in [3, 5] {
             scale(client, namespace, replicas).await?;
-            let rows = measure(paths, client, namespace, meshed).await?;
+            let rows = measure(paths, client, namespace).await?;
             for (i, (pod, share, used)) in rows.iter().enumerate() {
                 let replicas = if i == 0 { replicas.to_string() } else { String::new() };
                 println!(
@@ -192,7 +175,7 @@ pub async fn run(paths: &LabPaths, client: &LabClient) -> anyhow::Result<()> {
         }
         println!();
     }
-    println!("Shares with the mesh come from the client proxy's strait_requests_total by dst_pod;");
+    println!("Shares are each server proxy's strait_requests_total{{direction=\"inbound\"}} over the run;");
     println!("CPU is each server pod's application processes, from /proc.");
     println!("The lab is still running: `strait-lab status` shows it, `strait-lab down` removes it.");
     Ok(())

@@ -20,6 +20,9 @@ fn main() -> ExitCode {
         return sandbox_main(args);
     }
     let paths = LabPaths::from_env();
+    if let Command::PortForward(args) = cli.command {
+        return strait_lab::forward::forward_main(args, &paths);
+    }
     if !paths
         .name
         .chars()

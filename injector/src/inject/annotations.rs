@@ -15,6 +15,8 @@ pub struct Overrides {
     pub opaque_ports: Option<String>,
     pub log_level: Option<String>,
     pub inbound_mode: Option<String>,
+    /// `disabled` turns mutual TLS off for the pod.
+    pub mtls: Option<String>,
     pub cpu_request: Option<String>,
     pub cpu_limit: Option<String>,
     pub memory_request: Option<String>,
@@ -45,6 +47,19 @@ fn inbound_mode(text: &str) -> Result<String, String> {
     match text {
         "strict" | "permissive" => Ok(text.to_string()),
         _ => Err("expected strict or permissive".into()),
+    }
+}
+
+fn mtls(text: &str) -> Result<String, String> {
+    match text {
+        "enabled" | "disabled" => Ok(text.to_string()),
+        _ => Err("expected enabled or disabled".into()),
+    }
+}
+
+impl Overrides {
+    pub fn mtls_disabled(&self) -> bool {
+        self.mtls.as_deref() == Some("disabled")
     }
 }
 
@@ -82,6 +97,7 @@ pub fn read(annotations: &BTreeMap<String, String>) -> (Overrides, Vec<String>) 
         opaque_ports: take(key::OPAQUE_PORTS, ports),
         log_level: take(key::PROXY_LOG_LEVEL, log_level),
         inbound_mode: take(key::INBOUND_MODE, inbound_mode),
+        mtls: take(key::MTLS, mtls),
         cpu_request: take(key::PROXY_CPU_REQUEST, quantity),
         cpu_limit: take(key::PROXY_CPU_LIMIT, quantity),
         memory_request: take(key::PROXY_MEMORY_REQUEST, quantity),

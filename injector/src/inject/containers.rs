@@ -109,8 +109,9 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-/// The proxy sidecar for a pod whose identity is `identity`.
-pub fn proxy_container(settings: &InjectSettings, overrides: &Overrides, identity: &str) -> Container {
+/// The proxy sidecar for a pod whose identity is `identity` (`None` when
+/// the pod opted out of mutual TLS).
+pub fn proxy_container(settings: &InjectSettings, overrides: &Overrides, identity: Option<&str>) -> Container {
     let resources = Resources {
         cpu_request: overrides
             .cpu_request
@@ -149,12 +150,16 @@ pub fn proxy_container(settings: &InjectSettings, overrides: &Overrides, identit
         field(env::POD_IP, "status.podIP"),
         field(env::HOST_IP, "status.hostIP"),
         field(env::SERVICE_ACCOUNT, "spec.serviceAccountName"),
-        var(env::IDENTITY, identity),
-        var(env::IDENTITY_ADDR, settings.identity_addr.clone()),
-        var(env::IDENTITY_TOKEN, format!("{}/token", names::IDENTITY_TOKEN_DIR)),
-        var(env::TRUST_DOMAIN, settings.trust_domain.clone()),
-        var(env::TRUST_ANCHORS, settings.trust_anchors_pem.clone()),
     ];
+    if let Some(identity) = identity {
+        env_vars.extend([
+            var(env::IDENTITY, identity),
+            var(env::IDENTITY_ADDR, settings.identity_addr.clone()),
+            var(env::IDENTITY_TOKEN, format!("{}/token", names::IDENTITY_TOKEN_DIR)),
+            var(env::TRUST_DOMAIN, settings.trust_domain.clone()),
+            var(env::TRUST_ANCHORS, settings.trust_anchors_pem.clone()),
+        ]);
+    }
     if let Some(opaque) = &overrides.opaque_ports {
         env_vars.push(var(env::OPAQUE_PORTS, opaque.clone()));
     }
@@ -189,12 +194,14 @@ pub fn proxy_container(settings: &InjectSettings, overrides: &Overrides, identit
         startup_probe: Some(http_probe("/ready", 1, 120)),
         readiness_probe: Some(http_probe("/ready", 2, 3)),
         liveness_probe: Some(http_probe("/live", 10, 3)),
-        volume_mounts: Some(vec![VolumeMount {
-            name: TOKEN_VOLUME.into(),
-            mount_path: names::IDENTITY_TOKEN_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: identity.map(|_| {
+            vec![VolumeMount {
+                name: TOKEN_VOLUME.into(),
+                mount_path: names::IDENTITY_TOKEN_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }]
+        }),
         ..Container::default()
     };
     if settings.native_sidecar {
@@ -220,10 +227,11 @@ pub fn proxy_container(settings: &InjectSettings, overrides: &Overrides, identit
     container
 }
 
-/// The projected ServiceAccount token the proxy shows the identity service,
-/// and the writable /run the init container's iptables needs.
-pub fn volumes() -> Vec<Volume> {
-    vec![
+/// The projected ServiceAccount token the proxy shows the identity service
+/// (when it has an identity), and the writable /run the init container's
+/// iptables needs.
+pub fn volumes(with_identity: bool) -> Vec<Volume> {
+    let mut volumes = vec![
         Volume {
             name: TOKEN_VOLUME.into(),
             projected: Some(ProjectedVolumeSource {
@@ -244,5 +252,9 @@ pub fn volumes() -> Vec<Volume> {
             empty_dir: Some(Default::default()),
             ..Volume::default()
         },
-    ]
+    ];
+    if !with_identity {
+        volumes.retain(|v| v.name != TOKEN_VOLUME);
+    }
+    volumes
 }

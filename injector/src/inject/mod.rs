@@ -96,9 +96,11 @@ pub fn decide(pod: &Value, namespace: &str, namespace_enabled: bool, settings: &
         .and_then(Value::as_str)
         .unwrap_or("default");
     let identity = SpiffeId::new(&settings.trust_domain, namespace, service_account).to_string();
+    let identity = (!overrides.mtls_disabled()).then_some(identity);
 
     let init = serde_json::to_value(containers::init_container(settings, &overrides)).unwrap_or_default();
-    let proxy = serde_json::to_value(containers::proxy_container(settings, &overrides, &identity)).unwrap_or_default();
+    let proxy = serde_json::to_value(containers::proxy_container(settings, &overrides, identity.as_deref()))
+        .unwrap_or_default();
     let mut patch = Vec::new();
     let has = |pointer: &str| pod.pointer(pointer).is_some();
     let mut add = |path: String, value: Value| patch.push(json!({"op": "add", "path": path, "value": value}));
@@ -116,7 +118,7 @@ pub fn decide(pod: &Value, namespace: &str, namespace_enabled: bool, settings: &
     if !settings.native_sidecar {
         add("/spec/containers/0".into(), proxy);
     }
-    let volumes: Vec<Value> = containers::volumes()
+    let volumes: Vec<Value> = containers::volumes(identity.is_some())
         .into_iter()
         .filter_map(|v| serde_json::to_value(v).ok())
         .collect();
@@ -133,11 +135,13 @@ pub fn decide(pod: &Value, namespace: &str, namespace_enabled: bool, settings: &
     }
     let meshed = [(names::MESHED_LABEL, "true")];
     let mut scrape = vec![
-        (key::IDENTITY, identity.as_str()),
         ("prometheus.io/scrape", "true"),
         ("prometheus.io/port", "4191"),
         ("prometheus.io/path", "/metrics"),
     ];
+    if let Some(identity) = &identity {
+        scrape.insert(0, (key::IDENTITY, identity.as_str()));
+    }
     // With the proxy first, `kubectl exec` and `logs` should still default
     // to the application.
     let first_app = names_of(pod, "containers").into_iter().next().unwrap_or_default();

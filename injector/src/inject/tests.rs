@@ -72,6 +72,11 @@ fn golden_patches_for_a_table_of_pods() {
         ),
         ("host-network", pod(json!({"spec": {"hostNetwork": true}})), true),
         (
+            "mtls-disabled",
+            pod(json!({"metadata": {"annotations": {"strait.io/mtls": "disabled"}}})),
+            true,
+        ),
+        (
             "opted-out",
             pod(json!({"metadata": {"annotations": {"strait.io/inject": "disabled"}}})),
             true,

@@ -5,11 +5,16 @@
 //! opaque: it can be compared, not measured. The balancer needs the
 //! magnitude, to tell a real difference in load from latency jitter (see
 //! `CLEARLY_CHEAPER`), so the estimator lives here, with the same rules but
-//! one: a slower response raises the estimate at once (the peak), though at
+//! two: a slower response raises the estimate at once (the peak), though at
 //! most by a quarter per response so a single outlier cannot starve an
-//! endpoint;
-//! a faster one pulls it down by how long ago the last update was; and an
-//! idle estimate decays towards zero so an unused endpoint is tried again.
+//! endpoint; a faster one pulls it down by how long ago the last update was,
+//! but by at least a tenth, so a busy endpoint forgets a pause within a few
+//! dozen responses rather than a second; and an idle estimate decays towards
+//! zero so an unused endpoint is tried again.
+//!
+//! `Recent` counts the requests an endpoint was given lately, decaying at
+//! the same pace: among endpoints whose loads are within noise of each
+//! other, the balancer gives the next request to the one with fewer.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,6 +26,8 @@ use std::time::{Duration, Instant};
 const PEAK_STEP: f64 = 1.25;
 /// A floor for the step, so an estimate that decayed to nothing can rise.
 const MIN_RTT_NS: f64 = 50_000.0;
+/// The most of the old estimate one faster response keeps.
+const MAX_KEEP: f64 = 0.9;
 
 #[derive(Debug)]
 struct Estimate {
@@ -29,8 +36,8 @@ struct Estimate {
 }
 
 impl Estimate {
-    /// Folds in a response time (zero to only decay with time).
-    fn update(&mut self, rtt_ns: f64, now: Instant, decay_ns: f64) -> f64 {
+    /// Folds in a response time.
+    fn observe(&mut self, rtt_ns: f64, now: Instant, decay_ns: f64) -> f64 {
         if rtt_ns > self.rtt_ns {
             // A peak raises the estimate at once, but at most by PEAK_STEP per
             // response: a lone outlier (a lost ACK, a pause) costs the
@@ -38,12 +45,24 @@ impl Estimate {
             // within a few responses.
             self.rtt_ns = rtt_ns.min(self.rtt_ns.max(MIN_RTT_NS) * PEAK_STEP);
         } else {
-            let elapsed = now.saturating_duration_since(self.updated).as_nanos() as f64;
-            let weight = (-elapsed / decay_ns).exp();
+            let weight = self.kept(now, decay_ns).min(MAX_KEEP);
             self.rtt_ns = self.rtt_ns * weight + rtt_ns * (1.0 - weight);
         }
         self.updated = now;
         self.rtt_ns
+    }
+
+    /// Decays the estimate towards zero for the time nothing was heard.
+    fn idle(&mut self, now: Instant, decay_ns: f64) -> f64 {
+        self.rtt_ns *= self.kept(now, decay_ns);
+        self.updated = now;
+        self.rtt_ns
+    }
+
+    /// How much of the estimate the time since the last update keeps.
+    fn kept(&self, now: Instant, decay_ns: f64) -> f64 {
+        let elapsed = now.saturating_duration_since(self.updated).as_nanos() as f64;
+        (-elapsed / decay_ns).exp()
     }
 }
 
@@ -68,11 +87,11 @@ impl PeakEwma {
 
     /// The estimated cost of one more request, in nanoseconds.
     pub fn cost(&self) -> f64 {
-        let rtt =
-            self.estimate
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .update(0.0, Instant::now(), self.decay_ns);
+        let rtt = self
+            .estimate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .idle(Instant::now(), self.decay_ns);
         rtt * f64::from(self.in_flight.load(Ordering::Relaxed) + 1)
     }
 
@@ -103,7 +122,43 @@ impl Drop for InFlight {
             .estimate
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .update(rtt, now, self.load.decay_ns);
+            .observe(rtt, now, self.load.decay_ns);
+    }
+}
+
+/// A count of requests given to an endpoint that fades with time, so it
+/// reflects its recent share.
+#[derive(Debug)]
+pub struct Recent {
+    count: Mutex<(f64, Instant)>,
+    decay_ns: f64,
+}
+
+impl Recent {
+    /// A counter starting at `count`: a new endpoint starts level with the
+    /// others rather than at zero, which would hand it every tie at first.
+    pub fn new(count: f64, decay: Duration) -> Self {
+        Recent {
+            count: Mutex::new((count, Instant::now())),
+            decay_ns: decay.as_nanos() as f64,
+        }
+    }
+
+    fn decayed(&self, state: &mut (f64, Instant), now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(state.1).as_nanos() as f64;
+        state.0 *= (-elapsed / self.decay_ns).exp();
+        state.1 = now;
+        state.0
+    }
+
+    pub fn get(&self) -> f64 {
+        let mut state = self.count.lock().unwrap_or_else(PoisonError::into_inner);
+        self.decayed(&mut state, Instant::now())
+    }
+
+    pub fn add(&self) {
+        let mut state = self.count.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0 = self.decayed(&mut state, Instant::now()) + 1.0;
     }
 }
 
@@ -120,22 +175,37 @@ mod tests {
             rtt_ns: 10.0 * MS,
             updated: start,
         };
-        let raised = estimate.update(30.0 * MS, start, 1_000.0 * MS);
+        let raised = estimate.observe(30.0 * MS, start, 1_000.0 * MS);
         assert_eq!(
             raised,
             10.0 * MS * PEAK_STEP,
             "one response raises the estimate by the step at most"
         );
         for _ in 0..10 {
-            estimate.update(30.0 * MS, start, 1_000.0 * MS);
+            estimate.observe(30.0 * MS, start, 1_000.0 * MS);
         }
         assert_eq!(estimate.rtt_ns, 30.0 * MS, "a consistently slow endpoint is followed");
         let later = start + Duration::from_secs(1);
-        let pulled = estimate.update(10.0 * MS, later, 1_000.0 * MS);
+        let pulled = estimate.observe(10.0 * MS, later, 1_000.0 * MS);
         let expected = 30.0 * MS * (-1.0f64).exp() + 10.0 * MS * (1.0 - (-1.0f64).exp());
         assert!((pulled - expected).abs() < 1.0, "{pulled} vs {expected}");
-        let idle = estimate.update(0.0, later + Duration::from_secs(10), 1_000.0 * MS);
+        // Back-to-back fast responses pull it down by a tenth each at least.
+        let soon = later + Duration::from_micros(10);
+        let next = estimate.observe(10.0 * MS, soon, 1_000.0 * MS);
+        assert!((next - (pulled * MAX_KEEP + 10.0 * MS * (1.0 - MAX_KEEP))).abs() < 1.0);
+        let idle = estimate.idle(later + Duration::from_secs(10), 1_000.0 * MS);
         assert!(idle < 0.001 * MS, "an idle estimate decays towards zero: {idle}");
+    }
+
+    #[test]
+    fn recent_counts_add_up_and_fade() {
+        let recent = Recent::new(5.0, Duration::from_secs(1));
+        recent.add();
+        let now = recent.get();
+        assert!(now > 5.9 && now <= 6.0, "{now}");
+        recent.count.lock().unwrap().1 -= Duration::from_secs(1);
+        let faded = recent.get();
+        assert!((faded - now * (-1.0f64).exp()).abs() < 0.01, "{faded}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use load::{InFlight, PeakEwma};
+use load::{InFlight, PeakEwma, Recent};
 use tokio::sync::watch;
 
 use crate::discovery::{self, EndpointSet, ServiceRef};
@@ -36,12 +36,12 @@ const DEFAULT_RTT: Duration = Duration::from_millis(1);
 /// slow response (a pause, a cold cache) costs an endpoint its share only
 /// briefly; long enough that a consistently slow endpoint stays avoided.
 const DECAY: Duration = Duration::from_millis(1000);
-/// How much cheaper the other candidate must be to win over the first.
-/// Latency estimates jitter (a pause, a cold cache, a busy core); comparing
-/// them exactly would let that noise skew the shares of equal pods. Within
-/// this band the random first choice stands, so equal pods share evenly,
-/// while a pod with more requests in flight or a clearly higher latency
-/// still loses.
+/// How much cheaper one candidate must be to win on load alone. Latency
+/// estimates jitter (a pause, a cold cache, a busy core); comparing them
+/// exactly would let that noise skew the shares of equal pods. Within this
+/// band the candidate given fewer requests lately wins, so equal pods share
+/// evenly, while a pod with more requests in flight or a clearly higher
+/// latency still loses.
 const CLEARLY_CHEAPER: f64 = 2.0;
 /// Attempts on distinct endpoints when connections fail.
 const MAX_ATTEMPTS: usize = 3;
@@ -59,15 +59,22 @@ pub struct Backend {
     /// The endpoint's pod, for metric labels.
     pub pod: String,
     load: Arc<PeakEwma>,
+    recent: Recent,
     pub metrics: RouteMetrics,
 }
 
 impl Backend {
     pub fn new(endpoint: Arc<Endpoint>, pod: String, metrics: RouteMetrics) -> Self {
+        Self::with_recent(endpoint, pod, metrics, 0.0)
+    }
+
+    /// A backend that starts as if it had been given `recent` requests lately.
+    fn with_recent(endpoint: Arc<Endpoint>, pod: String, metrics: RouteMetrics, recent: f64) -> Self {
         Backend {
             endpoint,
             pod,
             load: PeakEwma::new(DEFAULT_RTT, DECAY),
+            recent: Recent::new(recent, DECAY),
             metrics,
         }
     }
@@ -103,6 +110,11 @@ impl Backend {
         }
         unreachable!("the loop returns on its second attempt")
     }
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, count) = values.fold((0.0, 0usize), |(sum, count), v| (sum + v, count + 1));
+    if count == 0 { 0.0 } else { sum / count as f64 }
 }
 
 /// The balancer's view of one endpoint set.
@@ -201,6 +213,7 @@ impl Balancer {
         let targets: HashMap<SocketAddr, Target> = current.endpoints.iter().map(|e| (e.addr, self.target(e))).collect();
         // Endpoints not ready now keep their connections for when they are.
         backends.retain(|target, _| targets.get(&target.addr) == Some(target));
+        let level = mean(backends.values().map(|b| b.recent.get()));
         let usable: Vec<Arc<Backend>> = current
             .usable()
             .into_iter()
@@ -208,7 +221,7 @@ impl Balancer {
                 let target = targets.get(&endpoint.addr)?;
                 let backend = backends
                     .entry(target.clone())
-                    .or_insert_with(|| self.backend(endpoint, target.clone()))
+                    .or_insert_with(|| self.backend(endpoint, target.clone(), level))
                     .clone();
                 Some(backend)
             })
@@ -221,14 +234,15 @@ impl Balancer {
         };
     }
 
-    fn backend(&self, endpoint: &discovery::Endpoint, target: Target) -> Arc<Backend> {
+    fn backend(&self, endpoint: &discovery::Endpoint, target: Target, recent: f64) -> Arc<Backend> {
         let connection = Arc::new(Endpoint::new(target, self.connector.clone()));
         let mut labels = connection.labelled(self.route.clone());
         labels.dst_pod = endpoint.target.as_ref().map(|t| t.name.clone()).unwrap_or_default();
-        Arc::new(Backend::new(
+        Arc::new(Backend::with_recent(
             connection,
             labels.dst_pod.clone(),
             self.http_metrics.route(labels),
+            recent,
         ))
     }
 
@@ -262,13 +276,18 @@ impl Balancer {
                 let a = rand::random_range(0..n);
                 let b = (a + rand::random_range(1..n)) % n;
                 let (a, b) = (candidates[a], candidates[b]);
-                Some(if b.cost() * CLEARLY_CHEAPER < a.cost() {
-                    b.clone()
+                let (cost_a, cost_b) = (a.cost(), b.cost());
+                let chosen = if cost_b * CLEARLY_CHEAPER < cost_a {
+                    b
+                } else if cost_a * CLEARLY_CHEAPER < cost_b || a.recent.get() <= b.recent.get() {
+                    a
                 } else {
-                    a.clone()
-                })
+                    b
+                };
+                Some(chosen.clone())
             }
         }
+        .inspect(|chosen| chosen.recent.add())
     }
 
     /// Waits (up to the bounded wait) for an endpoint to pick.

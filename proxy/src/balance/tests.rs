@@ -60,7 +60,7 @@ fn balancer(addrs: &[(SocketAddr, &str)]) -> (Balancer, watch::Sender<Arc<Endpoi
         endpoints: receiver,
     };
     let mut registry = crate::metrics::registry();
-    let metrics = Metrics::register(&mut registry);
+    let metrics = Metrics::register(&mut registry, true);
     let context = BalancerContext {
         connector: Connector {
             connect_timeout: Duration::from_secs(1),

@@ -67,6 +67,9 @@ impl MetricConstructor<Histogram> for LatencyHistogram {
 
 #[derive(Clone)]
 pub struct HttpMetrics {
+    /// Off (`STRAIT_METRICS=off`, to measure what metrics cost), routes
+    /// record nothing.
+    recording: bool,
     requests: Family<RouteLabels, Counter>,
     responses: Family<ResponseLabels, Counter>,
     latency: Family<RouteLabels, Histogram, LatencyHistogram>,
@@ -79,8 +82,9 @@ impl std::fmt::Debug for HttpMetrics {
 }
 
 impl HttpMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut Registry, recording: bool) -> Self {
         let metrics = HttpMetrics {
+            recording,
             requests: Family::default(),
             responses: Family::default(),
             latency: Family::new_with_constructor(LatencyHistogram),
@@ -112,6 +116,7 @@ impl HttpMetrics {
             responses: Mutex::new(Vec::new()),
             family: self.responses.clone(),
             labels,
+            recording: self.recording,
         }))
     }
 }
@@ -126,6 +131,7 @@ struct RouteInner {
     responses: Mutex<Vec<(StatusKey, Counter)>>,
     family: Family<ResponseLabels, Counter>,
     labels: RouteLabels,
+    recording: bool,
 }
 
 /// One route's metric handles.
@@ -140,12 +146,17 @@ impl std::fmt::Debug for RouteMetrics {
 
 impl RouteMetrics {
     pub fn request(&self) {
-        self.0.requests.inc();
+        if self.0.recording {
+            self.0.requests.inc();
+        }
     }
 
     /// Records a finished response. `grpc_status` is the call's status for
     /// gRPC (from the trailers, or the headers of a trailers-only response).
     pub fn response(&self, status: u16, grpc_status: Option<u32>, elapsed: Duration) {
+        if !self.0.recording {
+            return;
+        }
         self.0.latency.observe(elapsed.as_secs_f64());
         let key = (status, grpc_status);
         let mut cached = self.0.responses.lock().unwrap_or_else(PoisonError::into_inner);

@@ -53,7 +53,9 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    /// Registers every metric; `recording` false (`STRAIT_METRICS=off`)
+    /// keeps them at zero, to measure what recording costs.
+    pub fn register(registry: &mut Registry, recording: bool) -> Self {
         registry.register(
             "build",
             "strait-proxy build information",
@@ -62,8 +64,8 @@ impl Metrics {
             }),
         );
         Metrics {
-            tcp: TcpMetrics::register(registry),
-            http: HttpMetrics::register(registry),
+            tcp: TcpMetrics::register(registry, recording),
+            http: HttpMetrics::register(registry, recording),
             discovery: DiscoveryMetrics::register(registry),
         }
     }

@@ -52,6 +52,8 @@ struct ConnectErrorLabels {
 /// (client-side) connection: read = from the client, written = to it.
 #[derive(Clone, Debug, Default)]
 pub struct TcpMetrics {
+    /// Off, nothing is recorded (see `HttpMetrics::recording`).
+    recording: bool,
     open_total: Family<TcpLabels, Counter>,
     close_total: Family<CloseLabels, Counter>,
     open_connections: Family<TcpLabels, Gauge>,
@@ -80,8 +82,11 @@ struct DetectLabels {
 }
 
 impl TcpMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
-        let metrics = TcpMetrics::default();
+    pub fn register(registry: &mut Registry, recording: bool) -> Self {
+        let metrics = TcpMetrics {
+            recording,
+            ..TcpMetrics::default()
+        };
         let tcp = registry.sub_registry_with_prefix("tcp");
         tcp.register("open", "Connections accepted", metrics.open_total.clone());
         tcp.register("close", "Connections closed, by outcome", metrics.close_total.clone());
@@ -111,13 +116,18 @@ impl TcpMetrics {
     }
 
     pub fn refused_inbound(&self, reason: &'static str) {
+        if !self.recording {
+            return;
+        }
         self.refusals.get_or_create(&RefusalLabels { reason }).inc();
     }
 
     /// Counts a new connection; the returned guard counts its end.
     pub fn opened(&self, labels: TcpLabels) -> ConnectionGuard {
-        self.open_total.get_or_create(&labels).inc();
-        self.open_connections.get_or_create(&labels).inc();
+        if self.recording {
+            self.open_total.get_or_create(&labels).inc();
+            self.open_connections.get_or_create(&labels).inc();
+        }
         ConnectionGuard {
             metrics: self.clone(),
             labels,
@@ -126,6 +136,9 @@ impl TcpMetrics {
     }
 
     pub fn byte_counters(&self, labels: &TcpLabels) -> ByteCounters {
+        if !self.recording {
+            return ByteCounters::default();
+        }
         ByteCounters {
             client_to_server: self.read_bytes.get_or_create(labels).clone(),
             server_to_client: self.write_bytes.get_or_create(labels).clone(),
@@ -133,6 +146,9 @@ impl TcpMetrics {
     }
 
     pub fn detected(&self, direction: Direction, protocol: &'static str, reason: &'static str) {
+        if !self.recording {
+            return;
+        }
         let labels = DetectLabels {
             direction,
             protocol,
@@ -142,6 +158,9 @@ impl TcpMetrics {
     }
 
     pub fn connect_failed(&self, direction: Direction, error: &ConnectError) {
+        if !self.recording {
+            return;
+        }
         let labels = ConnectErrorLabels {
             direction,
             reason: error.reason(),
@@ -173,6 +192,9 @@ impl ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
+        if !self.metrics.recording {
+            return;
+        }
         let closed = CloseLabels {
             direction: self.labels.direction,
             outcome: self.outcome,

@@ -156,6 +156,10 @@ pub struct ClientArgs {
     /// Requests per second (default: one after another, as fast as possible).
     #[arg(long)]
     rate: Option<f64>,
+    /// Give every request its own random path (under --path) and a random
+    /// header, as a crawler or an attacker would.
+    #[arg(long)]
+    random_paths: bool,
 }
 
 /// Requests over ONE keep-alive connection; counts answers by pod.
@@ -181,7 +185,15 @@ pub async fn client(args: ClientArgs) -> anyhow::Result<()> {
         }
         sender.ready().await.context("the connection closed")?;
         let payload: Option<Vec<u8>> = args.post_bytes.map(|n| (0..n).map(|b| ((b + i) % 251) as u8).collect());
-        let mut builder = Request::builder().uri(&args.path).header(header::HOST, &args.to);
+        let mut builder = if args.random_paths {
+            let nonce: u64 = rand::random();
+            Request::builder()
+                .uri(format!("{}/{nonce:016x}", args.path.trim_end_matches('/')))
+                .header(format!("x-random-{:x}", nonce % 4096), format!("{nonce}"))
+        } else {
+            Request::builder().uri(&args.path)
+        }
+        .header(header::HOST, &args.to);
         let body = match &payload {
             None => full(Bytes::new()),
             Some(bytes) if args.chunked => {
