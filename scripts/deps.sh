@@ -5,15 +5,24 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in ip iptables iptables-legacy nsenter setsid setpriv tcpdump h2load promtool prometheus curl; do
+for tool in ip iptables iptables-legacy nsenter setsid setpriv tcpdump h2load promtool prometheus curl haproxy nginx iperf3; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
+# The benchmark report's plots draw their text with DejaVu.
+[[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
 if ((${#missing[@]})); then
   echo "deps: installing Debian packages for: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
-  apt-get install -y -q iproute2 iptables util-linux tcpdump nghttp2-client prometheus curl procps >/dev/null
+  apt-get install -y -q iproute2 iptables util-linux tcpdump nghttp2-client prometheus curl procps \
+    haproxy nginx iperf3 fonts-dejavu-core >/dev/null
 fi
+# The packaged services must not run on the host: the lab starts its own.
+for service in haproxy nginx iperf3; do
+  if command -v systemctl >/dev/null && systemctl is-active --quiet "$service" 2>/dev/null; then
+    systemctl disable --now "$service" >/dev/null 2>&1 || true
+  fi
+done
 
 # helm renders the control plane's chart for the lab and the chart tests.
 if [[ ! -x .tools/bin/helm ]]; then

@@ -1,7 +1,372 @@
-//! strait-bench: measures strait against direct connections and other
-//! proxies on the lab. The scenarios land with the benchmark issue.
+//! strait-bench: measures strait on the lab, side by side with direct
+//! connections, HAProxy and nginx, and writes `bench/results/REPORT.md`.
+//! `run` drives everything from the host; `load`, `connect` and `startup`
+//! are the measuring tools it runs inside the lab's pods.
 
-fn main() {
-    eprintln!("strait-bench: no scenarios yet");
-    std::process::exit(2);
+mod lab;
+mod load;
+mod plot;
+mod report;
+mod scenarios;
+mod setup;
+mod tools;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+use lab::Lab;
+use report::{Run, Section};
+use scenarios::{Cluster, Effort};
+
+#[derive(Parser)]
+#[command(
+    name = "strait-bench",
+    about = "strait's benchmarks, side by side with the alternatives"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the scenarios on a lab of their own and write the report.
+    Run {
+        /// A few minutes instead of the full run: one round, short measurements.
+        #[arg(long)]
+        quick: bool,
+        /// Only these scenarios (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Where the report goes.
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+    },
+    /// The load generator (runs in a pod).
+    Load(load::LoadArgs),
+    /// New connections per second (runs in a pod).
+    Connect(tools::ConnectArgs),
+    /// strait-proxy start to ready (runs in a pod).
+    Startup(tools::StartupArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { quick, only, out } => run(quick, &only, &out),
+        Command::Load(args) => runtime().and_then(|rt| rt.block_on(load::run(args))),
+        Command::Connect(args) => runtime().and_then(|rt| rt.block_on(tools::connect(args))),
+        Command::Startup(args) => runtime().and_then(|rt| rt.block_on(tools::startup(args))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("strait-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// The lab goes down however the run ends.
+struct LabGuard<'a>(&'a Lab);
+
+impl Drop for LabGuard<'_> {
+    fn drop(&mut self) {
+        self.0.down();
+    }
+}
+
+fn require(bin_dir: &Path) -> anyhow::Result<()> {
+    for binary in [
+        "strait-lab",
+        "lab-app",
+        "strait-proxy",
+        "strait-init",
+        "strait-injector",
+    ] {
+        if !bin_dir.join(binary).exists() {
+            bail!(
+                "{binary} is not next to strait-bench in {}: build everything first (cargo build --release --workspace --bins)",
+                bin_dir.display()
+            );
+        }
+    }
+    for tool in ["haproxy", "nginx", "iperf3", "h2load", "curl"] {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            bail!("{tool} is missing (scripts/deps.sh installs the Debian packages)");
+        }
+    }
+    if !std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n")
+    {
+        bail!("the benchmark runs a lab, which needs root");
+    }
+    Ok(())
+}
+
+fn run(quick: bool, only: &[String], out: &Path) -> anyhow::Result<()> {
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("strait-bench's directory")?
+        .to_path_buf();
+    require(&bin_dir)?;
+    let selected: Vec<&str> = scenarios::ALL
+        .iter()
+        .copied()
+        .filter(|s| only.is_empty() || only.iter().any(|o| o == s))
+        .collect();
+    if let Some(unknown) = only.iter().find(|o| !scenarios::ALL.contains(&o.as_str())) {
+        bail!(
+            "no scenario {unknown:?}; the scenarios are {}",
+            scenarios::ALL.join(", ")
+        );
+    }
+    let effort = if quick {
+        Effort {
+            rounds: 1,
+            seconds: 2,
+            quick,
+        }
+    } else {
+        Effort {
+            rounds: 3,
+            seconds: 8,
+            quick,
+        }
+    };
+    let work = std::env::temp_dir().join(format!("strait-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let lab = Lab::new(
+        &std::env::var("STRAIT_BENCH_LAB").unwrap_or_else(|_| "strait-bench".into()),
+        &bin_dir,
+    );
+    lab.down();
+    let guard = LabGuard(&lab);
+    eprintln!("strait-bench: bringing up the lab {:?}", lab.name);
+    let (haproxy, nginx) = setup::cluster(&lab, &bin_dir, &work)?;
+    let cluster = Cluster::find(Lab::new(&lab.name, &bin_dir))?;
+    let mut sections = Vec::new();
+    for name in &selected {
+        eprintln!("strait-bench: {name}");
+        let (table, raw) = scenarios::by_name(name, &cluster, effort)?;
+        eprintln!("{}", table.title);
+        for row in &table.rows {
+            eprintln!("  {}", row.join("  "));
+        }
+        sections.push(Section {
+            name: name.to_string(),
+            table,
+            raw,
+        });
+    }
+    drop(guard);
+    let _ = std::fs::remove_dir_all(&work);
+
+    std::fs::create_dir_all(out)?;
+    let plots = plots(&sections, out);
+    let machine = report::machine();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let summary = summary(&sections);
+    report::write(
+        out,
+        &Run {
+            command: &command,
+            quick,
+            seconds: effort.seconds,
+            rounds: effort.rounds,
+            machine: &machine,
+            sections: &sections,
+            plots: &plots,
+            peers: &[("HAProxy", haproxy), ("nginx", nginx)],
+            summary: &summary,
+        },
+    )?;
+    eprintln!("strait-bench: wrote {}", out.join("REPORT.md").display());
+    Ok(())
+}
+
+fn plots(sections: &[Section], out: &Path) -> Vec<(String, String)> {
+    if !plot::fonts() {
+        eprintln!("strait-bench: no DejaVu font (fonts-dejavu-core), so no plots");
+        return Vec::new();
+    }
+    let wanted = [
+        (
+            "latency",
+            "p99 µs",
+            Some(("rate/s", "1000")),
+            "gRPC unary at 1,000 calls/s: p99 latency (µs)",
+        ),
+        (
+            "throughput",
+            "requests/s",
+            Some(("shape", "1 conn × 100 streams")),
+            "Requests/s, 1 connection × 100 streams",
+        ),
+        (
+            "balance",
+            "max/min share",
+            None,
+            "Max/min per-pod share over 5 pods (1.0 is even)",
+        ),
+        (
+            "slow-pod",
+            "p99 with the slow pod µs",
+            None,
+            "p99 (µs) with one pod of five 10× slower",
+        ),
+        ("opaque", "Gbit/s", None, "Opaque TCP, one stream (Gbit/s)"),
+    ];
+    let mut made = Vec::new();
+    for (name, column, filter, title) in wanted {
+        let Some(section) = sections.iter().find(|s| s.name == name) else {
+            continue;
+        };
+        let file = format!("{name}.png");
+        match plot::bars(&section.table, column, filter, title, &out.join(&file)) {
+            Ok(true) => made.push((name.to_string(), file)),
+            Ok(false) => {}
+            Err(error) => eprintln!("strait-bench: plot {name}: {error}"),
+        }
+    }
+    made
+}
+
+/// The figures set against DESIGN.md's targets.
+fn summary(sections: &[Section]) -> Vec<String> {
+    let table = |name: &str| sections.iter().find(|s| s.name == name).map(|s| &s.table);
+    let mut lines = Vec::new();
+    let mut check = |what: &str, target: &str, measured: Option<f64>, met: fn(f64) -> bool, unit: &str| {
+        if let Some(value) = measured.filter(|v| v.is_finite()) {
+            let verdict = if met(value) { "met" } else { "missed" };
+            lines.push(format!(
+                "{what}: target {target}; measured {value:.2}{unit} — {verdict}"
+            ));
+        }
+    };
+    let one_by_100 = Some("1 conn × 100 streams");
+    if let Some(t) = table("throughput") {
+        check(
+            "requests/s through one hop vs HAProxy (1 conn × 100 streams)",
+            "≥ 1.0×",
+            t.cell("strait", one_by_100, "× HAProxy"),
+            |v| v >= 1.0,
+            "×",
+        );
+        check(
+            "proxy CPU per request, plaintext",
+            "≤ 8 µs",
+            t.cell("strait", one_by_100, "proxy CPU µs/request"),
+            |v| v <= 8.0,
+            " µs",
+        );
+        check(
+            "proxy CPU per request per hop, mTLS",
+            "≤ 12 µs",
+            t.cell("strait pair mTLS", one_by_100, "proxy CPU µs/request")
+                .map(|v| v / 2.0),
+            |v| v <= 12.0,
+            " µs",
+        );
+        check(
+            "proxy peak RSS under load",
+            "≤ 12 MB",
+            t.cell("strait", one_by_100, "proxy peak RSS MB"),
+            |v| v <= 12.0,
+            " MB",
+        );
+    }
+    if let Some(t) = table("latency") {
+        check(
+            "added p50 per hop at 1,000/s",
+            "≤ 30 µs",
+            t.cell("strait", Some("1000"), "p50 added µs"),
+            |v| v <= 30.0,
+            " µs",
+        );
+        check(
+            "added p50, mTLS pair at 1,000/s",
+            "≤ 60 µs",
+            t.cell("strait pair mTLS", Some("1000"), "p50 added µs"),
+            |v| v <= 60.0,
+            " µs",
+        );
+        check(
+            "p99 vs direct, one hop at 1,000/s",
+            "≤ 1.2×",
+            t.cell("strait", Some("1000"), "p99 × direct"),
+            |v| v <= 1.2,
+            "×",
+        );
+    }
+    if let Some(t) = table("memory") {
+        let idle = t
+            .rows
+            .iter()
+            .find(|r| r[0] == "strait")
+            .and_then(|r| r[1].parse::<f64>().ok());
+        check("proxy RSS idle", "≤ 8 MB", idle, |v| v <= 8.0, " MB");
+    }
+    if let Some(t) = table("balance") {
+        check(
+            "balance, one connection over 5 pods",
+            "max/min ≤ 1.05",
+            t.cell("strait", None, "max/min share"),
+            |v| v <= 1.05,
+            "",
+        );
+    }
+    if let Some(t) = table("slow-pod") {
+        check(
+            "p99 with one pod 10× slower vs all healthy",
+            "≤ 1.5×",
+            t.cell("strait", None, "ratio"),
+            |v| v <= 1.5,
+            "×",
+        );
+    }
+    if let Some(t) = table("endpoints") {
+        let first = t.rows.first().and_then(|r| r[1].parse::<f64>().ok());
+        check(
+            "new pod's endpoint ready → first request",
+            "≤ 1000 ms",
+            first,
+            |v| v <= 1000.0,
+            " ms",
+        );
+    }
+    if let Some(t) = table("opaque") {
+        check(
+            "opaque TCP one hop vs HAProxy's relay",
+            "≥ 1.2×",
+            t.cell("strait", None, "× HAProxy"),
+            |v| v >= 1.2,
+            "×",
+        );
+        check(
+            "opaque TCP, mTLS pair",
+            "≥ 5 Gbit/s",
+            t.cell("strait pair mTLS", None, "Gbit/s"),
+            |v| v >= 5.0,
+            " Gbit/s",
+        );
+    }
+    if let Some(t) = table("startup") {
+        let p50 = t.rows.first().and_then(|r| r[1].parse::<f64>().ok());
+        check("proxy start → ready", "≤ 50 ms", p50, |v| v <= 50.0, " ms");
+    }
+    lines
 }

@@ -6,7 +6,7 @@
 //! magnitude, to tell a real difference in load from latency jitter (see
 //! `CLEARLY_CHEAPER`), so the estimator lives here, with the same rules but
 //! two: a slower response raises the estimate at once (the peak), though at
-//! most by a quarter per response so a single outlier cannot starve an
+//! most doubling it per response so a single outlier cannot starve an
 //! endpoint; a faster one pulls it down by how long ago the last update was,
 //! but by at least a tenth, so a busy endpoint forgets a pause within a few
 //! dozen responses rather than a second; and an idle estimate decays towards
@@ -20,10 +20,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// How much one response can raise the estimate: a lone outlier stays
-/// within `CLEARLY_CHEAPER`, a tenfold slower endpoint is matched within
-/// about ten responses.
-const PEAK_STEP: f64 = 1.25;
+/// How much one response can raise the estimate: a lone outlier at most
+/// doubles it, which stays within the balancer's noise band (a pause does
+/// not starve a pod), while a second slow response in a row takes a pod
+/// out of the band, so a tenfold slower pod is avoided after two or three
+/// calls each time its estimate has decayed.
+const PEAK_STEP: f64 = 2.0;
 /// A floor for the step, so an estimate that decayed to nothing can rise.
 const MIN_RTT_NS: f64 = 50_000.0;
 /// The most of the old estimate one faster response keeps.

@@ -1,0 +1,211 @@
+//! Driving the lab from the benchmark: bring it up, run commands in pods,
+//! and read processes' CPU time and memory from /proc, since every container
+//! is a process tree on this machine.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// One lab, by name, driven through `strait-lab` from `bin_dir`.
+pub struct Lab {
+    pub name: String,
+    bin_dir: PathBuf,
+}
+
+impl Lab {
+    pub fn new(name: &str, bin_dir: &Path) -> Lab {
+        Lab {
+            name: name.to_string(),
+            bin_dir: bin_dir.to_path_buf(),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(self.bin_dir.join("strait-lab"));
+        command.env("STRAIT_LAB_NAME", &self.name);
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.command().args(args).output().context("run strait-lab")?;
+        checked(out, &format!("strait-lab {}", args.join(" ")))
+    }
+
+    pub fn up(&self, manifest: &Path, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        let out = self
+            .command()
+            .args(["up", "-f"])
+            .arg(manifest)
+            .envs(env.iter().copied())
+            .output()?;
+        checked(out, "strait-lab up").map(drop)
+    }
+
+    pub fn down(&self) {
+        let _ = self.command().arg("down").output();
+    }
+
+    pub fn scale(&self, deployment: &str, replicas: u32) -> anyhow::Result<()> {
+        self.run(&["scale", deployment, &replicas.to_string()]).map(drop)
+    }
+
+    pub fn status(&self) -> anyhow::Result<Value> {
+        Ok(serde_json::from_str(&self.run(&["status", "-o", "json"])?)?)
+    }
+
+    /// Running pods whose name starts with `prefix`, as NAMESPACE/NAME.
+    pub fn pods(&self, namespace: &str, prefix: &str) -> anyhow::Result<Vec<(String, Value)>> {
+        let status = self.status()?;
+        let mut pods: Vec<(String, Value)> = status["pods"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["metadata"]["namespace"] == namespace && p["metadata"]["deletionTimestamp"].is_null())
+            .filter(|p| p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+            .map(|p| {
+                (
+                    format!("{namespace}/{}", p["metadata"]["name"].as_str().unwrap_or_default()),
+                    p.clone(),
+                )
+            })
+            .collect();
+        pods.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(pods)
+    }
+
+    pub fn pod_ip(&self, pod: &str) -> anyhow::Result<String> {
+        let (namespace, name) = pod.split_once('/').context("NAMESPACE/POD")?;
+        self.pods(namespace, name)?
+            .into_iter()
+            .find_map(|(_, p)| p["status"]["podIP"].as_str().map(str::to_string))
+            .with_context(|| format!("{pod} has no IP"))
+    }
+
+    /// Runs a command in a pod's first container.
+    pub fn exec(&self, pod: &str, command: &[&str]) -> anyhow::Result<String> {
+        let mut args = vec!["exec", pod, "--"];
+        args.extend_from_slice(command);
+        self.run(&args)
+    }
+
+    /// Starts a command in a pod without waiting; its output is piped.
+    pub fn spawn_exec(&self, pod: &str, command: &[&str]) -> anyhow::Result<std::process::Child> {
+        Ok(self
+            .command()
+            .args(["exec", pod, "--"])
+            .args(command)
+            .stdout(std::process::Stdio::piped())
+            .spawn()?)
+    }
+
+    /// Runs a command that prints one JSON line last, and parses it.
+    pub fn exec_json(&self, pod: &str, command: &[&str]) -> anyhow::Result<Value> {
+        let out = self.exec(pod, command)?;
+        let last = out.lines().last().unwrap_or_default();
+        serde_json::from_str(last).with_context(|| format!("{command:?} printed {out:?}"))
+    }
+
+    /// The pid of a container's main process.
+    pub fn container_pid(&self, pod: &str, container: &str) -> anyhow::Result<u32> {
+        let (namespace, name) = pod.split_once('/').context("NAMESPACE/POD")?;
+        let path = format!("/run/strait-lab/{}/pods/{namespace}_{name}/{container}.pid", self.name);
+        let text = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+        Ok(text.trim().parse()?)
+    }
+}
+
+fn checked(out: Output, what: &str) -> anyhow::Result<String> {
+    if !out.status.success() {
+        bail!(
+            "{what} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// CPU seconds and memory of a process and all its descendants.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    pub peak_rss_bytes: u64,
+}
+
+fn ticks_per_second() -> f64 {
+    // The kernel's USER_HZ is 100 on every Linux port this runs on.
+    100.0
+}
+
+/// Parent of every process, to find a container's whole tree.
+fn parents() -> BTreeMap<u32, u32> {
+    let mut parents = BTreeMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // The command name may hold spaces: fields start after its ')'.
+        if let Some(ppid) = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split(' ').nth(1)?.parse().ok())
+        {
+            parents.insert(pid, ppid);
+        }
+    }
+    parents
+}
+
+/// The process tree rooted at `root`.
+pub fn tree(root: u32) -> Vec<u32> {
+    let parents = parents();
+    let mut members = vec![root];
+    let mut grew = true;
+    while grew {
+        grew = false;
+        for (pid, ppid) in &parents {
+            if members.contains(ppid) && !members.contains(pid) {
+                members.push(*pid);
+                grew = true;
+            }
+        }
+    }
+    members
+}
+
+pub fn usage(pids: &[u32]) -> Usage {
+    let mut usage = Usage::default();
+    for pid in pids {
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            let fields: Vec<&str> = stat
+                .rsplit_once(") ")
+                .map(|(_, r)| r.split(' ').collect())
+                .unwrap_or_default();
+            // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
+            let ticks: f64 = [11, 12]
+                .iter()
+                .filter_map(|i| fields.get(*i)?.parse::<f64>().ok())
+                .sum();
+            usage.cpu_seconds += ticks / ticks_per_second();
+        }
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let kib = |key: &str| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with(key))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    * 1024
+            };
+            usage.rss_bytes += kib("VmRSS:");
+            usage.peak_rss_bytes += kib("VmHWM:");
+        }
+    }
+    usage
+}

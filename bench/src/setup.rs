@@ -1,0 +1,207 @@
+//! The benchmark's cluster: the lab with `manifests/bench.yaml`, then the
+//! peers (HAProxy and nginx, Debian's packages, as L7 gRPC balancers over
+//! the same backend pods) and a client whose proxy records no metrics. The
+//! peers' configurations are written here and quoted in the report.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::lab::Lab;
+
+/// Ports the peers listen on.
+pub const ONE_BACKEND: u16 = 8001;
+pub const EVEN_POOL: u16 = 8002;
+pub const MIXED_POOL: u16 = 8003;
+pub const TCP_RELAY: u16 = 8004;
+
+/// Pod IPs the peers are configured with.
+pub struct Backends {
+    pub one: String,
+    pub even: Vec<String>,
+    pub mixed: Vec<String>,
+    pub iperf: String,
+}
+
+impl Backends {
+    pub fn find(lab: &Lab) -> anyhow::Result<Backends> {
+        let ips = |deployment: &str| -> anyhow::Result<Vec<String>> {
+            deployment_pods(lab, deployment)?
+                .iter()
+                .map(|pod| lab.pod_ip(pod))
+                .collect()
+        };
+        let first = |deployment: &str| -> anyhow::Result<String> {
+            ips(deployment)?
+                .into_iter()
+                .next()
+                .with_context(|| format!("no pod of {deployment}"))
+        };
+        let mut even = ips("pool-a")?;
+        even.extend(ips("pool-b")?);
+        let mut mixed = ips("pool-a")?;
+        mixed.extend(ips("pool-slow")?);
+        Ok(Backends {
+            one: first("backend")?,
+            even,
+            mixed,
+            iperf: first("iperf")?,
+        })
+    }
+}
+
+/// The pods of one Deployment of the bench namespace (named
+/// `<deployment>-<hash>-<suffix>`, so `backend` does not take `backend-mtls`'s).
+pub fn deployment_pods(lab: &Lab, deployment: &str) -> anyhow::Result<Vec<String>> {
+    let prefix = format!("{deployment}-");
+    Ok(lab
+        .pods("bench", &prefix)?
+        .into_iter()
+        .map(|(pod, _)| pod)
+        .filter(|pod| {
+            pod.rsplit('/')
+                .next()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .is_some_and(|rest| rest.matches('-').count() == 1)
+        })
+        .collect())
+}
+
+pub fn haproxy_config(backends: &Backends) -> String {
+    let servers = |ips: &[String]| {
+        ips.iter()
+            .enumerate()
+            .map(|(i, ip)| format!("  server s{i} {ip}:50051 proto h2\n"))
+            .collect::<String>()
+    };
+    format!(
+        "# HAProxy as an HTTP/2 (gRPC) per-request balancer, and a TCP relay.\n\
+         global\n  maxconn 8000\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+         frontend one\n  bind :{ONE_BACKEND} proto h2\n  default_backend one\n\
+         backend one\n  balance roundrobin\n{}\
+         frontend even\n  bind :{EVEN_POOL} proto h2\n  default_backend even\n\
+         backend even\n  balance roundrobin\n{}\
+         frontend mixed\n  bind :{MIXED_POOL} proto h2\n  default_backend mixed\n\
+         backend mixed\n  balance roundrobin\n{}\
+         listen tcp\n  mode tcp\n  bind :{TCP_RELAY}\n  server iperf {}:5201\n",
+        servers(std::slice::from_ref(&backends.one)),
+        servers(&backends.even),
+        servers(&backends.mixed),
+        backends.iperf,
+    )
+}
+
+pub fn nginx_config(backends: &Backends) -> String {
+    let upstream = |name: &str, ips: &[String]| {
+        let servers: String = ips.iter().map(|ip| format!("    server {ip}:50051;\n")).collect();
+        format!("  upstream {name} {{\n{servers}    keepalive 64;\n  }}\n")
+    };
+    let server = |port: u16, name: &str| {
+        format!("  server {{\n    listen {port} http2;\n    location / {{ grpc_pass grpc://{name}; }}\n  }}\n")
+    };
+    format!(
+        "# nginx as an HTTP/2 (gRPC) per-request balancer (round robin).\n\
+         worker_processes auto;\ndaemon off;\npid /run/strait-bench/scratch/nginx.pid;\nerror_log stderr warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 100000000;\n  http2_max_concurrent_streams 1024;\n  client_body_temp_path /run/strait-bench/scratch/body;\n  proxy_temp_path /run/strait-bench/scratch/proxy;\n\
+         \x20 fastcgi_temp_path /run/strait-bench/scratch/fastcgi;\n  uwsgi_temp_path /run/strait-bench/scratch/uwsgi;\n  scgi_temp_path /run/strait-bench/scratch/scgi;\n\
+         {}{}{}{}{}{}}}\n",
+        upstream("one", std::slice::from_ref(&backends.one)),
+        upstream("even", &backends.even),
+        upstream("mixed", &backends.mixed),
+        server(ONE_BACKEND, "one"),
+        server(EVEN_POOL, "even"),
+        server(MIXED_POOL, "mixed"),
+    )
+}
+
+/// A Deployment running `command` with `config` mounted at
+/// /run/strait-bench/config (the lab makes mount points only under /run).
+fn peer(name: &str, file: &str, config: &str, command: Value) -> Vec<Value> {
+    vec![
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": name, "namespace": "bench"},
+               "data": {file: config}}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": name, "namespace": "bench"},
+               "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                   "spec": {"containers": [{"name": name, "image": name, "command": command,
+                     "readinessProbe": {"tcpSocket": {"port": ONE_BACKEND}, "periodSeconds": 1},
+                     "volumeMounts": [{"name": "config", "mountPath": "/run/strait-bench/config"},
+                                      {"name": "scratch", "mountPath": "/run/strait-bench/scratch"}]}],
+                     "volumes": [{"name": "config", "configMap": {"name": name}},
+                                 {"name": "scratch", "emptyDir": {}}]}}}}),
+    ]
+}
+
+/// The client whose proxy records no metrics: the same Deployment as
+/// `client-plaintext`, injected offline by `strait-injector inject` (as a
+/// user without the webhook would) with `STRAIT_METRICS=off` added.
+fn client_without_metrics(bin_dir: &Path) -> anyhow::Result<Vec<Value>> {
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "client-nometrics", "namespace": "bench"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "client-nometrics"}},
+          "template": {"metadata": {"labels": {"app": "client-nometrics"},
+                                    "annotations": {"strait.io/mtls": "disabled"}},
+            "spec": {"containers": [{"name": "client", "image": "lab-app", "command": ["sleep", "infinity"]}]}}}});
+    let mut child = Command::new(bin_dir.join("strait-injector"))
+        .args(["inject", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("run strait-injector inject")?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(serde_yaml::to_string(&deployment)?.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("strait-injector inject failed");
+    }
+    let mut injected: Value = serde_yaml::from_slice(&out.stdout)?;
+    let proxy = injected
+        .pointer_mut("/spec/template/spec/initContainers")
+        .and_then(Value::as_array_mut)
+        .and_then(|containers| containers.iter_mut().find(|c| c["name"] == "strait-proxy"))
+        .context("the injected Deployment has no strait-proxy")?;
+    proxy["env"]
+        .as_array_mut()
+        .context("the proxy has no env")?
+        .push(json!({"name": "STRAIT_METRICS", "value": "off"}));
+    Ok(vec![injected])
+}
+
+/// Brings the lab up with everything the scenarios use.
+pub fn cluster(lab: &Lab, bin_dir: &Path, work: &Path) -> anyhow::Result<(String, String)> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("manifests/bench.yaml");
+    lab.up(&manifest, &[])?;
+    let backends = Backends::find(lab)?;
+    let haproxy = haproxy_config(&backends);
+    let nginx = nginx_config(&backends);
+    let mut objects = peer(
+        "haproxy",
+        "haproxy.cfg",
+        &haproxy,
+        json!(["haproxy", "-db", "-f", "/run/strait-bench/config/haproxy.cfg"]),
+    );
+    objects.extend(peer(
+        "nginx",
+        "nginx.conf",
+        &nginx,
+        json!(["nginx", "-c", "/run/strait-bench/config/nginx.conf"]),
+    ));
+    objects.extend(client_without_metrics(bin_dir)?);
+    let text: String = objects
+        .iter()
+        .map(|o| serde_yaml::to_string(o).map(|y| format!("---\n{y}")))
+        .collect::<Result<_, _>>()?;
+    let generated = work.join("peers.yaml");
+    std::fs::write(&generated, text)?;
+    lab.up(&generated, &[])?;
+    Ok((haproxy, nginx))
+}
