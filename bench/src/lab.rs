@@ -134,6 +134,9 @@ pub struct Usage {
     pub cpu_seconds: f64,
     pub rss_bytes: u64,
     pub peak_rss_bytes: u64,
+    /// Memory no other process shares: what one more proxy costs a node
+    /// (RSS also counts the binary's pages every proxy shares).
+    pub private_bytes: u64,
 }
 
 fn ticks_per_second() -> f64 {
@@ -205,6 +208,21 @@ pub fn usage(pids: &[u32]) -> Usage {
             };
             usage.rss_bytes += kib("VmRSS:");
             usage.peak_rss_bytes += kib("VmHWM:");
+        }
+        if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+            usage.private_bytes += ["Private_Clean:", "Private_Dirty:"]
+                .iter()
+                .filter_map(|key| {
+                    rollup
+                        .lines()
+                        .find(|l| l.starts_with(key))?
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum::<u64>()
+                * 1024;
         }
     }
     usage

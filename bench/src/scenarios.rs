@@ -368,17 +368,31 @@ pub fn throughput(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, V
 
 /// Memory of each proxy while idle.
 pub fn idle_memory(cluster: &Cluster) -> anyhow::Result<(Table, Value)> {
-    let mut table = Table::new("Proxy memory, idle (before any load)", &["system", "RSS MB per proxy"]);
+    let mut table = Table::new(
+        "Proxy memory, idle (before any load)",
+        &["system", "RSS MB per proxy", "private MB per proxy"],
+    );
     let mut raw = Vec::new();
     for path in cluster.one_backend().iter().filter(|p| !p.proxies.is_empty()) {
-        let per_proxy: Vec<f64> = path
+        let each: Vec<Usage> = path
             .proxies()
             .iter()
-            .map(|proxy| usage(&cluster.proxy_pids(&[*proxy])).rss_bytes as f64 / 1e6)
+            .map(|proxy| usage(&cluster.proxy_pids(&[*proxy])))
             .collect();
-        let text = per_proxy.iter().map(|mb| fmt(*mb, 1)).collect::<Vec<_>>().join(" + ");
-        table.row(vec![path.system.into(), text]);
-        raw.push(json!({"system": path.system, "rss_mb": per_proxy}));
+        let column = |value: fn(&Usage) -> u64| {
+            each.iter()
+                .map(|u| fmt(value(u) as f64 / 1e6, 1))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        };
+        table.row(vec![
+            path.system.into(),
+            column(|u| u.rss_bytes),
+            column(|u| u.private_bytes),
+        ]);
+        raw.push(json!({"system": path.system,
+                        "rss_mb": each.iter().map(|u| u.rss_bytes as f64 / 1e6).collect::<Vec<_>>(),
+                        "private_mb": each.iter().map(|u| u.private_bytes as f64 / 1e6).collect::<Vec<_>>()}));
     }
     Ok((table, Value::Array(raw)))
 }

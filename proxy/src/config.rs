@@ -21,6 +21,7 @@ pub const NO_ENDPOINT_WAIT: &str = "STRAIT_NO_ENDPOINT_WAIT";
 pub const DISCOVERY: &str = "STRAIT_DISCOVERY";
 /// `off` stops recording metrics, to measure what they cost.
 pub const METRICS: &str = "STRAIT_METRICS";
+pub const WORKER_THREADS: &str = "STRAIT_WORKER_THREADS";
 /// Set in every pod by Kubernetes; its presence means in-cluster discovery.
 pub const KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
 
@@ -41,6 +42,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// A tracing filter directive such as `info` or `strait_proxy=debug`.
     pub log_level: String,
+    /// Threads serving traffic. One by default: a sidecar shares its pod's
+    /// CPU with the app, and a single thread never pays for waking another;
+    /// a pod whose proxy needs more than a core can raise it.
+    pub worker_threads: usize,
     /// How long to wait for a client's first bytes before treating the
     /// connection as opaque TCP. Clients of HTTP and gRPC send at once; a
     /// server-speaks-first protocol on a port not declared opaque waits this
@@ -104,6 +109,10 @@ impl Config {
             idle_timeout: setting(IDLE_TIMEOUT).duration(Duration::from_secs(3600))?,
             shutdown_grace: setting(SHUTDOWN_GRACE).duration(Duration::from_secs(30))?,
             log_level: setting(LOG_LEVEL).value.unwrap_or_else(|| "info".to_string()),
+            worker_threads: setting(WORKER_THREADS).parse(1, |text| match text.trim().parse::<usize>() {
+                Ok(n) if (1..=64).contains(&n) => Ok(n),
+                _ => Err("expected a number of threads from 1 to 64".to_string()),
+            })?,
             detect_timeout: setting(DETECT_TIMEOUT).duration(Duration::from_secs(1))?,
             opaque_ports: setting(env::OPAQUE_PORTS).ports(names::DEFAULT_OPAQUE_PORTS)?,
             no_endpoint_wait: setting(NO_ENDPOINT_WAIT).duration(Duration::from_secs(2))?,
@@ -151,12 +160,13 @@ impl Config {
             format_duration(self.no_endpoint_wait),
             if self.discovery { "kubernetes" } else { "off" },
         ) + &format!(
-            " identity={} inbound_mode={} metrics={}",
+            " identity={} inbound_mode={} metrics={} worker_threads={}",
             self.identity
                 .as_ref()
                 .map_or("off".to_string(), |i| format!("{}@{}", i.id, i.service)),
             if self.inbound_strict { "strict" } else { "permissive" },
             if self.metrics { "on" } else { "off" },
+            self.worker_threads,
         )
     }
 }
