@@ -51,6 +51,8 @@ enum Command {
     Connect(tools::ConnectArgs),
     /// strait-proxy start to ready (runs in a pod).
     Startup(tools::StartupArgs),
+    /// Many connections held open (runs in a pod).
+    Hold(tools::HoldArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Load(args) => runtime().and_then(|rt| rt.block_on(load::run(args))),
         Command::Connect(args) => runtime().and_then(|rt| rt.block_on(tools::connect(args))),
         Command::Startup(args) => runtime().and_then(|rt| rt.block_on(tools::startup(args))),
+        Command::Hold(args) => runtime().and_then(|rt| rt.block_on(tools::hold(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -180,6 +183,7 @@ fn run(quick: bool, only: &[String], out: &Path) -> anyhow::Result<()> {
     let machine = report::machine();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let summary = summary(&sections);
+    let ratios = ratios(&sections);
     report::write(
         out,
         &Run {
@@ -192,6 +196,7 @@ fn run(quick: bool, only: &[String], out: &Path) -> anyhow::Result<()> {
             plots: &plots,
             peers: &[("HAProxy", haproxy), ("nginx", nginx)],
             summary: &summary,
+            ratios: &ratios,
         },
     )?;
     eprintln!("strait-bench: wrote {}", out.join("REPORT.md").display());
@@ -243,6 +248,42 @@ fn plots(sections: &[Section], out: &Path) -> Vec<(String, String)> {
         }
     }
     made
+}
+
+/// What mutual TLS costs over the plaintext pair, as ratios.
+fn ratios(sections: &[Section]) -> Vec<String> {
+    let table = |name: &str| sections.iter().find(|s| s.name == name).map(|s| &s.table);
+    let mut lines = Vec::new();
+    let mut ratio = |what: &str, table: Option<&report::Table>, second: Option<&str>, column: &str| {
+        let cell = |system| table.and_then(|t| t.cell(system, second, column));
+        if let (Some(mtls), Some(plain)) = (cell("strait pair mTLS"), cell("strait pair"))
+            && plain != 0.0
+        {
+            lines.push(format!("{what}: {:.2}× ({mtls:.1} vs {plain:.1})", mtls / plain));
+        }
+    };
+    ratio("p50 at 1,000 calls/s", table("latency"), Some("1000"), "p50 µs");
+    ratio("p99 at 1,000 calls/s", table("latency"), Some("1000"), "p99 µs");
+    ratio(
+        "calls/s, 1 connection × 100 streams",
+        table("throughput"),
+        Some("1 conn × 100 streams"),
+        "requests/s",
+    );
+    ratio(
+        "proxy CPU per call (both sidecars)",
+        table("throughput"),
+        Some("1 conn × 100 streams"),
+        "proxy CPU µs/request",
+    );
+    ratio("opaque TCP throughput", table("opaque"), None, "Gbit/s");
+    ratio(
+        "new connections per second",
+        table("connections"),
+        None,
+        "connections/s",
+    );
+    lines
 }
 
 /// The figures set against DESIGN.md's targets.

@@ -134,6 +134,7 @@ pub struct Run<'a> {
     pub plots: &'a [(String, String)],
     pub peers: &'a [(&'a str, String)],
     pub summary: &'a [String],
+    pub ratios: &'a [String],
 }
 
 pub fn write(dir: &Path, run: &Run) -> anyhow::Result<()> {
@@ -160,6 +161,13 @@ pub fn write(dir: &Path, run: &Run) -> anyhow::Result<()> {
     if !run.summary.is_empty() {
         text += "## Against the targets (DESIGN.md)\n\n";
         for line in run.summary {
+            let _ = writeln!(text, "- {line}");
+        }
+        text += "\n";
+    }
+    if !run.ratios.is_empty() {
+        text += "## Mutual TLS vs plaintext, strait pair (mTLS ÷ plaintext)\n\n";
+        for line in run.ratios {
             let _ = writeln!(text, "- {line}");
         }
         text += "\n";

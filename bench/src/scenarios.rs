@@ -725,6 +725,74 @@ pub fn connections(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, 
     Ok((table, Value::Array(raw)))
 }
 
+/// Memory of the sidecar pair carrying 1,000 open connections.
+pub fn held_connections(cluster: &Cluster) -> anyhow::Result<(Table, Value)> {
+    let mut table = Table::new(
+        "Proxy memory with 1,000 open connections through the pair",
+        &[
+            "system",
+            "proxy",
+            "RSS MB idle",
+            "RSS MB with 1,000 open",
+            "private MB with 1,000 open",
+        ],
+    );
+    let mut raw = Vec::new();
+    let pairs = [
+        (
+            "strait pair",
+            &cluster.client_plaintext,
+            &cluster.backend_plaintext,
+            format!("backend-plaintext.{SVC}:7000"),
+        ),
+        (
+            "strait pair mTLS",
+            &cluster.client_mtls,
+            &cluster.backend_mtls,
+            format!("backend-mtls.{SVC}:7000"),
+        ),
+    ];
+    for (system, client, server, to) in &pairs {
+        let proxies = [(client.as_str(), PROXY), (server.as_str(), PROXY)];
+        let idle: Vec<Usage> = proxies.iter().map(|p| usage(&cluster.proxy_pids(&[*p]))).collect();
+        let mut holder = cluster.lab.spawn_exec(
+            client,
+            &[
+                "strait-bench",
+                "hold",
+                "--to",
+                to,
+                "--connections",
+                "1000",
+                "--hold",
+                "4s",
+            ],
+        )?;
+        // The connections are all open once the holder prints its line.
+        let mut line = String::new();
+        if let Some(stdout) = holder.stdout.as_mut() {
+            use std::io::BufRead;
+            std::io::BufReader::new(stdout).read_line(&mut line)?;
+        }
+        let held: Vec<Usage> = proxies.iter().map(|p| usage(&cluster.proxy_pids(&[*p]))).collect();
+        holder.wait()?;
+        let opened: Value = serde_json::from_str(line.trim()).unwrap_or(Value::Null);
+        for (i, side) in ["client", "server"].iter().enumerate() {
+            table.row(vec![
+                (*system).into(),
+                (*side).into(),
+                fmt(idle[i].rss_bytes as f64 / 1e6, 1),
+                fmt(held[i].rss_bytes as f64 / 1e6, 1),
+                fmt(held[i].private_bytes as f64 / 1e6, 1),
+            ]);
+        }
+        raw.push(json!({"system": system, "opened": opened,
+                        "idle_rss_mb": idle.iter().map(|u| u.rss_bytes as f64 / 1e6).collect::<Vec<_>>(),
+                        "held_rss_mb": held.iter().map(|u| u.rss_bytes as f64 / 1e6).collect::<Vec<_>>()}));
+    }
+    Ok((table, Value::Array(raw)))
+}
+
 /// Proxy start to ready, without a certificate to fetch.
 pub fn startup(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value)> {
     let runs = if effort.quick { "5" } else { "30" };
@@ -854,8 +922,9 @@ pub fn h2load(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value
 }
 
 /// Every scenario, by name, in report order.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     "memory",
+    "held-connections",
     "latency",
     "throughput",
     "balance",
@@ -873,6 +942,7 @@ pub fn by_name(name: &str, cluster: &Cluster, effort: Effort) -> anyhow::Result<
         "latency" => latency(cluster, effort),
         "throughput" => throughput(cluster, effort),
         "memory" => idle_memory(cluster),
+        "held-connections" => held_connections(cluster),
         "balance" => balance(cluster, effort),
         "slow-pod" => slow_pod(cluster, effort),
         "endpoints" => endpoint_changes(cluster, effort),
