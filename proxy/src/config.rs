@@ -22,6 +22,11 @@ pub const DISCOVERY: &str = "STRAIT_DISCOVERY";
 /// `off` stops recording metrics, to measure what they cost.
 pub const METRICS: &str = "STRAIT_METRICS";
 pub const WORKER_THREADS: &str = "STRAIT_WORKER_THREADS";
+pub const MAX_CONNECTIONS: &str = "STRAIT_MAX_CONNECTIONS";
+pub const MAX_CONCURRENT_STREAMS: &str = "STRAIT_MAX_CONCURRENT_STREAMS";
+pub const MAX_HEADER_BYTES: &str = "STRAIT_MAX_HEADER_BYTES";
+pub const DETECT_BUFFER: &str = "STRAIT_DETECT_BUFFER";
+pub const HEADER_TIMEOUT: &str = "STRAIT_HEADER_TIMEOUT";
 /// Set in every pod by Kubernetes; its presence means in-cluster discovery.
 pub const KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
 
@@ -69,6 +74,41 @@ pub struct Config {
     pub inbound_strict: bool,
     /// The node's address, where the kubelet's probes come from.
     pub host_ip: Option<IpAddr>,
+    /// What one client may hold of the proxy at once.
+    pub limits: Limits,
+}
+
+/// Bounds on what clients can make the proxy hold. Each has a default that
+/// no well-behaved application reaches; a client that reaches one gets a
+/// clean refusal, never an unbounded buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections one listener serves at once; beyond it, a new connection
+    /// is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// Streams one client may have open at once on an HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// The largest request header list (names, values and 32 bytes of
+    /// overhead per field, as HTTP/2 counts it). Larger requests get 431,
+    /// or RESOURCE_EXHAUSTED for gRPC.
+    pub max_header_bytes: usize,
+    /// How many bytes protocol detection reads before deciding the
+    /// connection is opaque TCP.
+    pub detect_buffer: usize,
+    /// How long an HTTP/1 client may take to send a request's headers.
+    pub header_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_concurrent_streams: 1024,
+            max_header_bytes: 64 * 1024,
+            detect_buffer: 8 * 1024,
+            header_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,10 +149,7 @@ impl Config {
             idle_timeout: setting(IDLE_TIMEOUT).duration(Duration::from_secs(3600))?,
             shutdown_grace: setting(SHUTDOWN_GRACE).duration(Duration::from_secs(30))?,
             log_level: setting(LOG_LEVEL).value.unwrap_or_else(|| "info".to_string()),
-            worker_threads: setting(WORKER_THREADS).parse(1, |text| match text.trim().parse::<usize>() {
-                Ok(n) if (1..=64).contains(&n) => Ok(n),
-                _ => Err("expected a number of threads from 1 to 64".to_string()),
-            })?,
+            worker_threads: setting(WORKER_THREADS).count(1, 1..=64)?,
             detect_timeout: setting(DETECT_TIMEOUT).duration(Duration::from_secs(1))?,
             opaque_ports: setting(env::OPAQUE_PORTS).ports(names::DEFAULT_OPAQUE_PORTS)?,
             no_endpoint_wait: setting(NO_ENDPOINT_WAIT).duration(Duration::from_secs(2))?,
@@ -140,6 +177,7 @@ impl Config {
                     .map(Some)
                     .map_err(|_| "expected an IP address".to_string())
             })?,
+            limits: limits(&env)?,
         })
     }
 
@@ -160,15 +198,34 @@ impl Config {
             format_duration(self.no_endpoint_wait),
             if self.discovery { "kubernetes" } else { "off" },
         ) + &format!(
-            " identity={} inbound_mode={} metrics={} worker_threads={}",
+            " identity={} inbound_mode={} metrics={} worker_threads={} max_connections={} \
+             max_concurrent_streams={} max_header_bytes={} detect_buffer={} header_timeout={}",
             self.identity
                 .as_ref()
                 .map_or("off".to_string(), |i| format!("{}@{}", i.id, i.service)),
             if self.inbound_strict { "strict" } else { "permissive" },
             if self.metrics { "on" } else { "off" },
             self.worker_threads,
+            self.limits.max_connections,
+            self.limits.max_concurrent_streams,
+            self.limits.max_header_bytes,
+            self.limits.detect_buffer,
+            format_duration(self.limits.header_timeout),
         )
     }
+}
+
+fn limits(env: &impl Fn(&str) -> Option<String>) -> Result<Limits, ConfigError> {
+    let setting = |name: &'static str| Setting { name, value: env(name) };
+    let defaults = Limits::default();
+    Ok(Limits {
+        max_connections: setting(MAX_CONNECTIONS).count(defaults.max_connections, 1..=1_000_000)?,
+        max_concurrent_streams: setting(MAX_CONCURRENT_STREAMS)
+            .count(defaults.max_concurrent_streams as usize, 1..=65_536)? as u32,
+        max_header_bytes: setting(MAX_HEADER_BYTES).count(defaults.max_header_bytes, 1024..=1 << 20)?,
+        detect_buffer: setting(DETECT_BUFFER).count(defaults.detect_buffer, 64..=1 << 20)?,
+        header_timeout: setting(HEADER_TIMEOUT).duration(defaults.header_timeout)?,
+    })
 }
 
 fn list(addrs: &[SocketAddr]) -> String {
@@ -256,6 +313,18 @@ impl Setting {
         Ok(defaults.union(&extra))
     }
 
+    /// A whole number within `range`.
+    fn count(self, default: usize, range: std::ops::RangeInclusive<usize>) -> Result<usize, ConfigError> {
+        self.parse(default, |text| match text.trim().parse::<usize>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(format!(
+                "expected a whole number from {} to {}",
+                range.start(),
+                range.end()
+            )),
+        })
+    }
+
     fn duration(self, default: Duration) -> Result<Duration, ConfigError> {
         self.parse(default, |text| parse_duration(text).map_err(|e| e.to_string()))
     }
@@ -323,6 +392,18 @@ mod tests {
         .unwrap();
         assert_eq!(config.identity.unwrap().service, "id:8083");
         assert!(config.inbound_strict);
+    }
+
+    #[test]
+    fn limits_have_safe_defaults_and_bad_ones_are_named() {
+        assert_eq!(from(&[]).unwrap().limits, Limits::default());
+        let config = from(&[(MAX_CONNECTIONS, "500"), (MAX_HEADER_BYTES, "16384")]).unwrap();
+        assert_eq!(config.limits.max_connections, 500);
+        assert_eq!(config.limits.max_header_bytes, 16384);
+        let error = from(&[(MAX_CONCURRENT_STREAMS, "0")]).unwrap_err();
+        assert_eq!(error.name, MAX_CONCURRENT_STREAMS);
+        assert!(error.problem.contains("from 1 to 65536"), "{error}");
+        assert_eq!(from(&[(DETECT_BUFFER, "lots")]).unwrap_err().name, DETECT_BUFFER);
     }
 
     #[test]

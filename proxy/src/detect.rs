@@ -13,8 +13,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// An HTTP/1 request line longer than this is not worth waiting for.
-const MAX_REQUEST_LINE: usize = 8 * 1024;
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
@@ -43,18 +41,37 @@ enum Verdict {
     NeedMore,
 }
 
-fn classify(bytes: &[u8]) -> Verdict {
+/// What the first bytes say, if they say enough: the protocol, or `None`
+/// while a longer read could still change the answer. At `max` bytes the
+/// answer is final (opaque, if nothing decided it sooner).
+pub fn decide(bytes: &[u8], max: usize) -> Option<Protocol> {
+    match classify(bytes, max) {
+        Verdict::Decided(protocol) => Some(protocol),
+        Verdict::NeedMore => None,
+    }
+}
+
+/// `max` bounds what detection buffers: an HTTP/1 request line longer than
+/// that is not worth waiting for.
+fn classify(bytes: &[u8], max: usize) -> Verdict {
+    if bytes.is_empty() {
+        return Verdict::NeedMore;
+    }
     let n = bytes.len().min(H2_PREFACE.len());
     if bytes[..n] == H2_PREFACE[..n] {
         return if n == H2_PREFACE.len() {
             Verdict::Decided(Protocol::Http2)
+        } else if bytes.len() >= max {
+            Verdict::Decided(Protocol::Opaque)
         } else {
             Verdict::NeedMore
         };
     }
     // A method, a space, a target, a space, HTTP/1.x, CRLF.
     match bytes.iter().position(|b| *b == b' ') {
-        None if METHODS.iter().any(|m| m.as_bytes().starts_with(bytes)) => return Verdict::NeedMore,
+        None if bytes.len() < max && METHODS.iter().any(|m| m.as_bytes().starts_with(bytes)) => {
+            return Verdict::NeedMore;
+        }
         None => return Verdict::Decided(Protocol::Opaque),
         Some(len) if !METHODS.iter().any(|m| m.as_bytes() == &bytes[..len]) => {
             return Verdict::Decided(Protocol::Opaque);
@@ -62,7 +79,7 @@ fn classify(bytes: &[u8]) -> Verdict {
         Some(_) => {}
     }
     let Some(end) = bytes.windows(2).position(|w| w == b"\r\n") else {
-        return if bytes.len() >= MAX_REQUEST_LINE {
+        return if bytes.len() >= max {
             Verdict::Decided(Protocol::Opaque)
         } else {
             Verdict::NeedMore
@@ -71,26 +88,6 @@ fn classify(bytes: &[u8]) -> Verdict {
     let line = &bytes[..end];
     let is_http1 = line.ends_with(b" HTTP/1.1") || line.ends_with(b" HTTP/1.0");
     Verdict::Decided(if is_http1 { Protocol::Http1 } else { Protocol::Opaque })
-}
-
-/// Reads until the protocol is known, the client stops talking for
-/// `timeout`, or it closes. Returns the protocol, the bytes read, and
-/// whether the bytes decided (rather than the timeout or the close).
-pub async fn detect<S: AsyncRead + Unpin>(stream: &mut S, timeout: Duration) -> io::Result<(Protocol, Bytes, bool)> {
-    let mut buf = BytesMut::with_capacity(1024);
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
-        match read {
-            Err(_) | Ok(Ok(0)) => return Ok((Protocol::Opaque, buf.freeze(), false)),
-            Ok(Err(error)) => return Err(error),
-            Ok(Ok(_)) => {
-                if let Verdict::Decided(protocol) = classify(&buf) {
-                    return Ok((protocol, buf.freeze(), true));
-                }
-            }
-        }
-    }
 }
 
 /// How a connection's protocol was decided, for the detection metric.
@@ -154,6 +151,7 @@ pub async fn open<S, U, E, F>(
     opaque_ports: &strait_contract::PortSet,
     app_protocol: Option<&str>,
     timeout: Duration,
+    max_bytes: usize,
     connect: impl FnOnce() -> F,
 ) -> io::Result<Opening<U, E>>
 where
@@ -197,7 +195,7 @@ where
             read = stream.read_buf(&mut buf) => match read? {
                 0 => return decided(Protocol::Opaque, buf, Decided::Timeout, None),
                 _ => {
-                    if let Verdict::Decided(protocol) = classify(&buf) {
+                    if let Verdict::Decided(protocol) = classify(&buf, max_bytes) {
                         return decided(protocol, buf, Decided::Detected, None);
                     }
                 }
@@ -215,7 +213,7 @@ where
             read = stream.read_buf(&mut buf) => match read? {
                 0 => return decided(Protocol::Opaque, buf, Decided::Timeout, Some(upstream)),
                 _ => {
-                    if let Verdict::Decided(protocol) = classify(&buf) {
+                    if let Verdict::Decided(protocol) = classify(&buf, max_bytes) {
                         return decided(protocol, buf, Decided::Detected, Some(upstream));
                     }
                 }
@@ -314,7 +312,20 @@ mod tests {
             (b"*1\r\n$4\r\nPING\r\n", Verdict::Decided(Protocol::Opaque)),
         ];
         for (bytes, expected) in cases {
-            assert_eq!(&classify(bytes), expected, "{:?}", String::from_utf8_lossy(bytes));
+            assert_eq!(&classify(bytes, 8192), expected, "{:?}", String::from_utf8_lossy(bytes));
+        }
+        // At the buffer's limit, whatever is still undecided is opaque.
+        assert_eq!(classify(b"GET /very/long", 10), Verdict::Decided(Protocol::Opaque));
+        assert_eq!(classify(b"PRI * HTTP/2", 8), Verdict::Decided(Protocol::Opaque));
+        assert_eq!(classify(b"GE", 2), Verdict::Decided(Protocol::Opaque));
+    }
+
+    /// An upstream that never speaks.
+    struct Silent;
+
+    impl Readable for Silent {
+        fn server_spoke(&mut self) -> impl Future<Output = ()> {
+            std::future::pending()
         }
     }
 
@@ -322,8 +333,24 @@ mod tests {
     async fn silence_is_opaque_after_the_timeout_and_bytes_are_kept() {
         let (mut client, mut server) = tokio::io::duplex(64);
         client.write_all(b"GET /slo").await.unwrap();
-        let (protocol, prefix, decisive) = detect(&mut server, Duration::from_secs(1)).await.unwrap();
-        assert_eq!((protocol, decisive), (Protocol::Opaque, false));
+        let opening = open(
+            &mut server,
+            80,
+            &strait_contract::PortSet::default(),
+            None,
+            Duration::from_secs(1),
+            8192,
+            std::future::pending::<Result<Silent, ()>>,
+        )
+        .await
+        .unwrap();
+        let Opening::Decided {
+            protocol, prefix, how, ..
+        } = opening
+        else {
+            panic!("the upstream is never reached")
+        };
+        assert_eq!((protocol, how), (Protocol::Opaque, Decided::Timeout));
         assert_eq!(&prefix[..], b"GET /slo");
 
         let mut replayed = Prefixed::new(prefix, server);

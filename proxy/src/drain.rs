@@ -42,6 +42,11 @@ impl Drain {
         self.connections.spawn(handler);
     }
 
+    /// How many connections are open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.len()
+    }
+
     /// Waits for open connections to finish, at most `grace`; returns how
     /// many were still open when the grace period ran out.
     pub async fn finish(&self, grace: Duration) -> usize {

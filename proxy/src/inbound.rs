@@ -12,20 +12,22 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ::http::HeaderValue;
-use rustls::server::Acceptor;
+use rustls::server::{Acceptor, ClientHello};
 use strait_contract::{PortSet, SpiffeId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::balance::Backend;
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::counted::Counted;
 use crate::detect::{self, Opening, Prefixed, Protocol};
 use crate::drain::Drain;
 use crate::http::client::{Connector, Endpoint};
 use crate::http::route::{Router, Target as RouteTarget};
+use crate::listener::ConnectionLimit;
 use crate::metrics::{Direction, Metrics, RouteLabels, TcpLabels};
 use crate::tcp::{ClientStream, Forwarder, TcpTarget};
+use crate::throttle::LogThrottle;
 use crate::tls::{MESH_ALPN, MeshTls, verify};
 use crate::transport::{self, OrigDstError};
 use crate::upstream::Target;
@@ -38,6 +40,7 @@ pub struct Inbound {
     pub detect_timeout: Duration,
     pub opaque_ports: PortSet,
     pub idle_timeout: Duration,
+    pub limits: Limits,
     pub pod_namespace: String,
     pub pod_name: String,
     /// Accepts mesh connections, when this proxy has an identity.
@@ -63,7 +66,7 @@ enum Arrival {
 
 /// Why a connection is refused before it reaches the application.
 #[derive(Debug, thiserror::Error)]
-enum Refusal {
+pub enum Refusal {
     #[error("plaintext connection refused in strict mode")]
     Plaintext,
     #[error("TLS ClientHello for {0:?}, not this workload")]
@@ -105,6 +108,7 @@ impl Inbound {
             detect_timeout: config.detect_timeout,
             opaque_ports: config.opaque_ports.clone(),
             idle_timeout: config.idle_timeout,
+            limits: config.limits,
             pod_namespace: config.pod_namespace.clone(),
             pod_name: config.pod_name.clone(),
             mesh,
@@ -174,17 +178,7 @@ impl Inbound {
             let start = LazyConfigAcceptor::new(Acceptor::default(), stream)
                 .await
                 .map_err(Refusal::Handshake)?;
-            let hello = start.client_hello();
-            let expected = mesh.identity.server_name();
-            if hello.server_name() != Some(expected.as_str()) {
-                return Err(Refusal::NotForThisPod(hello.server_name().map(str::to_string)));
-            }
-            if !hello
-                .alpn()
-                .is_some_and(|mut protocols| protocols.any(|p| p == MESH_ALPN))
-            {
-                return Err(Refusal::NotMesh);
-            }
+            admit_hello(&start.client_hello(), &mesh.identity.server_name())?;
             let mut tls = start.into_stream(mesh.server()).await.map_err(Refusal::Handshake)?;
             let port = mesh::read_header(&mut tls).await.map_err(Refusal::Header)?;
             let client_id = tls
@@ -201,9 +195,31 @@ impl Inbound {
     }
 }
 
+/// Whether a ClientHello opens a mesh connection to this workload: it names
+/// the workload (`expected`, the SNI its certificate answers to) and offers
+/// the mesh protocol.
+pub fn admit_hello(hello: &ClientHello<'_>, expected: &str) -> Result<(), Refusal> {
+    if hello.server_name() != Some(expected) {
+        return Err(Refusal::NotForThisPod(hello.server_name().map(str::to_string)));
+    }
+    if !hello
+        .alpn()
+        .is_some_and(|mut protocols| protocols.any(|p| p == MESH_ALPN))
+    {
+        return Err(Refusal::NotMesh);
+    }
+    Ok(())
+}
+
+static REFUSALS: LogThrottle = LogThrottle::new(5);
+
 pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>, drain: Drain) {
     let connection_drain = drain.clone();
-    listener::serve(listener, drain, move |stream, peer| {
+    let limit = ConnectionLimit::new(
+        inbound.limits.max_connections,
+        inbound.metrics.tcp.limit_refusals(Direction::Inbound),
+    );
+    listener::serve(listener, drain, limit, move |stream, peer| {
         let (inbound, drain) = (inbound.clone(), connection_drain.clone());
         async move { handle(inbound, stream, peer, drain).await }
     })
@@ -220,7 +236,9 @@ async fn handle(inbound: Arc<Inbound>, stream: TcpStream, peer: SocketAddr, drai
         }
     };
     let refused = |refusal: Refusal| {
-        tracing::info!(client = %peer, error = %refusal, "refusing inbound connection");
+        if let Some(suppressed) = REFUSALS.allow() {
+            tracing::info!(client = %peer, error = %refusal, suppressed, "refusing inbound connection");
+        }
         inbound.metrics.tcp.refused_inbound(refusal.reason());
     };
     match (arrival, &inbound.mesh) {
@@ -263,6 +281,7 @@ async fn proxy<C: ClientStream + 'static>(
         &inbound.opaque_ports,
         None,
         inbound.detect_timeout,
+        inbound.limits.detect_buffer,
         || forwarder.connect(&target, labels.clone()),
     )
     .await;
@@ -301,10 +320,12 @@ async fn proxy<C: ClientStream + 'static>(
         unrouted: inbound.metrics.http.route(inbound.route_labels(&client_id)),
         client_id: HeaderValue::from_str(&client_id).ok().filter(|_| !client_id.is_empty()),
         sets_client_id: true,
+        marks_unprocessed: true,
         idle_timeout: inbound.idle_timeout,
+        max_header_bytes: inbound.limits.max_header_bytes,
         upgrade_bytes: inbound.metrics.tcp.byte_counters(&labels),
     };
     let _guard = inbound.metrics.tcp.opened(labels.clone());
     let io = Counted::new(io, inbound.metrics.tcp.byte_counters(&labels));
-    http::server::serve(io, protocol, Arc::new(router), drain).await;
+    http::server::serve(io, protocol, Arc::new(router), &inbound.limits, drain).await;
 }

@@ -15,11 +15,13 @@ pub mod http;
 pub mod identity;
 pub mod inbound;
 pub mod listener;
+pub mod memory;
 pub mod mesh;
 pub mod metrics;
 pub mod outbound;
 pub mod relay;
 pub mod tcp;
+pub mod throttle;
 pub mod tls;
 pub mod transport;
 pub mod upstream;
@@ -258,6 +260,7 @@ impl Bound {
         for listener in inbound {
             listeners.spawn(inbound::serve(listener, inbound_proxy.clone(), drain.clone()));
         }
+        let memory_task = tokio::spawn(memory::return_after_bursts(drain.clone()));
         tracing::info!("proxy running");
 
         tokio::select! {
@@ -271,6 +274,7 @@ impl Bound {
             tracing::warn!(connections = cut, "grace period over; closing remaining connections");
         }
         admin_task.abort();
+        memory_task.abort();
         cut
     }
 }

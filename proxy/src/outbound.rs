@@ -13,13 +13,14 @@ use strait_contract::PortSet;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::balance::{Backend, Balancer, BalancerContext};
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::counted::Counted;
 use crate::detect::{self, Opening, Prefixed, Protocol};
 use crate::discovery::{Destination, Resolve, ServicePort, ServiceRef};
 use crate::drain::Drain;
 use crate::http::client::{Connector, Endpoint};
 use crate::http::route::{Router, Target as RouteTarget};
+use crate::listener::ConnectionLimit;
 use crate::metrics::{Direction, Metrics, RouteLabels, TcpLabels};
 use crate::tcp::{Forwarder, TcpTarget};
 use crate::upstream::Target;
@@ -35,6 +36,7 @@ pub struct Outbound {
     pub opaque_ports: PortSet,
     pub no_endpoint_wait: Duration,
     pub idle_timeout: Duration,
+    pub limits: Limits,
     /// One balancer per Service port in use, shared by every connection to
     /// it, so upstream connections and load estimates are shared too.
     balancers: Mutex<HashMap<(ServiceRef, u16), Arc<Balancer>>>,
@@ -60,6 +62,7 @@ impl Outbound {
             opaque_ports: config.opaque_ports.clone(),
             no_endpoint_wait: config.no_endpoint_wait,
             idle_timeout: config.idle_timeout,
+            limits: config.limits,
             balancers: Mutex::new(HashMap::new()),
             workloads,
         }
@@ -108,7 +111,11 @@ impl Outbound {
 
 pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>, drain: Drain) {
     let connection_drain = drain.clone();
-    listener::serve(listener, drain, move |stream, peer| {
+    let limit = ConnectionLimit::new(
+        outbound.limits.max_connections,
+        outbound.metrics.tcp.limit_refusals(Direction::Outbound),
+    );
+    listener::serve(listener, drain, limit, move |stream, peer| {
         let (outbound, drain) = (outbound.clone(), connection_drain.clone());
         async move { handle(outbound, stream, peer, drain).await }
     })
@@ -145,6 +152,7 @@ async fn handle(outbound: Arc<Outbound>, mut stream: TcpStream, peer: SocketAddr
         &outbound.opaque_ports,
         app_protocol,
         outbound.detect_timeout,
+        outbound.limits.detect_buffer,
         || forwarder.connect(&tcp_target, labels.clone()),
     )
     .await;
@@ -200,10 +208,12 @@ async fn handle(outbound: Arc<Outbound>, mut stream: TcpStream, peer: SocketAddr
         unrouted,
         client_id: None,
         sets_client_id: false,
+        marks_unprocessed: false,
         idle_timeout: outbound.idle_timeout,
+        max_header_bytes: outbound.limits.max_header_bytes,
         upgrade_bytes: outbound.metrics.tcp.byte_counters(&labels),
     };
     let _guard = outbound.metrics.tcp.opened(labels.clone());
     let io = Counted::new(io, outbound.metrics.tcp.byte_counters(&labels));
-    http::server::serve(io, protocol, Arc::new(router), drain).await;
+    http::server::serve(io, protocol, Arc::new(router), &outbound.limits, drain).await;
 }

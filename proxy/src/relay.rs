@@ -1,8 +1,10 @@
 //! Relays bytes both ways between two streams, untouched.
 //!
 //! Each direction has its own small buffer that grows only for bulk
-//! transfers, so memory per connection is bounded and a slow reader pushes
-//! back on the writer instead of being buffered for. End of stream on one side
+//! transfers (at most 64 KiB) and is released whenever the direction goes
+//! quiet, so an idle connection holds no relay buffer at all, memory per
+//! connection is bounded, and a slow reader pushes back on the writer
+//! instead of being buffered for. End of stream on one side
 //! is propagated as a half-close (shutdown of the write side) on the other,
 //! and the connection ends once both directions have ended. Any byte in either
 //! direction restarts the idle timer.
@@ -17,6 +19,8 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+/// What an idle direction reads into before it has a buffer of its own.
+const PROBE: usize = 2 * 1024;
 const INITIAL_BUFFER: usize = 8 * 1024;
 const BULK_BUFFER: usize = 64 * 1024;
 
@@ -175,16 +179,19 @@ impl Pipe {
         }
         loop {
             if self.start == self.end && !self.eof {
-                if self.buf.is_empty() {
-                    self.buf = vec![0; INITIAL_BUFFER];
-                }
-                let mut read_buf = ReadBuf::new(&mut self.buf);
+                // An idle direction holds no buffer: the first read after a
+                // pause goes to the stack, and only bytes that arrive are
+                // given heap memory.
+                let mut probe = [0u8; PROBE];
+                let idle = self.buf.is_empty();
+                let mut read_buf = ReadBuf::new(if idle { &mut probe[..] } else { &mut self.buf[..] });
                 match Pin::new(&mut *reader).poll_read(cx, &mut read_buf) {
                     Poll::Pending => {
                         if self.unflushed {
                             ready!(Pin::new(&mut *writer).poll_flush(cx)).map_err(PipeError::Write)?;
                             self.unflushed = false;
                         }
+                        self.buf = Vec::new();
                         return Poll::Pending;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(PipeError::Read(e))),
@@ -193,12 +200,16 @@ impl Pipe {
                         if n == 0 {
                             self.eof = true;
                         } else {
+                            let full = n == read_buf.capacity();
+                            if idle {
+                                self.buf = vec![0; INITIAL_BUFFER];
+                                self.buf[..n].copy_from_slice(&probe[..n]);
+                            } else if full && n < BULK_BUFFER {
+                                self.buf.resize(BULK_BUFFER, 0);
+                            }
                             (self.start, self.end) = (0, n);
                             self.total += n as u64;
                             self.counter.inc_by(n as u64);
-                            if n == self.buf.len() && n < BULK_BUFFER {
-                                self.buf.resize(BULK_BUFFER, 0);
-                            }
                         }
                     }
                 }

@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
 use pods::PodIndex;
-use review::{ReviewError, TokenReviewer};
+use review::{ReviewError, ServiceAccount, TokenReviewer};
 use sign::{SignError, Signer};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -51,7 +51,7 @@ pub struct IdentityService {
 
 /// Why a request was refused, and the status that says so.
 #[derive(Debug, thiserror::Error)]
-enum Refusal {
+pub enum Refusal {
     #[error("{0}")]
     Review(#[from] ReviewError),
     #[error("{0}")]
@@ -168,23 +168,8 @@ impl IdentityService {
             .await
             .map_err(|e| Refusal::BadRequest(format!("cannot read the request: {e}")))?
             .to_bytes();
-        let wanted: CertificateRequest = serde_json::from_slice(&body)
-            .map_err(|e| Refusal::BadRequest(format!("the request is not a CertificateRequest: {e}")))?;
         let account = self.reviewer.review(&token).await?;
-        let identity = SpiffeId::new(&self.trust_domain, &account.namespace, &account.name);
-        if wanted.identity != identity.to_string() {
-            return Err(Refusal::Forbidden(format!(
-                "the token is ServiceAccount {}/{}'s: it cannot get a certificate for {}",
-                account.namespace, account.name, wanted.identity
-            )));
-        }
-        let signed = self.signer.sign(&wanted.csr, &identity)?;
-        tracing::info!(%identity, not_after = signed.not_after, "certificate issued");
-        Ok(CertificateResponse {
-            certificate: signed.certificate,
-            chain: self.signer.chain_pem().to_string(),
-            not_after: signed.not_after,
-        })
+        issue(&self.signer, &self.trust_domain, &account, &body)
     }
 
     /// A stream of one namespace's workloads: a snapshot, then changes.
@@ -271,6 +256,32 @@ impl Scope {
             (Scope::Ip(_), _) => false,
         }
     }
+}
+
+/// Answers a certificate request `body` from a proxy whose token proved it
+/// is `account`: a certificate for that ServiceAccount's identity only.
+pub fn issue(
+    signer: &Signer,
+    trust_domain: &str,
+    account: &ServiceAccount,
+    body: &[u8],
+) -> Result<CertificateResponse, Refusal> {
+    let wanted: CertificateRequest = serde_json::from_slice(body)
+        .map_err(|e| Refusal::BadRequest(format!("the request is not a CertificateRequest: {e}")))?;
+    let identity = SpiffeId::new(trust_domain, &account.namespace, &account.name);
+    if wanted.identity != identity.to_string() {
+        return Err(Refusal::Forbidden(format!(
+            "the token is ServiceAccount {}/{}'s: it cannot get a certificate for {}",
+            account.namespace, account.name, wanted.identity
+        )));
+    }
+    let signed = signer.sign(&wanted.csr, &identity)?;
+    tracing::info!(%identity, not_after = signed.not_after, "certificate issued");
+    Ok(CertificateResponse {
+        certificate: signed.certificate,
+        chain: signer.chain_pem().to_string(),
+        not_after: signed.not_after,
+    })
 }
 
 /// Serves the identity service over TLS until the task is dropped.

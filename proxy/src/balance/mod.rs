@@ -23,6 +23,7 @@ use crate::discovery::{self, EndpointSet, ServiceRef};
 use crate::http::Body;
 use crate::http::client::{Connector, Endpoint, SendError};
 use crate::http::errors::ProxyError;
+use crate::http::replay::{self, Replayable};
 use crate::metrics::discovery::EndpointStateLabels;
 use crate::metrics::{DiscoveryMetrics, HttpMetrics, RouteLabels, RouteMetrics};
 use crate::upstream::Target;
@@ -307,16 +308,34 @@ impl Balancer {
     }
 
     /// Sends a request to the chosen endpoint; a request that could not be
-    /// sent is tried on another one.
-    pub async fn dispatch(&self, mut request: Request<Body>) -> Result<(Arc<Backend>, Tracked), ProxyError> {
+    /// sent, or that the endpoint's proxy says never reached its
+    /// application, is tried on another one.
+    pub async fn dispatch(&self, request: Request<Body>) -> Result<(Arc<Backend>, Tracked), ProxyError> {
         let deadline = Instant::now() + self.wait;
         let mut last_error = None;
+        let mut unprocessed = None;
+        let (mut request, mut replayable) = Replayable::record(request);
         for _ in 0..MAX_ATTEMPTS {
             let Some(backend) = self.pick_or_wait(deadline).await else {
                 break;
             };
             match backend.send(request).await {
-                Ok(tracked) => return Ok((backend, tracked)),
+                Ok(mut tracked) => {
+                    let again = match replay::take_unprocessed(&mut tracked.response) {
+                        true => replayable.take().and_then(Replayable::into_request),
+                        false => None,
+                    };
+                    let Some(again) = again else {
+                        if let Some(replayable) = replayable {
+                            replayable.discard();
+                        }
+                        return Ok((backend, tracked));
+                    };
+                    tracing::debug!(endpoint = %backend.endpoint.addr, "the request did not reach the application; trying another endpoint");
+                    backend.endpoint.mark_failed();
+                    unprocessed = Some((backend, tracked));
+                    (request, replayable) = Replayable::record(again);
+                }
                 Err(SendError::NotSent { request: unsent, error }) => {
                     tracing::debug!(endpoint = %backend.endpoint.addr, %error, "connect failed; trying another endpoint");
                     request = *unsent;
@@ -329,6 +348,9 @@ impl Balancer {
                     });
                 }
             }
+        }
+        if let Some(answered) = unprocessed {
+            return Ok(answered);
         }
         Err(match last_error {
             Some(last) => ProxyError::Unreachable {

@@ -26,6 +26,9 @@ pub enum ProxyError {
     /// The request was not valid HTTP for this hop.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The request's header list is over the proxy's limit.
+    #[error("request headers of {size} bytes are over the proxy's limit of {limit} (STRAIT_MAX_HEADER_BYTES)")]
+    HeadersTooLarge { size: usize, limit: usize },
 }
 
 impl ProxyError {
@@ -35,14 +38,22 @@ impl ProxyError {
             ProxyError::Upstream { source, .. } if source.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
+    /// Whether nothing of the request was sent anywhere.
+    pub fn is_unprocessed(&self) -> bool {
+        matches!(self, ProxyError::NoEndpoints(..) | ProxyError::Unreachable { .. })
+    }
+
     /// The gRPC status code: UNAVAILABLE for what a retry may fix,
-    /// INTERNAL for a request the proxy cannot forward.
+    /// INTERNAL for a request the proxy cannot forward, RESOURCE_EXHAUSTED
+    /// for one over a limit.
     pub fn grpc_status(&self) -> u32 {
         match self {
             ProxyError::BadRequest(_) => 13,
+            ProxyError::HeadersTooLarge { .. } => 8,
             _ => 14,
         }
     }
@@ -110,5 +121,14 @@ mod tests {
             "no ready endpoint for demo/web:80 after waiting 1s"
         );
         assert_eq!(percent_encode("100% ünicode"), "100%25 %C3%BCnicode");
+        let large = ProxyError::HeadersTooLarge {
+            size: 70000,
+            limit: 65536,
+        };
+        assert_eq!(
+            respond(&large, false).status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        assert_eq!(respond(&large, true).headers()["grpc-status"], "8");
     }
 }

@@ -5,6 +5,7 @@ pub mod body;
 pub mod client;
 pub mod errors;
 pub mod headers;
+pub mod replay;
 pub mod route;
 pub mod server;
 pub mod upgrade;

@@ -15,6 +15,7 @@ use super::body::{Completion, Observed, grpc_status};
 use super::client::SendError;
 use super::errors::{ProxyError, respond};
 use super::headers::{strip_hop_by_hop, wants_upgrade};
+use super::replay;
 use super::upgrade::relay_upgraded;
 use super::{Body, is_grpc};
 use crate::balance::{Backend, Balancer, Tracked};
@@ -43,8 +44,35 @@ pub struct Router {
     pub client_id: Option<HeaderValue>,
     /// Whether `strait-client-id` is this hop's business (inbound).
     pub sets_client_id: bool,
+    /// Whether to tell the client's proxy when a request never reached the
+    /// application, so it can send it elsewhere (inbound).
+    pub marks_unprocessed: bool,
     pub idle_timeout: Duration,
+    /// Requests whose header list is larger are refused (see `header_list_size`).
+    pub max_header_bytes: usize,
     pub upgrade_bytes: ByteCounters,
+}
+
+/// A request's header list size as HTTP/2 counts it (RFC 9113 §6.5.2): each
+/// field's name and value plus 32 bytes, pseudo-headers included.
+pub fn header_list_size<B>(request: &Request<B>) -> usize {
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 32)
+        .sum();
+    let uri = request.uri();
+    let pseudo = [
+        (":method", Some(request.method().as_str())),
+        (":scheme", uri.scheme_str()),
+        (":authority", uri.authority().map(|a| a.as_str())),
+        (":path", uri.path_and_query().map(|p| p.as_str())),
+    ];
+    let pseudo: usize = pseudo
+        .iter()
+        .filter_map(|(name, value)| value.map(|value| name.len() + value.len() + 32))
+        .sum();
+    fields + pseudo
 }
 
 /// Gives the request the URI form the upstream hop expects: HTTP/2 needs a
@@ -98,16 +126,27 @@ impl Router {
                 request.headers_mut().insert(CLIENT_ID_HEADER, id.clone());
             }
         }
-        let result = match prepare_uri(&mut request, &self.fallback_authority()) {
-            Ok(()) => self.dispatch(request.map(|body| body.boxed_unsync())).await,
-            Err(error) => Err(error),
+        let size = header_list_size(&request);
+        let result = if size > self.max_header_bytes {
+            Err(ProxyError::HeadersTooLarge {
+                size,
+                limit: self.max_header_bytes,
+            })
+        } else {
+            match prepare_uri(&mut request, &self.fallback_authority()) {
+                Ok(()) => self.dispatch(request.map(|body| body.boxed_unsync())).await,
+                Err(error) => Err(error),
+            }
         };
         let (backend, tracked) = match result {
             Ok(sent) => sent,
             Err(error) => {
                 tracing::debug!(%error, "request failed in the proxy");
                 self.unrouted.request();
-                let response = respond(&error, grpc);
+                let mut response = respond(&error, grpc);
+                if self.marks_unprocessed && error.is_unprocessed() {
+                    replay::mark_unprocessed(&mut response);
+                }
                 let status = if grpc { None } else { Some(response.status().as_u16()) };
                 self.unrouted.response(
                     status.unwrap_or(200),

@@ -12,13 +12,18 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::route::Router;
+use crate::config::Limits;
 use crate::detect::Protocol;
 use crate::drain::Drain;
+use crate::throttle::LogThrottle;
 
-/// Streams one client may have open at once on an HTTP/2 connection.
-const MAX_CONCURRENT_STREAMS: u32 = 1024;
+static CONNECTION_ERRORS: LogThrottle = LogThrottle::new(5);
 
-pub async fn serve<I>(io: I, protocol: Protocol, router: Arc<Router>, drain: Drain)
+/// Serves one client connection within `limits`. Header lists up to twice
+/// the limit are read, so the router can answer a request over it in the
+/// request's own protocol (431, or RESOURCE_EXHAUSTED for gRPC); beyond
+/// that the HTTP library answers 431 itself without buffering more.
+pub async fn serve<I>(io: I, protocol: Protocol, router: Arc<Router>, limits: &Limits, drain: Drain)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -32,7 +37,8 @@ where
             let connection = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .adaptive_window(true)
-                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+                .max_concurrent_streams(limits.max_concurrent_streams)
+                .max_header_list_size(u32::try_from(limits.max_header_bytes * 2).unwrap_or(u32::MAX))
                 .keep_alive_interval(Duration::from_secs(20))
                 .serve_connection(io, service);
             let mut connection = std::pin::pin!(connection);
@@ -48,7 +54,8 @@ where
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .keep_alive(true)
-                .header_read_timeout(Duration::from_secs(30))
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size((limits.max_header_bytes * 2).max(8192))
                 .serve_connection(io, service)
                 .with_upgrades();
             let mut connection = std::pin::pin!(connection);
@@ -61,7 +68,9 @@ where
             }
         }
     };
-    if let Err(error) = result {
-        tracing::debug!(%error, "client connection ended with an error");
+    if let Err(error) = result
+        && let Some(suppressed) = CONNECTION_ERRORS.allow()
+    {
+        tracing::info!(%error, suppressed, "client connection ended with an error");
     }
 }

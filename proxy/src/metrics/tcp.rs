@@ -62,6 +62,12 @@ pub struct TcpMetrics {
     connect_errors: Family<ConnectErrorLabels, Counter>,
     detections: Family<DetectLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
+    limit_refusals: Family<DirectionLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    direction: Direction,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,6 +109,11 @@ impl TcpMetrics {
             metrics.refusals.clone(),
         );
         tcp.register(
+            "limit_refusals",
+            "Connections closed on arrival because the listener was at its limit (STRAIT_MAX_CONNECTIONS)",
+            metrics.limit_refusals.clone(),
+        );
+        tcp.register(
             "connect_errors",
             "Failed upstream connection attempts, by reason",
             metrics.connect_errors.clone(),
@@ -120,6 +131,16 @@ impl TcpMetrics {
             return;
         }
         self.refusals.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    /// The counter of connections a listener closed at its limit.
+    pub fn limit_refusals(&self, direction: Direction) -> Counter {
+        if !self.recording {
+            return Counter::default();
+        }
+        self.limit_refusals
+            .get_or_create(&DirectionLabels { direction })
+            .clone()
     }
 
     /// Counts a new connection; the returned guard counts its end.

@@ -139,9 +139,14 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let lab = LabServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
+    // Like a production gRPC server, SIGTERM is a graceful stop: no new
+    // connections or calls, the ones in flight finish.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     Server::builder()
         .add_service(lab)
-        .serve(([0, 0, 0, 0], args.port).into())
+        .serve_with_shutdown(([0, 0, 0, 0], args.port).into(), async move {
+            terminate.recv().await;
+        })
         .await
         .context("gRPC server")
 }

@@ -2,6 +2,7 @@
 //! and clients for raw TCP, HTTP/1, WebSocket and gRPC (with tonic), each
 //! printing what it measured as JSON so tests can check it.
 
+mod abuse;
 mod grpc;
 mod http;
 mod identity;
@@ -53,6 +54,8 @@ enum Command {
     HttpClient(http::ClientArgs),
     /// WebSocket messages echoed and checked.
     WsClient(http::WsArgs),
+    /// Misbehave on purpose (garbage, bad frames, slowloris, ...) and report the answer.
+    Abuse(abuse::AbuseArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
             Command::HttpServer(args) => http::server(args).await,
             Command::HttpClient(args) => http::client(args).await,
             Command::WsClient(args) => http::ws_client(args).await,
+            Command::Abuse(args) => abuse::run(args).await,
         }
     });
     match result {

@@ -1,0 +1,371 @@
+//! Bad input, abandoned and idle connections, and an API server outage,
+//! shown on the lab: each bad input gets a clean close or an error status,
+//! the proxies let go of everything a client abandoned, and a well-behaved
+//! gRPC client running alongside sees no error at all.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Lab, eventually};
+
+const PROXY: &str = "strait-proxy";
+
+/// A gRPC client calling at a steady rate for `seconds`, over one connection.
+fn steady_grpc(lab: &Lab, client: &str, seconds: u32) -> support::Streaming {
+    let duration = format!("{seconds}s");
+    lab.spawn_app(
+        client,
+        &[
+            "grpc-client",
+            "--to",
+            "grpc.mesh:50051",
+            "--duration",
+            &duration,
+            "--rate",
+            "100",
+            "--concurrency",
+            "4",
+        ],
+    )
+}
+
+fn assert_no_failed_calls(result: &Value, what: &str) {
+    let calls = result["calls"].as_u64().unwrap();
+    assert!(calls > 0, "{what}: no calls were made: {result}");
+    assert_eq!(
+        result["ok"].as_u64(),
+        Some(calls),
+        "{what}: every call succeeds: {result}"
+    );
+}
+
+fn abuse(lab: &Lab, pod: &str, to: &str, kind: &str) -> Value {
+    lab.app(pod, &["abuse", "--to", to, "--kind", kind])
+}
+
+fn raw_http(lab: &Lab, pod: &str, to: &str, request: &str) -> Value {
+    lab.app(pod, &["tcp-raw", "--to", to, "--send", request])
+}
+
+/// The resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next())
+        .and_then(|value| value.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[test]
+fn bad_input_gets_a_clean_answer_and_other_clients_see_no_errors() {
+    let Some(lab) = Lab::up("hard-bad-input", &["hardening.yaml"]) else {
+        return;
+    };
+    let client = lab.pod("mesh", "client-");
+    let outside = lab.pod("plain", "client-");
+    let web = lab.pod("mesh", "web-");
+    let web_ip = lab.pod_ip(&web);
+    let calls = steady_grpc(&lab, &client, 50);
+    // A client trickling its headers, alongside everything else.
+    let slow = lab.spawn_app(
+        &client,
+        &[
+            "abuse",
+            "--to",
+            "web.mesh:80",
+            "--kind",
+            "slowloris",
+            "--seconds",
+            "45s",
+        ],
+    );
+
+    // Through the client's own proxy (outbound) and, from an unmeshed pod,
+    // straight at the server's (inbound).
+    let inbound_http = format!("{web_ip}:8080");
+    for (pod, to) in [(&client, "web.mesh:80"), (&outside, inbound_http.as_str())] {
+        let garbage = abuse(&lab, pod, to, "garbage");
+        assert_eq!(
+            garbage["closed"], true,
+            "random bytes to {to} end in a close: {garbage}"
+        );
+        for (request, what) in [
+            (
+                "GET /a\u{1}b HTTP/1.1\\r\\nHost: web\\r\\n\\r\\n",
+                "a control byte in the request line",
+            ),
+            (
+                "POST / HTTP/1.1\\r\\nHost: web\\r\\nContent-Length: 5\\r\\nContent-Length: 6\\r\\n\\r\\nhello",
+                "conflicting Content-Length",
+            ),
+            (
+                "GET / HTTP/1.1\\r\\nHost: web\\r\\nX-Note: a\\rInjected: yes\\r\\n\\r\\n",
+                "a bare CR in a header value",
+            ),
+        ] {
+            let answer = raw_http(&lab, pod, to, request);
+            assert!(
+                answer["status_line"].as_str().unwrap().starts_with("HTTP/1.1 400"),
+                "{what} to {to} is a 400: {answer}"
+            );
+        }
+        let big = format!(
+            "GET / HTTP/1.1\\r\\nHost: web\\r\\nX-Big: {}\\r\\n\\r\\n",
+            "b".repeat(80 * 1024)
+        );
+        let answer = raw_http(&lab, pod, to, &big);
+        assert!(
+            answer["status_line"].as_str().unwrap().starts_with("HTTP/1.1 431"),
+            "80 KiB of headers to {to} is a 431: {answer}"
+        );
+        assert!(
+            answer["response"].as_str().unwrap().contains("STRAIT_MAX_HEADER_BYTES"),
+            "the 431 says which limit: {answer}"
+        );
+    }
+
+    let frame = abuse(&lab, &client, "grpc.mesh:50051", "bad-h2-frame");
+    assert_eq!(frame["goaway"], true, "a malformed HTTP/2 frame gets a GOAWAY: {frame}");
+    assert_eq!(frame["closed"], true, "{frame}");
+    let metadata = abuse(&lab, &client, "grpc.mesh:50051", "huge-grpc-metadata");
+    assert_eq!(
+        metadata["grpc_status"], "8",
+        "gRPC metadata over the limit is RESOURCE_EXHAUSTED: {metadata}"
+    );
+
+    let mesh_port = format!("{web_ip}:4143");
+    for kind in ["truncated-hello", "huge-sni"] {
+        let answer = abuse(&lab, &outside, &mesh_port, kind);
+        assert_eq!(
+            answer["closed"], true,
+            "{kind} to the mesh port ends in a close: {answer}"
+        );
+    }
+
+    let slow = slow.finish(Duration::from_secs(90));
+    assert_eq!(slow["closed"], true, "the slow client is cut off: {slow}");
+    assert!(
+        slow["trickled_bytes"].as_u64().unwrap() < 45,
+        "cut off before it finished trickling: {slow}"
+    );
+
+    assert_no_failed_calls(&calls.finish(Duration::from_secs(120)), "gRPC alongside bad input");
+    for pod in [&client, &web] {
+        assert!(lab.is_ready(pod), "{pod} is still ready");
+    }
+}
+
+#[test]
+fn ten_thousand_abandoned_connections_leave_nothing_behind() {
+    let Some(lab) = Lab::up("hard-abandon", &["hardening.yaml"]) else {
+        return;
+    };
+    let client = lab.pod("mesh", "client-");
+    let web = lab.pod("mesh", "web-");
+    let proxies = [lab.container_pid(&client, PROXY), lab.container_pid(&web, PROXY)];
+    // Warm up: the pools and the first connections' allocations.
+    abuse_many(&lab, &client, 200);
+    std::thread::sleep(Duration::from_secs(2));
+    let fds: Vec<usize> = proxies.iter().map(|pid| lab.open_fds(*pid)).collect();
+    let memory: Vec<u64> = proxies.iter().map(|pid| rss(*pid)).collect();
+    let calls = steady_grpc(&lab, &client, 30);
+
+    let abandoned = abuse_many(&lab, &client, 10_000);
+    assert_eq!(abandoned["opened"], 10_000, "{abandoned}");
+
+    for (i, pid) in proxies.iter().enumerate() {
+        eventually(
+            Duration::from_secs(30),
+            "the proxies' open files return to where they were",
+            || lab.open_fds(*pid) <= fds[i] + 4,
+        );
+        eventually(
+            Duration::from_secs(30),
+            "the proxies' memory returns to where it was (within 2 MiB)",
+            || {
+                let now = rss(*pid);
+                eprintln!("proxy {pid}: {} KiB before, {} KiB now", memory[i] / 1024, now / 1024);
+                now <= memory[i] + (2 << 20)
+            },
+        );
+    }
+    assert_no_failed_calls(
+        &calls.finish(Duration::from_secs(90)),
+        "gRPC alongside abandoned connections",
+    );
+
+    let log = lab.cli_ok(&["logs", &client, "-c", PROXY]);
+    assert!(
+        log.lines().count() < 500,
+        "the proxy logs at a bounded rate: {} lines",
+        log.lines().count()
+    );
+}
+
+fn abuse_many(lab: &Lab, pod: &str, connections: usize) -> Value {
+    let count = connections.to_string();
+    lab.app(
+        pod,
+        &[
+            "abuse",
+            "--to",
+            "web.mesh:80",
+            "--kind",
+            "abandon",
+            "--connections",
+            &count,
+            "--concurrency",
+            "200",
+        ],
+    )
+}
+
+/// The documented bound (README, "Limits"): idle connections through a
+/// proxy cost it at most 40 KiB each (mutual TLS included), above its idle
+/// footprint.
+const IDLE_CONNECTION_BYTES: u64 = 40 * 1024;
+
+#[test]
+fn two_thousand_idle_connections_stay_under_the_memory_bound() {
+    let Some(lab) = Lab::up("hard-idle", &["hardening.yaml"]) else {
+        return;
+    };
+    let client = lab.pod("mesh", "client-");
+    let echo = lab.pod("mesh", "echo-");
+    let proxies = [
+        ("client", lab.container_pid(&client, PROXY)),
+        ("server", lab.container_pid(&echo, PROXY)),
+    ];
+    let idle: Vec<u64> = proxies.iter().map(|(_, pid)| rss(*pid)).collect();
+    let holder = lab.spawn_app(
+        &client,
+        &[
+            "abuse",
+            "--to",
+            "echo.mesh:7000",
+            "--kind",
+            "hold",
+            "--connections",
+            "2000",
+            "--seconds",
+            "20s",
+        ],
+    );
+    let held = holder.next(Duration::from_secs(60)).expect("the connections open");
+    assert_eq!(held["held"], 2000);
+    std::thread::sleep(Duration::from_secs(1));
+    for (i, (side, pid)) in proxies.iter().enumerate() {
+        let now = rss(*pid);
+        let per_connection = now.saturating_sub(idle[i]) / 2000;
+        eprintln!(
+            "{side} proxy: {} KiB idle, {} KiB with 2,000 connections held, {per_connection} bytes each",
+            idle[i] / 1024,
+            now / 1024
+        );
+        assert!(
+            per_connection <= IDLE_CONNECTION_BYTES,
+            "the {side} proxy holds {per_connection} bytes per idle connection"
+        );
+    }
+}
+
+#[test]
+fn the_api_server_gone_for_a_minute_under_grpc_load_loses_no_call() {
+    let Some(lab) = Lab::up("hard-apiserver", &["hardening.yaml"]) else {
+        return;
+    };
+    let client = lab.pod("mesh", "client-");
+    let calls = steady_grpc(&lab, &client, 80);
+    std::thread::sleep(Duration::from_secs(5));
+    lab.cli_ok(&["apiserver", "stop"]);
+    std::thread::sleep(Duration::from_secs(60));
+    lab.cli_ok(&["apiserver", "start"]);
+    assert_no_failed_calls(&calls.finish(Duration::from_secs(120)), "gRPC through a 60 s outage");
+
+    // The watches resumed: a new pod gets traffic.
+    lab.cli_ok(&["scale", "mesh/grpc", "3"]);
+    eventually(Duration::from_secs(30), "the new pod takes calls", || {
+        let result = lab.app(
+            &client,
+            &[
+                "grpc-client",
+                "--to",
+                "grpc.mesh:50051",
+                "--calls",
+                "300",
+                "--concurrency",
+                "4",
+            ],
+        );
+        result["by_pod"].as_object().unwrap().len() == 3
+    });
+}
+
+#[test]
+fn a_rolling_restart_under_grpc_load_loses_no_call() {
+    let Some(lab) = Lab::up("hard-rollout", &["hardening.yaml"]) else {
+        return;
+    };
+    let client = lab.pod("mesh", "client-");
+    lab.cli_ok(&["scale", "mesh/grpc", "5"]);
+    eventually(Duration::from_secs(60), "5 gRPC pods are ready", || {
+        let pods = lab.pods("mesh", "grpc-");
+        pods.len() == 5 && pods.iter().all(|p| lab.is_ready(p))
+    });
+    let old = lab.pods("mesh", "grpc-");
+    let calls = steady_grpc(&lab, &client, 60);
+    std::thread::sleep(Duration::from_secs(3));
+    lab.apply("hardening-rollout.yaml");
+    eventually(Duration::from_secs(120), "every pod is replaced, one by one", || {
+        let pods = lab.pods("mesh", "grpc-");
+        pods.len() == 5 && pods.iter().all(|p| !old.contains(p) && lab.is_ready(p))
+    });
+    assert_no_failed_calls(
+        &calls.finish(Duration::from_secs(120)),
+        "gRPC through a rolling restart",
+    );
+}
+
+#[test]
+fn sigterm_lets_calls_in_flight_finish_and_the_proxy_exits_cleanly() {
+    let Some(lab) = Lab::up("hard-sigterm", &["hardening.yaml"]) else {
+        return;
+    };
+    let client = lab.pod("mesh", "client-");
+    let server = lab.pod("mesh", "slow-");
+    // Calls that take a second each, 8 in flight at any time.
+    let calls = lab.spawn_app(
+        &client,
+        &[
+            "grpc-client",
+            "--to",
+            "slow.mesh:50051",
+            "--duration",
+            "15s",
+            "--concurrency",
+            "8",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let proxy = lab.container_pid(&server, PROXY);
+    send_signal(proxy, "TERM");
+    assert_no_failed_calls(&calls.finish(Duration::from_secs(60)), "calls in flight at SIGTERM");
+    let log = lab.cli_ok(&["logs", &server, "-c", PROXY]);
+    assert!(log.contains("draining"), "the proxy drained: {log}");
+    assert!(log.contains("stopped"), "and stopped on its own: {log}");
+}
+
+fn send_signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
