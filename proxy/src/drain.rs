@@ -2,6 +2,8 @@
 //! a tracker waits, up to a grace period, for the connections still open.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -13,6 +15,8 @@ pub struct Drain {
     signal: CancellationToken,
     /// Every connection task, so shutdown can wait for them to finish.
     connections: TaskTracker,
+    /// How many connections have finished since the start.
+    finished: Arc<AtomicU64>,
 }
 
 impl Drain {
@@ -39,12 +43,21 @@ impl Drain {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.connections.spawn(handler);
+        let finished = self.finished.clone();
+        self.connections.spawn(async move {
+            handler.await;
+            finished.fetch_add(1, Ordering::Relaxed);
+        });
     }
 
     /// How many connections are open now.
     pub fn open_connections(&self) -> usize {
         self.connections.len()
+    }
+
+    /// How many connections have finished since the start.
+    pub fn finished_connections(&self) -> u64 {
+        self.finished.load(Ordering::Relaxed)
     }
 
     /// Waits for open connections to finish, at most `grace`; returns how
