@@ -29,7 +29,7 @@ impl Lab {
         command
     }
 
-    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<String> {
         let out = self.command().args(args).output().context("run strait-lab")?;
         checked(out, &format!("strait-lab {}", args.join(" ")))
     }

@@ -162,9 +162,16 @@ fn run(quick: bool, only: &[String], out: &Path) -> anyhow::Result<()> {
     let (haproxy, nginx) = setup::cluster(&lab, &bin_dir, &work)?;
     let cluster = Cluster::find(Lab::new(&lab.name, &bin_dir))?;
     let mut sections = Vec::new();
+    let mut failed = Vec::new();
     for name in &selected {
         eprintln!("strait-bench: {name}");
-        let (table, raw) = scenarios::by_name(name, &cluster, effort)?;
+        // A scenario that fails is reported as such; the others still run.
+        let (table, raw) = scenarios::by_name(name, &cluster, effort).unwrap_or_else(|error| {
+            failed.push(name.to_string());
+            let mut table = report::Table::new(&format!("{name}: the scenario failed"), &["error"]);
+            table.row(vec![format!("{error:#}")]);
+            (table, serde_json::json!({"error": format!("{error:#}")}))
+        });
         eprintln!("{}", table.title);
         for row in &table.rows {
             eprintln!("  {}", row.join("  "));
@@ -200,6 +207,7 @@ fn run(quick: bool, only: &[String], out: &Path) -> anyhow::Result<()> {
         },
     )?;
     eprintln!("strait-bench: wrote {}", out.join("REPORT.md").display());
+    anyhow::ensure!(failed.is_empty(), "these scenarios failed: {}", failed.join(", "));
     Ok(())
 }
 

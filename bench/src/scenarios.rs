@@ -548,7 +548,8 @@ fn next_change(lab: &Lab, from: &[String], within: Duration) -> anyhow::Result<(
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the endpoints did not change within {within:?}"
+            "the ready endpoints stayed {from:?} for {within:?}; pods: {}",
+            lab.run(&["status"]).unwrap_or_default()
         );
         std::thread::sleep(Duration::from_millis(5));
     }

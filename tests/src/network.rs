@@ -129,22 +129,55 @@ pub fn attach_pod(netns: &str, veth: &str, ip: Ipv4Addr) -> Result<(), NetError>
     )
 }
 
-/// Hands out pod addresses.
+/// Hands out pod addresses in turn, as host-local IPAM does: a released
+/// address is reused only after all the others, so it is not handed to a new
+/// pod while the node's neighbour cache still points it at the old one.
 #[derive(Default)]
 pub struct PodIps {
-    used: Mutex<BTreeSet<u32>>,
+    state: Mutex<Allocations>,
 }
+
+#[derive(Default)]
+struct Allocations {
+    used: BTreeSet<u32>,
+    /// The offset handed out last.
+    last: u32,
+}
+
+const MAX_OFFSET: u32 = 65_000;
 
 impl PodIps {
     pub fn allocate(&self) -> Option<Ipv4Addr> {
-        let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-        let offset = (1..65_000).find(|o| o % 256 != 0 && o % 256 != 255 && !used.contains(o))?;
-        used.insert(offset);
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let usable = |o: &u32| !o.is_multiple_of(256) && o % 256 != 255 && !state.used.contains(o);
+        let offset = (state.last + 1..MAX_OFFSET).chain(1..=state.last).find(usable)?;
+        state.used.insert(offset);
+        state.last = offset;
         Some(Ipv4Addr::from(u32::from(POD_BASE) + offset))
     }
 
     pub fn release(&self, ip: Ipv4Addr) {
         let offset = u32::from(ip).wrapping_sub(u32::from(POD_BASE));
-        self.used.lock().unwrap_or_else(PoisonError::into_inner).remove(&offset);
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .used
+            .remove(&offset);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_released_address_is_reused_last() {
+        let ips = PodIps::default();
+        let first = ips.allocate().unwrap();
+        let second = ips.allocate().unwrap();
+        ips.release(first);
+        let third = ips.allocate().unwrap();
+        assert!(third != first && third != second, "{third}");
+        assert_eq!(u32::from(third), u32::from(second) + 1);
     }
 }

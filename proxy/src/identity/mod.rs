@@ -27,6 +27,8 @@ use client::{IdentityClient, IdentityError};
 pub const READY_CONDITION: &str = "identity";
 /// When to renew, as a share of the certificate's lifetime.
 const RENEW_AT: f64 = 0.7;
+/// Renewal happens up to this much of the lifetime earlier, at random.
+const RENEW_JITTER: f64 = 0.1;
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -128,12 +130,18 @@ impl LocalIdentity {
                     readiness.met(READY_CONDITION);
                     backoff = Duration::from_millis(100);
                     tracing::info!(identity = %self.tls.identity, ?lifetime, "certificate obtained");
-                    tokio::time::sleep(lifetime.mul_f64(RENEW_AT)).await;
+                    // Renewals of a fleet's proxies spread out rather than
+                    // arriving at the identity service together.
+                    tokio::time::sleep(lifetime.mul_f64(RENEW_AT - RENEW_JITTER * rand::random::<f64>())).await;
                 }
                 Err(error) => {
                     self.requests.get_or_create(&OutcomeLabels { outcome: "failed" }).inc();
-                    tracing::warn!(%error, retry_in = ?backoff, "no certificate yet");
-                    tokio::time::sleep(backoff).await;
+                    // The certificate in use, if any, stays until it expires;
+                    // retries back off, with jitter so that proxies waiting
+                    // for a returning identity service do not retry in step.
+                    let wait = backoff.mul_f64(0.5 + 0.5 * rand::random::<f64>());
+                    tracing::warn!(%error, retry_in = ?wait, "no certificate yet");
+                    tokio::time::sleep(wait).await;
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
