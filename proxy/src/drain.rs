@@ -50,11 +50,6 @@ impl Drain {
         });
     }
 
-    /// How many connections are open now.
-    pub fn open_connections(&self) -> usize {
-        self.connections.len()
-    }
-
     /// How many connections have finished since the start.
     pub fn finished_connections(&self) -> u64 {
         self.finished.load(Ordering::Relaxed)

@@ -1,8 +1,8 @@
 //! Giving memory back after a burst of connections. The system allocator
 //! keeps what a burst freed for later use, so a proxy that once served
 //! thousands of connections would keep their memory for good. Once many
-//! connections have come and gone and the open ones have fallen well below
-//! their peak, the freed pages are returned to the kernel.
+//! connections have come and gone and the burst is over, the freed pages are
+//! returned to the kernel.
 
 use std::time::Duration;
 
@@ -10,6 +10,8 @@ use crate::drain::Drain;
 
 /// Fewer finished connections than this are not worth a trim.
 const BURST: u64 = 1024;
+/// A second with fewer connections finishing than this is quiet.
+const QUIET: u64 = 64;
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Watches the connections until the task is dropped.
@@ -18,28 +20,33 @@ pub async fn return_after_bursts(drain: Drain) {
     let mut tick = tokio::time::interval(CHECK_EVERY);
     loop {
         tick.tick().await;
-        let (open, finished) = (drain.open_connections(), drain.finished_connections());
-        if since.should_trim(open, finished) {
-            since = Since { peak: open, finished };
+        if since.should_trim(drain.finished_connections()) {
             // The trim walks the heap: off the thread that serves traffic.
             let _ = tokio::task::spawn_blocking(trim).await;
         }
     }
 }
 
-/// The connections since the last trim.
+/// Finished connections, counted since the start.
 #[derive(Default)]
 struct Since {
-    /// The most open at once.
-    peak: usize,
-    /// The finished count at the last trim.
-    finished: u64,
+    /// At the last trim.
+    trimmed: u64,
+    /// At the last check.
+    checked: u64,
 }
 
 impl Since {
-    fn should_trim(&mut self, open: usize, finished: u64) -> bool {
-        self.peak = self.peak.max(open);
-        finished - self.finished >= BURST && open <= self.peak / 2
+    /// A trim is due once a burst of connections has come and gone: many
+    /// finished since the last trim, and hardly any in the last second.
+    fn should_trim(&mut self, finished: u64) -> bool {
+        let lately = finished - self.checked;
+        self.checked = finished;
+        let due = finished - self.trimmed >= BURST && lately < QUIET;
+        if due {
+            self.trimmed = finished;
+        }
+        due
     }
 }
 
@@ -61,12 +68,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_burst_that_has_passed_is_trimmed_after() {
+    fn a_trim_follows_a_burst_once_it_has_passed() {
         let mut since = Since::default();
-        assert!(!since.should_trim(100, 100), "too few to matter");
-        assert!(!since.should_trim(8_000, 5_000), "still busy");
-        assert!(since.should_trim(100, 10_000));
-        let mut churn = Since::default();
-        assert!(churn.should_trim(0, 2_000), "many came and went, even a few at a time");
+        assert!(!since.should_trim(500), "too few to matter");
+        assert!(!since.should_trim(5_000), "still busy");
+        assert!(!since.should_trim(9_000), "still busy");
+        assert!(since.should_trim(9_010), "quiet after the burst");
+        assert!(!since.should_trim(9_020), "nothing new to give back");
+        assert!(since.should_trim(10_100) || since.should_trim(10_110));
     }
 }
