@@ -266,6 +266,17 @@ impl Balancer {
 
     /// Power of two choices: two distinct random usable endpoints not in
     /// connect back-off; the second wins only if it is clearly less loaded.
+    /// Whether more than one endpoint could take a request.
+    fn has_alternatives(&self) -> bool {
+        self.refresh();
+        self.snapshot
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .usable
+            .len()
+            > 1
+    }
+
     pub fn pick(&self) -> Option<Arc<Backend>> {
         self.refresh();
         let snapshot = self.snapshot.read().unwrap_or_else(PoisonError::into_inner);
@@ -314,7 +325,11 @@ impl Balancer {
         let deadline = Instant::now() + self.wait;
         let mut last_error = None;
         let mut unprocessed = None;
-        let (mut request, mut replayable) = Replayable::record(request);
+        // A replay needs another endpoint to go to; with one, nothing is kept.
+        let (mut request, mut replayable) = match self.has_alternatives() {
+            true => Replayable::record(request),
+            false => (request, None),
+        };
         for _ in 0..MAX_ATTEMPTS {
             let Some(backend) = self.pick_or_wait(deadline).await else {
                 break;
