@@ -51,8 +51,6 @@ enum Command {
     Connect(tools::ConnectArgs),
     /// strait-proxy start to ready (runs in a pod).
     Startup(tools::StartupArgs),
-    /// Many connections held open (runs in a pod).
-    Hold(tools::HoldArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,7 +60,6 @@ fn main() -> ExitCode {
         Command::Load(args) => runtime().and_then(|rt| rt.block_on(load::run(args))),
         Command::Connect(args) => runtime().and_then(|rt| rt.block_on(tools::connect(args))),
         Command::Startup(args) => runtime().and_then(|rt| rt.block_on(tools::startup(args))),
-        Command::Hold(args) => runtime().and_then(|rt| rt.block_on(tools::hold(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

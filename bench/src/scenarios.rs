@@ -759,13 +759,15 @@ pub fn held_connections(cluster: &Cluster) -> anyhow::Result<(Table, Value)> {
         let mut holder = cluster.lab.spawn_exec(
             client,
             &[
-                "strait-bench",
+                "lab-app",
+                "abuse",
+                "--kind",
                 "hold",
                 "--to",
                 to,
                 "--connections",
                 "1000",
-                "--hold",
+                "--seconds",
                 "4s",
             ],
         )?;

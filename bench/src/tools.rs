@@ -66,42 +66,6 @@ pub async fn connect(args: ConnectArgs) -> anyhow::Result<()> {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct HoldArgs {
-    /// host:port of an echo server.
-    #[arg(long)]
-    to: String,
-    #[arg(long, default_value_t = 1000)]
-    connections: usize,
-    /// How long to keep them all open once established.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
-    hold: Duration,
-}
-
-/// Opens `connections` connections, echoes a byte on each, keeps them all
-/// open for `hold` (so a proxy's memory can be sampled), then closes them.
-pub async fn hold(args: HoldArgs) -> anyhow::Result<()> {
-    let mut open = Vec::with_capacity(args.connections);
-    let mut failed = 0usize;
-    for _ in 0..args.connections {
-        let echoed = async {
-            let mut stream = TcpStream::connect(&args.to).await?;
-            stream.write_all(b"x").await?;
-            let mut byte = [0u8; 1];
-            stream.read_exact(&mut byte).await?;
-            std::io::Result::Ok(stream)
-        };
-        match tokio::time::timeout(Duration::from_secs(5), echoed).await {
-            Ok(Ok(stream)) => open.push(stream),
-            _ => failed += 1,
-        }
-    }
-    println!("{}", json!({"open": open.len(), "failed": failed}));
-    tokio::time::sleep(args.hold).await;
-    drop(open);
-    Ok(())
-}
-
-#[derive(Debug, clap::Args)]
 pub struct StartupArgs {
     /// How many starts to time.
     #[arg(long, default_value_t = 20)]

@@ -264,11 +264,9 @@ impl Balancer {
         }
     }
 
-    /// Power of two choices: two distinct random usable endpoints not in
-    /// connect back-off; the second wins only if it is clearly less loaded.
-    /// Whether more than one endpoint could take a request.
+    /// Whether more than one endpoint could take a request, as of the last
+    /// pick (which brought the endpoints up to date).
     fn has_alternatives(&self) -> bool {
-        self.refresh();
         self.snapshot
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -277,6 +275,8 @@ impl Balancer {
             > 1
     }
 
+    /// Power of two choices: two distinct random usable endpoints not in
+    /// connect back-off; the second wins only if it is clearly less loaded.
     pub fn pick(&self) -> Option<Arc<Backend>> {
         self.refresh();
         let snapshot = self.snapshot.read().unwrap_or_else(PoisonError::into_inner);
@@ -325,15 +325,15 @@ impl Balancer {
         let deadline = Instant::now() + self.wait;
         let mut last_error = None;
         let mut unprocessed = None;
-        // A replay needs another endpoint to go to; with one, nothing is kept.
-        let (mut request, mut replayable) = match self.has_alternatives() {
-            true => Replayable::record(request),
-            false => (request, None),
-        };
-        for _ in 0..MAX_ATTEMPTS {
+        let (mut request, mut replayable) = (request, None);
+        for attempt in 0..MAX_ATTEMPTS {
             let Some(backend) = self.pick_or_wait(deadline).await else {
                 break;
             };
+            // A replay needs another endpoint to go to; with one, nothing is kept.
+            if attempt == 0 && self.has_alternatives() {
+                (request, replayable) = Replayable::record(request);
+            }
             match backend.send(request).await {
                 Ok(mut tracked) => {
                     let again = match replay::take_unprocessed(&mut tracked.response) {

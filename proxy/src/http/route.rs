@@ -19,7 +19,7 @@ use super::replay;
 use super::upgrade::relay_upgraded;
 use super::{Body, is_grpc};
 use crate::balance::{Backend, Balancer, Tracked};
-use crate::metrics::RouteMetrics;
+use crate::metrics::{Direction, RouteMetrics};
 use crate::relay::ByteCounters;
 
 /// Where a connection's requests go.
@@ -42,11 +42,9 @@ pub struct Router {
     pub unrouted: RouteMetrics,
     /// The verified identity of the client, for inbound requests over mTLS.
     pub client_id: Option<HeaderValue>,
-    /// Whether `strait-client-id` is this hop's business (inbound).
-    pub sets_client_id: bool,
-    /// Whether to tell the client's proxy when a request never reached the
-    /// application, so it can send it elsewhere (inbound).
-    pub marks_unprocessed: bool,
+    /// Inbound, the router sets `strait-client-id` and tells the client's
+    /// proxy when a request never reached the application.
+    pub direction: Direction,
     pub idle_timeout: Duration,
     /// Requests whose header list is larger are refused (see `header_list_size`).
     pub max_header_bytes: usize,
@@ -120,7 +118,8 @@ impl Router {
         let upgrade = request.version() <= Version::HTTP_11 && wants_upgrade(request.headers());
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         strip_hop_by_hop(request.headers_mut(), upgrade);
-        if self.sets_client_id {
+        let inbound = self.direction == Direction::Inbound;
+        if inbound {
             request.headers_mut().remove(CLIENT_ID_HEADER);
             if let Some(id) = &self.client_id {
                 request.headers_mut().insert(CLIENT_ID_HEADER, id.clone());
@@ -144,7 +143,7 @@ impl Router {
                 tracing::debug!(%error, "request failed in the proxy");
                 self.unrouted.request();
                 let mut response = respond(&error, grpc);
-                if self.marks_unprocessed && error.is_unprocessed() {
+                if inbound && error.is_unprocessed() {
                     replay::mark_unprocessed(&mut response);
                 }
                 let status = if grpc { None } else { Some(response.status().as_u16()) };
