@@ -35,7 +35,9 @@ for target in "${targets[@]}"; do
   echo "fuzz: $target for ${seconds}s"
   if cargo fuzz run --sanitizer none --debug-assertions "$target" "corpus/$target" "seeds/$target" -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 2>"corpus/$target.log"; then
-    grep -E '^#[0-9]+ +DONE' "corpus/$target.log" | tail -1 | sed "s/^/fuzz: $target: /"
+    # libFuzzer's last status line, e.g. "#2863357<TAB>DONE cov: 1873 ft: 4892 ...".
+    summary=$(grep -E '^#[0-9]+[[:space:]]+DONE' "corpus/$target.log" | tail -1 || true)
+    echo "fuzz: $target: ${summary:-finished (no DONE line in corpus/$target.log)}"
     passed=$((passed + 1))
   else
     tail -40 "corpus/$target.log"
