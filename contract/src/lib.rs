@@ -10,11 +10,14 @@ pub mod duration;
 pub mod exposition;
 pub mod identity;
 pub mod identity_api;
+pub mod limits;
 pub mod mesh;
 pub mod names;
 pub mod ports;
+pub mod setting;
 
 pub use cidrs::{Cidr, CidrError, parse_cidrs};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use identity::{SpiffeId, SpiffeIdError};
 pub use ports::{PortError, PortRange, PortSet};
+pub use setting::SettingError;

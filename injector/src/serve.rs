@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use strait_contract::parse_duration;
+use strait_contract::{SettingError, parse_duration};
 
 use crate::settings::InjectSettings;
 use crate::webhook::{self, NamespaceLabels};
@@ -63,29 +63,15 @@ impl ServeConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{name}={value:?}: {problem}")]
-pub struct ConfigError {
-    pub name: &'static str,
-    pub value: String,
-    pub problem: String,
-}
-
 impl ServeConfig {
-    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let addr = |name: &'static str, default: &str| -> Result<SocketAddr, ConfigError> {
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingError> {
+        let addr = |name: &'static str, default: &str| -> Result<SocketAddr, SettingError> {
             let value = env(name).unwrap_or_else(|| default.to_string());
-            value.parse().map_err(|_| ConfigError {
-                name,
-                value,
-                problem: "expected an address and port".into(),
-            })
+            value
+                .parse()
+                .map_err(|_| SettingError::new(name, value, "expected an address and port"))
         };
-        let inject = InjectSettings::from_env(&env).map_err(|e| ConfigError {
-            name: e.name,
-            value: e.value,
-            problem: e.problem,
-        })?;
+        let inject = InjectSettings::from_env(&env)?;
         Ok(ServeConfig {
             webhook_addr: addr(WEBHOOK_ADDR, "0.0.0.0:8443")?,
             webhook_cert: env(WEBHOOK_CERT)
@@ -104,11 +90,9 @@ impl ServeConfig {
                 .into(),
             cert_lifetime: match env(CERT_LIFETIME) {
                 None => Duration::from_secs(24 * 3600),
-                Some(value) => parse_duration(&value).map_err(|e| ConfigError {
-                    name: CERT_LIFETIME,
-                    value,
-                    problem: e.to_string(),
-                })?,
+                Some(value) => {
+                    parse_duration(&value).map_err(|e| SettingError::new(CERT_LIFETIME, value, e.to_string()))?
+                }
             },
             inject,
         })

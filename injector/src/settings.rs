@@ -1,7 +1,9 @@
 //! What the chart decides for every injected pod: images, resources, the
-//! identity service's address, the trust domain and anchors.
+//! identity service's address, the trust domain and anchors, the proxy's
+//! limits.
 
-use strait_contract::names;
+use strait_contract::limits::Limits;
+use strait_contract::{SettingError, names};
 
 /// CPU and memory requests and limits of a container, as quantities.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,6 +31,9 @@ pub struct InjectSettings {
     /// PEM of the trust anchors proxies verify peers against.
     pub trust_anchors_pem: String,
     pub inbound_mode: String,
+    /// The proxies' limits and timeouts; those unlike the proxy's defaults
+    /// are written on every proxy.
+    pub proxy_limits: Limits,
 }
 
 impl Default for InjectSettings {
@@ -56,6 +61,7 @@ impl Default for InjectSettings {
             trust_domain: names::DEFAULT_TRUST_DOMAIN.into(),
             trust_anchors_pem: String::new(),
             inbound_mode: "permissive".into(),
+            proxy_limits: Limits::default(),
         }
     }
 }
@@ -81,20 +87,19 @@ pub mod env {
     pub const TRUST_DOMAIN: &str = "STRAIT_TRUST_DOMAIN";
     /// A file holding the trust anchors' PEM.
     pub const TRUST_ANCHORS_FILE: &str = "STRAIT_TRUST_ANCHORS_FILE";
-}
 
-#[derive(Debug, thiserror::Error)]
-#[error("{name}={value:?}: {problem}")]
-pub struct SettingsError {
-    pub name: &'static str,
-    pub value: String,
-    pub problem: String,
+    /// The injector's variable for a proxy limit: `STRAIT_PROXY_` and the
+    /// rest of the proxy's name, as `STRAIT_PROXY_MAX_CONNECTIONS` for
+    /// `STRAIT_MAX_CONNECTIONS`.
+    pub fn proxy_limit(proxy_name: &str) -> String {
+        format!("STRAIT_PROXY_{}", proxy_name.trim_start_matches("STRAIT_"))
+    }
 }
 
 impl InjectSettings {
     /// Reads the settings through `env` (so tests can pass a map), with
     /// the defaults for anything unset.
-    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingsError> {
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingError> {
         let defaults = InjectSettings::default();
         let text = |name: &str, default: String| env(name).filter(|v| !v.is_empty()).unwrap_or(default);
         let optional = |name: &str, default: Option<String>| match env(name) {
@@ -106,21 +111,18 @@ impl InjectSettings {
             None | Some("true") => true,
             Some("false") => false,
             Some(other) => {
-                return Err(SettingsError {
-                    name: env::NATIVE_SIDECAR,
-                    value: other.to_string(),
-                    problem: "expected true or false".into(),
-                });
+                return Err(SettingError::new(env::NATIVE_SIDECAR, other, "expected true or false"));
             }
         };
         let trust_anchors_pem = match env(env::TRUST_ANCHORS_FILE) {
             None => String::new(),
-            Some(path) => std::fs::read_to_string(&path).map_err(|e| SettingsError {
-                name: env::TRUST_ANCHORS_FILE,
-                value: path.clone(),
-                problem: e.to_string(),
-            })?,
+            Some(path) => std::fs::read_to_string(&path)
+                .map_err(|e| SettingError::new(env::TRUST_ANCHORS_FILE, path.clone(), e.to_string()))?,
         };
+        let proxy_limits = Limits::from_env(|proxy_name| {
+            let name = env::proxy_limit(proxy_name);
+            env(&name).filter(|v| !v.trim().is_empty()).map(|value| (name, value))
+        })?;
         let resources = |prefix: [&str; 4], default: &Resources| Resources {
             cpu_request: optional(prefix[0], default.cpu_request.clone()),
             cpu_limit: optional(prefix[1], default.cpu_limit.clone()),
@@ -155,6 +157,7 @@ impl InjectSettings {
             trust_domain: text(env::TRUST_DOMAIN, defaults.trust_domain.clone()),
             trust_anchors_pem,
             inbound_mode: text(env::PROXY_INBOUND_MODE, defaults.inbound_mode.clone()),
+            proxy_limits,
         })
     }
 }

@@ -6,27 +6,24 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use strait_contract::limits::Limits;
+pub use strait_contract::limits::env::{
+    CONNECT_TIMEOUT, DETECT_BUFFER, DETECT_TIMEOUT, HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_CONCURRENT_STREAMS,
+    MAX_CONNECTIONS, MAX_HEADER_BYTES,
+};
 use strait_contract::names::{self, env};
-use strait_contract::{PortSet, SpiffeId, format_duration, parse_duration};
+use strait_contract::{PortSet, SettingError, SpiffeId, format_duration, parse_duration};
 
 pub const OUTBOUND_ADDRS: &str = "STRAIT_OUTBOUND_ADDRS";
 pub const INBOUND_ADDRS: &str = "STRAIT_INBOUND_ADDRS";
 pub const ADMIN_ADDR: &str = "STRAIT_ADMIN_ADDR";
-pub const CONNECT_TIMEOUT: &str = "STRAIT_CONNECT_TIMEOUT";
-pub const IDLE_TIMEOUT: &str = "STRAIT_IDLE_TIMEOUT";
 pub const SHUTDOWN_GRACE: &str = "STRAIT_SHUTDOWN_GRACE";
 pub const LOG_LEVEL: &str = env::LOG_LEVEL;
-pub const DETECT_TIMEOUT: &str = "STRAIT_DETECT_TIMEOUT";
 pub const NO_ENDPOINT_WAIT: &str = "STRAIT_NO_ENDPOINT_WAIT";
 pub const DISCOVERY: &str = "STRAIT_DISCOVERY";
 /// `off` stops recording metrics, to measure what they cost.
 pub const METRICS: &str = "STRAIT_METRICS";
 pub const WORKER_THREADS: &str = "STRAIT_WORKER_THREADS";
-pub const MAX_CONNECTIONS: &str = "STRAIT_MAX_CONNECTIONS";
-pub const MAX_CONCURRENT_STREAMS: &str = "STRAIT_MAX_CONCURRENT_STREAMS";
-pub const MAX_HEADER_BYTES: &str = "STRAIT_MAX_HEADER_BYTES";
-pub const DETECT_BUFFER: &str = "STRAIT_DETECT_BUFFER";
-pub const HEADER_TIMEOUT: &str = "STRAIT_HEADER_TIMEOUT";
 /// Set in every pod by Kubernetes; its presence means in-cluster discovery.
 pub const KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
 
@@ -39,10 +36,6 @@ pub struct Config {
     pub inbound_addrs: Vec<SocketAddr>,
     /// `/metrics`, `/ready`, `/live`, `/shutdown`.
     pub admin_addr: SocketAddr,
-    /// How long to wait for an upstream TCP handshake.
-    pub connect_timeout: Duration,
-    /// A relayed connection with no bytes either way for this long is closed.
-    pub idle_timeout: Duration,
     /// After SIGTERM, how long open connections may take to finish.
     pub shutdown_grace: Duration,
     /// A tracing filter directive such as `info` or `strait_proxy=debug`.
@@ -51,12 +44,6 @@ pub struct Config {
     /// CPU with the app, and a single thread never pays for waking another;
     /// a pod whose proxy needs more than a core can raise it.
     pub worker_threads: usize,
-    /// How long to wait for a client's first bytes before treating the
-    /// connection as opaque TCP. Clients of HTTP and gRPC send at once; a
-    /// server-speaks-first protocol on a port not declared opaque waits this
-    /// long once per connection, so it is short, but long enough that a
-    /// busy client is not misread.
-    pub detect_timeout: Duration,
     /// Ports whose traffic is never inspected: the defaults and STRAIT_OPAQUE_PORTS.
     pub opaque_ports: PortSet,
     /// How long a request waits for a Service to have a ready endpoint.
@@ -74,41 +61,8 @@ pub struct Config {
     pub inbound_strict: bool,
     /// The node's address, where the kubelet's probes come from.
     pub host_ip: Option<IpAddr>,
-    /// What one client may hold of the proxy at once.
+    /// What one client may hold of the proxy at once, and for how long.
     pub limits: Limits,
-}
-
-/// Bounds on what clients can make the proxy hold. Each has a default that
-/// no well-behaved application reaches; a client that reaches one gets a
-/// clean refusal, never an unbounded buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Connections one listener serves at once; beyond it, a new connection
-    /// is closed as soon as it is accepted.
-    pub max_connections: usize,
-    /// Streams one client may have open at once on an HTTP/2 connection.
-    pub max_concurrent_streams: u32,
-    /// The largest request header list (names, values and 32 bytes of
-    /// overhead per field, as HTTP/2 counts it). Larger requests get 431,
-    /// or RESOURCE_EXHAUSTED for gRPC.
-    pub max_header_bytes: usize,
-    /// How many bytes protocol detection reads before deciding the
-    /// connection is opaque TCP.
-    pub detect_buffer: usize,
-    /// How long an HTTP/1 client may take to send a request's headers.
-    pub header_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections: 10_000,
-            max_concurrent_streams: 1024,
-            max_header_bytes: 64 * 1024,
-            detect_buffer: 8 * 1024,
-            header_timeout: Duration::from_secs(30),
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -122,18 +76,10 @@ pub struct IdentityConfig {
     pub trust_anchors: String,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{name}={value:?}: {problem}")]
-pub struct ConfigError {
-    pub name: &'static str,
-    pub value: String,
-    pub problem: String,
-}
-
 impl Config {
     /// Reads the settings through `env`, so tests can pass a map instead of
     /// the process environment.
-    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingError> {
         let setting = |name: &'static str| Setting { name, value: env(name) };
         Ok(Config {
             outbound_addrs: setting(OUTBOUND_ADDRS).addrs(&[
@@ -145,12 +91,9 @@ impl Config {
                 SocketAddr::from((Ipv6Addr::UNSPECIFIED, names::INBOUND_PORT)),
             ])?,
             admin_addr: setting(ADMIN_ADDR).addr(([0, 0, 0, 0], names::ADMIN_PORT))?,
-            connect_timeout: setting(CONNECT_TIMEOUT).duration(Duration::from_secs(1))?,
-            idle_timeout: setting(IDLE_TIMEOUT).duration(Duration::from_secs(3600))?,
             shutdown_grace: setting(SHUTDOWN_GRACE).duration(Duration::from_secs(30))?,
             log_level: setting(LOG_LEVEL).value.unwrap_or_else(|| "info".to_string()),
             worker_threads: setting(WORKER_THREADS).count(1, 1..=64)?,
-            detect_timeout: setting(DETECT_TIMEOUT).duration(Duration::from_secs(1))?,
             opaque_ports: setting(env::OPAQUE_PORTS).ports(names::DEFAULT_OPAQUE_PORTS)?,
             no_endpoint_wait: setting(NO_ENDPOINT_WAIT).duration(Duration::from_secs(2))?,
             discovery: setting(DISCOVERY).parse(env(KUBERNETES_SERVICE_HOST).is_some(), |text| match text.trim() {
@@ -184,48 +127,29 @@ impl Config {
     /// One line per setting, for the start-up log.
     pub fn describe(&self) -> String {
         format!(
-            "outbound={} inbound={} admin={} connect_timeout={} idle_timeout={} shutdown_grace={} log_level={} \
-             detect_timeout={} opaque_ports={} no_endpoint_wait={} discovery={}",
+            "outbound={} inbound={} admin={} shutdown_grace={} log_level={} opaque_ports={} no_endpoint_wait={} \
+             discovery={} identity={} inbound_mode={} metrics={} worker_threads={} {}",
             list(&self.outbound_addrs),
             list(&self.inbound_addrs),
             self.admin_addr,
-            format_duration(self.connect_timeout),
-            format_duration(self.idle_timeout),
             format_duration(self.shutdown_grace),
             self.log_level,
-            format_duration(self.detect_timeout),
             self.opaque_ports,
             format_duration(self.no_endpoint_wait),
             if self.discovery { "kubernetes" } else { "off" },
-        ) + &format!(
-            " identity={} inbound_mode={} metrics={} worker_threads={} max_connections={} \
-             max_concurrent_streams={} max_header_bytes={} detect_buffer={} header_timeout={}",
             self.identity
                 .as_ref()
                 .map_or("off".to_string(), |i| format!("{}@{}", i.id, i.service)),
             if self.inbound_strict { "strict" } else { "permissive" },
             if self.metrics { "on" } else { "off" },
             self.worker_threads,
-            self.limits.max_connections,
-            self.limits.max_concurrent_streams,
-            self.limits.max_header_bytes,
-            self.limits.detect_buffer,
-            format_duration(self.limits.header_timeout),
+            self.limits.describe(),
         )
     }
 }
 
-fn limits(env: &impl Fn(&str) -> Option<String>) -> Result<Limits, ConfigError> {
-    let setting = |name: &'static str| Setting { name, value: env(name) };
-    let defaults = Limits::default();
-    Ok(Limits {
-        max_connections: setting(MAX_CONNECTIONS).count(defaults.max_connections, 1..=1_000_000)?,
-        max_concurrent_streams: setting(MAX_CONCURRENT_STREAMS)
-            .count(defaults.max_concurrent_streams as usize, 1..=65_536)? as u32,
-        max_header_bytes: setting(MAX_HEADER_BYTES).count(defaults.max_header_bytes, 1024..=1 << 20)?,
-        detect_buffer: setting(DETECT_BUFFER).count(defaults.detect_buffer, 64..=1 << 20)?,
-        header_timeout: setting(HEADER_TIMEOUT).duration(defaults.header_timeout)?,
-    })
+fn limits(env: &impl Fn(&str) -> Option<String>) -> Result<Limits, SettingError> {
+    Limits::from_env(|name| env(name).map(|value| (name.to_string(), value)))
 }
 
 fn list(addrs: &[SocketAddr]) -> String {
@@ -234,26 +158,20 @@ fn list(addrs: &[SocketAddr]) -> String {
 
 /// Identity is on when the identity service's address is set; then the
 /// identity and trust anchors must be too.
-fn identity(env: &impl Fn(&str) -> Option<String>) -> Result<Option<IdentityConfig>, ConfigError> {
+fn identity(env: &impl Fn(&str) -> Option<String>) -> Result<Option<IdentityConfig>, SettingError> {
     let Some(service) = env(env::IDENTITY_ADDR).filter(|s| !s.trim().is_empty()) else {
         return Ok(None);
     };
     let required = |name: &'static str| {
-        env(name).filter(|v| !v.trim().is_empty()).ok_or_else(|| ConfigError {
-            name,
-            value: String::new(),
-            problem: format!("required when {} is set", env::IDENTITY_ADDR),
-        })
+        env(name)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| SettingError::new(name, "", format!("required when {} is set", env::IDENTITY_ADDR)))
     };
     let raw_id = required(env::IDENTITY)?;
     let id = raw_id
         .trim()
         .parse()
-        .map_err(|e: strait_contract::SpiffeIdError| ConfigError {
-            name: env::IDENTITY,
-            value: raw_id.clone(),
-            problem: e.to_string(),
-        })?;
+        .map_err(|e: strait_contract::SpiffeIdError| SettingError::new(env::IDENTITY, raw_id.clone(), e.to_string()))?;
     Ok(Some(IdentityConfig {
         id,
         service: service.trim().to_string(),
@@ -271,18 +189,14 @@ struct Setting {
 }
 
 impl Setting {
-    fn parse<T>(self, default: T, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, ConfigError> {
+    fn parse<T>(self, default: T, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, SettingError> {
         match self.value {
             None => Ok(default),
-            Some(value) => parse(&value).map_err(|problem| ConfigError {
-                name: self.name,
-                value,
-                problem,
-            }),
+            Some(value) => parse(&value).map_err(|problem| SettingError::new(self.name, value, problem)),
         }
     }
 
-    fn addr(self, default: impl Into<SocketAddr>) -> Result<SocketAddr, ConfigError> {
+    fn addr(self, default: impl Into<SocketAddr>) -> Result<SocketAddr, SettingError> {
         self.parse(default.into(), |text| {
             text.trim()
                 .parse()
@@ -290,7 +204,7 @@ impl Setting {
         })
     }
 
-    fn addrs(self, default: &[SocketAddr]) -> Result<Vec<SocketAddr>, ConfigError> {
+    fn addrs(self, default: &[SocketAddr]) -> Result<Vec<SocketAddr>, SettingError> {
         self.parse(default.to_vec(), |text| {
             let addrs: Vec<SocketAddr> = text
                 .split(',')
@@ -305,7 +219,7 @@ impl Setting {
     }
 
     /// The default ports plus those the variable adds.
-    fn ports(self, defaults: &str) -> Result<PortSet, ConfigError> {
+    fn ports(self, defaults: &str) -> Result<PortSet, SettingError> {
         let defaults = PortSet::parse(defaults).unwrap_or_default();
         let extra = self.parse(PortSet::default(), |text| {
             PortSet::parse(text).map_err(|e| e.to_string())
@@ -314,7 +228,7 @@ impl Setting {
     }
 
     /// A whole number within `range`.
-    fn count(self, default: usize, range: std::ops::RangeInclusive<usize>) -> Result<usize, ConfigError> {
+    fn count(self, default: usize, range: std::ops::RangeInclusive<usize>) -> Result<usize, SettingError> {
         self.parse(default, |text| match text.trim().parse::<usize>() {
             Ok(n) if range.contains(&n) => Ok(n),
             _ => Err(format!(
@@ -325,7 +239,7 @@ impl Setting {
         })
     }
 
-    fn duration(self, default: Duration) -> Result<Duration, ConfigError> {
+    fn duration(self, default: Duration) -> Result<Duration, SettingError> {
         self.parse(default, |text| parse_duration(text).map_err(|e| e.to_string()))
     }
 }
@@ -334,7 +248,7 @@ impl Setting {
 mod tests {
     use super::*;
 
-    fn from(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    fn from(pairs: &[(&str, &str)]) -> Result<Config, SettingError> {
         Config::from_env(|name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()))
     }
 
@@ -349,7 +263,7 @@ mod tests {
     #[test]
     fn values_are_read() {
         let config = from(&[(CONNECT_TIMEOUT, "250ms"), (ADMIN_ADDR, "127.0.0.1:9000")]).unwrap();
-        assert_eq!(config.connect_timeout, Duration::from_millis(250));
+        assert_eq!(config.limits.connect_timeout, Duration::from_millis(250));
         assert_eq!(config.admin_addr.to_string(), "127.0.0.1:9000");
     }
 

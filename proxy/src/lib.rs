@@ -35,7 +35,7 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpSocket};
 
-pub use config::{Config, ConfigError};
+pub use config::Config;
 
 use admin::{Admin, Readiness};
 use discovery::{NoDiscovery, Resolve};
@@ -226,14 +226,14 @@ impl Bound {
             None => Arc::new(NoDiscovery),
         };
         let forwarder = Forwarder {
-            connect_timeout: config.connect_timeout,
-            idle_timeout: config.idle_timeout,
+            connect_timeout: config.limits.connect_timeout,
+            idle_timeout: config.limits.idle_timeout,
             no_endpoint_wait: config.no_endpoint_wait,
             metrics: metrics.tcp.clone(),
             mesh: mesh.clone(),
         };
         let connector = Connector {
-            connect_timeout: config.connect_timeout,
+            connect_timeout: config.limits.connect_timeout,
             mesh: mesh.clone(),
         };
         let outbound_proxy = Arc::new(Outbound::new(

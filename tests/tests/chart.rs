@@ -6,8 +6,13 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use serde::Deserialize;
+use strait_contract::limits::Limits;
+use strait_injector::settings::InjectSettings;
 
 fn source_tree() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -143,11 +148,39 @@ fn rendered_objects_are_valid_with_default_and_other_values() {
             "injector.podDisruptionBudget.enabled=false",
             "metrics.podMonitor.enabled=true",
             "metrics.dashboard.enabled=true",
+            "proxy.limits.maxConnections=2000",
+            "proxy.limits.idleTimeout=10m",
         ],
     );
     validate(&validator, &others, "other values");
     assert!(others.contains("failurePolicy: Fail") && others.contains("cert-manager.io/inject-ca-from"));
     assert!(!others.contains("kind: PodDisruptionBudget"));
+
+    // The injector reads the rendered settings, and the proxy limits among
+    // them are the ones set.
+    let settings = injector_settings(&defaults);
+    assert_eq!(settings.proxy_limits, Limits::default());
+    let settings = injector_settings(&others);
+    assert_eq!(settings.proxy_limits.max_connections, 2000);
+    assert_eq!(settings.proxy_limits.idle_timeout, std::time::Duration::from_secs(600));
+    assert!(!settings.native_sidecar);
+}
+
+/// The settings the injector takes from the environment the chart gives its
+/// Deployment (but the trust anchors, a file only a cluster has).
+fn injector_settings(rendered: &str) -> InjectSettings {
+    let deployment = serde_yaml::Deserializer::from_str(rendered)
+        .map(|document| serde_yaml::Value::deserialize(document).unwrap())
+        .find(|object| object["kind"] == "Deployment" && object["metadata"]["name"] == "strait-injector")
+        .expect("the injector's Deployment is rendered");
+    let env: HashMap<String, String> = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|var| Some((var["name"].as_str()?.to_string(), var["value"].as_str()?.to_string())))
+        .filter(|(name, _)| name != "STRAIT_TRUST_ANCHORS_FILE")
+        .collect();
+    InjectSettings::from_env(|name| env.get(name).cloned()).unwrap()
 }
 
 #[test]
@@ -160,6 +193,8 @@ fn values_outside_the_schema_are_refused() {
         "webhook.failurePolicy=Sometimes",
         "injector.replicas=0",
         "proxy.inboundMode=paranoid",
+        "proxy.limits.maxConnections=0",
+        "proxy.limits.idleTimeout=forever",
         "unknown=1",
     ] {
         let out = run(&helm, &["template", "strait", chart.to_str().unwrap(), "--set", bad]);

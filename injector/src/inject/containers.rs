@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use strait_contract::limits::Limits;
 use strait_contract::names::{self, env};
 
 use super::annotations::Overrides;
@@ -163,6 +164,15 @@ pub fn proxy_container(settings: &InjectSettings, overrides: &Overrides, identit
     if let Some(opaque) = &overrides.opaque_ports {
         env_vars.push(var(env::OPAQUE_PORTS, opaque.clone()));
     }
+    let defaults = Limits::default().to_env();
+    env_vars.extend(
+        settings
+            .proxy_limits
+            .to_env()
+            .into_iter()
+            .filter(|limit| !defaults.contains(limit))
+            .map(|(name, value)| var(name, value)),
+    );
     let port = |name: &str, number: u16| ContainerPort {
         name: Some(name.to_string()),
         container_port: i32::from(number),

@@ -151,3 +151,41 @@ fn without_native_sidecars_the_proxy_is_the_first_container_and_waits() {
     );
     assert_eq!(injected["spec"]["initContainers"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn chart_limits_reach_every_proxy_and_bad_ones_stop_the_injector() {
+    const CHART: [(&str, &str); 3] = [
+        ("STRAIT_PROXY_MAX_CONNECTIONS", "2000"),
+        ("STRAIT_PROXY_IDLE_TIMEOUT", "10m"),
+        ("STRAIT_PROXY_DETECT_BUFFER", ""),
+    ];
+    let lookup = |pairs: &'static [(&'static str, &'static str)]| {
+        move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    };
+    let settings = InjectSettings::from_env(lookup(&CHART)).unwrap();
+    let Decision::Inject { patch, .. } = decide(&pod(json!({})), "demo", true, &settings) else {
+        panic!("not injected")
+    };
+    let patch: json_patch::Patch = serde_json::from_value(json!(patch)).unwrap();
+    let mut injected = pod(json!({}));
+    json_patch::patch(&mut injected, &patch.0).unwrap();
+    let env = &injected["spec"]["initContainers"][1]["env"];
+    let value = |name: &str| {
+        env.as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .map(|v| v["value"].clone())
+    };
+    assert_eq!(value("STRAIT_MAX_CONNECTIONS"), Some(json!("2000")));
+    assert_eq!(value("STRAIT_IDLE_TIMEOUT"), Some(json!("10m")));
+    // Unset and empty chart values leave the proxy's own defaults.
+    assert_eq!(value("STRAIT_DETECT_BUFFER"), None);
+    assert_eq!(value("STRAIT_MAX_CONCURRENT_STREAMS"), None);
+
+    let error = InjectSettings::from_env(lookup(&[("STRAIT_PROXY_MAX_HEADER_BYTES", "64k")])).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "STRAIT_PROXY_MAX_HEADER_BYTES=\"64k\": expected a whole number from 1024 to 1048576"
+    );
+}
