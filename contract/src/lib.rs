@@ -5,6 +5,7 @@
 //! and labels. Keeping those names and the syntax of their values in one crate
 //! means a rename cannot leave one side behind.
 
+pub mod chain;
 pub mod cidrs;
 pub mod duration;
 pub mod exposition;
@@ -16,6 +17,7 @@ pub mod names;
 pub mod ports;
 pub mod setting;
 
+pub use chain::Chain;
 pub use cidrs::{Cidr, CidrError, parse_cidrs};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use identity::{SpiffeId, SpiffeIdError};

@@ -343,6 +343,32 @@ fn a_rolling_restart_under_grpc_load_loses_no_call() {
 }
 
 #[test]
+fn a_burst_of_a_thousand_concurrent_calls_answered_at_once_loses_none() {
+    let Some(lab) = Lab::up("hard-burst", &["hardening.yaml"]) else {
+        return;
+    };
+    let client = lab.pod("mesh", "client-");
+    // A thousand calls in flight on one connection, each answered after a
+    // second, so each server's answers arrive together: a thousand small
+    // messages waiting at once on the proxies' HTTP/2 connections, through
+    // the client's proxy and each server's.
+    let result = lab.app(
+        &client,
+        &[
+            "grpc-client",
+            "--to",
+            "slow.mesh:50051",
+            "--calls",
+            "3000",
+            "--concurrency",
+            "1000",
+        ],
+    );
+    assert_no_failed_calls(&result, "3000 calls, 1000 at a time, answered in bursts");
+    assert_eq!(result["calls"].as_u64(), Some(3000), "{result}");
+}
+
+#[test]
 fn sigterm_lets_calls_in_flight_finish_and_the_proxy_exits_cleanly() {
     let Some(lab) = Lab::up("hard-sigterm", &["hardening.yaml"]) else {
         return;

@@ -8,6 +8,7 @@ use http::{Request, header};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use strait_contract::Chain;
 use tokio::net::TcpStream;
 
 const PATH: &str = "/strait.lab.Lab/Unary";
@@ -44,21 +45,24 @@ impl Channel {
             .body(Full::new(frame(&payload)))
             .map_err(|e| e.to_string())?;
         let mut sender = self.sender.clone();
-        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let response = sender.send_request(request).await.map_err(|e| Chain(&e).to_string())?;
         if !response.status().is_success() {
             return Err(format!("HTTP {}", response.status()));
         }
         let (parts, body) = response.into_parts();
-        let collected = body.collect().await.map_err(|e| e.to_string())?;
-        let status = collected
-            .trailers()
-            .and_then(|t| t.get("grpc-status"))
-            .or_else(|| parts.headers.get("grpc-status"))
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("missing")
-            .to_string();
+        let collected = body.collect().await.map_err(|e| Chain(&e).to_string())?;
+        let field = |name: &str| {
+            collected
+                .trailers()
+                .and_then(|t| t.get(name))
+                .or_else(|| parts.headers.get(name))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let status = field("grpc-status").unwrap_or_else(|| "missing".into());
         if status != "0" {
-            return Err(format!("grpc-status {status}"));
+            let message = field("grpc-message").unwrap_or_default();
+            return Err(format!("grpc-status {status} {message}").trim_end().to_string());
         }
         Ok(pod_of(collected.to_bytes()).unwrap_or_default())
     }

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use strait_contract::Chain;
 
 use super::Body;
 use crate::transport::ConnectError;
@@ -21,7 +22,7 @@ pub enum ProxyError {
     #[error("no endpoint of {target} could be reached: {last}")]
     Unreachable { target: String, last: ConnectError },
     /// The upstream failed after the request was sent.
-    #[error("upstream {endpoint} failed: {source}")]
+    #[error("upstream {endpoint} failed: {}", Chain(.source))]
     Upstream { endpoint: String, source: hyper::Error },
     /// The request was not valid HTTP for this hop.
     #[error("bad request: {0}")]

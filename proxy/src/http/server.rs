@@ -36,7 +36,8 @@ where
         Protocol::Http2 => {
             let connection = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .adaptive_window(true)
+                .initial_stream_window_size(super::STREAM_WINDOW)
+                .initial_connection_window_size(super::CONNECTION_WINDOW)
                 .max_concurrent_streams(limits.max_concurrent_streams)
                 .max_header_list_size(u32::try_from(limits.max_header_bytes * 2).unwrap_or(u32::MAX))
                 .keep_alive_interval(Duration::from_secs(20))
