@@ -42,8 +42,8 @@ pub struct Limits {
     pub detect_buffer: usize,
     /// How long an HTTP/1 client may take to send a request's headers.
     pub header_timeout: Duration,
-    /// Connections one listener serves at once; beyond it, a new connection
-    /// is closed as soon as it is accepted.
+    /// Connections served at once each way (inbound, outbound); beyond it,
+    /// a new connection is closed as soon as it is accepted.
     pub max_connections: usize,
     /// Streams one client may have open at once on an HTTP/2 connection.
     pub max_concurrent_streams: u32,

@@ -61,6 +61,9 @@ pub mod env {
     pub const IPTABLES_MODE: &str = "STRAIT_IPTABLES_MODE";
     pub const IPV6: &str = "STRAIT_IPV6";
     pub const INBOUND_MODE: &str = "STRAIT_INBOUND_MODE";
+    /// `true` when the proxy is a regular container, stopped together with
+    /// the application: on SIGTERM it serves until the application stopped.
+    pub const WAIT_FOR_APP: &str = "STRAIT_WAIT_FOR_APP";
     pub const POD_NAME: &str = "STRAIT_POD_NAME";
     pub const POD_NAMESPACE: &str = "STRAIT_POD_NAMESPACE";
     pub const POD_IP: &str = "STRAIT_POD_IP";

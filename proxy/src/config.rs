@@ -38,6 +38,9 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// After SIGTERM, how long open connections may take to finish.
     pub shutdown_grace: Duration,
+    /// Whether SIGTERM comes together with the application's (the proxy is
+    /// a regular container): then the proxy serves until it has stopped.
+    pub wait_for_app: bool,
     /// A tracing filter directive such as `info` or `strait_proxy=debug`.
     pub log_level: String,
     /// Threads serving traffic. One by default: a sidecar shares its pod's
@@ -92,6 +95,11 @@ impl Config {
             ])?,
             admin_addr: setting(ADMIN_ADDR).addr(([0, 0, 0, 0], names::ADMIN_PORT))?,
             shutdown_grace: setting(SHUTDOWN_GRACE).duration(Duration::from_secs(30))?,
+            wait_for_app: setting(env::WAIT_FOR_APP).parse(false, |text| match text.trim() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err("expected true or false".to_string()),
+            })?,
             log_level: setting(LOG_LEVEL).value.unwrap_or_else(|| "info".to_string()),
             worker_threads: setting(WORKER_THREADS).count(1, 1..=64)?,
             opaque_ports: setting(env::OPAQUE_PORTS).ports(names::DEFAULT_OPAQUE_PORTS)?,
@@ -127,12 +135,13 @@ impl Config {
     /// One line per setting, for the start-up log.
     pub fn describe(&self) -> String {
         format!(
-            "outbound={} inbound={} admin={} shutdown_grace={} log_level={} opaque_ports={} no_endpoint_wait={} \
-             discovery={} identity={} inbound_mode={} metrics={} worker_threads={} {}",
+            "outbound={} inbound={} admin={} shutdown_grace={} wait_for_app={} log_level={} opaque_ports={} \
+             no_endpoint_wait={} discovery={} identity={} inbound_mode={} metrics={} worker_threads={} {}",
             list(&self.outbound_addrs),
             list(&self.inbound_addrs),
             self.admin_addr,
             format_duration(self.shutdown_grace),
+            self.wait_for_app,
             self.log_level,
             self.opaque_ports,
             format_duration(self.no_endpoint_wait),

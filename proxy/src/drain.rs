@@ -1,5 +1,7 @@
 //! Graceful shutdown: one signal tells every listener to stop accepting, and
 //! a tracker waits, up to a grace period, for the connections still open.
+//! Before it, the proxy may announce that it is stopping (readiness turns
+//! false) while it still serves an application that has not stopped yet.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,7 +13,9 @@ use tokio_util::task::TaskTracker;
 
 #[derive(Clone, Debug, Default)]
 pub struct Drain {
-    /// Fired once, by SIGTERM or `POST /shutdown`.
+    /// Fired once the proxy is stopping: readiness turns false.
+    stopping: CancellationToken,
+    /// Fired once listeners are to stop accepting.
     signal: CancellationToken,
     /// Every connection task, so shutdown can wait for them to finish.
     connections: TaskTracker,
@@ -24,13 +28,21 @@ impl Drain {
         Drain::default()
     }
 
+    /// Announces the stop: readiness turns false, but the proxy still
+    /// accepts connections until the drain starts.
+    pub fn announce(&self) {
+        self.stopping.cancel();
+    }
+
     /// Starts the drain: listeners stop accepting, readiness turns false.
     pub fn start(&self) {
+        self.stopping.cancel();
         self.signal.cancel();
     }
 
+    /// Whether the proxy is stopping (the drain announced or started).
     pub fn is_draining(&self) -> bool {
-        self.signal.is_cancelled()
+        self.stopping.is_cancelled()
     }
 
     /// Resolves when the drain starts.

@@ -37,10 +37,10 @@ pub struct Inbound {
     pub forwarder: Forwarder,
     pub connector: Connector,
     pub metrics: Metrics,
-    pub detect_timeout: Duration,
     pub opaque_ports: PortSet,
-    pub idle_timeout: Duration,
     pub limits: Limits,
+    /// Connections from clients, across the listeners.
+    pub connections: ConnectionLimit,
     pub pod_namespace: String,
     pub pod_name: String,
     /// Accepts mesh connections, when this proxy has an identity.
@@ -104,10 +104,12 @@ impl Inbound {
         Inbound {
             forwarder,
             connector,
+            connections: ConnectionLimit::new(
+                config.limits.max_connections,
+                metrics.tcp.limit_refusals(Direction::Inbound),
+            ),
             metrics,
-            detect_timeout: config.limits.detect_timeout,
             opaque_ports: config.opaque_ports.clone(),
-            idle_timeout: config.limits.idle_timeout,
             limits: config.limits,
             pod_namespace: config.pod_namespace.clone(),
             pod_name: config.pod_name.clone(),
@@ -215,10 +217,7 @@ static REFUSALS: LogThrottle = LogThrottle::new(5);
 
 pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>, drain: Drain) {
     let connection_drain = drain.clone();
-    let limit = ConnectionLimit::new(
-        inbound.limits.max_connections,
-        inbound.metrics.tcp.limit_refusals(Direction::Inbound),
-    );
+    let limit = inbound.connections.clone();
     listener::serve(listener, drain, limit, move |stream, peer| {
         let (inbound, drain) = (inbound.clone(), connection_drain.clone());
         async move { handle(inbound, stream, peer, drain).await }
@@ -280,7 +279,7 @@ async fn proxy<C: ClientStream + 'static>(
         app.port(),
         &inbound.opaque_ports,
         None,
-        inbound.detect_timeout,
+        inbound.limits.detect_timeout,
         inbound.limits.detect_buffer,
         || forwarder.connect(&target, labels.clone()),
     )
@@ -320,7 +319,7 @@ async fn proxy<C: ClientStream + 'static>(
         unrouted: inbound.metrics.http.route(inbound.route_labels(&client_id)),
         client_id: HeaderValue::from_str(&client_id).ok().filter(|_| !client_id.is_empty()),
         direction: Direction::Inbound,
-        idle_timeout: inbound.idle_timeout,
+        idle_timeout: inbound.limits.idle_timeout,
         max_header_bytes: inbound.limits.max_header_bytes,
         upgrade_bytes: inbound.metrics.tcp.byte_counters(&labels),
     };

@@ -5,6 +5,7 @@
 //! on ephemeral ports.
 
 pub mod admin;
+pub mod app;
 pub mod balance;
 pub mod config;
 pub mod counted;
@@ -34,10 +35,12 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::time::Instant;
 
 pub use config::Config;
 
 use admin::{Admin, Readiness};
+use app::Application;
 use discovery::{NoDiscovery, Resolve};
 use drain::Drain;
 use http::client::Connector;
@@ -261,15 +264,37 @@ impl Bound {
             listeners.spawn(inbound::serve(listener, inbound_proxy.clone(), drain.clone()));
         }
         let memory_task = tokio::spawn(memory::return_after_bursts(drain.clone()));
+        let app = Application::new(
+            config
+                .outbound_addrs
+                .iter()
+                .chain(&config.inbound_addrs)
+                .chain([&config.admin_addr])
+                .map(SocketAddr::port),
+            outbound_proxy.connections.clone(),
+        );
         tracing::info!("proxy running");
 
-        tokio::select! {
-            _ = shutdown => tracing::info!("shutdown signal received; draining"),
-            _ = drain.started() => {},
-        }
+        let deadline = tokio::select! {
+            _ = shutdown => {
+                let deadline = Instant::now() + config.shutdown_grace;
+                if config.wait_for_app {
+                    tracing::info!("shutdown signal received; serving until the application has stopped");
+                    drain.announce();
+                    match tokio::time::timeout_at(deadline, app.stopped()).await {
+                        Ok(()) => tracing::info!("the application has stopped; draining"),
+                        Err(_) => tracing::warn!("the application still runs at the end of the grace period; draining"),
+                    }
+                } else {
+                    tracing::info!("shutdown signal received; draining");
+                }
+                deadline
+            }
+            _ = drain.started() => Instant::now() + config.shutdown_grace,
+        };
         drain.start();
         listeners.join_all().await;
-        let cut = drain.finish(config.shutdown_grace).await;
+        let cut = drain.finish(deadline.saturating_duration_since(Instant::now())).await;
         if cut > 0 {
             tracing::warn!(connections = cut, "grace period over; closing remaining connections");
         }

@@ -12,7 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::drain::Drain;
 use crate::throttle::LogThrottle;
 
-/// How many connections one listener serves at once. A connection beyond
+/// How many connections the listeners of one direction serve at once. A connection beyond
 /// the limit is closed as soon as it is accepted (the client sees the close
 /// at once instead of waiting in the backlog) and counted.
 #[derive(Clone, Debug)]
@@ -31,7 +31,12 @@ impl ConnectionLimit {
         }
     }
 
-    fn admit(&self) -> Option<OwnedSemaphorePermit> {
+    /// How many connections are open.
+    pub fn open(&self) -> usize {
+        self.max - self.permits.available_permits()
+    }
+
+    pub(crate) fn admit(&self) -> Option<OwnedSemaphorePermit> {
         self.permits.clone().try_acquire_owned().ok()
     }
 }

@@ -32,11 +32,11 @@ pub struct Outbound {
     pub forwarder: Forwarder,
     pub connector: Connector,
     pub metrics: Metrics,
-    pub detect_timeout: Duration,
     pub opaque_ports: PortSet,
     pub no_endpoint_wait: Duration,
-    pub idle_timeout: Duration,
     pub limits: Limits,
+    /// The application's connections out, across the listeners.
+    pub connections: ConnectionLimit,
     /// One balancer per Service port in use, shared by every connection to
     /// it, so upstream connections and load estimates are shared too.
     balancers: Mutex<HashMap<(ServiceRef, u16), Arc<Balancer>>>,
@@ -57,11 +57,13 @@ impl Outbound {
             resolve,
             forwarder,
             connector,
+            connections: ConnectionLimit::new(
+                config.limits.max_connections,
+                metrics.tcp.limit_refusals(Direction::Outbound),
+            ),
             metrics,
-            detect_timeout: config.limits.detect_timeout,
             opaque_ports: config.opaque_ports.clone(),
             no_endpoint_wait: config.no_endpoint_wait,
-            idle_timeout: config.limits.idle_timeout,
             limits: config.limits,
             balancers: Mutex::new(HashMap::new()),
             workloads,
@@ -111,10 +113,7 @@ impl Outbound {
 
 pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>, drain: Drain) {
     let connection_drain = drain.clone();
-    let limit = ConnectionLimit::new(
-        outbound.limits.max_connections,
-        outbound.metrics.tcp.limit_refusals(Direction::Outbound),
-    );
+    let limit = outbound.connections.clone();
     listener::serve(listener, drain, limit, move |stream, peer| {
         let (outbound, drain) = (outbound.clone(), connection_drain.clone());
         async move { handle(outbound, stream, peer, drain).await }
@@ -151,7 +150,7 @@ async fn handle(outbound: Arc<Outbound>, mut stream: TcpStream, peer: SocketAddr
         orig_dst.port(),
         &outbound.opaque_ports,
         app_protocol,
-        outbound.detect_timeout,
+        outbound.limits.detect_timeout,
         outbound.limits.detect_buffer,
         || forwarder.connect(&tcp_target, labels.clone()),
     )
@@ -208,7 +207,7 @@ async fn handle(outbound: Arc<Outbound>, mut stream: TcpStream, peer: SocketAddr
         unrouted,
         client_id: None,
         direction: Direction::Outbound,
-        idle_timeout: outbound.idle_timeout,
+        idle_timeout: outbound.limits.idle_timeout,
         max_header_bytes: outbound.limits.max_header_bytes,
         upgrade_bytes: outbound.metrics.tcp.byte_counters(&labels),
     };

@@ -397,6 +397,38 @@ fn sigterm_lets_calls_in_flight_finish_and_the_proxy_exits_cleanly() {
     assert!(log.contains("stopped"), "and stopped on its own: {log}");
 }
 
+#[test]
+fn without_native_sidecars_the_proxy_serves_the_application_until_it_has_stopped() {
+    let Some(lab) = Lab::up_with(
+        "hard-legacy-stop",
+        &["hardening-legacy.yaml"],
+        &[("STRAIT_LAB_CHART_VALUES", "proxy.nativeSidecar=false")],
+    ) else {
+        return;
+    };
+    let server = lab.pod("mesh", "grpc-");
+    let finisher = lab.pod("mesh", "finisher-");
+    let answered = || {
+        lab.metric(
+            &server,
+            "strait_responses_total",
+            &["direction=\"inbound\"", "classification=\"success\""],
+        )
+    };
+    let before = answered();
+    // The proxy and the application get SIGTERM together; the application
+    // then makes its last 20 calls, through the proxy.
+    lab.cli_ok(&["scale", "mesh/finisher", "0"]);
+    eventually(Duration::from_secs(60), "the finisher pod is gone", || {
+        !lab.pods("mesh", "finisher-").contains(&finisher)
+    });
+    assert_eq!(
+        answered() - before,
+        20.0,
+        "the calls the application made while stopping all reached the server"
+    );
+}
+
 fn send_signal(pid: u32, signal: &str) {
     let status = std::process::Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])

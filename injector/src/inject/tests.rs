@@ -150,6 +150,13 @@ fn without_native_sidecars_the_proxy_is_the_first_container_and_waits() {
         "wait-ready"
     );
     assert_eq!(injected["spec"]["initContainers"].as_array().unwrap().len(), 1);
+    assert!(
+        injected["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "STRAIT_WAIT_FOR_APP", "value": "true"})),
+        "stopped with the app, the proxy serves until the app has stopped"
+    );
 }
 
 #[test]
