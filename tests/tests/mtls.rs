@@ -375,6 +375,74 @@ fn long_lived_streams_survive_three_certificate_renewals() {
     assert_eq!(echo(&lab, &client, ECHO, "after")["response"], "after");
 }
 
+/// Cuts the identity service (port 8083 of the control plane pod) off with
+/// `-I`, or brings it back with `-D`; the webhook stays up.
+fn cut_identity_service(lab: &Lab, injector: &str, action: &str) {
+    let status = Command::new("ip")
+        .args(["netns", "exec", &lab.netns(injector), "iptables", action, "INPUT"])
+        .args([
+            "-p",
+            "tcp",
+            "--dport",
+            "8083",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "iptables {action}");
+}
+
+#[test]
+fn the_identity_service_gone_at_renewal_time_leaves_certificates_in_use_and_renewal_retried() {
+    // Certificates live 60 s and are renewed at 60-70% of that.
+    let Some(lab) = Lab::up_with(
+        "mtls_renewal_outage",
+        &["mtls.yaml"],
+        &[("STRAIT_LAB_CHART_VALUES", "identity.certLifetime=60s")],
+    ) else {
+        return;
+    };
+    let client = lab.pod("secure", "client-");
+    let injector = lab.pod("strait-system", "strait-injector-");
+    let requests = |outcome: &str| {
+        lab.metric(
+            &client,
+            "strait_identity_certificate_requests_total",
+            &[&format!("outcome=\"{outcome}\"")],
+        )
+    };
+    let issued_before = requests("issued");
+    cut_identity_service(&lab, &injector, "-I");
+    eventually(
+        Duration::from_secs(60),
+        "the client's proxy tries to renew and fails",
+        || requests("failed") > 0.0,
+    );
+    // The certificate it holds still serves, over mutual TLS.
+    assert_eq!(echo(&lab, &client, ECHO, "during")["response"], "during");
+    std::thread::sleep(Duration::from_secs(6));
+    let attempts = requests("failed");
+    // Retries back off from 100 ms, doubling (with jitter) up to 10 s:
+    // about eight attempts in the first 6 s of the outage, where a loop
+    // without back-off would make thousands.
+    assert!(
+        (3.0..=15.0).contains(&attempts),
+        "{attempts} failed attempts within about 6 s: retried, and backing off"
+    );
+    assert!(lab.is_ready(&client), "a proxy holding a valid certificate stays ready");
+
+    cut_identity_service(&lab, &injector, "-D");
+    eventually(
+        Duration::from_secs(15),
+        "renewal succeeds once the identity service is back",
+        || requests("issued") > issued_before,
+    );
+    assert_eq!(echo(&lab, &client, ECHO, "after")["response"], "after");
+}
+
 #[test]
 fn a_pod_started_while_the_identity_service_is_down_gets_ready_when_it_returns() {
     let Some(lab) = Lab::up("mtls_identity_outage", &["mtls.yaml"]) else {
@@ -385,23 +453,7 @@ fn a_pod_started_while_the_identity_service_is_down_gets_ready_when_it_returns()
     assert_eq!(echo(&lab, &client, ECHO, "before")["response"], "before");
 
     // Cut the identity service (port 8083) off; the webhook stays up.
-    let block = |action: &str| {
-        let status = Command::new("ip")
-            .args(["netns", "exec", &lab.netns(&injector), "iptables", action, "INPUT"])
-            .args([
-                "-p",
-                "tcp",
-                "--dport",
-                "8083",
-                "-j",
-                "REJECT",
-                "--reject-with",
-                "tcp-reset",
-            ])
-            .status()
-            .unwrap();
-        assert!(status.success(), "iptables {action}");
-    };
+    let block = |action: &str| cut_identity_service(&lab, &injector, action);
     let first = lab.pod("secure", "server-");
     block("-I");
     lab.cli_ok(&["scale", "secure/server", "2"]);
