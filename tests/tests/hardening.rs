@@ -429,6 +429,92 @@ fn without_native_sidecars_the_proxy_serves_the_application_until_it_has_stopped
     );
 }
 
+/// Calls at 200/s for 20 s, each with a 1 s deadline.
+fn calls_with_deadlines(lab: &Lab, client: &str) -> Value {
+    lab.app(
+        client,
+        &[
+            "grpc-client",
+            "--to",
+            "grpc.mesh:50051",
+            "--duration",
+            "20s",
+            "--concurrency",
+            "4",
+            "--rate",
+            "200",
+            "--deadline",
+            "1s",
+        ],
+    )
+}
+
+/// The calls that failed, after checking that each failed on its deadline.
+fn failed_on_deadline(result: &Value) -> u64 {
+    let calls = result["calls"].as_u64().unwrap();
+    let failed = calls - result["ok"].as_u64().unwrap();
+    let deadlines = ["Cancelled", "DeadlineExceeded"]
+        .iter()
+        .filter_map(|status| result["by_status"][status].as_u64())
+        .sum::<u64>();
+    assert_eq!(failed, deadlines, "every failed call failed on its deadline: {result}");
+    failed
+}
+
+#[test]
+fn an_endpoint_that_never_answers_is_bounded_by_deadlines_and_left_alone() {
+    let Some(lab) = Lab::up("hard-blackhole", &["hardening-blackhole.yaml"]) else {
+        return;
+    };
+    let client = lab.pod("mesh", "client-");
+    let servers = lab.pods("mesh", "grpc-");
+
+    // One of three endpoints accepts calls and never answers. A fair share
+    // would be a third of the calls; the load estimate leaves it alone after
+    // a call's wait, trying it again only once that wait has decayed.
+    let result = calls_with_deadlines(&lab, &client);
+    let failed = failed_on_deadline(&result);
+    let calls = result["calls"].as_u64().unwrap();
+    println!("application black hole: {failed} of {calls} calls failed on their deadline");
+    assert!(failed * 100 < calls, "under 1% of calls reach the black hole: {result}");
+    assert_eq!(
+        result["by_pod"].as_object().unwrap().len(),
+        2,
+        "the other two pods answer: {result}"
+    );
+
+    // Then one of the answering pods drops every packet, as a vanished node
+    // does: its connections hang rather than close.
+    let vanished = &servers[0];
+    let status = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.netns(vanished),
+            "iptables",
+            "-I",
+            "INPUT",
+            "-p",
+            "tcp",
+            "-j",
+            "DROP",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let result = calls_with_deadlines(&lab, &client);
+    let failed = failed_on_deadline(&result);
+    let calls = result["calls"].as_u64().unwrap();
+    println!("network black hole too: {failed} of {calls} calls failed on their deadline");
+    assert!(failed * 100 < calls, "under 1% of calls reach a black hole: {result}");
+    let remaining = servers[1].trim_start_matches("mesh/");
+    assert_eq!(
+        result["by_pod"].as_object().unwrap().keys().collect::<Vec<_>>(),
+        [remaining],
+        "the one pod left answers everything else: {result}"
+    );
+}
+
 fn send_signal(pid: u32, signal: &str) {
     let status = std::process::Command::new("kill")
         .args([&format!("-{signal}"), &pid.to_string()])

@@ -10,7 +10,10 @@
 //! endpoint; a faster one pulls it down by how long ago the last update was,
 //! but by at least a tenth, so a busy endpoint forgets a pause within a few
 //! dozen responses rather than a second; and an idle estimate decays towards
-//! zero so an unused endpoint is tried again.
+//! zero so an unused endpoint is tried again. A request that got no answer
+//! at all (the client gave up, or the connection failed) is no outlier: its
+//! wait replaces the estimate whole, so an endpoint that accepts calls but
+//! never answers is left alone until that long wait has decayed.
 //!
 //! `Recent` counts the requests an endpoint was given lately, decaying at
 //! the same pace: among endpoints whose loads are within noise of each
@@ -40,12 +43,22 @@ struct Estimate {
 impl Estimate {
     /// Folds in a response time.
     fn observe(&mut self, rtt_ns: f64, now: Instant, decay_ns: f64) -> f64 {
+        self.fold(rtt_ns, now, decay_ns, PEAK_STEP)
+    }
+
+    /// Folds in how long a request waited without an answer.
+    fn observe_unanswered(&mut self, waited_ns: f64, now: Instant, decay_ns: f64) -> f64 {
+        self.fold(waited_ns, now, decay_ns, f64::INFINITY)
+    }
+
+    /// Folds in a time, rising at most `step` times per observation.
+    fn fold(&mut self, rtt_ns: f64, now: Instant, decay_ns: f64, step: f64) -> f64 {
         if rtt_ns > self.rtt_ns {
             // A peak raises the estimate at once, but at most by PEAK_STEP per
             // response: a lone outlier (a lost ACK, a pause) costs the
             // endpoint little, while a consistently slower one is followed
             // within a few responses.
-            self.rtt_ns = rtt_ns.min(self.rtt_ns.max(MIN_RTT_NS) * PEAK_STEP);
+            self.rtt_ns = rtt_ns.min(self.rtt_ns.max(MIN_RTT_NS) * step);
         } else {
             let weight = self.kept(now, decay_ns).min(MAX_KEEP);
             self.rtt_ns = self.rtt_ns * weight + rtt_ns * (1.0 - weight);
@@ -104,6 +117,7 @@ impl PeakEwma {
         InFlight {
             load: self.clone(),
             sent_at: Instant::now(),
+            answered: false,
         }
     }
 }
@@ -113,6 +127,15 @@ impl PeakEwma {
 pub struct InFlight {
     load: Arc<PeakEwma>,
     sent_at: Instant,
+    /// Whether the response's head arrived.
+    answered: bool,
+}
+
+impl InFlight {
+    /// Notes that the response's head arrived.
+    pub fn answered(&mut self) {
+        self.answered = true;
+    }
 }
 
 impl Drop for InFlight {
@@ -120,11 +143,12 @@ impl Drop for InFlight {
         let now = Instant::now();
         let rtt = now.saturating_duration_since(self.sent_at).as_nanos() as f64;
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.load
-            .estimate
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .observe(rtt, now, self.load.decay_ns);
+        let mut estimate = self.load.estimate.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.answered {
+            estimate.observe(rtt, now, self.load.decay_ns);
+        } else {
+            estimate.observe_unanswered(rtt, now, self.load.decay_ns);
+        }
     }
 }
 
@@ -197,6 +221,25 @@ mod tests {
         assert!((next - (pulled * MAX_KEEP + 10.0 * MS * (1.0 - MAX_KEEP))).abs() < 1.0);
         let idle = estimate.idle(later + Duration::from_secs(10), 1_000.0 * MS);
         assert!(idle < 0.001 * MS, "an idle estimate decays towards zero: {idle}");
+    }
+
+    #[test]
+    fn a_request_never_answered_raises_the_estimate_to_its_whole_wait() {
+        let load = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(1));
+        let mut answered = load.start();
+        answered.sent_at -= Duration::from_millis(500);
+        answered.answered();
+        drop(answered);
+        let after_answer = load.estimate.lock().unwrap().rtt_ns;
+        assert!(
+            after_answer <= 2.0 * MS,
+            "an answered outlier only doubles it: {after_answer}"
+        );
+        let mut unanswered = load.start();
+        unanswered.sent_at -= Duration::from_millis(500);
+        drop(unanswered);
+        let after_silence = load.estimate.lock().unwrap().rtt_ns;
+        assert!(after_silence >= 500.0 * MS, "{after_silence}");
     }
 
     #[test]

@@ -99,9 +99,12 @@ impl Backend {
                     });
                 }
             };
-            let load = self.load.start();
+            let mut load = self.load.start();
             match connection.send(request, self.endpoint.addr).await {
-                Ok(response) => return Ok(Tracked { response, load }),
+                Ok(response) => {
+                    load.answered();
+                    return Ok(Tracked { response, load });
+                }
                 Err(SendError::NotSent { request: unsent, .. }) if attempt == 0 => {
                     self.endpoint.forget_h2().await;
                     request = *unsent;
