@@ -22,4 +22,4 @@ pub use cidrs::{Cidr, CidrError, parse_cidrs};
 pub use duration::{DurationError, format_duration, parse_duration};
 pub use identity::{SpiffeId, SpiffeIdError};
 pub use ports::{PortError, PortRange, PortSet};
-pub use setting::SettingError;
+pub use setting::{Setting, SettingError};

@@ -7,8 +7,8 @@
 use std::ops::RangeInclusive;
 use std::time::Duration;
 
-use crate::duration::{format_duration, parse_duration};
-use crate::setting::SettingError;
+use crate::duration::format_duration;
+use crate::setting::{Setting, SettingError};
 
 /// The proxy's variables.
 pub mod env {
@@ -79,36 +79,22 @@ impl Limits {
     /// variable it actually read, for the error, and its value.
     pub fn from_env(lookup: impl Fn(&'static str) -> Option<(String, String)>) -> Result<Limits, SettingError> {
         let defaults = Limits::default();
-        let duration = |name: &'static str, default: Duration| match lookup(name) {
-            None => Ok(default),
-            Some((name, value)) => {
-                parse_duration(&value).map_err(|e| SettingError::new(name, value.clone(), e.to_string()))
-            }
-        };
-        let count = |name: &'static str, default: usize, range: RangeInclusive<usize>| match lookup(name) {
-            None => Ok(default),
-            Some((name, value)) => match value.trim().parse::<usize>() {
-                Ok(n) if range.contains(&n) => Ok(n),
-                _ => Err(SettingError::new(
-                    name,
-                    value.clone(),
-                    format!("expected a whole number from {} to {}", range.start(), range.end()),
-                )),
-            },
+        let setting = |name: &'static str| match lookup(name) {
+            Some((shown, value)) => Setting::new(shown, Some(value)),
+            None => Setting::new(name, None),
         };
         Ok(Limits {
-            connect_timeout: duration(env::CONNECT_TIMEOUT, defaults.connect_timeout)?,
-            idle_timeout: duration(env::IDLE_TIMEOUT, defaults.idle_timeout)?,
-            detect_timeout: duration(env::DETECT_TIMEOUT, defaults.detect_timeout)?,
-            detect_buffer: count(env::DETECT_BUFFER, defaults.detect_buffer, DETECT_BUFFER_RANGE)?,
-            header_timeout: duration(env::HEADER_TIMEOUT, defaults.header_timeout)?,
-            max_connections: count(env::MAX_CONNECTIONS, defaults.max_connections, MAX_CONNECTIONS_RANGE)?,
-            max_concurrent_streams: count(
-                env::MAX_CONCURRENT_STREAMS,
-                defaults.max_concurrent_streams as usize,
-                MAX_CONCURRENT_STREAMS_RANGE,
-            )? as u32,
-            max_header_bytes: count(env::MAX_HEADER_BYTES, defaults.max_header_bytes, MAX_HEADER_BYTES_RANGE)?,
+            connect_timeout: setting(env::CONNECT_TIMEOUT).duration(defaults.connect_timeout)?,
+            idle_timeout: setting(env::IDLE_TIMEOUT).duration(defaults.idle_timeout)?,
+            detect_timeout: setting(env::DETECT_TIMEOUT).duration(defaults.detect_timeout)?,
+            detect_buffer: setting(env::DETECT_BUFFER).count(defaults.detect_buffer, DETECT_BUFFER_RANGE)?,
+            header_timeout: setting(env::HEADER_TIMEOUT).duration(defaults.header_timeout)?,
+            max_connections: setting(env::MAX_CONNECTIONS).count(defaults.max_connections, MAX_CONNECTIONS_RANGE)?,
+            max_concurrent_streams: setting(env::MAX_CONCURRENT_STREAMS)
+                .count(defaults.max_concurrent_streams as usize, MAX_CONCURRENT_STREAMS_RANGE)?
+                as u32,
+            max_header_bytes: setting(env::MAX_HEADER_BYTES)
+                .count(defaults.max_header_bytes, MAX_HEADER_BYTES_RANGE)?,
         })
     }
 

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
-use strait_contract::{SettingError, parse_duration};
+use strait_contract::{Setting, SettingError};
 
 use crate::settings::InjectSettings;
 use crate::webhook::{self, NamespaceLabels};
@@ -88,12 +88,7 @@ impl ServeConfig {
             issuer_key: env(ISSUER_KEY)
                 .unwrap_or_else(|| "/var/run/strait/identity/tls.key".into())
                 .into(),
-            cert_lifetime: match env(CERT_LIFETIME) {
-                None => Duration::from_secs(24 * 3600),
-                Some(value) => {
-                    parse_duration(&value).map_err(|e| SettingError::new(CERT_LIFETIME, value, e.to_string()))?
-                }
-            },
+            cert_lifetime: Setting::new(CERT_LIFETIME, env(CERT_LIFETIME)).duration(Duration::from_secs(24 * 3600))?,
             inject,
         })
     }

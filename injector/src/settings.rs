@@ -3,7 +3,7 @@
 //! limits.
 
 use strait_contract::limits::Limits;
-use strait_contract::{SettingError, names};
+use strait_contract::{Setting, SettingError, names};
 
 /// CPU and memory requests and limits of a container, as quantities.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -107,13 +107,8 @@ impl InjectSettings {
             Some(value) => Some(value),
             None => default,
         };
-        let native_sidecar = match env(env::NATIVE_SIDECAR).as_deref().map(str::trim) {
-            None | Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                return Err(SettingError::new(env::NATIVE_SIDECAR, other, "expected true or false"));
-            }
-        };
+        let native_sidecar =
+            Setting::new(env::NATIVE_SIDECAR, env(env::NATIVE_SIDECAR)).switch(true, "true", "false")?;
         let trust_anchors_pem = match env(env::TRUST_ANCHORS_FILE) {
             None => String::new(),
             Some(path) => std::fs::read_to_string(&path)

@@ -59,27 +59,23 @@ impl Application {
 
     /// Whether the application listens on a port or has a connection open.
     fn running(&self) -> bool {
-        self.outbound.open() > 0 || !self.listening_ports().is_empty()
+        self.outbound.open() > 0 || self.listens()
     }
 
-    /// The ports something other than the proxy listens on in this network
-    /// namespace.
-    fn listening_ports(&self) -> HashSet<u16> {
-        let mut ports = HashSet::new();
-        for table in TCP_TABLES {
-            match std::fs::read_to_string(table) {
-                Ok(text) => ports.extend(listening(&text)),
-                // No IPv6 in the namespace: no table.
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => {
-                    if let Some(suppressed) = UNREADABLE.allow() {
-                        tracing::warn!(table, %error, suppressed, "cannot read the socket table");
-                    }
+    /// Whether something other than the proxy listens on a port in this
+    /// network namespace.
+    fn listens(&self) -> bool {
+        TCP_TABLES.iter().any(|table| match std::fs::read_to_string(table) {
+            Ok(text) => listening(&text).any(|port| !self.own_ports.contains(&port)),
+            // No IPv6 in the namespace: no table.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+            Err(error) => {
+                if let Some(suppressed) = UNREADABLE.allow() {
+                    tracing::warn!(table, %error, suppressed, "cannot read the socket table");
                 }
+                false
             }
-        }
-        ports.retain(|port| !self.own_ports.contains(port));
-        ports
+        })
     }
 }
 

@@ -12,7 +12,7 @@ pub use strait_contract::limits::env::{
     MAX_CONNECTIONS, MAX_HEADER_BYTES,
 };
 use strait_contract::names::{self, env};
-use strait_contract::{PortSet, SettingError, SpiffeId, format_duration, parse_duration};
+use strait_contract::{PortSet, Setting, SettingError, SpiffeId, format_duration};
 
 pub const OUTBOUND_ADDRS: &str = "STRAIT_OUTBOUND_ADDRS";
 pub const INBOUND_ADDRS: &str = "STRAIT_INBOUND_ADDRS";
@@ -83,45 +83,39 @@ impl Config {
     /// Reads the settings through `env`, so tests can pass a map instead of
     /// the process environment.
     pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Result<Self, SettingError> {
-        let setting = |name: &'static str| Setting { name, value: env(name) };
+        let setting = |name: &'static str| Setting::new(name, env(name));
         Ok(Config {
-            outbound_addrs: setting(OUTBOUND_ADDRS).addrs(&[
-                SocketAddr::from(([127, 0, 0, 1], names::OUTBOUND_PORT)),
-                SocketAddr::from((Ipv6Addr::LOCALHOST, names::OUTBOUND_PORT)),
-            ])?,
-            inbound_addrs: setting(INBOUND_ADDRS).addrs(&[
-                SocketAddr::from(([0, 0, 0, 0], names::INBOUND_PORT)),
-                SocketAddr::from((Ipv6Addr::UNSPECIFIED, names::INBOUND_PORT)),
-            ])?,
-            admin_addr: setting(ADMIN_ADDR).addr(([0, 0, 0, 0], names::ADMIN_PORT))?,
+            outbound_addrs: setting(OUTBOUND_ADDRS).parse(
+                vec![
+                    SocketAddr::from(([127, 0, 0, 1], names::OUTBOUND_PORT)),
+                    SocketAddr::from((Ipv6Addr::LOCALHOST, names::OUTBOUND_PORT)),
+                ],
+                parse_addrs,
+            )?,
+            inbound_addrs: setting(INBOUND_ADDRS).parse(
+                vec![
+                    SocketAddr::from(([0, 0, 0, 0], names::INBOUND_PORT)),
+                    SocketAddr::from((Ipv6Addr::UNSPECIFIED, names::INBOUND_PORT)),
+                ],
+                parse_addrs,
+            )?,
+            admin_addr: setting(ADMIN_ADDR).parse(SocketAddr::from(([0, 0, 0, 0], names::ADMIN_PORT)), parse_addr)?,
             shutdown_grace: setting(SHUTDOWN_GRACE).duration(Duration::from_secs(30))?,
-            wait_for_app: setting(env::WAIT_FOR_APP).parse(false, |text| match text.trim() {
-                "true" => Ok(true),
-                "false" => Ok(false),
-                _ => Err("expected true or false".to_string()),
-            })?,
-            log_level: setting(LOG_LEVEL).value.unwrap_or_else(|| "info".to_string()),
+            wait_for_app: setting(env::WAIT_FOR_APP).switch(false, "true", "false")?,
+            log_level: env(LOG_LEVEL).unwrap_or_else(|| "info".to_string()),
             worker_threads: setting(WORKER_THREADS).count(1, 1..=64)?,
-            opaque_ports: setting(env::OPAQUE_PORTS).ports(names::DEFAULT_OPAQUE_PORTS)?,
+            opaque_ports: PortSet::parse(names::DEFAULT_OPAQUE_PORTS).unwrap_or_default().union(
+                &setting(env::OPAQUE_PORTS).parse(PortSet::default(), |text| {
+                    PortSet::parse(text).map_err(|e| e.to_string())
+                })?,
+            ),
             no_endpoint_wait: setting(NO_ENDPOINT_WAIT).duration(Duration::from_secs(2))?,
-            discovery: setting(DISCOVERY).parse(env(KUBERNETES_SERVICE_HOST).is_some(), |text| match text.trim() {
-                "kubernetes" => Ok(true),
-                "off" => Ok(false),
-                _ => Err("expected kubernetes or off".to_string()),
-            })?,
-            metrics: setting(METRICS).parse(true, |text| match text.trim() {
-                "on" => Ok(true),
-                "off" => Ok(false),
-                _ => Err("expected on or off".to_string()),
-            })?,
+            discovery: setting(DISCOVERY).switch(env(KUBERNETES_SERVICE_HOST).is_some(), "kubernetes", "off")?,
+            metrics: setting(METRICS).switch(true, "on", "off")?,
             pod_name: env(env::POD_NAME).unwrap_or_default(),
             pod_namespace: env(env::POD_NAMESPACE).unwrap_or_default(),
             identity: identity(&env)?,
-            inbound_strict: setting(env::INBOUND_MODE).parse(false, |text| match text.trim() {
-                "strict" => Ok(true),
-                "permissive" => Ok(false),
-                _ => Err("expected strict or permissive".to_string()),
-            })?,
+            inbound_strict: setting(env::INBOUND_MODE).switch(false, "strict", "permissive")?,
             host_ip: setting(env::HOST_IP).parse(None, |text| {
                 text.trim()
                     .parse()
@@ -191,66 +185,24 @@ fn identity(env: &impl Fn(&str) -> Option<String>) -> Result<Option<IdentityConf
     }))
 }
 
-/// One variable's raw value, parsed with an error that names it.
-struct Setting {
-    name: &'static str,
-    value: Option<String>,
+/// An address with its port, such as `0.0.0.0:4143`.
+fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| "expected an address and port such as 0.0.0.0:4143".to_string())
 }
 
-impl Setting {
-    fn parse<T>(self, default: T, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<T, SettingError> {
-        match self.value {
-            None => Ok(default),
-            Some(value) => parse(&value).map_err(|problem| SettingError::new(self.name, value, problem)),
-        }
+/// Addresses with their ports, separated by commas.
+fn parse_addrs(text: &str) -> Result<Vec<SocketAddr>, String> {
+    let addrs: Vec<SocketAddr> = text
+        .split(',')
+        .map(|item| item.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|_| "expected addresses with ports such as 127.0.0.1:4140,[::1]:4140".to_string())?;
+    if addrs.is_empty() {
+        return Err("expected at least one address".to_string());
     }
-
-    fn addr(self, default: impl Into<SocketAddr>) -> Result<SocketAddr, SettingError> {
-        self.parse(default.into(), |text| {
-            text.trim()
-                .parse()
-                .map_err(|_| "expected an address and port such as 0.0.0.0:4143".to_string())
-        })
-    }
-
-    fn addrs(self, default: &[SocketAddr]) -> Result<Vec<SocketAddr>, SettingError> {
-        self.parse(default.to_vec(), |text| {
-            let addrs: Vec<SocketAddr> = text
-                .split(',')
-                .map(|item| item.trim().parse())
-                .collect::<Result<_, _>>()
-                .map_err(|_| "expected addresses with ports such as 127.0.0.1:4140,[::1]:4140".to_string())?;
-            if addrs.is_empty() {
-                return Err("expected at least one address".to_string());
-            }
-            Ok(addrs)
-        })
-    }
-
-    /// The default ports plus those the variable adds.
-    fn ports(self, defaults: &str) -> Result<PortSet, SettingError> {
-        let defaults = PortSet::parse(defaults).unwrap_or_default();
-        let extra = self.parse(PortSet::default(), |text| {
-            PortSet::parse(text).map_err(|e| e.to_string())
-        })?;
-        Ok(defaults.union(&extra))
-    }
-
-    /// A whole number within `range`.
-    fn count(self, default: usize, range: std::ops::RangeInclusive<usize>) -> Result<usize, SettingError> {
-        self.parse(default, |text| match text.trim().parse::<usize>() {
-            Ok(n) if range.contains(&n) => Ok(n),
-            _ => Err(format!(
-                "expected a whole number from {} to {}",
-                range.start(),
-                range.end()
-            )),
-        })
-    }
-
-    fn duration(self, default: Duration) -> Result<Duration, SettingError> {
-        self.parse(default, |text| parse_duration(text).map_err(|e| e.to_string()))
-    }
+    Ok(addrs)
 }
 
 #[cfg(test)]

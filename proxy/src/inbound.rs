@@ -319,8 +319,7 @@ async fn proxy<C: ClientStream + 'static>(
         unrouted: inbound.metrics.http.route(inbound.route_labels(&client_id)),
         client_id: HeaderValue::from_str(&client_id).ok().filter(|_| !client_id.is_empty()),
         direction: Direction::Inbound,
-        idle_timeout: inbound.limits.idle_timeout,
-        max_header_bytes: inbound.limits.max_header_bytes,
+        limits: inbound.limits,
         upgrade_bytes: inbound.metrics.tcp.byte_counters(&labels),
     };
     let _guard = inbound.metrics.tcp.opened(labels.clone());

@@ -12,9 +12,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::drain::Drain;
 use crate::throttle::LogThrottle;
 
-/// How many connections the listeners of one direction serve at once. A connection beyond
-/// the limit is closed as soon as it is accepted (the client sees the close
-/// at once instead of waiting in the backlog) and counted.
+/// How many connections the listeners of one direction serve at once. A
+/// connection beyond the limit is closed as soon as it is accepted (the
+/// client sees the close at once instead of waiting in the backlog) and
+/// counted.
 #[derive(Clone, Debug)]
 pub struct ConnectionLimit {
     permits: Arc<Semaphore>,

@@ -207,8 +207,7 @@ async fn handle(outbound: Arc<Outbound>, mut stream: TcpStream, peer: SocketAddr
         unrouted,
         client_id: None,
         direction: Direction::Outbound,
-        idle_timeout: outbound.limits.idle_timeout,
-        max_header_bytes: outbound.limits.max_header_bytes,
+        limits: outbound.limits,
         upgrade_bytes: outbound.metrics.tcp.byte_counters(&labels),
     };
     let _guard = outbound.metrics.tcp.opened(labels.clone());

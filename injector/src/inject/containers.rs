@@ -164,6 +164,10 @@ pub fn proxy_container(settings: &InjectSettings, overrides: &Overrides, identit
     if let Some(opaque) = &overrides.opaque_ports {
         env_vars.push(var(env::OPAQUE_PORTS, opaque.clone()));
     }
+    if !settings.native_sidecar {
+        // Stopped together with the application: serve it until it stops.
+        env_vars.push(var(env::WAIT_FOR_APP, "true"));
+    }
     let defaults = Limits::default().to_env();
     env_vars.extend(
         settings
@@ -217,11 +221,6 @@ pub fn proxy_container(settings: &InjectSettings, overrides: &Overrides, identit
     if settings.native_sidecar {
         container.restart_policy = Some("Always".into());
     } else {
-        // Stopped together with the application: serve it until it stops.
-        container
-            .env
-            .get_or_insert_with(Vec::new)
-            .push(var(env::WAIT_FOR_APP, "true"));
         // A regular first container: the kubelet starts the next container
         // only once this hook returns, that is once the proxy is ready.
         container.lifecycle = Some(Lifecycle {

@@ -3,7 +3,7 @@
 //! the protocol, and the response observed as it streams back.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -19,6 +19,7 @@ use super::replay;
 use super::upgrade::relay_upgraded;
 use super::{Body, is_grpc};
 use crate::balance::{Backend, Balancer, Tracked};
+use crate::config::Limits;
 use crate::metrics::{Direction, RouteMetrics};
 use crate::relay::ByteCounters;
 
@@ -45,9 +46,9 @@ pub struct Router {
     /// Inbound, the router sets `strait-client-id` and tells the client's
     /// proxy when a request never reached the application.
     pub direction: Direction,
-    pub idle_timeout: Duration,
-    /// Requests whose header list is larger are refused (see `header_list_size`).
-    pub max_header_bytes: usize,
+    /// The idle timeout of upgraded connections, and the largest header
+    /// list a request may have (see `header_list_size`).
+    pub limits: Limits,
     pub upgrade_bytes: ByteCounters,
 }
 
@@ -126,10 +127,10 @@ impl Router {
             }
         }
         let size = header_list_size(&request);
-        let result = if size > self.max_header_bytes {
+        let result = if size > self.limits.max_header_bytes {
             Err(ProxyError::HeadersTooLarge {
                 size,
-                limit: self.max_header_bytes,
+                limit: self.limits.max_header_bytes,
             })
         } else {
             match prepare_uri(&mut request, &self.fallback_authority()) {
@@ -160,7 +161,12 @@ impl Router {
         let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(downstream)) = (upgraded, downstream_upgrade) {
             let upstream = hyper::upgrade::on(&mut response);
-            relay_upgraded(downstream, upstream, self.idle_timeout, self.upgrade_bytes.clone());
+            relay_upgraded(
+                downstream,
+                upstream,
+                self.limits.idle_timeout,
+                self.upgrade_bytes.clone(),
+            );
         }
         strip_hop_by_hop(response.headers_mut(), upgraded);
         let completion = Completion {
