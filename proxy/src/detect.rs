@@ -52,8 +52,10 @@ pub fn decide(bytes: &[u8], max: usize) -> Option<Protocol> {
 }
 
 /// `max` bounds what detection buffers: an HTTP/1 request line longer than
-/// that is not worth waiting for.
+/// that is not worth waiting for. Only the first `max` bytes count, so the
+/// answer is the same however many more a read brought.
 fn classify(bytes: &[u8], max: usize) -> Verdict {
+    let bytes = &bytes[..bytes.len().min(max)];
     if bytes.is_empty() {
         return Verdict::NeedMore;
     }
@@ -318,6 +320,12 @@ mod tests {
         assert_eq!(classify(b"GET /very/long", 10), Verdict::Decided(Protocol::Opaque));
         assert_eq!(classify(b"PRI * HTTP/2", 8), Verdict::Decided(Protocol::Opaque));
         assert_eq!(classify(b"GE", 2), Verdict::Decided(Protocol::Opaque));
+        // A request line that ends past the limit is opaque, whatever follows
+        // (found by the `detect` fuzz target).
+        assert_eq!(
+            classify(b"POST /a-long-target HTTP/1.0\r\n", 16),
+            Verdict::Decided(Protocol::Opaque)
+        );
     }
 
     /// An upstream that never speaks.
