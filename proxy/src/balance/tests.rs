@@ -2,9 +2,13 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use futures::StreamExt;
+use http::StatusCode;
+use http_body::Frame;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -13,18 +17,23 @@ use super::*;
 use crate::discovery::{Endpoint as DiscoveredEndpoint, ServicePort, TargetRef};
 use crate::metrics::{Direction, Metrics};
 
-/// An HTTP/1 and HTTP/2 server that answers with its name after `delay`.
-async fn server(name: &'static str, delay: Duration) -> SocketAddr {
+/// An HTTP/1 and HTTP/2 server that gives every request `answer`.
+async fn serve<F, Fut>(answer: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             stream.set_nodelay(true).unwrap();
+            let answer = answer.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |_request| async move {
-                    tokio::time::sleep(delay).await;
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(name))))
+                let service = service_fn(move |request| {
+                    let answer = answer.clone();
+                    async move { Ok::<_, Infallible>(answer(request).await) }
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
@@ -33,6 +42,15 @@ async fn server(name: &'static str, delay: Duration) -> SocketAddr {
         }
     });
     addr
+}
+
+/// A server that answers with its name after `delay`.
+async fn server(name: &'static str, delay: Duration) -> SocketAddr {
+    serve(move |_request| async move {
+        tokio::time::sleep(delay).await;
+        Response::new(Full::new(Bytes::from(name)))
+    })
+    .await
 }
 
 fn balancer(addrs: &[(SocketAddr, &str)]) -> (Balancer, watch::Sender<Arc<EndpointSet>>) {
@@ -141,5 +159,61 @@ async fn a_refusing_endpoint_is_skipped_and_the_request_retried() {
     let (balancer, _updates) = balancer(&servers);
     for _ in 0..20 {
         assert_eq!(call(&balancer, http::Version::HTTP_11).await.unwrap(), "up");
+    }
+}
+
+#[tokio::test]
+async fn a_request_its_application_never_saw_goes_to_another_endpoint_body_and_all() {
+    // A proxy in front of an application that is shutting down: it answers
+    // at once, before the request body has all arrived.
+    let refused = Arc::new(AtomicUsize::new(0));
+    let counted = refused.clone();
+    let draining = serve(move |_request| {
+        counted.fetch_add(1, Ordering::Relaxed);
+        async {
+            let mut answer = Response::new(Full::new(Bytes::new()));
+            *answer.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            replay::mark_unprocessed(&mut answer);
+            answer
+        }
+    })
+    .await;
+    let echo = serve(|request: Request<Incoming>| async move {
+        Response::new(Full::new(request.into_body().collect().await.unwrap().to_bytes()))
+    })
+    .await;
+    let (balancer, _updates) = balancer(&[(draining, "draining"), (echo, "echo")]);
+    for version in [http::Version::HTTP_11, http::Version::HTTP_2] {
+        let before = refused.load(Ordering::Relaxed);
+        for _ in 0..50 {
+            // The body's second half comes a little after the first.
+            let later = futures::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(Frame::data(Bytes::from_static(b"lo")))
+            });
+            let frames = futures::stream::iter([Ok(Frame::data(Bytes::from_static(b"hel")))]).chain(later);
+            let request = Request::post("http://web.demo:80/")
+                .version(version)
+                .body(StreamBody::new(frames).boxed_unsync())
+                .unwrap();
+            let (backend, tracked) = balancer.dispatch(request).await.unwrap();
+            assert_eq!(tracked.response.status(), StatusCode::OK, "{version:?}");
+            let body = tracked.response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(
+                &body[..],
+                b"hello",
+                "{version:?}: answered by {}",
+                backend.endpoint.addr
+            );
+            if refused.load(Ordering::Relaxed) > before {
+                break;
+            }
+        }
+        assert!(
+            refused.load(Ordering::Relaxed) > before,
+            "{version:?}: the draining endpoint was tried"
+        );
+        // Out of back-off for the next round.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }

@@ -1,19 +1,22 @@
 //! Requests that can be sent again. When the next hop answers that nothing
 //! of a request reached its application (the application refused the
 //! connection: it is shutting down, say, while its endpoint is still being
-//! withdrawn), the request is safe to send to another endpoint, as long as
-//! its body is still at hand. The body is recorded as it is sent, up to a
-//! small cap; a larger body, or one not finished by the time the answer
-//! came, is not replayed and the answer goes to the client as it is.
+//! withdrawn), the request is safe to send to another endpoint. Its body is
+//! read through a recording: what has been read so far is kept, up to a
+//! small cap, and what has not been read yet stays with the recording, so a
+//! replay sends the kept part and then goes on reading where the first
+//! attempt stopped, however early the answer came. Only a body read past
+//! the cap is not replayed; its answer goes to the client as it is.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Frame, SizeHint};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, BodyStream, StreamBody};
 
 use super::Body;
 
@@ -37,15 +40,43 @@ pub fn take_unprocessed<B>(response: &mut Response<B>) -> bool {
     response.headers_mut().remove(UNPROCESSED_HEADER).is_some()
 }
 
-#[derive(Default)]
+/// A request body as it is being sent: the frames read so far and the rest.
 struct Recording {
-    frames: Vec<Bytes>,
-    trailers: Option<HeaderMap>,
+    /// Copies of the frames read so far (cheap clones of the same bytes).
+    frames: Vec<Frame<Bytes>>,
     bytes: usize,
-    /// The body ended while it was being recorded.
-    complete: bool,
-    /// Too large, or no longer needed: nothing more is kept.
+    /// What has not been read yet; `None` once a replay has taken it over.
+    rest: Option<Body>,
+    /// Too large, failed, or no longer needed: nothing more is kept.
     abandoned: bool,
+}
+
+impl Recording {
+    fn keep(&mut self, frame: &Option<Result<Frame<Bytes>, hyper::Error>>) {
+        match frame {
+            // The end: an empty rest reads as ended, however often polled.
+            None => self.rest = Some(Body::default()),
+            Some(Err(_)) => self.abandon(),
+            Some(Ok(_)) if self.abandoned => {}
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes += data.len();
+                    if self.bytes > MAX_RECORDED {
+                        self.abandon();
+                        return;
+                    }
+                    self.frames.push(Frame::data(data.clone()));
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    self.frames.push(Frame::trailers(trailers.clone()));
+                }
+            }
+        }
+    }
+
+    fn abandon(&mut self) {
+        self.abandoned = true;
+        self.frames = Vec::new();
+    }
 }
 
 /// What is needed to send a request again.
@@ -69,7 +100,12 @@ impl Replayable {
             return (request, None);
         }
         let (parts, body) = request.into_parts();
-        let recording = Arc::new(Mutex::new(Recording::default()));
+        let recording = Arc::new(Mutex::new(Recording {
+            frames: Vec::new(),
+            bytes: 0,
+            rest: Some(body),
+            abandoned: false,
+        }));
         let replayable = Replayable {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -77,24 +113,23 @@ impl Replayable {
             headers: parts.headers.clone(),
             recording: recording.clone(),
         };
-        let body = RecordingBody { inner: body, recording }.boxed_unsync();
+        let body = RecordingBody { recording }.boxed_unsync();
         (Request::from_parts(parts, body), Some(replayable))
     }
 
-    /// The request again, if its whole body was recorded.
+    /// The request again: the frames read so far, then the rest of the body,
+    /// which the first attempt no longer reads. `None` when more was read
+    /// than is kept.
     pub fn into_request(self) -> Option<Request<Body>> {
-        let recording = std::mem::take(&mut *lock(&self.recording));
-        if !recording.complete || recording.abandoned {
-            return None;
-        }
-        let frames = recording
-            .frames
-            .into_iter()
-            .map(Frame::data)
-            .chain(recording.trailers.map(Frame::trailers))
-            .map(Ok);
-        let body = http_body_util::StreamBody::new(futures::stream::iter(frames)).boxed_unsync();
-        let mut request = Request::new(body);
+        let (frames, rest) = {
+            let mut recording = lock(&self.recording);
+            if recording.abandoned {
+                return None;
+            }
+            (std::mem::take(&mut recording.frames), recording.rest.take()?)
+        };
+        let body = futures::stream::iter(frames.into_iter().map(Ok)).chain(BodyStream::new(rest));
+        let mut request = Request::new(StreamBody::new(body).boxed_unsync());
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
         *request.version_mut() = self.version;
@@ -102,19 +137,14 @@ impl Replayable {
         Some(request)
     }
 
-    /// No replay will be needed: the recording is dropped and stops.
+    /// No replay will be needed: the body is read on without being kept.
     pub fn discard(self) {
-        let mut recording = lock(&self.recording);
-        recording.abandoned = true;
-        recording.frames = Vec::new();
-        recording.trailers = None;
+        lock(&self.recording).abandon();
     }
 }
 
-/// A body that keeps a copy of what passes through it (cheap clones of the
-/// same bytes) until it is abandoned.
+/// The body the first attempt reads: the recording's rest, kept as it goes.
 struct RecordingBody {
-    inner: Body,
     recording: Arc<Mutex<Recording>>,
 }
 
@@ -122,53 +152,38 @@ impl http_body::Body for RecordingBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut recording = lock(&self.recording);
+        // A replay took the rest over: this attempt has had its answer.
+        let Some(rest) = recording.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(rest).poll_frame(cx);
         if let Poll::Ready(frame) = &polled {
-            let mut recording = lock(&self.recording);
-            if !recording.abandoned {
-                match frame {
-                    Some(Ok(frame)) => {
-                        if let Some(data) = frame.data_ref() {
-                            recording.bytes += data.len();
-                            if recording.bytes > MAX_RECORDED {
-                                recording.abandoned = true;
-                                recording.frames = Vec::new();
-                            } else {
-                                recording.frames.push(data.clone());
-                            }
-                        } else if let Some(trailers) = frame.trailers_ref() {
-                            recording.trailers = Some(trailers.clone());
-                        }
-                        // HTTP/2 ends the stream with the last frame, without
-                        // polling for the end.
-                        recording.complete |= self.inner.is_end_stream();
-                    }
-                    None => recording.complete = true,
-                    Some(Err(_)) => recording.abandoned = true,
-                }
-            }
+            recording.keep(frame);
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        let end = self.inner.is_end_stream();
-        if end {
-            lock(&self.recording).complete = true;
-        }
-        end
+        lock(&self.recording)
+            .rest
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let recording = lock(&self.recording);
+        recording
+            .rest
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), http_body::Body::size_hint)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body::Body as _;
     use http_body_util::Full;
 
     fn request(body: &'static [u8]) -> Request<Body> {
@@ -194,24 +209,60 @@ mod tests {
         assert_eq!(&second[..], b"hello");
     }
 
-    #[tokio::test]
-    async fn a_body_read_as_http2_sends_it_is_complete_with_its_last_frame() {
-        let (sent, replayable) = Replayable::record(request(b"hello"));
-        let mut body = sent.into_body();
-        body.frame().await.unwrap().unwrap();
-        assert!(body.is_end_stream(), "HTTP/2 stops here, without polling for the end");
-        assert!(replayable.unwrap().into_request().is_some());
+    /// A body that sends `first`, then `rest` once `release` fires.
+    fn two_part_body(first: &'static [u8], rest: &'static [u8]) -> (Body, tokio::sync::oneshot::Sender<()>) {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let later = futures::stream::once(async move {
+            let _ = released.await;
+            Ok(Frame::data(Bytes::from_static(rest)))
+        });
+        let frames = futures::stream::iter([Ok(Frame::data(Bytes::from_static(first)))]).chain(later);
+        (StreamBody::new(frames).boxed_unsync(), release)
     }
 
     #[tokio::test]
-    async fn an_unfinished_or_oversized_body_is_not_replayed() {
+    async fn a_body_answered_before_it_was_read_to_the_end_is_sent_again_whole() {
+        let (body, release) = two_part_body(b"hel", b"lo");
+        let (sent, replayable) = Replayable::record(request(b"").map(|_| body));
+        let mut first_attempt = sent.into_body();
+        let frame = first_attempt.frame().await.unwrap().unwrap();
+        assert_eq!(frame.data_ref().unwrap(), &b"hel"[..]);
+
+        // The answer comes now, with the rest of the body still to come.
+        let again = replayable.unwrap().into_request().unwrap();
+        assert!(
+            first_attempt.frame().await.is_none(),
+            "the first attempt reads no more once a replay took over"
+        );
+        release.send(()).unwrap();
+        let second = again.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&second[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_body_never_read_is_replayed_and_one_read_past_the_cap_is_not() {
         let (_unsent, replayable) = Replayable::record(request(b"hello"));
-        assert!(replayable.unwrap().into_request().is_none(), "the body was never read");
+        let again = replayable.unwrap().into_request().unwrap();
+        assert_eq!(&again.into_body().collect().await.unwrap().to_bytes()[..], b"hello");
 
         let big: &'static [u8] = Box::leak(vec![7u8; MAX_RECORDED + 1].into_boxed_slice());
         let (sent, replayable) = Replayable::record(request(big));
         sent.into_body().collect().await.unwrap();
         assert!(replayable.unwrap().into_request().is_none(), "too large to keep");
+    }
+
+    #[tokio::test]
+    async fn trailers_are_replayed_after_the_data() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let frames = [Frame::data(Bytes::from_static(b"hi")), Frame::trailers(trailers)];
+        let body = StreamBody::new(futures::stream::iter(frames.map(Ok))).boxed_unsync();
+        let (sent, replayable) = Replayable::record(request(b"").map(|_| body));
+        sent.into_body().collect().await.unwrap();
+        let again = replayable.unwrap().into_request().unwrap();
+        let collected = again.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+        assert_eq!(&collected.to_bytes()[..], b"hi");
     }
 
     #[test]
