@@ -322,12 +322,12 @@ impl Balancer {
     }
 
     /// Sends a request to the chosen endpoint; a request that could not be
-    /// sent, or that the endpoint's proxy says never reached its
-    /// application, is tried on another one.
+    /// sent, or that the endpoint turned away before its application saw
+    /// it, is tried on another one.
     pub async fn dispatch(&self, request: Request<Body>) -> Result<(Arc<Backend>, Tracked), ProxyError> {
         let deadline = Instant::now() + self.wait;
         let mut last_error = None;
-        let mut unprocessed = None;
+        let mut turned_away = None;
         let (mut request, mut replayable) = (request, None);
         for attempt in 0..MAX_ATTEMPTS {
             let Some(backend) = self.pick_or_wait(deadline).await else {
@@ -337,38 +337,36 @@ impl Balancer {
             if attempt == 0 && self.has_alternatives() {
                 (request, replayable) = Replayable::record(request);
             }
-            match backend.send(request).await {
+            let refusal = match backend.send(request).await {
                 Ok(mut tracked) => {
-                    let again = match replay::take_unprocessed(&mut tracked.response) {
-                        true => replayable.take().and_then(Replayable::into_request),
-                        false => None,
-                    };
-                    let Some(again) = again else {
+                    if replay::take_unprocessed(&mut tracked.response) {
+                        Refusal::Answered(tracked)
+                    } else {
                         if let Some(replayable) = replayable {
                             replayable.discard();
                         }
                         return Ok((backend, tracked));
-                    };
-                    tracing::debug!(endpoint = %backend.endpoint.addr, "the request did not reach the application; trying another endpoint");
-                    backend.endpoint.mark_failed();
-                    unprocessed = Some((backend, tracked));
-                    (request, replayable) = Replayable::record(again);
+                    }
                 }
                 Err(SendError::NotSent { request: unsent, error }) => {
                     tracing::debug!(endpoint = %backend.endpoint.addr, %error, "connect failed; trying another endpoint");
                     request = *unsent;
                     last_error = Some(error);
+                    continue;
                 }
-                Err(SendError::Failed(source)) => {
-                    return Err(ProxyError::Upstream {
-                        endpoint: backend.endpoint.addr.to_string(),
-                        source,
-                    });
-                }
-            }
+                Err(SendError::Failed(source)) if replay::refused_unprocessed(&source) => Refusal::Refused(source),
+                Err(SendError::Failed(source)) => return Err(upstream_failed(&backend, source)),
+            };
+            let Some(again) = replayable.take().and_then(Replayable::into_request) else {
+                return refusal.into_result(backend);
+            };
+            tracing::debug!(endpoint = %backend.endpoint.addr, "the request did not reach the application; trying another endpoint");
+            backend.endpoint.mark_failed();
+            turned_away = Some((backend, refusal));
+            (request, replayable) = Replayable::record(again);
         }
-        if let Some(answered) = unprocessed {
-            return Ok(answered);
+        if let Some((backend, refusal)) = turned_away {
+            return refusal.into_result(backend);
         }
         Err(match last_error {
             Some(last) => ProxyError::Unreachable {
@@ -377,6 +375,31 @@ impl Balancer {
             },
             None => ProxyError::NoEndpoints(self.name(), self.wait),
         })
+    }
+}
+
+/// An endpoint's word that a request never reached its application.
+enum Refusal {
+    /// Its proxy answered so (the application refused the connection).
+    Answered(Tracked),
+    /// Its HTTP/2 server refused the stream (RST_STREAM or GOAWAY).
+    Refused(hyper::Error),
+}
+
+impl Refusal {
+    /// What the client gets when the request goes nowhere else.
+    fn into_result(self, backend: Arc<Backend>) -> Result<(Arc<Backend>, Tracked), ProxyError> {
+        match self {
+            Refusal::Answered(tracked) => Ok((backend, tracked)),
+            Refusal::Refused(source) => Err(upstream_failed(&backend, source)),
+        }
+    }
+}
+
+fn upstream_failed(backend: &Backend, source: hyper::Error) -> ProxyError {
+    ProxyError::Upstream {
+        endpoint: backend.endpoint.addr.to_string(),
+        source,
     }
 }
 

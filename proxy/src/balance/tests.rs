@@ -11,6 +11,7 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
@@ -162,58 +163,135 @@ async fn a_refusing_endpoint_is_skipped_and_the_request_retried() {
     }
 }
 
-#[tokio::test]
-async fn a_request_its_application_never_saw_goes_to_another_endpoint_body_and_all() {
-    // A proxy in front of an application that is shutting down: it answers
-    // at once, before the request body has all arrived.
-    let refused = Arc::new(AtomicUsize::new(0));
-    let counted = refused.clone();
-    let draining = serve(move |_request| {
-        counted.fetch_add(1, Ordering::Relaxed);
-        async {
-            let mut answer = Response::new(Full::new(Bytes::new()));
-            *answer.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-            replay::mark_unprocessed(&mut answer);
-            answer
-        }
-    })
-    .await;
-    let echo = serve(|request: Request<Incoming>| async move {
+/// A server that echoes the request body.
+async fn echo() -> SocketAddr {
+    serve(|request: Request<Incoming>| async move {
         Response::new(Full::new(request.into_body().collect().await.unwrap().to_bytes()))
     })
-    .await;
-    let (balancer, _updates) = balancer(&[(draining, "draining"), (echo, "echo")]);
-    for version in [http::Version::HTTP_11, http::Version::HTTP_2] {
-        let before = refused.load(Ordering::Relaxed);
-        for _ in 0..50 {
-            // The body's second half comes a little after the first.
-            let later = futures::stream::once(async {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                Ok(Frame::data(Bytes::from_static(b"lo")))
-            });
-            let frames = futures::stream::iter([Ok(Frame::data(Bytes::from_static(b"hel")))]).chain(later);
-            let request = Request::post("http://web.demo:80/")
-                .version(version)
-                .body(StreamBody::new(frames).boxed_unsync())
-                .unwrap();
-            let (backend, tracked) = balancer.dispatch(request).await.unwrap();
-            assert_eq!(tracked.response.status(), StatusCode::OK, "{version:?}");
-            let body = tracked.response.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(
-                &body[..],
-                b"hello",
-                "{version:?}: answered by {}",
-                backend.endpoint.addr
-            );
-            if refused.load(Ordering::Relaxed) > before {
-                break;
-            }
+    .await
+}
+
+/// Sends requests whose body's second half comes a little after the first
+/// until `refusing` has turned one away (counted in `turned_away`), and
+/// checks that each got the echo's answer, its body whole.
+async fn every_request_reaches_the_echo(refusing: SocketAddr, turned_away: &AtomicUsize, version: http::Version) {
+    let (balancer, _updates) = balancer(&[(refusing, "refusing"), (echo().await, "echo")]);
+    for _ in 0..50 {
+        let later = futures::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(Frame::data(Bytes::from_static(b"lo")))
+        });
+        let frames = futures::stream::iter([Ok(Frame::data(Bytes::from_static(b"hel")))]).chain(later);
+        let request = Request::post("http://web.demo:80/")
+            .version(version)
+            .body(StreamBody::new(frames).boxed_unsync())
+            .unwrap();
+        let (backend, tracked) = balancer.dispatch(request).await.unwrap();
+        assert_eq!(tracked.response.status(), StatusCode::OK, "{version:?}");
+        let body = tracked.response.into_body().collect().await.unwrap().to_bytes();
+        let from = backend.endpoint.addr;
+        assert_eq!(&body[..], b"hello", "{version:?}: answered by {from}");
+        if turned_away.load(Ordering::Relaxed) > 0 {
+            return;
         }
-        assert!(
-            refused.load(Ordering::Relaxed) > before,
-            "{version:?}: the draining endpoint was tried"
-        );
-        // Out of back-off for the next round.
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    panic!("{version:?}: the refusing endpoint was never tried");
+}
+
+#[tokio::test]
+async fn a_request_its_application_never_saw_goes_to_another_endpoint_body_and_all() {
+    for version in [http::Version::HTTP_11, http::Version::HTTP_2] {
+        // A proxy in front of an application that is shutting down: it
+        // answers at once, before the request body has all arrived.
+        let turned_away = Arc::new(AtomicUsize::new(0));
+        let counted = turned_away.clone();
+        let draining = serve(move |_request| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            async {
+                let mut answer = Response::new(Full::new(Bytes::new()));
+                *answer.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                replay::mark_unprocessed(&mut answer);
+                answer
+            }
+        })
+        .await;
+        every_request_reaches_the_echo(draining, &turned_away, version).await;
+    }
+}
+
+/// An HTTP/2 server that resets every stream with REFUSED_STREAM.
+async fn refusing_streams(turned_away: Arc<AtomicUsize>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let turned_away = turned_away.clone();
+            tokio::spawn(async move {
+                let mut connection = h2::server::handshake(stream).await.unwrap();
+                while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                    turned_away.fetch_add(1, Ordering::Relaxed);
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An HTTP/2 server, in raw frames, that answers the first request's
+/// HEADERS with a GOAWAY whose last stream ID (0) leaves it out.
+async fn going_away(turned_away: Arc<AtomicUsize>) -> SocketAddr {
+    const PREFACE: usize = 24;
+    const HEADERS: u8 = 1;
+    let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+    let goaway = [0u8, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let turned_away = turned_away.clone();
+            tokio::spawn(async move {
+                stream.write_all(&settings).await.unwrap();
+                let mut received = Vec::new();
+                let mut buffer = [0u8; 4096];
+                loop {
+                    let Ok(read @ 1..) = stream.read(&mut buffer).await else {
+                        return;
+                    };
+                    received.extend_from_slice(&buffer[..read]);
+                    // Walk the frames after the preface, looking for HEADERS.
+                    let mut at = PREFACE;
+                    let mut seen = false;
+                    while at + 9 <= received.len() {
+                        let length = usize::from(received[at]) << 16
+                            | usize::from(received[at + 1]) << 8
+                            | usize::from(received[at + 2]);
+                        seen |= received[at + 3] == HEADERS;
+                        at += 9 + length;
+                    }
+                    if seen {
+                        break;
+                    }
+                }
+                turned_away.fetch_add(1, Ordering::Relaxed);
+                stream.write_all(&goaway).await.unwrap();
+                // Read on until the client lets go.
+                while matches!(stream.read(&mut buffer).await, Ok(1..)) {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_stream_refused_by_reset_or_goaway_goes_to_another_endpoint_body_and_all() {
+    let turned_away = Arc::new(AtomicUsize::new(0));
+    let refusing = refusing_streams(turned_away.clone()).await;
+    every_request_reaches_the_echo(refusing, &turned_away, http::Version::HTTP_2).await;
+
+    let turned_away = Arc::new(AtomicUsize::new(0));
+    let refusing = going_away(turned_away.clone()).await;
+    every_request_reaches_the_echo(refusing, &turned_away, http::Version::HTTP_2).await;
 }

@@ -40,6 +40,18 @@ pub fn take_unprocessed<B>(response: &mut Response<B>) -> bool {
     response.headers_mut().remove(UNPROCESSED_HEADER).is_some()
 }
 
+/// Whether an HTTP/2 upstream turned the request's stream away before its
+/// application saw it: a RST_STREAM with REFUSED_STREAM, or a GOAWAY whose
+/// last stream ID leaves the stream out (RFC 9113, 8.7). Either way the
+/// request may go elsewhere.
+pub fn refused_unprocessed(error: &hyper::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<h2::Error>())
+        .is_some_and(|error| {
+            error.is_remote() && (error.is_go_away() || error.reason() == Some(h2::Reason::REFUSED_STREAM))
+        })
+}
+
 /// A request body as it is being sent: the frames read so far and the rest.
 struct Recording {
     /// Copies of the frames read so far (cheap clones of the same bytes).
