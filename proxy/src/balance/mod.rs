@@ -25,7 +25,7 @@ use crate::http::client::{Connector, Endpoint, SendError};
 use crate::http::errors::ProxyError;
 use crate::http::replay::{self, Replayable};
 use crate::metrics::discovery::EndpointStateLabels;
-use crate::metrics::{DiscoveryMetrics, HttpMetrics, RouteLabels, RouteMetrics};
+use crate::metrics::{DiscoveryMetrics, HttpMetrics, RouteLabels, RouteMetrics, TurnedAway};
 use crate::upstream::Target;
 use crate::workloads::{Workloads, peer_identity};
 
@@ -350,6 +350,7 @@ impl Balancer {
                 }
                 Err(SendError::NotSent { request: unsent, error }) => {
                     tracing::debug!(endpoint = %backend.endpoint.addr, %error, "connect failed; trying another endpoint");
+                    backend.metrics.turned_away(TurnedAway::ConnectFailed);
                     request = *unsent;
                     last_error = Some(error);
                     continue;
@@ -357,6 +358,7 @@ impl Balancer {
                 Err(SendError::Failed(source)) if replay::refused_unprocessed(&source) => Refusal::Refused(source),
                 Err(SendError::Failed(source)) => return Err(upstream_failed(&backend, source)),
             };
+            backend.metrics.turned_away(refusal.reason());
             let Some(again) = replayable.take().and_then(Replayable::into_request) else {
                 return refusal.into_result(backend);
             };
@@ -387,6 +389,13 @@ enum Refusal {
 }
 
 impl Refusal {
+    fn reason(&self) -> TurnedAway {
+        match self {
+            Refusal::Answered(_) => TurnedAway::ApplicationGone,
+            Refusal::Refused(_) => TurnedAway::StreamRefused,
+        }
+    }
+
     /// What the client gets when the request goes nowhere else.
     fn into_result(self, backend: Arc<Backend>) -> Result<(Arc<Backend>, Tracked), ProxyError> {
         match self {

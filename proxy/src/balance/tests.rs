@@ -55,6 +55,18 @@ async fn server(name: &'static str, delay: Duration) -> SocketAddr {
 }
 
 fn balancer(addrs: &[(SocketAddr, &str)]) -> (Balancer, watch::Sender<Arc<EndpointSet>>) {
+    let (balancer, updates, _registry) = observed_balancer(addrs);
+    (balancer, updates)
+}
+
+/// A balancer over `addrs` and the registry of its metrics.
+fn observed_balancer(
+    addrs: &[(SocketAddr, &str)],
+) -> (
+    Balancer,
+    watch::Sender<Arc<EndpointSet>>,
+    prometheus_client::registry::Registry,
+) {
     let endpoints = addrs
         .iter()
         .map(|(addr, pod)| DiscoveredEndpoint {
@@ -91,7 +103,7 @@ fn balancer(addrs: &[(SocketAddr, &str)]) -> (Balancer, watch::Sender<Arc<Endpoi
         workloads: None,
     };
     let balancer = Balancer::new(&target, RouteLabels::new(Direction::Outbound), context);
-    (balancer, sender)
+    (balancer, sender, registry)
 }
 
 async fn call(balancer: &Balancer, version: http::Version) -> Result<String, ProxyError> {
@@ -157,10 +169,23 @@ async fn no_endpoint_is_a_bounded_wait_then_unavailable() {
 async fn a_refusing_endpoint_is_skipped_and_the_request_retried() {
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let servers = [(closed, "gone"), (server("up", Duration::ZERO).await, "up")];
-    let (balancer, _updates) = balancer(&servers);
+    let (balancer, _updates, registry) = observed_balancer(&servers);
     for _ in 0..20 {
         assert_eq!(call(&balancer, http::Version::HTTP_11).await.unwrap(), "up");
     }
+    assert!(turned_away_count(&registry, "gone", "connect_failed") > 0);
+}
+
+/// `strait_requests_turned_away_total` for one pod and reason.
+fn turned_away_count(registry: &prometheus_client::registry::Registry, pod: &str, reason: &str) -> u64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text.lines()
+        .filter(|line| line.starts_with("strait_requests_turned_away_total{"))
+        .filter(|line| line.contains(&format!("dst_pod=\"{pod}\"")))
+        .filter(|line| line.contains(&format!("reason=\"{reason}\"")))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// A server that echoes the request body.
@@ -173,9 +198,15 @@ async fn echo() -> SocketAddr {
 
 /// Sends requests whose body's second half comes a little after the first
 /// until `refusing` has turned one away (counted in `turned_away`), and
-/// checks that each got the echo's answer, its body whole.
-async fn every_request_reaches_the_echo(refusing: SocketAddr, turned_away: &AtomicUsize, version: http::Version) {
-    let (balancer, _updates) = balancer(&[(refusing, "refusing"), (echo().await, "echo")]);
+/// checks that each got the echo's answer, its body whole, and that the
+/// refusal was counted with `reason`.
+async fn every_request_reaches_the_echo(
+    refusing: SocketAddr,
+    turned_away: &AtomicUsize,
+    version: http::Version,
+    reason: &str,
+) {
+    let (balancer, _updates, registry) = observed_balancer(&[(refusing, "refusing"), (echo().await, "echo")]);
     for _ in 0..50 {
         let later = futures::stream::once(async {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -192,6 +223,7 @@ async fn every_request_reaches_the_echo(refusing: SocketAddr, turned_away: &Atom
         let from = backend.endpoint.addr;
         assert_eq!(&body[..], b"hello", "{version:?}: answered by {from}");
         if turned_away.load(Ordering::Relaxed) > 0 {
+            assert!(turned_away_count(&registry, "refusing", reason) > 0, "{version:?}");
             return;
         }
     }
@@ -215,7 +247,7 @@ async fn a_request_its_application_never_saw_goes_to_another_endpoint_body_and_a
             }
         })
         .await;
-        every_request_reaches_the_echo(draining, &turned_away, version).await;
+        every_request_reaches_the_echo(draining, &turned_away, version, "application_gone").await;
     }
 }
 
@@ -289,9 +321,9 @@ async fn going_away(turned_away: Arc<AtomicUsize>) -> SocketAddr {
 async fn a_stream_refused_by_reset_or_goaway_goes_to_another_endpoint_body_and_all() {
     let turned_away = Arc::new(AtomicUsize::new(0));
     let refusing = refusing_streams(turned_away.clone()).await;
-    every_request_reaches_the_echo(refusing, &turned_away, http::Version::HTTP_2).await;
+    every_request_reaches_the_echo(refusing, &turned_away, http::Version::HTTP_2, "stream_refused").await;
 
     let turned_away = Arc::new(AtomicUsize::new(0));
     let refusing = going_away(turned_away.clone()).await;
-    every_request_reaches_the_echo(refusing, &turned_away, http::Version::HTTP_2).await;
+    every_request_reaches_the_echo(refusing, &turned_away, http::Version::HTTP_2, "stream_refused").await;
 }

@@ -1,7 +1,8 @@
 //! HTTP and gRPC metrics: requests, responses (HTTP status, gRPC status,
-//! classification) and latency, per route. A route's metric handles are
+//! classification), latency, and requests turned away, per route. A route's metric handles are
 //! looked up once and kept, so the request path only touches atomics.
 
+use std::fmt::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -10,6 +11,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+
+use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 
 use super::Direction;
 
@@ -56,6 +59,35 @@ struct ResponseLabels {
     classification: &'static str,
 }
 
+/// Why an endpoint did not take a request; each is safe to send elsewhere.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum TurnedAway {
+    /// The connection to the endpoint could not be made.
+    ConnectFailed,
+    /// The endpoint's proxy found its application gone.
+    ApplicationGone,
+    /// The endpoint's HTTP/2 server refused the stream (RST_STREAM
+    /// REFUSED_STREAM, or left out by GOAWAY).
+    StreamRefused,
+}
+
+impl EncodeLabelValue for TurnedAway {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(match self {
+            TurnedAway::ConnectFailed => "connect_failed",
+            TurnedAway::ApplicationGone => "application_gone",
+            TurnedAway::StreamRefused => "stream_refused",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TurnedAwayLabels {
+    #[prometheus(flatten)]
+    route: RouteLabels,
+    reason: TurnedAway,
+}
+
 #[derive(Clone)]
 struct LatencyHistogram;
 
@@ -73,6 +105,7 @@ pub struct HttpMetrics {
     requests: Family<RouteLabels, Counter>,
     responses: Family<ResponseLabels, Counter>,
     latency: Family<RouteLabels, Histogram, LatencyHistogram>,
+    turned_away: Family<TurnedAwayLabels, Counter>,
 }
 
 impl std::fmt::Debug for HttpMetrics {
@@ -88,6 +121,7 @@ impl HttpMetrics {
             requests: Family::default(),
             responses: Family::default(),
             latency: Family::new_with_constructor(LatencyHistogram),
+            turned_away: Family::default(),
         };
         registry.register(
             "requests",
@@ -105,6 +139,12 @@ impl HttpMetrics {
             Unit::Seconds,
             metrics.latency.clone(),
         );
+        registry.register(
+            "requests_turned_away",
+            "Requests an endpoint did not take before its application saw them, by reason; \
+             each goes to another endpoint when one is left",
+            metrics.turned_away.clone(),
+        );
         metrics
     }
 
@@ -115,6 +155,7 @@ impl HttpMetrics {
             latency: self.latency.get_or_create(&labels).clone(),
             responses: Mutex::new(Vec::new()),
             family: self.responses.clone(),
+            turned_away: self.turned_away.clone(),
             labels,
             recording: self.recording,
         }))
@@ -130,6 +171,7 @@ struct RouteInner {
     /// Response counters already looked up, by (status, gRPC status).
     responses: Mutex<Vec<(StatusKey, Counter)>>,
     family: Family<ResponseLabels, Counter>,
+    turned_away: Family<TurnedAwayLabels, Counter>,
     labels: RouteLabels,
     recording: bool,
 }
@@ -148,6 +190,18 @@ impl RouteMetrics {
     pub fn request(&self) {
         if self.0.recording {
             self.0.requests.inc();
+        }
+    }
+
+    /// Records a request this route's endpoint did not take (rare: the
+    /// series is looked up each time).
+    pub fn turned_away(&self, reason: TurnedAway) {
+        if self.0.recording {
+            let labels = TurnedAwayLabels {
+                route: self.0.labels.clone(),
+                reason,
+            };
+            self.0.turned_away.get_or_create(&labels).inc();
         }
     }
 
