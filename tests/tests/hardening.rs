@@ -340,6 +340,13 @@ fn a_rolling_restart_under_grpc_load_loses_no_call() {
         &calls.finish(Duration::from_secs(120)),
         "gRPC through a rolling restart",
     );
+    // How often an old pod turned a call away and it went elsewhere: timing
+    // decides, so it is shown, not asserted.
+    for reason in ["connect_failed", "application_gone", "stream_refused"] {
+        let label = format!("reason=\"{reason}\"");
+        let count = lab.metric(&client, "strait_requests_turned_away_total", &[&label]) as u64;
+        eprintln!("calls turned away by a terminating pod ({reason}), each sent elsewhere: {count}");
+    }
 }
 
 #[test]
