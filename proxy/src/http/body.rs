@@ -8,18 +8,19 @@ use std::time::Instant;
 
 use crate::balance::load::InFlight;
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::metrics::RouteMetrics;
 
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_CANCELLED: u32 = 1;
 const GRPC_UNKNOWN: u32 = 2;
 
 /// The call's gRPC status from headers or trailers; out-of-range values
 /// count as UNKNOWN so a misbehaving server cannot grow the label set.
 pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
-    let value = headers.get("grpc-status")?;
+    let value = headers.get(GRPC_STATUS)?;
     let code = value
         .to_str()
         .ok()

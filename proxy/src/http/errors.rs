@@ -3,7 +3,7 @@
 //! it, 504 on timeout), and gRPC callers get a gRPC status instead.
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use strait_contract::Chain;
 
@@ -11,7 +11,7 @@ use super::Body;
 use crate::transport::ConnectError;
 
 /// The header that says an answer came from the proxy, not the application.
-pub const PROXY_ERROR_HEADER: &str = "strait-proxy-error";
+pub const PROXY_ERROR_HEADER: HeaderName = HeaderName::from_static("strait-proxy-error");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

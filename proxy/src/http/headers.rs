@@ -4,8 +4,9 @@
 use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, TE, TRANSFER_ENCODING, UPGRADE};
 
-const KEEP_ALIVE: &str = "keep-alive";
-const PROXY_CONNECTION: &str = "proxy-connection";
+// Header names as constants: looked up on every request without parsing.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Whether the message asks to switch protocols (`Connection: upgrade`).
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {

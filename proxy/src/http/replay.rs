@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::StreamExt;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 
@@ -23,7 +23,7 @@ use super::Body;
 /// The response header by which an inbound proxy says the request never
 /// reached its application. It is for the client's proxy only, which
 /// removes it.
-pub const UNPROCESSED_HEADER: &str = "strait-unprocessed";
+pub const UNPROCESSED_HEADER: HeaderName = HeaderName::from_static("strait-unprocessed");
 
 /// The most of a request body kept for a replay.
 const MAX_RECORDED: usize = 64 * 1024;
