@@ -5,10 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use http::StatusCode;
-use http_body::Frame;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -208,14 +206,10 @@ async fn every_request_reaches_the_echo(
 ) {
     let (balancer, _updates, registry) = observed_balancer(&[(refusing, "refusing"), (echo().await, "echo")]);
     for _ in 0..50 {
-        let later = futures::stream::once(async {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            Ok(Frame::data(Bytes::from_static(b"lo")))
-        });
-        let frames = futures::stream::iter([Ok(Frame::data(Bytes::from_static(b"hel")))]).chain(later);
+        let body = replay::two_part_body(b"hel", b"lo", tokio::time::sleep(Duration::from_millis(20)));
         let request = Request::post("http://web.demo:80/")
             .version(version)
-            .body(StreamBody::new(frames).boxed_unsync())
+            .body(body)
             .unwrap();
         let (backend, tracked) = balancer.dispatch(request).await.unwrap();
         assert_eq!(tracked.response.status(), StatusCode::OK, "{version:?}");

@@ -193,6 +193,22 @@ impl http_body::Body for RecordingBody {
     }
 }
 
+/// A body that sends `first`, then `rest` once `before_rest` is done: a
+/// request whose end arrives late, for tests.
+#[cfg(test)]
+pub(crate) fn two_part_body(
+    first: &'static [u8],
+    rest: &'static [u8],
+    before_rest: impl Future<Output = ()> + Send + 'static,
+) -> Body {
+    let later = futures::stream::once(async move {
+        before_rest.await;
+        Ok(Frame::data(Bytes::from_static(rest)))
+    });
+    let frames = futures::stream::iter([Ok(Frame::data(Bytes::from_static(first)))]).chain(later);
+    StreamBody::new(frames).boxed_unsync()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,20 +237,12 @@ mod tests {
         assert_eq!(&second[..], b"hello");
     }
 
-    /// A body that sends `first`, then `rest` once `release` fires.
-    fn two_part_body(first: &'static [u8], rest: &'static [u8]) -> (Body, tokio::sync::oneshot::Sender<()>) {
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let later = futures::stream::once(async move {
-            let _ = released.await;
-            Ok(Frame::data(Bytes::from_static(rest)))
-        });
-        let frames = futures::stream::iter([Ok(Frame::data(Bytes::from_static(first)))]).chain(later);
-        (StreamBody::new(frames).boxed_unsync(), release)
-    }
-
     #[tokio::test]
     async fn a_body_answered_before_it_was_read_to_the_end_is_sent_again_whole() {
-        let (body, release) = two_part_body(b"hel", b"lo");
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let body = two_part_body(b"hel", b"lo", async {
+            let _ = released.await;
+        });
         let (sent, replayable) = Replayable::record(request(b"").map(|_| body));
         let mut first_attempt = sent.into_body();
         let frame = first_attempt.frame().await.unwrap().unwrap();

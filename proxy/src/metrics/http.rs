@@ -1,18 +1,17 @@
 //! HTTP and gRPC metrics: requests, responses (HTTP status, gRPC status,
-//! classification), latency, and requests turned away, per route. A route's metric handles are
-//! looked up once and kept, so the request path only touches atomics.
+//! classification), latency, and requests turned away, per route. A route's
+//! metric handles are looked up once and kept, so the request path only
+//! touches atomics.
 
 use std::fmt::Write;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-
-use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
 
 use super::Direction;
 
@@ -62,7 +61,8 @@ struct ResponseLabels {
 /// Why an endpoint did not take a request; each is safe to send elsewhere.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum TurnedAway {
-    /// The connection to the endpoint could not be made.
+    /// No connection took the request: the connect failed, or the
+    /// connection closed before anything of the request was written.
     ConnectFailed,
     /// The endpoint's proxy found its application gone.
     ApplicationGone,
