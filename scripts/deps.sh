@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in ip iptables iptables-legacy nsenter setsid setpriv tcpdump h2load promtool prometheus curl haproxy nginx iperf3; do
+for tool in ip iptables iptables-legacy nsenter setsid setpriv tcpdump h2load promtool prometheus curl haproxy nginx iperf3 \
+  buildah skopeo umoci mmdebstrap setcap; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 # The benchmark report's plots draw their text with DejaVu.
@@ -14,8 +15,10 @@ if ((${#missing[@]})); then
   echo "deps: installing Debian packages for: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
+  # buildah, skopeo, umoci, mmdebstrap and setcap build strait's images
+  # (scripts/images.sh); the lab pulls and unpacks them with skopeo and umoci.
   apt-get install -y -q iproute2 iptables util-linux tcpdump nghttp2-client prometheus curl procps \
-    haproxy nginx iperf3 fonts-dejavu-core >/dev/null
+    haproxy nginx iperf3 fonts-dejavu-core buildah skopeo umoci mmdebstrap libcap2-bin >/dev/null
 fi
 # The packaged services must not run on the host: the lab starts its own.
 for service in haproxy nginx iperf3; do
