@@ -2,6 +2,9 @@
 
 /// The uid and gid the proxy runs as; its own traffic is never redirected.
 pub const PROXY_UID: u32 = 2102;
+/// The uid and gid the init container runs as (`nobody`): not root, with
+/// NET_ADMIN and NET_RAW from the file capabilities of the strait-init image.
+pub const INIT_UID: u32 = 65534;
 
 /// Where iptables sends the pod's outgoing TCP.
 pub const OUTBOUND_PORT: u16 = 4140;

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, HTTPGetAction, Lifecycle,
-    LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SecurityContext,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -56,7 +56,18 @@ fn requirements(resources: &Resources) -> ResourceRequirements {
     }
 }
 
-/// The init container that installs the iptables redirects.
+/// The container runtime's default seccomp profile, which Pod Security
+/// "restricted" asks for.
+fn runtime_default_seccomp() -> Option<SeccompProfile> {
+    Some(SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    })
+}
+
+/// The init container that installs the iptables redirects: a non-root user
+/// with only NET_ADMIN and NET_RAW, which the strait-init image's file
+/// capabilities let it use; /run is an emptyDir for iptables-legacy's lock.
 pub fn init_container(settings: &InjectSettings, overrides: &Overrides) -> Container {
     let mut env_vars = vec![var(env::PROXY_UID, names::PROXY_UID.to_string())];
     let optional = [
@@ -76,8 +87,9 @@ pub fn init_container(settings: &InjectSettings, overrides: &Overrides) -> Conta
         env: Some(env_vars),
         resources: Some(requirements(&settings.init_resources)),
         security_context: Some(SecurityContext {
-            run_as_user: Some(0),
-            run_as_non_root: Some(false),
+            run_as_user: Some(i64::from(names::INIT_UID)),
+            run_as_group: Some(i64::from(names::INIT_UID)),
+            run_as_non_root: Some(true),
             allow_privilege_escalation: Some(false),
             privileged: Some(false),
             read_only_root_filesystem: Some(true),
@@ -85,6 +97,7 @@ pub fn init_container(settings: &InjectSettings, overrides: &Overrides) -> Conta
                 add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
                 drop: Some(vec!["ALL".into()]),
             }),
+            seccomp_profile: runtime_default_seccomp(),
             ..SecurityContext::default()
         }),
         volume_mounts: Some(vec![VolumeMount {
@@ -203,6 +216,7 @@ pub fn proxy_container(settings: &InjectSettings, overrides: &Overrides, identit
                 add: None,
                 drop: Some(vec!["ALL".into()]),
             }),
+            seccomp_profile: runtime_default_seccomp(),
             ..SecurityContext::default()
         }),
         startup_probe: Some(http_probe("/ready", 1, 120)),
