@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
 use crate::client::LabClient;
+use crate::kubelet::container::Process;
 use crate::kubelet::nsenter::PodNamespaces;
 use crate::kubelet::sandbox::{self, SandboxArgs};
 use crate::paths::{LabPaths, bin_dir};
@@ -36,7 +37,7 @@ pub enum Command {
         #[arg(long, default_value = "180s", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// Pods and services.
+    /// Pods, services, and the image digest each of strait's containers runs.
     Status {
         /// `table` (default) or `json`.
         #[arg(short = 'o', long, default_value = "table")]
@@ -491,6 +492,8 @@ async fn status(client: &LabClient, output: &str) -> anyhow::Result<()> {
             print!("{}", table::pods(&list(&pods)));
             println!();
             print!("{}", table::services(&list(&services)));
+            println!();
+            print!("{}", table::images(&list(&pods)));
         }
         other => bail!("unknown output format {other:?}: use table or json"),
     }
@@ -528,9 +531,6 @@ async fn exec(
         .get(&format!("/api/v1/namespaces/{namespace}/pods/{name}"))
         .await?;
     let spec = pick_container(&pod, container)?;
-    let typed: k8s_openapi::api::core::v1::Pod = serde_json::from_value(pod.clone())?;
-    let typed_container: k8s_openapi::api::core::v1::Container = serde_json::from_value(spec.clone())?;
-    let user = crate::kubelet::container::user(&typed, &typed_container);
     let container_name = spec["name"].as_str().unwrap_or_default();
     let read_pid = |file: PathBuf| -> anyhow::Result<u32> {
         let text = std::fs::read_to_string(&file)
@@ -541,16 +541,13 @@ async fn exec(
     let mount_holder = read_pid(paths.container_holder_pid(&namespace, &name, container_name))?;
     let namespaces = PodNamespaces::of(pod_holder, mount_holder)
         .with_context(|| format!("container {container_name} of pod {namespace}/{name} is not running"))?;
+    // As `kubectl exec`: the container's environment, user and capabilities.
+    let saved = paths.container_process(&namespace, &name, container_name);
+    let container_process = Process::load(&saved)
+        .with_context(|| format!("container {container_name} of pod {namespace}/{name} has not started"))?;
     let mut process = std::process::Command::new(&command[0]);
     process.args(&command[1..]);
-    let host_path = std::env::var("PATH").unwrap_or_default();
-    process.env("PATH", format!("{}:{host_path}", bin_dir().display()));
-    for var in typed_container.env.iter().flatten() {
-        if let Some(value) = &var.value {
-            process.env(&var.name, value);
-        }
-    }
-    namespaces.enter(&mut process, user, typed_container.working_dir.clone());
+    container_process.enter(&namespaces, &mut process);
     let status = process
         .status()
         .with_context(|| format!("cannot run {:?} in {namespace}/{name}", command[0]))?;

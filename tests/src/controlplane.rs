@@ -1,6 +1,6 @@
 //! strait's control plane in the lab, installed the way a user installs it:
-//! the Helm chart rendered (`helm template`) and applied, its images mapped
-//! to the locally built binaries.
+//! the Helm chart rendered (`helm template`) and applied; the kubelet runs
+//! its containers from the images `make images` built.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

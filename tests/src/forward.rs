@@ -45,7 +45,8 @@ fn forward(args: ForwardArgs, paths: &LabPaths) -> anyhow::Result<()> {
     let netns = format!("/run/netns/{}", paths.node_netns());
     let node = std::fs::File::open(&netns).with_context(|| format!("open {netns}: is the lab running?"))?;
     nix::sched::setns(&node, CloneFlags::CLONE_NEWNET).with_context(|| format!("join {netns}"))?;
-    std::fs::write(&args.address_file, listener.local_addr()?.to_string())?;
+    // Whoever waits for the file must never read it half written.
+    crate::kubelet::volumes::write_atomically(&args.address_file, listener.local_addr()?.to_string().as_bytes())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -76,6 +76,21 @@ impl LabPaths {
         self.pod_dir(namespace, pod).join(format!("{container}.holder.pid"))
     }
 
+    /// How a running container's processes run (`kubelet::container::Process`).
+    pub fn container_process(&self, namespace: &str, pod: &str, container: &str) -> PathBuf {
+        self.pod_dir(namespace, pod).join(format!("{container}.process.json"))
+    }
+
+    /// A container's own root: its writable layer over its image.
+    pub fn container_root(&self, namespace: &str, pod: &str, container: &str) -> PathBuf {
+        self.pod_dir(namespace, pod).join(format!("{container}.root"))
+    }
+
+    /// The node's image store: an OCI layout and the unpacked images.
+    pub fn images(&self) -> PathBuf {
+        self.state.join("images")
+    }
+
     /// The sandbox (pause) process that holds a pod's namespaces.
     pub fn sandbox_pid(&self, namespace: &str, pod: &str) -> PathBuf {
         self.pod_dir(namespace, pod).join("sandbox.pid")

@@ -1,4 +1,4 @@
-//! The pod and service tables that `up` and `status` print.
+//! The pod, service and image tables that `up` and `status` print.
 
 use serde_json::Value;
 use strait_contract::names::{MESHED_LABEL, annotations};
@@ -112,4 +112,30 @@ pub fn services(services: &[Value]) -> String {
         })
         .collect();
     render(&["NAMESPACE", "SERVICE", "CLUSTER-IP", "PORTS"], &rows)
+}
+
+/// The containers that run from images, with the image digest each runs
+/// (their status' `imageID`), as `crictl ps` shows them.
+pub fn images(pods: &[Value]) -> String {
+    let rows: Vec<Vec<String>> = pods
+        .iter()
+        .flat_map(|pod| {
+            ["/status/initContainerStatuses", "/status/containerStatuses"]
+                .into_iter()
+                .flat_map(|list| pod.pointer(list).and_then(Value::as_array).cloned().unwrap_or_default())
+                .filter(|status| !text(status, "/imageID").is_empty())
+                .map(|status| {
+                    let id = text(&status, "/imageID");
+                    vec![
+                        text(pod, "/metadata/namespace").to_string(),
+                        text(pod, "/metadata/name").to_string(),
+                        text(&status, "/name").to_string(),
+                        text(&status, "/image").to_string(),
+                        id.rsplit_once('@').map_or(id, |(_, digest)| digest).to_string(),
+                    ]
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    render(&["NAMESPACE", "POD", "CONTAINER", "IMAGE", "DIGEST"], &rows)
 }

@@ -1,17 +1,21 @@
-//! How a container of a pod spec becomes a local process: its command line
-//! (strait's own images map to the locally built binaries), its environment
-//! (with the downward API and `$(VAR)` expansion, as the kubelet does), and
-//! its user.
+//! How a container of a pod spec becomes a process: its command line (the
+//! image's entrypoint and cmd under the spec's `command` and `args`, or a
+//! local program for images the lab cannot have), its environment (the
+//! image's, then the downward API and `$(VAR)` expansion, as the kubelet
+//! does), and the credentials it runs with.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Stdio;
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::image::ImageConfig;
 use super::nsenter::PodNamespaces;
+use super::security::Credentials;
 use crate::network::{API_SERVICE_IP, NODE_IP};
 use crate::paths;
 
@@ -23,14 +27,39 @@ const NODE_MEMORY: f64 = 8.0 * 1024.0 * 1024.0 * 1024.0;
 /// Looks up a ConfigMap or Secret (by resource plural) in the pod's namespace.
 pub type Lookup<'a> = &'a dyn Fn(&str, &str) -> Option<Value>;
 
-/// The image of one of strait's components maps to its binary here.
-fn component_binary(image: &str) -> Option<PathBuf> {
-    let repository = image.rsplit('/').next()?.split([':', '@']).next()?;
-    let known = ["strait-proxy", "strait-init", "strait-injector"];
-    known.contains(&repository).then(|| paths::bin_dir().join(repository))
+/// How a container's processes run, less their command line: what its main
+/// process, `exec`, probes and hooks all get, as a runtime's process spec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    /// `NAME`, value; a later pair wins over an earlier one of the same name.
+    pub env: Vec<(String, String)>,
+    /// In the container's root; `/` when `None`.
+    pub working_dir: Option<String>,
+    pub credentials: Credentials,
 }
 
-/// Finds a program as the container's PATH would: the lab's binaries first.
+impl Process {
+    /// Kept beside the container's log while it runs, for `strait-lab exec`.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        std::fs::write(path, serde_json::to_vec(self)?)
+    }
+
+    pub fn load(path: &Path) -> std::io::Result<Process> {
+        Ok(serde_json::from_slice(&std::fs::read(path)?)?)
+    }
+
+    /// Arranges for `command` to run in the container: its namespaces, its
+    /// environment only, its working directory and credentials.
+    pub fn enter(&self, namespaces: &PodNamespaces, command: &mut std::process::Command) {
+        command
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)).collect::<BTreeMap<_, _>>());
+        namespaces.enter(command, &self.credentials, self.working_dir.clone());
+    }
+}
+
+/// Finds a local program as the container's PATH would: the lab's binaries
+/// first.
 fn resolve_program(program: &str) -> String {
     if program.contains('/') {
         return program.to_string();
@@ -42,26 +71,44 @@ fn resolve_program(program: &str) -> String {
     program.to_string()
 }
 
-/// The command line: `command` + `args`, or the image's entrypoint for
-/// strait's own images.
-pub fn argv(container: &Container, env: &[(String, String)]) -> Result<Vec<String>, String> {
+/// The command line, as containerd builds it: `command` replaces the image's
+/// entrypoint, `args` its cmd, and with a `command` but no `args` the cmd is
+/// not used. A container with no image (`image` is `None`) runs a local
+/// program and needs a `command`.
+pub fn argv(
+    container: &Container,
+    env: &[(String, String)],
+    image: Option<&ImageConfig>,
+) -> Result<Vec<String>, String> {
     let expand = |items: &Option<Vec<String>>| -> Vec<String> {
         items.iter().flatten().map(|item| expand_vars(item, env)).collect()
     };
-    let mut argv = expand(&container.command);
-    if argv.is_empty() {
-        let image = container.image.as_deref().unwrap_or_default();
-        let binary = component_binary(image).ok_or_else(|| {
-            format!(
-                "image {image:?} is not one of strait's; the lab runs local programs, so give the container a command"
-            )
-        })?;
-        argv.push(binary.display().to_string());
-    } else {
-        argv[0] = resolve_program(&argv[0]);
+    let (mut command, mut args) = (expand(&container.command), expand(&container.args));
+    match image {
+        Some(image) => {
+            if command.is_empty() {
+                if args.is_empty() {
+                    args = image.cmd.clone();
+                }
+                command = image.entrypoint.clone();
+            }
+        }
+        None if command.is_empty() => {
+            let image = container.image.as_deref().unwrap_or_default();
+            return Err(format!(
+                "image {image:?} cannot be had in the lab, which runs it as a local program: give the container a command"
+            ));
+        }
+        None => command[0] = resolve_program(&command[0]),
     }
-    argv.extend(expand(&container.args));
-    Ok(argv)
+    command.extend(args);
+    if command.is_empty() {
+        return Err(format!(
+            "container {}: no command specified, and its image has none",
+            container.name
+        ));
+    }
+    Ok(command)
 }
 
 /// Replaces `$(NAME)` with earlier variables' values; `$$` escapes.
@@ -228,16 +275,31 @@ pub fn environment(
     typed: &Pod,
     container: &Container,
     lookup: Lookup<'_>,
+    image: Option<&ImageConfig>,
 ) -> Result<Vec<(String, String)>, String> {
-    let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-    let mut env: Vec<(String, String)> = vec![
-        ("PATH".into(), format!("{}:{host_path}", paths::bin_dir().display())),
-        ("HOME".into(), "/root".into()),
+    let mut env: Vec<(String, String)> = match image {
+        // The image's own, with a HOME as runc sets one when it has none.
+        Some(image) => {
+            let mut env = image.env.clone();
+            if !env.iter().any(|(name, _)| name == "HOME") {
+                env.push(("HOME".into(), "/".into()));
+            }
+            env
+        }
+        None => {
+            let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+            vec![
+                ("PATH".into(), format!("{}:{host_path}", paths::bin_dir().display())),
+                ("HOME".into(), "/root".into()),
+            ]
+        }
+    };
+    env.extend([
         ("HOSTNAME".into(), typed.metadata.name.clone().unwrap_or_default()),
         ("KUBERNETES_SERVICE_HOST".into(), API_SERVICE_IP.to_string()),
         ("KUBERNETES_SERVICE_PORT".into(), "443".into()),
         ("KUBERNETES_SERVICE_PORT_HTTPS".into(), "443".into()),
-    ];
+    ]);
     for source in container.env_from.iter().flatten() {
         let prefix = source.prefix.clone().unwrap_or_default();
         let (plural, name, optional) = match (&source.config_map_ref, &source.secret_ref) {
@@ -263,40 +325,23 @@ pub fn environment(
     Ok(env)
 }
 
-/// The uid and gid the container runs as; `None` is root.
-pub fn user(typed: &Pod, container: &Container) -> Option<(u32, u32)> {
-    let pod_context = typed.spec.as_ref().and_then(|s| s.security_context.as_ref());
-    let own = container.security_context.as_ref();
-    let uid = own
-        .and_then(|c| c.run_as_user)
-        .or_else(|| pod_context.and_then(|c| c.run_as_user))?;
-    let gid = own
-        .and_then(|c| c.run_as_group)
-        .or_else(|| pod_context.and_then(|c| c.run_as_group))
-        .unwrap_or(uid);
-    Some((u32::try_from(uid).ok()?, u32::try_from(gid).ok()?))
-}
-
-/// Starts a container's process in the pod, its output appended to `log`.
+/// Starts a container's main process in the pod, its output appended to
+/// `log`.
 pub fn spawn(
     namespaces: &PodNamespaces,
     argv: &[String],
-    env: &[(String, String)],
-    user: Option<(u32, u32)>,
-    working_dir: Option<String>,
-    log: &PathBuf,
+    process: &Process,
+    log: &Path,
 ) -> std::io::Result<tokio::process::Child> {
     let output = OpenOptions::new().create(true).append(true).open(log)?;
     let mut command = std::process::Command::new(&argv[0]);
     command
         .args(&argv[1..])
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)).collect::<BTreeMap<_, _>>())
         .stdin(Stdio::null())
         .stdout(output.try_clone()?)
         .stderr(output);
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    namespaces.enter(&mut command, user, working_dir);
+    process.enter(namespaces, &mut command);
     let mut command = tokio::process::Command::from(command);
     command.kill_on_drop(false);
     command.spawn()
@@ -322,17 +367,29 @@ mod tests {
     }
 
     #[test]
-    fn strait_images_map_to_local_binaries() {
-        assert!(
-            component_binary("ghcr.io/strait-mesh/strait-proxy:0.1.0")
-                .unwrap()
-                .ends_with("strait-proxy")
-        );
-        assert!(
-            component_binary("strait-init@sha256:abc")
-                .unwrap()
-                .ends_with("strait-init")
-        );
-        assert_eq!(component_binary("nginx:1.25"), None);
+    fn command_and_args_replace_the_images_entrypoint_and_cmd_as_containerd_does() {
+        let image = ImageConfig {
+            entrypoint: vec!["/bin/proxy".into()],
+            cmd: vec!["run".into()],
+            ..ImageConfig::default()
+        };
+        let spec = |command: &[&str], args: &[&str]| Container {
+            name: "c".into(),
+            command: (!command.is_empty()).then(|| command.iter().map(|s| s.to_string()).collect()),
+            args: (!args.is_empty()).then(|| args.iter().map(|s| s.to_string()).collect()),
+            ..Container::default()
+        };
+        let env = vec![("V".to_string(), "x".to_string())];
+        let cases: [(&[&str], &[&str], &[&str]); 4] = [
+            (&[], &[], &["/bin/proxy", "run"]),
+            (&[], &["wait-ready", "$(V)"], &["/bin/proxy", "wait-ready", "x"]),
+            (&["/bin/other"], &[], &["/bin/other"]),
+            (&["/bin/other"], &["a"], &["/bin/other", "a"]),
+        ];
+        for (command, args, expected) in cases {
+            assert_eq!(argv(&spec(command, args), &env, Some(&image)).unwrap(), expected);
+        }
+        assert!(argv(&spec(&[], &[]), &env, None).is_err());
+        assert!(argv(&spec(&[], &[]), &env, Some(&ImageConfig::default())).is_err());
     }
 }

@@ -2,10 +2,12 @@
 //! own namespaces and reports their status back.
 
 pub mod container;
+pub mod image;
 pub mod nsenter;
 pub mod pod;
 pub mod probe;
 pub mod sandbox;
+pub mod security;
 pub mod volumes;
 
 use std::collections::HashMap;
@@ -21,6 +23,7 @@ use crate::apiserver::resource::Resource;
 use crate::apiserver::store::{EventType, Store};
 use crate::network::PodIps;
 use crate::paths::LabPaths;
+use image::ImageStore;
 use pod::{Message, PodRunner};
 
 pub struct Kubelet {
@@ -28,6 +31,8 @@ pub struct Kubelet {
     pub tokens: Arc<Tokens>,
     pub paths: LabPaths,
     pub ips: PodIps,
+    /// The node's images: strait's own, pulled from the lab's registry.
+    pub images: ImageStore,
     veths: AtomicU64,
     /// The runner of each pod, by uid.
     pods: Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>,
@@ -45,6 +50,7 @@ impl Kubelet {
         Arc::new(Kubelet {
             store,
             tokens,
+            images: ImageStore::new(&paths.images(), image::registry()),
             paths,
             ips: PodIps::default(),
             veths: AtomicU64::new(0),

@@ -14,10 +14,12 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::Kubelet;
-use super::container;
+use super::container::{self, Process};
+use super::image::{Image, Reference};
 use super::nsenter::PodNamespaces;
 use super::probe::{self, ProbeKind, Timing};
-use super::sandbox::{BindMount, Sandbox};
+use super::sandbox::{BindMount, ContainerRoot, Sandbox};
+use super::security;
 use super::volumes::{self, TokenFile};
 use crate::apiserver::auth::TokenOwner;
 use crate::apiserver::resource::Resource;
@@ -70,6 +72,11 @@ struct ContainerState {
     started: bool,
     ready: bool,
     probes: Vec<AbortHandle>,
+    /// The image it runs from (strait's own images); `None` for a local
+    /// program.
+    image: Option<Arc<Image>>,
+    /// How its processes run, once it has started.
+    process: Option<Process>,
 }
 
 impl ContainerState {
@@ -89,6 +96,9 @@ pub struct PodRunner {
     sandbox: Option<Sandbox>,
     /// Each container's mounts, for its mount namespace.
     mounts: HashMap<String, Vec<BindMount>>,
+    /// The pod's /etc/hosts, resolv.conf and hostname, which containers
+    /// with a root of their own mount too.
+    etc: Vec<BindMount>,
     ip: Option<Ipv4Addr>,
     tokens: Vec<TokenFile>,
     /// Index of the init container the pod is waiting on.
@@ -131,6 +141,7 @@ impl PodRunner {
             containers,
             sandbox: None,
             mounts: HashMap::new(),
+            etc: Vec::new(),
             ip: None,
             tokens: Vec::new(),
             init_index: 0,
@@ -226,6 +237,7 @@ impl PodRunner {
         let sandbox = Sandbox::create(&netns, &veth, ip, &self.name, &etc)
             .await
             .map_err(|e| e.to_string())?;
+        self.etc = etc;
         let _ = std::fs::write(
             kubelet.paths.sandbox_pid(&self.namespace, &self.name),
             sandbox.pid().to_string(),
@@ -351,11 +363,11 @@ impl PodRunner {
                 .and_then(|l| l.post_start.as_ref())
                 .and_then(|h| h.exec.as_ref())
                 .and_then(|e| e.command.clone());
-            if let (Some(command), Some(namespaces)) = (hook, self.namespaces_of(index)) {
+            let process = self.containers[index].process.clone();
+            if let (Some(command), Some(namespaces), Some(process)) = (hook, self.namespaces_of(index), process) {
                 // Like the kubelet, the next container starts only after this
                 // container's postStart hook has finished.
-                let user = container::user(&self.typed, &self.containers[index].spec);
-                if !probe::run_hook(&command, &namespaces, user, Duration::from_secs(120)).await {
+                if !probe::run_hook(&command, &namespaces, &process, Duration::from_secs(120)).await {
                     tracing::warn!(pod = %self.name, container = %self.containers[index].spec.name, "postStart hook failed");
                     self.kill_container(index, nix::sys::signal::Signal::SIGKILL);
                 }
@@ -370,45 +382,124 @@ impl PodRunner {
             .ok()
     }
 
+    /// Pulls the image of one of strait's containers (as its
+    /// `imagePullPolicy` says); other images are local programs.
+    async fn image_for(&self, spec: &Container) -> Result<Option<Arc<Image>>, String> {
+        let Some(reference) = spec.image.as_deref().filter(|r| Reference::parse(r).is_strait()) else {
+            return Ok(None);
+        };
+        let always = spec.image_pull_policy.as_deref() == Some("Always");
+        self.kubelet
+            .images
+            .pull(reference, always)
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Everything a container needs before its process can start: its
+    /// image, its credentials, its root and mounts, its environment and
+    /// command line. The error is the waiting reason and its message.
+    async fn prepare_container(
+        &mut self,
+        index: usize,
+    ) -> Result<(PodNamespaces, Vec<String>, Process), (String, String)> {
+        let kubelet = self.kubelet.clone();
+        let spec = self.containers[index].spec.clone();
+        let image = self
+            .image_for(&spec)
+            .await
+            .map_err(|problem| ("ErrImagePull".to_string(), problem))?;
+        self.containers[index].image = image.clone();
+        let config_error = |problem: String| ("CreateContainerConfigError".to_string(), problem);
+        let credentials =
+            security::credentials(&self.typed, &spec, image.as_deref()).map_err(|e| config_error(e.to_string()))?;
+        let mut mounts = self.mounts.get(&spec.name).cloned().unwrap_or_default();
+        let root = image.as_ref().map(|image| {
+            mounts.splice(0..0, self.etc.iter().cloned());
+            ContainerRoot {
+                image: image.rootfs.clone(),
+                scratch: kubelet.paths.container_root(&self.namespace, &self.name, &spec.name),
+                read_only: spec
+                    .security_context
+                    .as_ref()
+                    .and_then(|c| c.read_only_root_filesystem)
+                    .unwrap_or(false),
+            }
+        });
+        let create_error = |problem: String| ("CreateContainerError".to_string(), problem);
+        let sandbox = self
+            .sandbox
+            .as_mut()
+            .ok_or_else(|| create_error("the pod has no sandbox".into()))?;
+        let holder = sandbox
+            .add_container(&spec.name, &mounts, root.as_ref())
+            .await
+            .map_err(|e| create_error(e.to_string()))?;
+        let path = kubelet
+            .paths
+            .container_holder_pid(&self.namespace, &self.name, &spec.name);
+        let _ = std::fs::write(path, holder.to_string());
+        let namespaces = sandbox
+            .namespaces(&spec.name)
+            .map_err(|e| create_error(e.to_string()))?;
+        let lookup = |plural: &str, name: &str| kubelet.store.get(Resource::named(plural), &self.namespace, name).ok();
+        let mut pod = self.pod.clone();
+        pod["status"]["podIP"] = json!(self.ip.map(|ip| ip.to_string()));
+        let image_config = image.as_ref().map(|image| &image.config);
+        let env = container::environment(&pod, &self.typed, &spec, &lookup, image_config).map_err(config_error)?;
+        let argv = container::argv(&spec, &env, image_config).map_err(create_error)?;
+        let process = Process {
+            env,
+            working_dir: spec.working_dir.clone().or_else(|| {
+                image_config
+                    .map(|c| c.working_dir.clone())
+                    .filter(|dir| !dir.is_empty())
+            }),
+            credentials,
+        };
+        let saved = kubelet.paths.container_process(&self.namespace, &self.name, &spec.name);
+        process
+            .save(&saved)
+            .map_err(|e| create_error(format!("write {}: {e}", saved.display())))?;
+        Ok((namespaces, argv, process))
+    }
+
     async fn start_container(&mut self, index: usize) {
         let kubelet = self.kubelet.clone();
         let spec = self.containers[index].spec.clone();
-        let Some(sandbox) = self.sandbox.as_mut() else {
-            return;
-        };
-        let mounts = self.mounts.get(&spec.name).cloned().unwrap_or_default();
-        let holder = sandbox
-            .add_container(&spec.name, &mounts)
-            .await
-            .map_err(|e| e.to_string());
-        if let Ok(pid) = &holder {
-            let path = kubelet
-                .paths
-                .container_holder_pid(&self.namespace, &self.name, &spec.name);
-            let _ = std::fs::write(path, pid.to_string());
-        }
-        let namespaces = holder.and_then(|_| sandbox.namespaces(&spec.name).map_err(|e| e.to_string()));
-        let lookup = |plural: &str, name: &str| kubelet.store.get(Resource::named(plural), &self.namespace, name).ok();
         let log = kubelet.paths.container_log(&self.namespace, &self.name, &spec.name);
-        let mut pod = self.pod.clone();
-        pod["status"]["podIP"] = json!(self.ip.map(|ip| ip.to_string()));
-        let launched = namespaces.and_then(|namespaces| {
-            let env = container::environment(&pod, &self.typed, &spec, &lookup)?;
-            let argv = container::argv(&spec, &env)?;
-            let user = container::user(&self.typed, &spec);
-            container::spawn(&namespaces, &argv, &env, user, spec.working_dir.clone(), &log)
-                .map_err(|e| format!("cannot start {}: {e}", argv[0]))
-        });
+        let launched = match self.prepare_container(index).await {
+            Ok((namespaces, argv, process)) => container::spawn(&namespaces, &argv, &process, &log)
+                .map(|child| (child, process))
+                .map_err(|e| {
+                    (
+                        "CreateContainerError".to_string(),
+                        format!("cannot start {}: {e}", argv[0]),
+                    )
+                }),
+            Err(problem) => Err(problem),
+        };
         let state = &mut self.containers[index];
         state.generation += 1;
         let generation = state.generation;
         let mut child = match launched {
-            Ok(child) => child,
-            Err(problem) => {
-                tracing::warn!(pod = %self.name, container = %spec.name, %problem, "container cannot start");
-                state.waiting = Some(("CreateContainerError".into(), problem));
-                state.terminated = Some((128, "CreateContainerError".into()));
-                self.schedule_restart(index);
+            Ok((child, process)) => {
+                state.process = Some(process);
+                child
+            }
+            Err((reason, problem)) => {
+                tracing::warn!(pod = %self.name, container = %spec.name, %reason, %problem, "container cannot start");
+                state.terminated = Some((128, reason.clone()));
+                // A failed pull is retried with back-off, and says so.
+                let waiting = match reason.as_str() {
+                    "ErrImagePull" => (
+                        "ImagePullBackOff".to_string(),
+                        format!("Back-off pulling image: {problem}"),
+                    ),
+                    _ => (reason, problem),
+                };
+                self.schedule_restart(index, Some(waiting));
                 return;
             }
         };
@@ -460,17 +551,19 @@ impl PodRunner {
             return;
         };
         let namespaces = Arc::new(namespaces);
-        let user = container::user(&self.typed, &state.spec);
+        let Some(process) = state.process.clone().map(Arc::new) else {
+            return;
+        };
         for (kind, probe) in probes {
             let Some(probe) = probe else { continue };
             let (messages, spec, generation) = (self.messages.clone(), state.spec.clone(), state.generation);
-            let namespaces = namespaces.clone();
+            let (namespaces, process) = (namespaces.clone(), process.clone());
             let task = tokio::spawn(async move {
                 let timing = Timing::of(&probe);
                 tokio::time::sleep(timing.initial_delay).await;
                 let (mut successes, mut failures, mut last) = (0, 0, None);
                 loop {
-                    let ok = probe::check(&probe, &spec, IpAddr::V4(ip), &namespaces, user).await;
+                    let ok = probe::check(&probe, &spec, IpAddr::V4(ip), &namespaces, &process).await;
                     if ok {
                         successes += 1;
                         failures = 0;
@@ -559,13 +652,15 @@ impl PodRunner {
         };
         tracing::info!(pod = %self.name, container = %state.spec.name, code, restart, "container exited");
         if restart {
-            self.schedule_restart(index);
+            self.schedule_restart(index, None);
         } else if state.role == Role::Init && code != 0 {
             self.phase = "Failed";
         }
     }
 
-    fn schedule_restart(&mut self, index: usize) {
+    /// Starts the container again after its back-off; `waiting` is what it
+    /// waits with, CrashLoopBackOff when `None`.
+    fn schedule_restart(&mut self, index: usize, waiting: Option<(String, String)>) {
         let state = &mut self.containers[index];
         // A container that ran for a while starts its back-off afresh.
         if state
@@ -577,10 +672,12 @@ impl PodRunner {
         }
         let delay = backoff(state.restarts);
         state.restarts += 1;
-        state.waiting = Some((
-            "CrashLoopBackOff".into(),
-            format!("back-off {}s restarting failed container", delay.as_secs()),
-        ));
+        state.waiting = Some(waiting.unwrap_or_else(|| {
+            (
+                "CrashLoopBackOff".into(),
+                format!("back-off {}s restarting failed container", delay.as_secs()),
+            )
+        }));
         let (messages, generation) = (self.messages.clone(), state.generation);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -670,12 +767,12 @@ impl PodRunner {
                     .as_ref()?
                     .command
                     .clone()?;
-                Some((self.namespaces_of(i)?, command, container::user(&self.typed, spec)))
+                Some((self.namespaces_of(i)?, command, self.containers[i].process.clone()?))
             })
             .collect();
         let runs = hooks
             .iter()
-            .map(|(namespaces, command, user)| probe::run_hook(command, namespaces, *user, grace));
+            .map(|(namespaces, command, process)| probe::run_hook(command, namespaces, process, grace));
         futures::future::join_all(runs).await;
         for &index in &apps {
             self.kill_container(index, nix::sys::signal::Signal::SIGTERM);
@@ -756,7 +853,7 @@ impl PodRunner {
             json!({
                 "name": state.spec.name,
                 "image": state.spec.image,
-                "imageID": "",
+                "imageID": state.image.as_ref().map(|image| image.id()).unwrap_or_default(),
                 "containerID": state.pid.map(|pid| format!("lab://{pid}")),
                 "ready": state.ready,
                 "started": state.started && state.running(),
@@ -816,6 +913,8 @@ impl ContainerState {
             started: false,
             ready: false,
             probes: Vec::new(),
+            image: None,
+            process: None,
         }
     }
 }

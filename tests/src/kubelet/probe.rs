@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::{Container, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use tokio::net::TcpStream;
 
+use super::container::Process;
 use super::nsenter::PodNamespaces;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,7 +64,7 @@ pub async fn check(
     container: &Container,
     pod_ip: IpAddr,
     namespaces: &PodNamespaces,
-    user: Option<(u32, u32)>,
+    process: &Process,
 ) -> bool {
     let timeout = Timing::of(probe).timeout;
     if let Some(http) = &probe.http_get {
@@ -85,7 +86,7 @@ pub async fn check(
     }
     if let Some(exec) = &probe.exec {
         let command = exec.command.clone().unwrap_or_default();
-        return run_hook(&command, namespaces, user, timeout).await;
+        return run_hook(&command, namespaces, process, timeout).await;
     }
     if let Some(grpc) = &probe.grpc {
         let addr = SocketAddr::new(pod_ip, u16::try_from(grpc.port).unwrap_or(0));
@@ -113,14 +114,10 @@ async fn http_get(addr: SocketAddr, path: &str) -> bool {
     }
 }
 
-/// Runs a command in the pod (an exec probe or a lifecycle hook); `true`
-/// when it exits 0 within `timeout`.
-pub async fn run_hook(
-    command: &[String],
-    namespaces: &PodNamespaces,
-    user: Option<(u32, u32)>,
-    timeout: Duration,
-) -> bool {
+/// Runs a command in a container (an exec probe or a lifecycle hook), with
+/// the container's environment and credentials; `true` when it exits 0
+/// within `timeout`.
+pub async fn run_hook(command: &[String], namespaces: &PodNamespaces, process: &Process, timeout: Duration) -> bool {
     let Some(program) = command.first() else {
         return false;
     };
@@ -130,14 +127,7 @@ pub async fn run_hook(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    std_command.env(
-        "PATH",
-        format!(
-            "{}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
-            crate::paths::bin_dir().display()
-        ),
-    );
-    namespaces.enter(&mut std_command, user, None);
+    process.enter(namespaces, &mut std_command);
     let mut command = tokio::process::Command::from(std_command);
     command.kill_on_drop(true);
     let Ok(mut child) = command.spawn() else {

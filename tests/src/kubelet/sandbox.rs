@@ -2,8 +2,12 @@
 //! process (Kubernetes' "pause" container) that owns the pod's UTS namespace
 //! and base mount namespace (its /etc/hosts, /etc/resolv.conf and hostname),
 //! and one holder per container owning that container's own mount namespace:
-//! a private /run and /tmp with the container's volumes mounted. Containers
-//! join their pod's network and UTS namespaces and their own mount namespace.
+//! a private /run and /tmp with the container's volumes mounted, or, for a
+//! container that runs from an image, the image's root filesystem under a
+//! writable layer of its own (read-only with `readOnlyRootFilesystem`), with
+//! /proc, /sys, a minimal /dev, the pod's /etc files and its volumes, as
+//! runc sets up a container's root. Containers join their pod's network and
+//! UTS namespaces and their own mount namespace.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -62,6 +66,17 @@ pub enum SandboxError {
     Spawn(std::io::Error),
     #[error("the sandbox process failed: {0}")]
     Setup(String),
+}
+
+/// The root filesystem of a container that runs from an image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerRoot {
+    /// The image's unpacked root filesystem, shared by its containers.
+    pub image: PathBuf,
+    /// This container's own: its writable layer, and where its root is
+    /// mounted.
+    pub scratch: PathBuf,
+    pub read_only: bool,
 }
 
 /// A holder process: it keeps namespaces alive until it is killed.
@@ -159,11 +174,27 @@ impl Sandbox {
 
     /// Gives a container its own mount namespace with its volumes; done once
     /// per container, kept across its restarts.
-    pub async fn add_container(&mut self, name: &str, mounts: &[BindMount]) -> Result<u32, SandboxError> {
+    pub async fn add_container(
+        &mut self,
+        name: &str,
+        mounts: &[BindMount],
+        root: Option<&ContainerRoot>,
+    ) -> Result<u32, SandboxError> {
         if let Some(holder) = self.containers.get(name) {
             return Ok(holder.pid);
         }
         let mut args = vec!["--pod-pid".to_string(), self.pod.pid.to_string()];
+        if let Some(root) = root {
+            args.extend([
+                "--rootfs".to_string(),
+                root.image.display().to_string(),
+                "--scratch".to_string(),
+                root.scratch.display().to_string(),
+            ]);
+            if root.read_only {
+                args.push("--read-only".into());
+            }
+        }
         args.extend(bind_args(mounts));
         let holder = Holder::start(&args).await?;
         let pid = holder.pid;
@@ -234,6 +265,15 @@ pub struct SandboxArgs {
     /// SOURCE=TARGET[:ro]
     #[arg(long = "bind")]
     pub binds: Vec<String>,
+    /// An image's root filesystem: the container's root is this under a
+    /// writable layer in `--scratch`.
+    #[arg(long, requires = "scratch", requires = "pod_pid")]
+    pub rootfs: Option<PathBuf>,
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
+    /// `readOnlyRootFilesystem`.
+    #[arg(long)]
+    pub read_only: bool,
 }
 
 /// A holder process: sets up its namespaces and mounts, says "ready" and
@@ -283,7 +323,10 @@ fn prepare(args: &SandboxArgs) -> Result<(), String> {
             join(&format!("/proc/{pid}/ns/uts"), CloneFlags::CLONE_NEWUTS)?;
             join(&format!("/proc/{pid}/ns/mnt"), CloneFlags::CLONE_NEWNS)?;
             unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare: {e}"))?;
-            bind_all(&args.binds, &[("/run", "mode=755"), ("/tmp", "mode=1777")])
+            match (&args.rootfs, &args.scratch) {
+                (Some(image), Some(scratch)) => enter_root(image, scratch, args.read_only, &args.binds),
+                _ => bind_all(&args.binds, &[("/run", "mode=755"), ("/tmp", "mode=1777")]),
+            }
         }
         (None, None) => Err("either --netns or --pod-pid is needed".into()),
     }
@@ -293,12 +336,7 @@ fn prepare(args: &SandboxArgs) -> Result<(), String> {
 /// container's private /run then covers), mounts the private tmpfs
 /// directories, then binds each source from its open descriptor.
 fn bind_all(binds: &[String], private: &[(&str, &str)]) -> Result<(), String> {
-    let mut sources = Vec::new();
-    for arg in binds {
-        let bind = BindMount::from_arg(arg).ok_or_else(|| format!("bad --bind {arg:?}"))?;
-        let source = File::open(&bind.source).map_err(|e| format!("open {}: {e}", bind.source.display()))?;
-        sources.push((bind, source));
-    }
+    let sources = open_sources(binds)?;
     for (dir, mode) in private {
         mount(
             Some("tmpfs"),
@@ -309,9 +347,29 @@ fn bind_all(binds: &[String], private: &[(&str, &str)]) -> Result<(), String> {
         )
         .map_err(|e| format!("mount tmpfs on {dir}: {e}"))?;
     }
-    for (bind, source) in &sources {
+    bind_sources(&sources, |target, is_dir| ensure_target(target, is_dir, false))
+}
+
+/// Opens every bind's source, before anything is mounted over it.
+fn open_sources(binds: &[String]) -> Result<Vec<(BindMount, File)>, String> {
+    binds
+        .iter()
+        .map(|arg| {
+            let bind = BindMount::from_arg(arg).ok_or_else(|| format!("bad --bind {arg:?}"))?;
+            let source = File::open(&bind.source).map_err(|e| format!("open {}: {e}", bind.source.display()))?;
+            Ok((bind, source))
+        })
+        .collect()
+}
+
+/// Binds each opened source on its target (made by `target` if need be).
+fn bind_sources(
+    sources: &[(BindMount, File)],
+    target: impl Fn(&Path, bool) -> Result<PathBuf, String>,
+) -> Result<(), String> {
+    for (bind, source) in sources {
         let is_dir = source.metadata().map(|m| m.is_dir()).unwrap_or(false);
-        let target = ensure_target(Path::new(&bind.target), is_dir)?;
+        let target = target(Path::new(&bind.target), is_dir)?;
         let from = format!("/proc/self/fd/{}", source.as_raw_fd());
         mount(
             Some(from.as_str()),
@@ -330,11 +388,12 @@ fn bind_all(binds: &[String], private: &[(&str, &str)]) -> Result<(), String> {
     Ok(())
 }
 
-/// Makes sure a mount point exists. New ones are only made where the
-/// container has its own filesystem (/run, /tmp), so the host is left
-/// untouched; a symlinked file (such as /etc/resolv.conf on some hosts) is
-/// followed.
-fn ensure_target(target: &Path, is_dir: bool) -> Result<PathBuf, String> {
+/// Makes sure a mount point exists. On the host's root, new ones are only
+/// made where the container has its own filesystem (/run, /tmp), so the host
+/// is left untouched; in a container's own root (`anywhere`) wherever they
+/// are asked for. A symlinked file (such as /etc/resolv.conf on some hosts)
+/// is followed.
+fn ensure_target(target: &Path, is_dir: bool, anywhere: bool) -> Result<PathBuf, String> {
     let target = match std::fs::read_link(target) {
         Ok(link) if link.is_absolute() => link,
         Ok(link) => target.parent().unwrap_or(Path::new("/")).join(link),
@@ -343,7 +402,7 @@ fn ensure_target(target: &Path, is_dir: bool) -> Result<PathBuf, String> {
     if target.exists() {
         return Ok(target);
     }
-    let private = ["/run", "/var/run", "/tmp"].iter().any(|dir| target.starts_with(dir));
+    let private = anywhere || ["/run", "/var/run", "/tmp"].iter().any(|dir| target.starts_with(dir));
     if !private {
         return Err(format!(
             "mount path {} does not exist; the lab creates mount paths only under /run, /var/run and /tmp",
@@ -360,4 +419,88 @@ fn ensure_target(target: &Path, is_dir: bool) -> Result<PathBuf, String> {
     };
     made.map_err(|e| format!("create mount point {}: {e}", target.display()))?;
     Ok(target)
+}
+
+/// Where the host's root is while a container's root is set up.
+const OLD_ROOT: &str = "/.strait-lab-old-root";
+
+/// Device nodes a container gets, bound from the host's.
+const DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
+
+fn mount_fs(fstype: &str, target: &Path, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+    std::fs::create_dir_all(target).map_err(|e| format!("create {}: {e}", target.display()))?;
+    mount(Some(fstype), target, Some(fstype), flags, data)
+        .map_err(|e| format!("mount {fstype} on {}: {e}", target.display()))
+}
+
+/// Makes the container's root and moves into it, as runc does: the image's
+/// root filesystem as the lower layer of an overlay whose upper layer is the
+/// container's own, /proc, a read-only /sys and a minimal /dev, then
+/// `pivot_root`, then the pod's /etc files and the volumes, and last the
+/// root made read-only if asked.
+fn enter_root(image: &Path, scratch: &Path, read_only: bool, binds: &[String]) -> Result<(), String> {
+    let sources = open_sources(binds)?;
+    let devices = DEVICES
+        .iter()
+        .map(|name| File::open(format!("/dev/{name}")).map(|file| (*name, file)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("open the host's devices: {e}"))?;
+    let (upper, work, root) = (scratch.join("upper"), scratch.join("work"), scratch.join("root"));
+    for dir in [&upper, &work, &root] {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    let layers = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        image.display(),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        &root,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(layers.as_str()),
+    )
+    .map_err(|e| format!("mount the image {} as the container's root: {e}", image.display()))?;
+    let quiet = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs("proc", &root.join("proc"), quiet, None)?;
+    mount_fs("sysfs", &root.join("sys"), quiet | MsFlags::MS_RDONLY, None)?;
+    mount_fs("tmpfs", &root.join("dev"), MsFlags::MS_NOSUID, Some("mode=755"))?;
+    // The old root stays mounted under the new one until the binds are made:
+    // a bind's source must be a mount of this namespace.
+    let old_root = root.join(OLD_ROOT.trim_start_matches('/'));
+    std::fs::create_dir_all(&old_root).map_err(|e| format!("create {}: {e}", old_root.display()))?;
+    nix::unistd::pivot_root(&root, &old_root).map_err(|e| format!("pivot_root into {}: {e}", root.display()))?;
+    nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+    let device_binds: Vec<(BindMount, File)> = devices
+        .into_iter()
+        .map(|(name, file)| {
+            let bind = BindMount {
+                source: PathBuf::from(format!("/dev/{name}")),
+                target: format!("/dev/{name}"),
+                read_only: false,
+            };
+            (bind, file)
+        })
+        .collect();
+    bind_sources(&device_binds, |target, is_dir| ensure_target(target, is_dir, true))?;
+    for (link, to) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(to, link).map_err(|e| format!("symlink {link}: {e}"))?;
+    }
+    mount_fs("tmpfs", Path::new("/dev/shm"), quiet, Some("mode=1777"))?;
+    bind_sources(&sources, |target, is_dir| ensure_target(target, is_dir, true))?;
+    nix::mount::umount2(OLD_ROOT, nix::mount::MntFlags::MNT_DETACH).map_err(|e| format!("detach the old root: {e}"))?;
+    std::fs::remove_dir(OLD_ROOT).map_err(|e| format!("remove {OLD_ROOT}: {e}"))?;
+    if read_only {
+        let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+        mount(None::<&str>, "/", None::<&str>, flags, None::<&str>)
+            .map_err(|e| format!("make the root read-only: {e}"))?;
+    }
+    Ok(())
 }

@@ -44,7 +44,9 @@ pub struct VolumeError {
 }
 
 /// Writes a file so readers never see it half written.
-fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+/// Writes `path` (mode 0644) so that a reader sees the old contents or the
+/// new, never a part.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let temporary = path.with_extension("tmp");
     std::fs::write(&temporary, contents)?;
     std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o644))?;

@@ -1,0 +1,354 @@
+//! A container's `securityContext` as the kubelet and a container runtime
+//! (containerd with runc) apply it: the user (`runAsUser`/`runAsGroup` over
+//! the image's `USER`), `runAsNonRoot` verified the way the kubelet verifies
+//! it, the capability set (the runtime's defaults less `drop` plus `add`, or
+//! all when `privileged`), and `no_new_privs` unless `allowPrivilegeEscalation`
+//! is left on. Not applied: seccomp profiles and SELinux/AppArmor options.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use caps::Capability;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use serde::{Deserialize, Serialize};
+
+use super::image::Image;
+
+/// containerd's default capabilities for a container (the Docker set).
+const RUNTIME_DEFAULT: [Capability; 14] = [
+    Capability::CAP_CHOWN,
+    Capability::CAP_DAC_OVERRIDE,
+    Capability::CAP_FSETID,
+    Capability::CAP_FOWNER,
+    Capability::CAP_MKNOD,
+    Capability::CAP_NET_RAW,
+    Capability::CAP_SETGID,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETFCAP,
+    Capability::CAP_SETPCAP,
+    Capability::CAP_NET_BIND_SERVICE,
+    Capability::CAP_SYS_CHROOT,
+    Capability::CAP_KILL,
+    Capability::CAP_AUDIT_WRITE,
+];
+
+/// Who a container's processes are and what they may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    pub uid: u32,
+    pub gid: u32,
+    /// Bounding, permitted and effective set before exec, as a bitmask of
+    /// capability numbers. A non-root process keeps them across exec only
+    /// through file capabilities, as under runc.
+    pub capabilities: u64,
+    /// `PR_SET_NO_NEW_PRIVS`: set-user-ID bits and file capabilities grant
+    /// nothing beyond what the process already holds.
+    pub no_new_privs: bool,
+}
+
+impl Credentials {
+    /// Whether `capability` is in the set.
+    pub fn has(&self, capability: Capability) -> bool {
+        self.capabilities & capability.bitmask() != 0
+    }
+}
+
+/// Why the kubelet will not create the container (`CreateContainerConfigError`).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SecurityError {
+    #[error("container's runAsUser breaks non-root policy (pod: {pod:?}, container: {container})")]
+    RunAsUserRoot { pod: String, container: String },
+    #[error("container has runAsNonRoot and image will run as root (pod: {pod:?}, container: {container})")]
+    ImageRunsAsRoot { pod: String, container: String },
+    #[error(
+        "container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root (pod: {pod:?}, container: {container})"
+    )]
+    NonNumericUser {
+        user: String,
+        pod: String,
+        container: String,
+    },
+    #[error("image user {user:?} of container {container}: {problem}")]
+    UnknownUser {
+        user: String,
+        container: String,
+        problem: String,
+    },
+    #[error("container {container}: unknown capability {name:?} in securityContext.capabilities")]
+    UnknownCapability { container: String, name: String },
+}
+
+/// An image's `USER`: `uid[:gid]`, or names resolved in the image's
+/// /etc/passwd and /etc/group; empty is root.
+struct ImageUser<'a> {
+    user: &'a str,
+    group: Option<&'a str>,
+    rootfs: Option<&'a Path>,
+}
+
+impl<'a> ImageUser<'a> {
+    fn of(image: &'a Image) -> Self {
+        let text = image.config.user.as_str();
+        let (user, group) = match text.split_once(':') {
+            Some((user, group)) => (user, Some(group)),
+            None => (text, None),
+        };
+        ImageUser {
+            user,
+            group,
+            rootfs: Some(&image.rootfs),
+        }
+    }
+
+    /// The uid, if the image gives it as a number (or not at all: root).
+    fn numeric_uid(&self) -> Option<u32> {
+        if self.user.is_empty() {
+            Some(0)
+        } else {
+            self.user.parse().ok()
+        }
+    }
+
+    /// The third and fourth fields of `name`'s line in an /etc file.
+    fn lookup(&self, file: &str, name: &str) -> Option<(Option<u32>, Option<u32>)> {
+        let text = std::fs::read_to_string(self.rootfs?.join(file)).ok()?;
+        text.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.first() == Some(&name)).then(|| {
+                (
+                    fields.get(2).and_then(|f| f.parse().ok()),
+                    fields.get(3).and_then(|f| f.parse().ok()),
+                )
+            })
+        })
+    }
+
+    fn uid(&self) -> Result<u32, String> {
+        self.numeric_uid()
+            .or_else(|| self.lookup("etc/passwd", self.user).and_then(|(uid, _)| uid))
+            .ok_or_else(|| format!("no user {:?} in the image's /etc/passwd", self.user))
+    }
+
+    /// The group given, else the user's primary group in /etc/passwd.
+    fn gid(&self) -> Result<Option<u32>, String> {
+        match self.group {
+            Some(group) => group
+                .parse()
+                .ok()
+                .or_else(|| self.lookup("etc/group", group).and_then(|(gid, _)| gid))
+                .map(Some)
+                .ok_or_else(|| format!("no group {group:?} in the image's /etc/group")),
+            None => Ok(self.lookup("etc/passwd", self.user).and_then(|(_, gid)| gid)),
+        }
+    }
+}
+
+fn capabilities(container: &Container) -> Result<u64, SecurityError> {
+    let context = container.security_context.as_ref();
+    if context.and_then(|c| c.privileged) == Some(true) {
+        return Ok(caps::all().iter().fold(0, |mask, cap| mask | cap.bitmask()));
+    }
+    let requested = context.and_then(|c| c.capabilities.as_ref());
+    let parse = |name: &String| -> Result<Option<u64>, SecurityError> {
+        if name.eq_ignore_ascii_case("ALL") {
+            return Ok(None);
+        }
+        let full = if name.to_ascii_uppercase().starts_with("CAP_") {
+            name.to_ascii_uppercase()
+        } else {
+            format!("CAP_{}", name.to_ascii_uppercase())
+        };
+        Capability::from_str(&full)
+            .map(|cap| Some(cap.bitmask()))
+            .map_err(|_| SecurityError::UnknownCapability {
+                container: container.name.clone(),
+                name: name.clone(),
+            })
+    };
+    let all = caps::all().iter().fold(0, |mask, cap| mask | cap.bitmask());
+    let mut mask = RUNTIME_DEFAULT.iter().fold(0, |mask, cap| mask | cap.bitmask());
+    for name in requested.and_then(|c| c.drop.as_ref()).into_iter().flatten() {
+        mask &= !parse(name)?.unwrap_or(all);
+    }
+    for name in requested.and_then(|c| c.add.as_ref()).into_iter().flatten() {
+        mask |= parse(name)?.unwrap_or(all);
+    }
+    Ok(mask)
+}
+
+/// The credentials of a container: from its and its pod's securityContext,
+/// and the image's `USER` (`None`: a local program, which runs as root unless
+/// the spec says otherwise).
+pub fn credentials(pod: &Pod, container: &Container, image: Option<&Image>) -> Result<Credentials, SecurityError> {
+    let pod_context = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let own = container.security_context.as_ref();
+    let run_as_user = own
+        .and_then(|c| c.run_as_user)
+        .or_else(|| pod_context.and_then(|c| c.run_as_user));
+    let run_as_group = own
+        .and_then(|c| c.run_as_group)
+        .or_else(|| pod_context.and_then(|c| c.run_as_group));
+    let run_as_non_root = own
+        .and_then(|c| c.run_as_non_root)
+        .or_else(|| pod_context.and_then(|c| c.run_as_non_root))
+        .unwrap_or(false);
+    let pod_name = pod.metadata.name.clone().unwrap_or_default();
+    let image_user = image.map(ImageUser::of);
+    let unknown = |problem: String| SecurityError::UnknownUser {
+        user: image.map(|i| i.config.user.clone()).unwrap_or_default(),
+        container: container.name.clone(),
+        problem,
+    };
+    // The kubelet's verifyRunAsNonRoot; a local program runs as root.
+    if run_as_non_root {
+        let image_uid = image_user.as_ref().map_or(Some(0), ImageUser::numeric_uid);
+        let container = container.name.clone();
+        match (run_as_user, image_uid) {
+            (Some(0), _) => {
+                return Err(SecurityError::RunAsUserRoot {
+                    pod: pod_name,
+                    container,
+                });
+            }
+            (None, Some(0)) => {
+                return Err(SecurityError::ImageRunsAsRoot {
+                    pod: pod_name,
+                    container,
+                });
+            }
+            (None, None) => {
+                let user = image_user.as_ref().map(|u| u.user.to_string()).unwrap_or_default();
+                return Err(SecurityError::NonNumericUser {
+                    user,
+                    pod: pod_name,
+                    container,
+                });
+            }
+            _ => {}
+        }
+    }
+    let uid = match (run_as_user, &image_user) {
+        (Some(uid), _) => u32::try_from(uid).map_err(|_| unknown(format!("runAsUser {uid} is out of range")))?,
+        (None, Some(user)) => user.uid().map_err(unknown)?,
+        (None, None) => 0,
+    };
+    let gid = match (run_as_group, &image_user) {
+        (Some(gid), _) => u32::try_from(gid).map_err(|_| unknown(format!("runAsGroup {gid} is out of range")))?,
+        (None, Some(user)) => user.gid().map_err(unknown)?.unwrap_or(0),
+        // A local program's user has no image /etc/passwd: its group is its uid.
+        (None, None) => uid,
+    };
+    let privileged = own.and_then(|c| c.privileged) == Some(true);
+    let escalation = own.and_then(|c| c.allow_privilege_escalation).unwrap_or(true);
+    Ok(Credentials {
+        uid,
+        gid,
+        capabilities: capabilities(container)?,
+        no_new_privs: !escalation && !privileged,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{Capabilities, SecurityContext};
+
+    use super::*;
+    use crate::kubelet::image::ImageConfig;
+
+    fn container(context: SecurityContext) -> Container {
+        Container {
+            name: "c".into(),
+            security_context: Some(context),
+            ..Container::default()
+        }
+    }
+
+    fn image(user: &str) -> Image {
+        Image {
+            reference: "strait-init:1".into(),
+            digest: "sha256:00".into(),
+            config: ImageConfig {
+                user: user.into(),
+                ..ImageConfig::default()
+            },
+            rootfs: "/nonexistent".into(),
+        }
+    }
+
+    #[test]
+    fn the_init_container_gets_only_net_admin_and_net_raw_as_its_image_user() {
+        let spec = container(SecurityContext {
+            run_as_non_root: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            ..SecurityContext::default()
+        });
+        let found = credentials(&Pod::default(), &spec, Some(&image("65534:65534"))).unwrap();
+        assert_eq!((found.uid, found.gid), (65534, 65534));
+        assert_eq!(
+            found.capabilities,
+            Capability::CAP_NET_ADMIN.bitmask() | Capability::CAP_NET_RAW.bitmask()
+        );
+        assert!(found.no_new_privs);
+    }
+
+    #[test]
+    fn run_as_non_root_is_verified_as_the_kubelet_does() {
+        let strict = |user: Option<i64>| {
+            container(SecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: user,
+                ..SecurityContext::default()
+            })
+        };
+        let pod = Pod::default();
+        assert!(matches!(
+            credentials(&pod, &strict(None), Some(&image(""))),
+            Err(SecurityError::ImageRunsAsRoot { .. })
+        ));
+        assert!(matches!(
+            credentials(&pod, &strict(Some(0)), Some(&image("2102"))),
+            Err(SecurityError::RunAsUserRoot { .. })
+        ));
+        assert!(matches!(
+            credentials(&pod, &strict(None), Some(&image("strait"))),
+            Err(SecurityError::NonNumericUser { .. })
+        ));
+        assert!(matches!(
+            credentials(&pod, &strict(None), None),
+            Err(SecurityError::ImageRunsAsRoot { .. })
+        ));
+        let ok = credentials(&pod, &strict(Some(2102)), Some(&image(""))).unwrap();
+        assert_eq!(ok.uid, 2102);
+        assert!(!ok.no_new_privs);
+    }
+
+    #[test]
+    fn capabilities_start_from_the_runtime_default() {
+        let plain = credentials(&Pod::default(), &container(SecurityContext::default()), None).unwrap();
+        assert!(plain.has(Capability::CAP_NET_RAW) && !plain.has(Capability::CAP_NET_ADMIN));
+        let dropped = container(SecurityContext {
+            capabilities: Some(Capabilities {
+                add: Some(vec!["CAP_SYS_ADMIN".into()]),
+                drop: Some(vec!["net_raw".into()]),
+            }),
+            ..SecurityContext::default()
+        });
+        let found = credentials(&Pod::default(), &dropped, None).unwrap();
+        assert!(found.has(Capability::CAP_SYS_ADMIN) && !found.has(Capability::CAP_NET_RAW));
+        let unknown = container(SecurityContext {
+            capabilities: Some(Capabilities {
+                add: Some(vec!["FLY".into()]),
+                drop: None,
+            }),
+            ..SecurityContext::default()
+        });
+        assert!(matches!(
+            credentials(&Pod::default(), &unknown, None),
+            Err(SecurityError::UnknownCapability { .. })
+        ));
+    }
+}
