@@ -12,7 +12,7 @@ use serde_json::Value;
 /// One lab, by name, driven through `strait-lab` from `bin_dir`.
 pub struct Lab {
     pub name: String,
-    bin_dir: PathBuf,
+    pub bin_dir: PathBuf,
 }
 
 impl Lab {

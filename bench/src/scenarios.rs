@@ -796,14 +796,96 @@ pub fn held_connections(cluster: &Cluster) -> anyhow::Result<(Table, Value)> {
     Ok((table, Value::Array(raw)))
 }
 
-/// Proxy start to ready, without a certificate to fetch.
+/// One of strait's images as `make images` built it and the lab unpacked it.
+struct BuiltImage {
+    name: String,
+    compressed_bytes: f64,
+    /// Its root filesystem, unpacked by the lab's kubelet.
+    rootfs: std::path::PathBuf,
+}
+
+/// The images listed in `target/images/images.tsv`, with where the lab
+/// unpacked each (by manifest digest).
+fn built_images(cluster: &Cluster) -> anyhow::Result<Vec<BuiltImage>> {
+    let images = cluster.lab.bin_dir.join("../images");
+    let listing = images.join("images.tsv");
+    let text = std::fs::read_to_string(&listing)
+        .with_context(|| format!("read {} (`make images` writes it)", listing.display()))?;
+    let bundles = std::path::PathBuf::from("/run/strait-lab")
+        .join(&cluster.lab.name)
+        .join("images/bundles");
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            let (name, digest, compressed) = (fields.first()?, fields.get(2)?, fields.get(3)?);
+            Some(BuiltImage {
+                name: name.to_string(),
+                compressed_bytes: compressed.parse().ok()?,
+                rootfs: bundles.join(digest.replace(':', "-")).join("rootfs"),
+            })
+        })
+        .collect())
+}
+
+/// Each image's size: compressed (what a registry stores and a node pulls)
+/// and unpacked (what a node keeps).
+pub fn images(cluster: &Cluster, _effort: Effort) -> anyhow::Result<(Table, Value)> {
+    let mut table = Table::new("strait's images", &["image", "compressed MB", "unpacked MB"]);
+    let mut raw = Vec::new();
+    for image in built_images(cluster)? {
+        let unpacked = std::process::Command::new("du")
+            .args(["-sb", "--apparent-size"])
+            .arg(&image.rootfs)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .and_then(|out| {
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            });
+        table.row(vec![
+            image.name.clone(),
+            fmt(image.compressed_bytes / 1e6, 2),
+            unpacked.map_or_else(|| "-".to_string(), |b| fmt(b / 1e6, 2)),
+        ]);
+        raw.push(json!({"image": image.name, "compressed_bytes": image.compressed_bytes, "unpacked_bytes": unpacked}));
+    }
+    Ok((table, Value::Array(raw)))
+}
+
+/// Proxy start to ready, without a certificate to fetch, run from the
+/// proxy image's root filesystem as the image's user.
 pub fn startup(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value)> {
     let runs = if effort.quick { "5" } else { "30" };
-    let out = cluster
-        .lab
-        .exec_json(&cluster.client, &["strait-bench", "startup", "--runs", runs])?;
+    let proxy = built_images(cluster)?
+        .into_iter()
+        .find(|image| image.name == "strait-proxy")
+        .context("images.tsv lists no strait-proxy")?;
+    let out = std::process::Command::new(cluster.lab.bin_dir.join("strait-bench"))
+        .args(["startup", "--runs", runs, "--root"])
+        .arg(&proxy.rootfs)
+        .output()
+        .context("run strait-bench startup")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "strait-bench startup: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let out: Value = serde_json::from_slice(
+        out.stdout
+            .trim_ascii_end()
+            .rsplit(|b| *b == b'\n')
+            .next()
+            .unwrap_or_default(),
+    )
+    .context("strait-bench startup printed no JSON")?;
     let mut table = Table::new(
-        "strait-proxy start → /ready (no identity)",
+        "strait-proxy start → /ready from its image (no identity)",
         &["runs", "p50 ms", "min ms", "max ms"],
     );
     table.row(vec![
@@ -925,7 +1007,8 @@ pub fn h2load(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value
 }
 
 /// Every scenario, by name, in report order.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
+    "images",
     "memory",
     "held-connections",
     "latency",
@@ -942,6 +1025,7 @@ pub const ALL: [&str; 12] = [
 
 pub fn by_name(name: &str, cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value)> {
     match name {
+        "images" => images(cluster, effort),
         "latency" => latency(cluster, effort),
         "throughput" => throughput(cluster, effort),
         "memory" => idle_memory(cluster),

@@ -70,6 +70,10 @@ pub struct StartupArgs {
     /// How many starts to time.
     #[arg(long, default_value_t = 20)]
     runs: usize,
+    /// Run the proxy of the image unpacked here (`chroot` into it, as the
+    /// image's user 2102) instead of `strait-proxy` from PATH.
+    #[arg(long)]
+    root: Option<std::path::PathBuf>,
 }
 
 /// Starts `strait-proxy` (no identity, so no certificate to wait for) on
@@ -78,7 +82,19 @@ pub async fn startup(args: StartupArgs) -> anyhow::Result<()> {
     let mut times = Vec::new();
     for _ in 0..args.runs.max(1) {
         let started = Instant::now();
-        let mut proxy = tokio::process::Command::new("strait-proxy")
+        let mut command = match &args.root {
+            Some(root) => {
+                let mut command = tokio::process::Command::new("chroot");
+                command
+                    .arg("--userspec=2102:2102")
+                    .arg(root)
+                    .arg("/usr/local/bin/strait-proxy")
+                    .env_clear();
+                command
+            }
+            None => tokio::process::Command::new("strait-proxy"),
+        };
+        let mut proxy = command
             .env("STRAIT_OUTBOUND_ADDRS", "127.0.0.1:14140")
             .env("STRAIT_INBOUND_ADDRS", "127.0.0.1:14143")
             .env("STRAIT_ADMIN_ADDR", "127.0.0.1:14191")

@@ -72,11 +72,7 @@ fn promtool_accepts_the_metrics_after_grpc_http_and_opaque_traffic() {
         promtool_check(&text, pod);
     }
     let injector = lab.pod("strait-system", "strait-injector-");
-    let control_plane = lab.exec_in_ok(
-        &injector,
-        "injector",
-        &["lab-app", "http-get", "http://127.0.0.1:9990/metrics"],
-    );
+    let control_plane = lab.debug(&injector, "injector", &["http-get", "http://127.0.0.1:9990/metrics"]);
     promtool_check(&control_plane, "the control plane");
 
     // Prometheus asks for OpenMetrics, and gets it.

@@ -219,29 +219,31 @@ fn the_identity_service_signs_only_what_the_token_proves() {
         return;
     };
     let client = lab.pod("secure", "client-");
-    // The proxy container holds the identity token and the trust anchors.
+    // The proxy container holds the identity token and the trust anchors;
+    // the requests are made beside it, as its user.
     let request = |extra: &[&str]| -> Value {
         let mut args = vec!["identity-request"];
         args.extend_from_slice(extra);
-        lab.app_in(&client, "strait-proxy", &args)
+        lab.debug_app(&client, "strait-proxy", &args)
     };
-    let own = request(&["--token-file", TOKEN, "--identity", CLIENT_ID]);
+    let token = lab.container_path(&client, "strait-proxy", TOKEN);
+    let own = request(&["--token-file", &token, "--identity", CLIENT_ID]);
     assert_eq!(own["status"], 200, "{own}");
     assert_eq!(own["uris"], serde_json::json!([CLIENT_ID]));
 
     // Whatever the CSR asks for, the certificate names the token's owner.
-    let greedy = request(&["--token-file", TOKEN, "--identity", CLIENT_ID, "--csr-uri", SERVER_ID]);
+    let greedy = request(&["--token-file", &token, "--identity", CLIENT_ID, "--csr-uri", SERVER_ID]);
     assert_eq!(greedy["status"], 200, "{greedy}");
     assert_eq!(greedy["uris"], serde_json::json!([CLIENT_ID]));
 
-    let other = request(&["--token-file", TOKEN, "--identity", SERVER_ID]);
+    let other = request(&["--token-file", &token, "--identity", SERVER_ID]);
     assert_eq!(other["status"], 403, "{other}");
     assert!(other["error"].as_str().unwrap().contains("secure/client"), "{other}");
     assert_eq!(other["uris"], serde_json::json!([]));
 
     let garbage_csr = request(&[
         "--token-file",
-        TOKEN,
+        &token,
         "--identity",
         CLIENT_ID,
         "--csr-text",
@@ -254,8 +256,12 @@ fn the_identity_service_signs_only_what_the_token_proves() {
     assert_eq!(garbage_token["status"], 401, "{garbage_token}");
 
     // The pod's API token is not for the identity service's audience.
-    let api_token = "/var/run/secrets/kubernetes.io/serviceaccount/token";
-    let wrong_audience = request(&["--token-file", api_token, "--identity", CLIENT_ID]);
+    let api_token = lab.container_path(
+        &client,
+        "strait-proxy",
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    );
+    let wrong_audience = request(&["--token-file", &api_token, "--identity", CLIENT_ID]);
     assert_eq!(wrong_audience["status"], 401, "{wrong_audience}");
     for refused in [&other, &garbage_csr, &garbage_token, &wrong_audience] {
         assert_eq!(refused["uris"], serde_json::json!([]), "no certificate with a refusal");
@@ -287,9 +293,18 @@ fn peers_that_cannot_prove_their_identity_are_refused() {
             "7000",
         ];
         args.extend_from_slice(extra);
-        lab.app_in(&injector, "injector", &args)
+        lab.debug_app(&injector, "injector", &args)
     };
-    let issuer = ["--issuer-cert", ISSUER_CERT, "--issuer-key", ISSUER_KEY];
+    let (issuer_cert, issuer_key) = (
+        lab.container_path(&injector, "injector", ISSUER_CERT),
+        lab.container_path(&injector, "injector", ISSUER_KEY),
+    );
+    let issuer = [
+        "--issuer-cert",
+        issuer_cert.as_str(),
+        "--issuer-key",
+        issuer_key.as_str(),
+    ];
     let valid = handshake(&issuer);
     assert_eq!(valid["accepted"], true, "a certificate from the mesh issuer: {valid}");
     let foreign = handshake(&[]);

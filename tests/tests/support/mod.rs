@@ -217,6 +217,56 @@ impl Lab {
         sum_metric(&self.metrics(pod), metric, labels)
     }
 
+    /// Runs a lab-app command as a debug container aimed at `container`
+    /// would (`kubectl debug --target`): the host's lab-app in the pod's
+    /// network namespace with the pod's /etc/hosts and resolv.conf, as the
+    /// container's uid and gid, with its environment (but the host's PATH).
+    /// strait's
+    /// containers run from images that hold no lab-app; their files are
+    /// under `container_path`. Its standard output, or a panic with both
+    /// streams.
+    pub fn debug(&self, pod: &str, container: &str, args: &[&str]) -> String {
+        let pid = self.container_pid(pod, container).to_string();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let id = |field: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|ids| ids.split_whitespace().next())
+                .unwrap()
+                .to_string()
+        };
+        let (uid, gid) = (id("Uid:"), id("Gid:"));
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        let env = environ.split(|b| *b == 0).filter_map(|pair| {
+            let pair = String::from_utf8_lossy(pair).into_owned();
+            let (name, value) = pair.split_once('=')?;
+            (name != "PATH").then(|| (name.to_string(), value.to_string()))
+        });
+        let (namespace, name) = pod.split_once('/').unwrap();
+        let sandbox = format!("/run/strait-lab/{}/pods/{namespace}_{name}/sandbox.pid", self.name);
+        let sandbox = std::fs::read_to_string(&sandbox).unwrap_or_else(|e| panic!("{sandbox}: {e}"));
+        let out = Command::new("nsenter")
+            .envs(env)
+            .args(["--target", sandbox.trim(), "--net", "--uts", "--mount"])
+            .args(["--setuid", &uid, "--setgid", &gid, "--"])
+            .arg(env!("CARGO_BIN_EXE_lab-app"))
+            .args(args)
+            .output()
+            .unwrap();
+        succeeded(out, &format!("lab-app {args:?} beside {pod}/{container}"))
+    }
+
+    /// `debug`, parsing the JSON line lab-app printed last.
+    pub fn debug_app(&self, pod: &str, container: &str, args: &[&str]) -> Value {
+        last_json(&self.debug(pod, container, args), args)
+    }
+
+    /// Where `path` inside a running container is on the host.
+    pub fn container_path(&self, pod: &str, container: &str, path: &str) -> String {
+        format!("/proc/{}/root{path}", self.container_pid(pod, container))
+    }
+
     /// The pid of a container's main process.
     pub fn container_pid(&self, pod: &str, container: &str) -> u32 {
         let (namespace, name) = pod.split_once('/').unwrap();
