@@ -13,7 +13,8 @@
 #   scripts/images.sh --context-only  # only target/images/context, for docker/podman
 #   REGISTRY=registry.example.com/strait scripts/images.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+script=$(realpath "$0")
+cd "$(dirname "$script")/.."
 
 images=(strait-proxy strait-init strait-injector)
 out=target/images
@@ -21,8 +22,10 @@ context=$out/context
 registry=${REGISTRY:-ghcr.io/strait-mesh}
 version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' charts/strait/Chart.yaml)
 [[ -n $version ]] || { echo "images: no appVersion in charts/strait/Chart.yaml" >&2; exit 1; }
-revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-git diff --quiet HEAD 2>/dev/null || revision="$revision-dirty"
+# As root in a tree another user owns, git would refuse to answer.
+git=(git -c safe.directory="$PWD")
+revision=$("${git[@]}" rev-parse HEAD 2>/dev/null || echo unknown)
+"${git[@]}" diff --quiet HEAD 2>/dev/null || revision="$revision-dirty"
 source_url=$(sed -n 's/^repository = "\(.*\)"/\1/p' Cargo.toml)
 
 need() {
@@ -33,7 +36,12 @@ need() {
     exit 1
   fi
 }
-need mmdebstrap setcap
+need mmdebstrap setcap python3
+. /etc/os-release
+if [[ ${ID:-} != debian || -z ${VERSION_CODENAME:-} ]]; then
+  echo "images: the base layers are made from the host release's Debian packages; this host is ${PRETTY_NAME:-unknown}, not Debian" >&2
+  exit 1
+fi
 [[ ${1:-} == --context-only ]] || need buildah skopeo
 [[ $(id -u) == 0 ]] || { echo "images: run as root (mmdebstrap and buildah write root-owned files)" >&2; exit 1; }
 
@@ -48,8 +56,8 @@ cargo build --release --locked --workspace --bins
 # script changes.
 base() {
   local name=$1 packages=$2 dir=$context/base-$1
-  . /etc/os-release
-  local stamp="$VERSION_CODENAME $packages $(sha256sum <"$0")"
+  local stamp
+  stamp="$VERSION_CODENAME $packages $(sha256sum <"$script")"
   if [[ -f $dir.stamp && $(cat "$dir.stamp") == "$stamp" ]]; then return; fi
   rm -rf "$dir" "$dir.stamp"
   mmdebstrap --quiet --mode=root --variant=extract --include="$packages" \

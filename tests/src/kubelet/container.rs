@@ -9,13 +9,13 @@ use std::fs::OpenOptions;
 use std::path::Path;
 use std::process::Stdio;
 
-use k8s_openapi::api::core::v1::{Container, EnvVar, Pod};
+use k8s_openapi::api::core::v1::{Container, EnvVar};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::image::ImageConfig;
+use super::image::{Image, ImageConfig};
 use super::nsenter::PodNamespaces;
-use super::security::Credentials;
+use super::security::{self, Credentials};
 use crate::network::{API_SERVICE_IP, NODE_IP};
 use crate::paths;
 
@@ -23,6 +23,9 @@ pub const NODE_NAME: &str = "lab";
 /// What the lab reports as the node's capacity, for resourceFieldRef.
 const NODE_CPUS: f64 = 2.0;
 const NODE_MEMORY: f64 = 8.0 * 1024.0 * 1024.0 * 1024.0;
+
+/// containerd's PATH for an image that sets none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Looks up a ConfigMap or Secret (by resource plural) in the pod's namespace.
 pub type Lookup<'a> = &'a dyn Fn(&str, &str) -> Option<Value>;
@@ -268,38 +271,15 @@ fn env_var(
     Ok(None)
 }
 
-/// The container's environment, in Kubernetes' order: the service variables
-/// first, then `envFrom`, then `env`, each able to refer to the ones before.
-pub fn environment(
-    pod: &Value,
-    typed: &Pod,
-    container: &Container,
-    lookup: Lookup<'_>,
-    image: Option<&ImageConfig>,
-) -> Result<Vec<(String, String)>, String> {
-    let mut env: Vec<(String, String)> = match image {
-        // The image's own, with a HOME as runc sets one when it has none.
-        Some(image) => {
-            let mut env = image.env.clone();
-            if !env.iter().any(|(name, _)| name == "HOME") {
-                env.push(("HOME".into(), "/".into()));
-            }
-            env
-        }
-        None => {
-            let host_path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
-            vec![
-                ("PATH".into(), format!("{}:{host_path}", paths::bin_dir().display())),
-                ("HOME".into(), "/root".into()),
-            ]
-        }
-    };
-    env.extend([
-        ("HOSTNAME".into(), typed.metadata.name.clone().unwrap_or_default()),
+/// The environment the kubelet gives a container, in Kubernetes' order: the
+/// service variables first, then `envFrom`, then `env`, each able to refer
+/// (`$(NAME)`) to the ones before it, and to nothing else.
+pub fn environment(pod: &Value, container: &Container, lookup: Lookup<'_>) -> Result<Vec<(String, String)>, String> {
+    let mut env: Vec<(String, String)> = vec![
         ("KUBERNETES_SERVICE_HOST".into(), API_SERVICE_IP.to_string()),
         ("KUBERNETES_SERVICE_PORT".into(), "443".into()),
         ("KUBERNETES_SERVICE_PORT_HTTPS".into(), "443".into()),
-    ]);
+    ];
     for source in container.env_from.iter().flatten() {
         let prefix = source.prefix.clone().unwrap_or_default();
         let (plural, name, optional) = match (&source.config_map_ref, &source.secret_ref) {
@@ -323,6 +303,34 @@ pub fn environment(
         }
     }
     Ok(env)
+}
+
+/// The variables the runtime sets before the kubelet's: a local program's
+/// PATH (the lab's binaries first) and HOME; an image's `Env`, with
+/// containerd's default PATH and runc's HOME (from the image's passwd for
+/// `uid`) where the image sets none; HOSTNAME, the pod's name.
+pub fn runtime_environment(image: Option<&Image>, uid: u32, hostname: &str) -> Vec<(String, String)> {
+    let mut env = match image {
+        Some(image) => {
+            let mut env = image.config.env.clone();
+            if !env.iter().any(|(name, _)| name == "PATH") {
+                env.push(("PATH".into(), DEFAULT_PATH.into()));
+            }
+            if !env.iter().any(|(name, _)| name == "HOME") {
+                env.push(("HOME".into(), security::home(image, uid)));
+            }
+            env
+        }
+        None => {
+            let host_path = std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.into());
+            vec![
+                ("PATH".into(), format!("{}:{host_path}", paths::bin_dir().display())),
+                ("HOME".into(), "/root".into()),
+            ]
+        }
+    };
+    env.push(("HOSTNAME".into(), hostname.to_string()));
+    env
 }
 
 /// Starts a container's main process in the pod, its output appended to
@@ -364,6 +372,23 @@ mod tests {
         assert_eq!(quantity("64Mi"), Some(67_108_864.0));
         assert_eq!(quantity("2"), Some(2.0));
         assert_eq!(quantity("x"), None);
+    }
+
+    #[test]
+    fn variables_refer_only_to_what_the_kubelet_set_not_to_the_runtimes() {
+        let container = Container {
+            name: "c".into(),
+            env: Some(vec![EnvVar {
+                name: "A".into(),
+                value: Some("$(PATH)-$(KUBERNETES_SERVICE_PORT)".into()),
+                value_from: None,
+            }]),
+            ..Container::default()
+        };
+        let env = environment(&serde_json::json!({}), &container, &|_, _| None).unwrap();
+        let a = env.iter().find(|(name, _)| name == "A").map(|(_, v)| v.as_str());
+        assert_eq!(a, Some("$(PATH)-443"));
+        assert!(!env.iter().any(|(name, _)| name == "PATH" || name == "HOME"));
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub enum ImageError {
         archive: String,
         problem: String,
     },
+    #[error("Container image \"{reference}\" is not present with pull policy of Never")]
+    NeverPull { reference: String },
     #[error("image {reference}: its digest is {found}, not the {wanted} the reference asks for")]
     DigestMismatch {
         reference: String,
@@ -54,13 +56,47 @@ pub enum ImageError {
     },
 }
 
+impl ImageError {
+    /// The container's waiting reason, as the kubelet reports it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ImageError::NeverPull { .. } => "ErrImageNeverPull",
+            _ => "ErrImagePull",
+        }
+    }
+}
+
+/// When the kubelet pulls (`imagePullPolicy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    /// The container's policy, defaulted as the API server defaults it:
+    /// `Always` for `:latest` or no tag (without a digest), else
+    /// `IfNotPresent`.
+    pub fn of(policy: Option<&str>, reference: &Reference) -> PullPolicy {
+        match policy {
+            Some("Always") => PullPolicy::Always,
+            Some("Never") => PullPolicy::Never,
+            Some(_) => PullPolicy::IfNotPresent,
+            None if reference.digest.is_none() && reference.tag.as_deref() == Some("latest") => PullPolicy::Always,
+            None => PullPolicy::IfNotPresent,
+        }
+    }
+}
+
 /// A reference split as a runtime resolves it:
 /// `[registry/]path/name[:tag][@digest]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reference {
     /// Everything before the tag and digest.
     pub repository: String,
-    pub tag: String,
+    /// The tag given, if any (`latest` is implied only without a digest).
+    pub tag: Option<String>,
     pub digest: Option<String>,
 }
 
@@ -73,12 +109,13 @@ impl Reference {
         // A colon after the last slash starts the tag (one before it is a port).
         let slash = rest.rfind('/').map_or(0, |at| at + 1);
         let (repository, tag) = match rest[slash..].find(':') {
-            Some(at) => (&rest[..slash + at], &rest[slash + at + 1..]),
-            None => (rest, "latest"),
+            Some(at) => (&rest[..slash + at], Some(rest[slash + at + 1..].to_string())),
+            None => (rest, None),
         };
+        let tag = tag.or_else(|| digest.is_none().then(|| "latest".to_string()));
         Reference {
             repository: repository.to_string(),
-            tag: tag.to_string(),
+            tag,
             digest,
         }
     }
@@ -88,9 +125,14 @@ impl Reference {
         self.repository.rsplit('/').next().unwrap_or(&self.repository)
     }
 
-    /// `repository:tag`, the name an image carries in an archive.
-    pub fn tagged(&self) -> String {
-        format!("{}:{}", self.repository, self.tag)
+    /// The name the image carries in an OCI layout: `repository:tag`, or
+    /// `repository@digest` for a reference by digest alone.
+    pub fn layout_name(&self) -> String {
+        match (&self.tag, &self.digest) {
+            (Some(tag), _) => format!("{}:{tag}", self.repository),
+            (None, Some(digest)) => format!("{}@{digest}", self.repository),
+            (None, None) => format!("{}:latest", self.repository),
+        }
     }
 
     /// Whether the lab must run it from an image (one of strait's own).
@@ -153,13 +195,14 @@ pub fn registry() -> PathBuf {
     })
 }
 
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
+/// Runs a tool; its standard output, or what it said when it failed.
+fn output(program: &str, args: &[&str]) -> Result<String, String> {
     let output = Command::new(program)
         .args(args)
         .output()
         .map_err(|e| format!("cannot run {program}: {e} (scripts/deps.sh installs it)"))?;
     if output.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(format!(
             "{program} {} failed: {}",
@@ -191,12 +234,19 @@ impl ImageStore {
         }
     }
 
-    /// The image for `reference`, pulled and unpacked if it is not yet (or
-    /// again with `always`, as `imagePullPolicy: Always` asks).
-    pub async fn pull(&self, reference: &str, always: bool) -> Result<Arc<Image>, ImageError> {
+    /// The image for `reference`, pulled and unpacked as `policy` says:
+    /// `Always` pulls again, `IfNotPresent` when the node has none,
+    /// `Never` only takes what the node has.
+    pub async fn pull(&self, reference: &str, policy: PullPolicy) -> Result<Arc<Image>, ImageError> {
         let mut pulled = self.pulled.lock().await;
-        if !always && let Some(image) = pulled.get(reference) {
-            return Ok(image.clone());
+        match (policy, pulled.get(reference)) {
+            (PullPolicy::IfNotPresent | PullPolicy::Never, Some(image)) => return Ok(image.clone()),
+            (PullPolicy::Never, None) => {
+                return Err(ImageError::NeverPull {
+                    reference: reference.to_string(),
+                });
+            }
+            _ => {}
         }
         let (dirs, owned) = (self.dirs.clone(), reference.to_string());
         let image = tokio::task::spawn_blocking(move || dirs.pull(&owned))
@@ -223,28 +273,60 @@ struct Dirs {
 }
 
 impl Dirs {
+    /// The archive that holds `reference`: `<name>-<tag>.oci.tar`, or for a
+    /// reference by digest alone, whichever `<name>-*.oci.tar` has that
+    /// digest.
+    fn archive(&self, text: &str, reference: &Reference) -> Result<PathBuf, ImageError> {
+        let not_built = || ImageError::NotBuilt {
+            reference: text.to_string(),
+            registry: self.registry.display().to_string(),
+        };
+        let name = reference.name();
+        if let Some(tag) = &reference.tag {
+            let archive = self.registry.join(format!("{name}-{tag}.oci.tar"));
+            return if archive.exists() {
+                Ok(archive)
+            } else {
+                Err(not_built())
+            };
+        }
+        let wanted = reference.digest.as_deref().unwrap_or_default();
+        let prefix = format!("{name}-");
+        let entries = std::fs::read_dir(&self.registry).map_err(|_| not_built())?;
+        entries
+            .flatten()
+            .map(|entry| entry.path())
+            .filter(|path| {
+                path.file_name()
+                    .and_then(|f| f.to_str())
+                    .is_some_and(|f| f.starts_with(&prefix) && f.ends_with(".oci.tar"))
+            })
+            .find(|path| {
+                let source = format!("oci-archive:{}", path.display());
+                output("skopeo", &["inspect", "--format", "{{.Digest}}", &source])
+                    .is_ok_and(|digest| digest.trim() == wanted)
+            })
+            .ok_or_else(not_built)
+    }
+
     fn pull(&self, text: &str) -> Result<Image, ImageError> {
         let reference = Reference::parse(text);
-        let tagged = reference.tagged();
-        let archive = self
-            .registry
-            .join(format!("{}-{}.oci.tar", reference.name(), reference.tag));
-        if !archive.exists() {
-            return Err(ImageError::NotBuilt {
-                reference: text.to_string(),
-                registry: self.registry.display().to_string(),
-            });
-        }
+        let archive = self.archive(text, &reference)?;
+        let name = reference.layout_name();
         let pull_error = |problem: String| ImageError::Pull {
             reference: text.to_string(),
             archive: archive.display().to_string(),
             problem,
         };
         std::fs::create_dir_all(&self.bundles).map_err(|e| pull_error(e.to_string()))?;
-        let from = format!("oci-archive:{}:{tagged}", archive.display());
-        let to = format!("oci:{}:{tagged}", self.layout.display());
-        run("skopeo", &["copy", "--quiet", &from, &to]).map_err(pull_error)?;
-        let (digest, config) = self.read_config(text, &tagged)?;
+        // An archive found by digest holds one image; by tag, the one named so.
+        let from = match &reference.tag {
+            Some(_) => format!("oci-archive:{}:{name}", archive.display()),
+            None => format!("oci-archive:{}", archive.display()),
+        };
+        let to = format!("oci:{}:{name}", self.layout.display());
+        output("skopeo", &["copy", "--quiet", &from, &to]).map_err(pull_error)?;
+        let (digest, config) = self.read_config(text, &name)?;
         if let Some(wanted) = reference.digest.filter(|wanted| *wanted != digest) {
             return Err(ImageError::DigestMismatch {
                 reference: text.to_string(),
@@ -252,7 +334,7 @@ impl Dirs {
                 wanted,
             });
         }
-        let rootfs = self.unpack(text, &tagged, &digest)?;
+        let rootfs = self.unpack(text, &name, &digest)?;
         Ok(Image {
             reference: text.to_string(),
             digest,
@@ -323,7 +405,7 @@ impl Dirs {
         let _ = std::fs::remove_dir_all(&partial);
         let image = format!("{}:{tagged}", self.layout.display());
         let partial_text = partial.display().to_string();
-        run("umoci", &["unpack", "--image", &image, &partial_text]).map_err(unpack_error)?;
+        output("umoci", &["unpack", "--image", &image, &partial_text]).map_err(unpack_error)?;
         std::fs::rename(&partial, &bundle).map_err(|e| unpack_error(e.to_string()))?;
         Ok(rootfs)
     }
@@ -339,31 +421,43 @@ mod tests {
             (
                 "ghcr.io/strait-mesh/strait-proxy:0.1.0",
                 "ghcr.io/strait-mesh/strait-proxy",
-                "0.1.0",
+                Some("0.1.0"),
                 None,
             ),
             (
                 "localhost:5000/strait-init",
                 "localhost:5000/strait-init",
-                "latest",
+                Some("latest"),
                 None,
             ),
-            ("strait-proxy@sha256:ab", "strait-proxy", "latest", Some("sha256:ab")),
+            ("strait-proxy@sha256:ab", "strait-proxy", None, Some("sha256:ab")),
             (
                 "r.io:443/a/strait-cni:1@sha256:cd",
                 "r.io:443/a/strait-cni",
-                "1",
+                Some("1"),
                 Some("sha256:cd"),
             ),
         ];
         for (text, repository, tag, digest) in cases {
             let reference = Reference::parse(text);
             assert_eq!(reference.repository, repository, "{text}");
-            assert_eq!(reference.tag, tag, "{text}");
+            assert_eq!(reference.tag.as_deref(), tag, "{text}");
             assert_eq!(reference.digest.as_deref(), digest, "{text}");
             assert!(reference.is_strait(), "{text}");
         }
         assert!(!Reference::parse("lab-app").is_strait());
         assert_eq!(Reference::parse("a/b/strait-proxy:2").name(), "strait-proxy");
+        assert_eq!(Reference::parse("p@sha256:ab").layout_name(), "p@sha256:ab");
+    }
+
+    #[test]
+    fn pull_policies_default_as_the_api_server_defaults_them() {
+        let policy = |policy: Option<&str>, text: &str| PullPolicy::of(policy, &Reference::parse(text));
+        assert_eq!(policy(None, "strait-proxy"), PullPolicy::Always);
+        assert_eq!(policy(None, "strait-proxy:latest"), PullPolicy::Always);
+        assert_eq!(policy(None, "strait-proxy:0.1.0"), PullPolicy::IfNotPresent);
+        assert_eq!(policy(None, "strait-proxy@sha256:ab"), PullPolicy::IfNotPresent);
+        assert_eq!(policy(Some("Never"), "strait-proxy"), PullPolicy::Never);
+        assert_eq!(policy(Some("IfNotPresent"), "strait-proxy"), PullPolicy::IfNotPresent);
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use tokio::task::AbortHandle;
 
 use super::Kubelet;
 use super::container::{self, Process};
-use super::image::{Image, Reference};
+use super::image::{Image, ImageError, PullPolicy, Reference};
 use super::nsenter::PodNamespaces;
 use super::probe::{self, ProbeKind, Timing};
 use super::sandbox::{BindMount, ContainerRoot, Sandbox};
@@ -77,6 +78,8 @@ struct ContainerState {
     image: Option<Arc<Image>>,
     /// How its processes run, once it has started.
     process: Option<Process>,
+    /// Attempts in a row that could not create it (not restarts).
+    start_failures: u32,
 }
 
 impl ContainerState {
@@ -337,12 +340,17 @@ impl PodRunner {
             let state = &self.containers[index];
             match state.role {
                 Role::Sidecar if state.started => self.init_index += 1,
-                Role::Sidecar if !state.running() && state.restarts == 0 && state.terminated.is_none() => {
+                Role::Sidecar
+                    if !state.running()
+                        && state.restarts == 0
+                        && state.terminated.is_none()
+                        && state.start_failures == 0 =>
+                {
                     self.start_container(index).await;
                     return;
                 }
                 Role::Init if state.terminated.as_ref().is_some_and(|(code, _)| *code == 0) => self.init_index += 1,
-                Role::Init if !state.running() && state.terminated.is_none() => {
+                Role::Init if !state.running() && state.terminated.is_none() && state.start_failures == 0 => {
                     self.start_container(index).await;
                     return;
                 }
@@ -384,17 +392,16 @@ impl PodRunner {
 
     /// Pulls the image of one of strait's containers (as its
     /// `imagePullPolicy` says); other images are local programs.
-    async fn image_for(&self, spec: &Container) -> Result<Option<Arc<Image>>, String> {
-        let Some(reference) = spec.image.as_deref().filter(|r| Reference::parse(r).is_strait()) else {
+    async fn image_for(&self, spec: &Container) -> Result<Option<Arc<Image>>, ImageError> {
+        let Some(text) = spec.image.as_deref() else {
             return Ok(None);
         };
-        let always = spec.image_pull_policy.as_deref() == Some("Always");
-        self.kubelet
-            .images
-            .pull(reference, always)
-            .await
-            .map(Some)
-            .map_err(|e| e.to_string())
+        let reference = Reference::parse(text);
+        if !reference.is_strait() {
+            return Ok(None);
+        }
+        let policy = PullPolicy::of(spec.image_pull_policy.as_deref(), &reference);
+        self.kubelet.images.pull(text, policy).await.map(Some)
     }
 
     /// Everything a container needs before its process can start: its
@@ -409,7 +416,7 @@ impl PodRunner {
         let image = self
             .image_for(&spec)
             .await
-            .map_err(|problem| ("ErrImagePull".to_string(), problem))?;
+            .map_err(|error| (error.reason().to_string(), error.to_string()))?;
         self.containers[index].image = image.clone();
         let config_error = |problem: String| ("CreateContainerConfigError".to_string(), problem);
         let credentials =
@@ -447,15 +454,26 @@ impl PodRunner {
         let mut pod = self.pod.clone();
         pod["status"]["podIP"] = json!(self.ip.map(|ip| ip.to_string()));
         let image_config = image.as_ref().map(|image| &image.config);
-        let env = container::environment(&pod, &self.typed, &spec, &lookup, image_config).map_err(config_error)?;
-        let argv = container::argv(&spec, &env, image_config).map_err(create_error)?;
+        let kubelet_env = container::environment(&pod, &spec, &lookup).map_err(config_error)?;
+        let argv = container::argv(&spec, &kubelet_env, image_config).map_err(create_error)?;
+        let mut env = container::runtime_environment(image.as_deref(), credentials.uid, &self.name);
+        env.extend(kubelet_env);
+        let working_dir = spec.working_dir.clone().or_else(|| {
+            image_config
+                .map(|c| c.working_dir.clone())
+                .filter(|dir| !dir.is_empty())
+        });
+        if let (Some(dir), Some(_)) = (&working_dir, &image) {
+            let inside = PathBuf::from(format!("/proc/{holder}/root")).join(dir.trim_start_matches('/'));
+            if !inside.is_dir() {
+                return Err(create_error(format!(
+                    "working directory {dir} is not a directory in the container's root"
+                )));
+            }
+        }
         let process = Process {
             env,
-            working_dir: spec.working_dir.clone().or_else(|| {
-                image_config
-                    .map(|c| c.working_dir.clone())
-                    .filter(|dir| !dir.is_empty())
-            }),
+            working_dir,
             credentials,
         };
         let saved = kubelet.paths.container_process(&self.namespace, &self.name, &spec.name);
@@ -486,20 +504,12 @@ impl PodRunner {
         let mut child = match launched {
             Ok((child, process)) => {
                 state.process = Some(process);
+                state.start_failures = 0;
                 child
             }
             Err((reason, problem)) => {
                 tracing::warn!(pod = %self.name, container = %spec.name, %reason, %problem, "container cannot start");
-                state.terminated = Some((128, reason.clone()));
-                // A failed pull is retried with back-off, and says so.
-                let waiting = match reason.as_str() {
-                    "ErrImagePull" => (
-                        "ImagePullBackOff".to_string(),
-                        format!("Back-off pulling image: {problem}"),
-                    ),
-                    _ => (reason, problem),
-                };
-                self.schedule_restart(index, Some(waiting));
+                self.schedule_start_retry(index, reason, problem);
                 return;
             }
         };
@@ -652,15 +662,42 @@ impl PodRunner {
         };
         tracing::info!(pod = %self.name, container = %state.spec.name, code, restart, "container exited");
         if restart {
-            self.schedule_restart(index, None);
+            self.schedule_restart(index);
         } else if state.role == Role::Init && code != 0 {
             self.phase = "Failed";
         }
     }
 
-    /// Starts the container again after its back-off; `waiting` is what it
-    /// waits with, CrashLoopBackOff when `None`.
-    fn schedule_restart(&mut self, index: usize, waiting: Option<(String, String)>) {
+    /// A container that could not be created (its image not pulled, its
+    /// config refused) is tried again after a back-off, without counting as
+    /// a restart, as the kubelet does: it waits with the reason, and after a
+    /// failed pull with ImagePullBackOff.
+    fn schedule_start_retry(&mut self, index: usize, reason: String, problem: String) {
+        let state = &mut self.containers[index];
+        let delay = backoff(state.start_failures);
+        let waiting = match reason.as_str() {
+            "ErrImagePull" if state.start_failures > 0 => (
+                "ImagePullBackOff".to_string(),
+                format!("Back-off pulling image: {problem}"),
+            ),
+            _ => (reason, problem),
+        };
+        state.start_failures += 1;
+        state.waiting = Some(waiting);
+        self.start_again_after(index, delay);
+    }
+
+    /// Asks for the container to be started again once `delay` has passed.
+    fn start_again_after(&self, index: usize, delay: Duration) {
+        let (messages, generation) = (self.messages.clone(), self.containers[index].generation);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = messages.send(Message::Restart { index, generation });
+        });
+    }
+
+    /// Starts the container again after its back-off (CrashLoopBackOff).
+    fn schedule_restart(&mut self, index: usize) {
         let state = &mut self.containers[index];
         // A container that ran for a while starts its back-off afresh.
         if state
@@ -672,17 +709,11 @@ impl PodRunner {
         }
         let delay = backoff(state.restarts);
         state.restarts += 1;
-        state.waiting = Some(waiting.unwrap_or_else(|| {
-            (
-                "CrashLoopBackOff".into(),
-                format!("back-off {}s restarting failed container", delay.as_secs()),
-            )
-        }));
-        let (messages, generation) = (self.messages.clone(), state.generation);
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let _ = messages.send(Message::Restart { index, generation });
-        });
+        state.waiting = Some((
+            "CrashLoopBackOff".into(),
+            format!("back-off {}s restarting failed container", delay.as_secs()),
+        ));
+        self.start_again_after(index, delay);
     }
 
     fn apps_done(&self) -> bool {
@@ -915,6 +946,7 @@ impl ContainerState {
             probes: Vec::new(),
             image: None,
             process: None,
+            start_failures: 0,
         }
     }
 }

@@ -172,16 +172,27 @@ impl Sandbox {
         self.pod.pid
     }
 
-    /// Gives a container its own mount namespace with its volumes; done once
-    /// per container, kept across its restarts.
+    /// Gives a container its own mount namespace with its volumes: for a
+    /// local program once, kept across its restarts; for a container from
+    /// an image anew at every start, with a fresh root.
     pub async fn add_container(
         &mut self,
         name: &str,
         mounts: &[BindMount],
         root: Option<&ContainerRoot>,
     ) -> Result<u32, SandboxError> {
-        if let Some(holder) = self.containers.get(name) {
+        if let Some(holder) = self.containers.get(name)
+            && root.is_none()
+        {
             return Ok(holder.pid);
+        }
+        if let Some(root) = root {
+            // Each start gets a fresh root over its image, as a runtime
+            // makes each container from a new snapshot.
+            if let Some(mut old) = self.containers.remove(name) {
+                let _ = old.process.kill().await;
+            }
+            let _ = std::fs::remove_dir_all(&root.scratch);
         }
         let mut args = vec!["--pod-pid".to_string(), self.pod.pid.to_string()];
         if let Some(root) = root {
@@ -428,6 +439,13 @@ const OLD_ROOT: &str = "/.strait-lab-old-root";
 const DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
 
 fn mount_fs(fstype: &str, target: &Path, flags: MsFlags, data: Option<&str>) -> Result<(), String> {
+    // Before pivot_root a symlink in the image would lead out to the host.
+    if std::fs::symlink_metadata(target).is_ok_and(|meta| meta.file_type().is_symlink()) {
+        return Err(format!(
+            "{} is a symlink in the image; refusing to mount {fstype} on it",
+            target.display()
+        ));
+    }
     std::fs::create_dir_all(target).map_err(|e| format!("create {}: {e}", target.display()))?;
     mount(Some(fstype), target, Some(fstype), flags, data)
         .map_err(|e| format!("mount {fstype} on {}: {e}", target.display()))

@@ -78,12 +78,55 @@ pub enum SecurityError {
     UnknownCapability { container: String, name: String },
 }
 
+/// An entry of an image's /etc/passwd or /etc/group.
+struct Entry {
+    name: String,
+    id: Option<u32>,
+    /// passwd: the primary gid.
+    gid: Option<u32>,
+    /// passwd: the home directory.
+    home: Option<String>,
+}
+
+/// The entries of `file` (`etc/passwd` or `etc/group`) in `rootfs`.
+fn entries(rootfs: &Path, file: &str) -> Vec<Entry> {
+    let text = std::fs::read_to_string(rootfs.join(file)).unwrap_or_default();
+    text.lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            let field = |n: usize| fields.get(n).copied().unwrap_or_default();
+            Entry {
+                name: field(0).to_string(),
+                id: field(2).parse().ok(),
+                gid: field(3).parse().ok(),
+                home: fields.get(5).map(|home| home.to_string()),
+            }
+        })
+        .collect()
+}
+
+/// The passwd entry of `uid` in the image, as runc looks it up.
+fn passwd_of(image: &Image, uid: u32) -> Option<Entry> {
+    entries(&image.rootfs, "etc/passwd")
+        .into_iter()
+        .find(|e| e.id == Some(uid))
+}
+
+/// The home directory runc gives `uid` in `image`: its passwd entry's, else
+/// `/`.
+pub fn home(image: &Image, uid: u32) -> String {
+    passwd_of(image, uid)
+        .and_then(|entry| entry.home)
+        .filter(|home| !home.is_empty())
+        .unwrap_or_else(|| "/".into())
+}
+
 /// An image's `USER`: `uid[:gid]`, or names resolved in the image's
 /// /etc/passwd and /etc/group; empty is root.
 struct ImageUser<'a> {
+    image: &'a Image,
     user: &'a str,
     group: Option<&'a str>,
-    rootfs: Option<&'a Path>,
 }
 
 impl<'a> ImageUser<'a> {
@@ -93,11 +136,7 @@ impl<'a> ImageUser<'a> {
             Some((user, group)) => (user, Some(group)),
             None => (text, None),
         };
-        ImageUser {
-            user,
-            group,
-            rootfs: Some(&image.rootfs),
-        }
+        ImageUser { image, user, group }
     }
 
     /// The uid, if the image gives it as a number (or not at all: root).
@@ -109,37 +148,31 @@ impl<'a> ImageUser<'a> {
         }
     }
 
-    /// The third and fourth fields of `name`'s line in an /etc file.
-    fn lookup(&self, file: &str, name: &str) -> Option<(Option<u32>, Option<u32>)> {
-        let text = std::fs::read_to_string(self.rootfs?.join(file)).ok()?;
-        text.lines().find_map(|line| {
-            let fields: Vec<&str> = line.split(':').collect();
-            (fields.first() == Some(&name)).then(|| {
-                (
-                    fields.get(2).and_then(|f| f.parse().ok()),
-                    fields.get(3).and_then(|f| f.parse().ok()),
-                )
-            })
-        })
-    }
-
     fn uid(&self) -> Result<u32, String> {
         self.numeric_uid()
-            .or_else(|| self.lookup("etc/passwd", self.user).and_then(|(uid, _)| uid))
+            .or_else(|| {
+                entries(&self.image.rootfs, "etc/passwd")
+                    .into_iter()
+                    .find(|e| e.name == self.user)
+                    .and_then(|e| e.id)
+            })
             .ok_or_else(|| format!("no user {:?} in the image's /etc/passwd", self.user))
     }
 
-    /// The group given, else the user's primary group in /etc/passwd.
+    /// The group the image names, if it names one.
     fn gid(&self) -> Result<Option<u32>, String> {
-        match self.group {
-            Some(group) => group
-                .parse()
-                .ok()
-                .or_else(|| self.lookup("etc/group", group).and_then(|(gid, _)| gid))
-                .map(Some)
-                .ok_or_else(|| format!("no group {group:?} in the image's /etc/group")),
-            None => Ok(self.lookup("etc/passwd", self.user).and_then(|(_, gid)| gid)),
-        }
+        let Some(group) = self.group else { return Ok(None) };
+        group
+            .parse()
+            .ok()
+            .or_else(|| {
+                entries(&self.image.rootfs, "etc/group")
+                    .into_iter()
+                    .find(|e| e.name == group)
+                    .and_then(|e| e.id)
+            })
+            .map(Some)
+            .ok_or_else(|| format!("no group {group:?} in the image's /etc/group"))
     }
 }
 
@@ -232,11 +265,18 @@ pub fn credentials(pod: &Pod, container: &Container, image: Option<&Image>) -> R
         (None, Some(user)) => user.uid().map_err(unknown)?,
         (None, None) => 0,
     };
-    let gid = match (run_as_group, &image_user) {
-        (Some(gid), _) => u32::try_from(gid).map_err(|_| unknown(format!("runAsGroup {gid} is out of range")))?,
-        (None, Some(user)) => user.gid().map_err(unknown)?.unwrap_or(0),
-        // A local program's user has no image /etc/passwd: its group is its uid.
-        (None, None) => uid,
+    // As containerd: runAsGroup, else the image's group when the image's
+    // user is used, else the uid's primary group in the image's passwd,
+    // else 0. A local program has no image: its group is its uid.
+    let image_group = match (&image_user, run_as_user) {
+        (Some(user), None) => user.gid().map_err(unknown)?,
+        _ => None,
+    };
+    let gid = match (run_as_group, image_group, image) {
+        (Some(gid), _, _) => u32::try_from(gid).map_err(|_| unknown(format!("runAsGroup {gid} is out of range")))?,
+        (None, Some(gid), _) => gid,
+        (None, None, Some(image)) => passwd_of(image, uid).and_then(|e| e.gid).unwrap_or(0),
+        (None, None, None) => uid,
     };
     let privileged = own.and_then(|c| c.privileged) == Some(true);
     let escalation = own.and_then(|c| c.allow_privilege_escalation).unwrap_or(true);
@@ -273,6 +313,77 @@ mod tests {
             },
             rootfs: "/nonexistent".into(),
         }
+    }
+
+    /// An image whose /etc/passwd and /etc/group say who its users are.
+    fn image_with_users(user: &str) -> (Image, std::path::PathBuf) {
+        let rootfs = std::env::temp_dir().join(format!("strait-lab-users-{}-{user}", std::process::id()));
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::fs::write(
+            rootfs.join("etc/passwd"),
+            "root:x:0:0:root:/root:/sbin/nologin\nproxy:x:2102:2200:proxy:/home/proxy:/sbin/nologin\n",
+        )
+        .unwrap();
+        std::fs::write(rootfs.join("etc/group"), "root:x:0:\nmesh:x:2300:\n").unwrap();
+        let mut found = image(user);
+        found.rootfs = rootfs.clone();
+        (found, rootfs)
+    }
+
+    #[test]
+    fn groups_and_homes_come_from_the_images_passwd_as_containerd_finds_them() {
+        let plain = container(SecurityContext::default());
+        let cases = [
+            ("2102", None, None, (2102, 2200)),
+            ("proxy", None, None, (2102, 2200)),
+            ("proxy:mesh", None, None, (2102, 2300)),
+            ("2102:7", None, None, (2102, 7)),
+            ("proxy:mesh", Some(2102), None, (2102, 2200)),
+            ("proxy", Some(5000), None, (5000, 0)),
+            ("proxy", None, Some(9), (2102, 9)),
+            ("", None, None, (0, 0)),
+        ];
+        for (user, run_as_user, run_as_group, expected) in cases {
+            let (image, rootfs) = image_with_users(&user.replace(':', "-"));
+            let image = Image {
+                config: ImageConfig {
+                    user: user.into(),
+                    ..ImageConfig::default()
+                },
+                ..image
+            };
+            let spec = container(SecurityContext {
+                run_as_user,
+                run_as_group,
+                ..SecurityContext::default()
+            });
+            let spec = if run_as_user.is_none() && run_as_group.is_none() {
+                plain.clone()
+            } else {
+                spec
+            };
+            let found = credentials(&Pod::default(), &spec, Some(&image)).unwrap();
+            assert_eq!(
+                (found.uid, found.gid),
+                expected,
+                "USER {user:?} runAsUser {run_as_user:?}"
+            );
+            assert_eq!(
+                home(&image, found.uid),
+                if found.uid == 2102 {
+                    "/home/proxy"
+                } else if found.uid == 0 {
+                    "/root"
+                } else {
+                    "/"
+                }
+            );
+            let _ = std::fs::remove_dir_all(rootfs);
+        }
+        assert!(matches!(
+            credentials(&Pod::default(), &plain, Some(&image_with_users("nobody-here").0)),
+            Err(SecurityError::UnknownUser { .. })
+        ));
     }
 
     #[test]
