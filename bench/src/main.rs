@@ -363,7 +363,7 @@ fn summary(sections: &[Section]) -> Vec<String> {
             .rows
             .iter()
             .find(|r| r[0] == "strait")
-            .and_then(|r| r[1].parse::<f64>().ok());
+            .and_then(|r| r.get(1)?.parse::<f64>().ok());
         check("proxy RSS idle", "≤ 8 MB", idle, |v| v <= 8.0, " MB");
     }
     if let Some(t) = table("balance") {
@@ -385,7 +385,7 @@ fn summary(sections: &[Section]) -> Vec<String> {
         );
     }
     if let Some(t) = table("endpoints") {
-        let first = t.rows.first().and_then(|r| r[1].parse::<f64>().ok());
+        let first = t.rows.first().and_then(|r| r.get(1)?.parse::<f64>().ok());
         check(
             "new pod's endpoint ready → first request",
             "≤ 1000 ms",
@@ -411,8 +411,14 @@ fn summary(sections: &[Section]) -> Vec<String> {
         );
     }
     if let Some(t) = table("startup") {
-        let p50 = t.rows.first().and_then(|r| r[1].parse::<f64>().ok());
-        check("proxy start → ready", "≤ 50 ms", p50, |v| v <= 50.0, " ms");
+        let p50 = t.cell("from its image", None, "p50 ms");
+        check(
+            "proxy start → ready, from its image",
+            "≤ 50 ms",
+            p50,
+            |v| v <= 50.0,
+            " ms",
+        );
     }
     lines
 }

@@ -84,7 +84,7 @@ pub async fn startup(args: StartupArgs) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut command = match &args.root {
             Some(root) => {
-                let mut command = tokio::process::Command::new("chroot");
+                let mut command = tokio::process::Command::new("/usr/sbin/chroot");
                 command
                     .arg("--userspec=2102:2102")
                     .arg(root)
