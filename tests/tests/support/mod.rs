@@ -29,14 +29,24 @@ pub fn is_root() -> bool {
 
 /// `None` (after saying so) when the test cannot run here.
 pub fn require_root(test: &str) -> Option<()> {
-    if is_root() {
+    require(
+        test,
+        is_root(),
+        "needs root (the lab makes network namespaces, links and iptables rules)",
+    )
+}
+
+/// `Some` when `met`; else `None` after saying why `test` skips. Under
+/// STRAIT_CI, where everything a test needs is installed, it fails instead.
+pub fn require(test: &str, met: bool, why: &str) -> Option<()> {
+    if met {
         return Some(());
     }
     assert!(
         std::env::var_os("STRAIT_CI").is_none(),
-        "STRAIT_CI is set but the tests do not run as root"
+        "STRAIT_CI is set but {test} {why}"
     );
-    eprintln!("SKIPPED: {test} needs root (the lab makes network namespaces, links and iptables rules)");
+    eprintln!("SKIPPED: {test} {why}");
     None
 }
 
