@@ -179,6 +179,20 @@ fn run(quick: bool, only: &[String], out: &Path) -> anyhow::Result<()> {
             raw,
         });
     }
+    if !failed.is_empty() {
+        // Taking the lab down removes its state: keep the daemon's log, which
+        // says why a lab stopped answering.
+        let log = std::path::PathBuf::from("/run/strait-lab")
+            .join(&lab.name)
+            .join("daemon.log");
+        std::fs::create_dir_all(out)?;
+        if std::fs::copy(&log, out.join("lab-daemon.log")).is_ok() {
+            eprintln!(
+                "strait-bench: the lab's daemon log is in {}",
+                out.join("lab-daemon.log").display()
+            );
+        }
+    }
     drop(guard);
     let _ = std::fs::remove_dir_all(&work);
 
