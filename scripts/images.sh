@@ -55,7 +55,8 @@ cargo build --release --locked --workspace --bins
 # shell unless a package brings one. Rebuilt when the package list or this
 # script changes.
 base() {
-  local name=$1 packages=$2 dir=$context/base-$1
+  local name=$1 packages=$2
+  local dir=$context/base-$name
   local stamp
   stamp="$VERSION_CODENAME $packages $(sha256sum <"$script")"
   if [[ -f $dir.stamp && $(cat "$dir.stamp") == "$stamp" ]]; then return; fi

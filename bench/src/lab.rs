@@ -23,6 +23,12 @@ impl Lab {
         }
     }
 
+    /// Where `strait-lab` keeps this lab's state: its API socket, daemon
+    /// log, pods' files and images.
+    pub fn state(&self) -> PathBuf {
+        PathBuf::from("/run/strait-lab").join(&self.name)
+    }
+
     fn command(&self) -> Command {
         let mut command = Command::new(self.bin_dir.join("strait-lab"));
         command.env("STRAIT_LAB_NAME", &self.name);
@@ -104,17 +110,22 @@ impl Lab {
     /// Runs a command that prints one JSON line last, and parses it.
     pub fn exec_json(&self, pod: &str, command: &[&str]) -> anyhow::Result<Value> {
         let out = self.exec(pod, command)?;
-        let last = out.lines().last().unwrap_or_default();
-        serde_json::from_str(last).with_context(|| format!("{command:?} printed {out:?}"))
+        last_json(&out).with_context(|| format!("{command:?} printed {out:?}"))
     }
 
     /// The pid of a container's main process.
     pub fn container_pid(&self, pod: &str, container: &str) -> anyhow::Result<u32> {
         let (namespace, name) = pod.split_once('/').context("NAMESPACE/POD")?;
-        let path = format!("/run/strait-lab/{}/pods/{namespace}_{name}/{container}.pid", self.name);
-        let text = std::fs::read_to_string(&path).with_context(|| path.clone())?;
+        let path = self.state().join(format!("pods/{namespace}_{name}/{container}.pid"));
+        let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
         Ok(text.trim().parse()?)
     }
+}
+
+/// The JSON line a command printed last.
+pub fn last_json(out: &str) -> anyhow::Result<Value> {
+    let last = out.lines().last().unwrap_or_default();
+    Ok(serde_json::from_str(last)?)
 }
 
 fn checked(out: Output, what: &str) -> anyhow::Result<String> {

@@ -182,9 +182,7 @@ fn run(quick: bool, only: &[String], out: &Path) -> anyhow::Result<()> {
     if !failed.is_empty() {
         // Taking the lab down removes its state: keep the daemon's log, which
         // says why a lab stopped answering.
-        let log = std::path::PathBuf::from("/run/strait-lab")
-            .join(&lab.name)
-            .join("daemon.log");
+        let log = lab.state().join("daemon.log");
         std::fs::create_dir_all(out)?;
         if std::fs::copy(&log, out.join("lab-daemon.log")).is_ok() {
             eprintln!(

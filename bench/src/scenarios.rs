@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::lab::{Lab, Usage, tree, usage};
+use crate::lab::{Lab, Usage, last_json, tree, usage};
 use crate::report::Table;
 use crate::setup::{EVEN_POOL, MIXED_POOL, ONE_BACKEND, TCP_RELAY, deployment_pods};
 
@@ -521,9 +521,10 @@ pub fn slow_pod(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Val
 
 /// The `even` Service's EndpointSlice: ready endpoints by pod name.
 fn ready_endpoints(lab: &Lab) -> anyhow::Result<Vec<String>> {
-    let socket = format!("/run/strait-lab/{}/api.sock", lab.name);
+    let socket = lab.state().join("api.sock");
     let out = std::process::Command::new("curl")
-        .args(["-sS", "--unix-socket", &socket])
+        .args(["-sS", "--unix-socket"])
+        .arg(&socket)
         .arg("http://lab/apis/discovery.k8s.io/v1/namespaces/bench/endpointslices?labelSelector=kubernetes.io%2Fservice-name%3Deven")
         .output()?;
     let slices: Value = serde_json::from_slice(&out.stdout)?;
@@ -811,9 +812,7 @@ fn built_images(cluster: &Cluster) -> anyhow::Result<Vec<BuiltImage>> {
     let listing = images.join("images.tsv");
     let text = std::fs::read_to_string(&listing)
         .with_context(|| format!("read {} (`make images` writes it)", listing.display()))?;
-    let bundles = std::path::PathBuf::from("/run/strait-lab")
-        .join(&cluster.lab.name)
-        .join("images/bundles");
+    let bundles = cluster.lab.state().join("images/bundles");
     Ok(text
         .lines()
         .skip(1)
@@ -858,16 +857,6 @@ pub fn images(cluster: &Cluster, _effort: Effort) -> anyhow::Result<(Table, Valu
     Ok((table, Value::Array(raw)))
 }
 
-/// The JSON line a command printed last.
-fn last_json_line(stdout: &[u8]) -> anyhow::Result<Value> {
-    let line = stdout
-        .trim_ascii_end()
-        .rsplit(|b| *b == b'\n')
-        .next()
-        .unwrap_or_default();
-    serde_json::from_slice(line).context("no JSON line in its output")
-}
-
 /// Proxy start to ready, without a certificate to fetch: run from the proxy
 /// image's root filesystem as the image's user (what a node runs), and, in
 /// the same run, the locally built binary in a pod (the figure before the
@@ -888,7 +877,7 @@ pub fn startup(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Valu
         "strait-bench startup --root: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
-    let image = last_json_line(&out.stdout).context("strait-bench startup --root")?;
+    let image = last_json(&String::from_utf8_lossy(&out.stdout)).context("strait-bench startup --root")?;
     let local = cluster
         .lab
         .exec_json(&cluster.client, &["strait-bench", "startup", "--runs", runs])?;

@@ -71,7 +71,7 @@ pub struct StartupArgs {
     #[arg(long, default_value_t = 20)]
     runs: usize,
     /// Run the proxy of the image unpacked here (`chroot` into it, as the
-    /// image's user 2102) instead of `strait-proxy` from PATH.
+    /// proxy's user) instead of `strait-proxy` from PATH.
     #[arg(long)]
     root: Option<std::path::PathBuf>,
 }
@@ -86,7 +86,10 @@ pub async fn startup(args: StartupArgs) -> anyhow::Result<()> {
             Some(root) => {
                 let mut command = tokio::process::Command::new("/usr/sbin/chroot");
                 command
-                    .arg("--userspec=2102:2102")
+                    .arg(format!(
+                        "--userspec={uid}:{uid}",
+                        uid = strait_contract::names::PROXY_UID
+                    ))
                     .arg(root)
                     .arg("/usr/local/bin/strait-proxy")
                     .env_clear();

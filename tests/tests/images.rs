@@ -165,15 +165,6 @@ fn identity(path: &str) -> (u64, u64) {
     (meta.dev(), meta.ino())
 }
 
-fn status_field(pid: u32, field: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{field}:")))
-        .map(|v| v.split_whitespace().next().unwrap_or_default().to_string())
-        .unwrap_or_default()
-}
-
 /// Pods (in an unmeshed namespace) that run strait-init from its image with
 /// the security context the injector gives it, once per backend, and once
 /// more followed by `--cleanup`.
@@ -257,12 +248,16 @@ fn the_lab_runs_strait_from_its_images_as_a_container_runtime_would() {
     assert_ne!(identity(&root), identity("/"), "the proxy runs in the host's root");
     assert!(Path::new(&format!("{root}/usr/local/bin/strait-proxy")).exists());
     assert!(!Path::new(&format!("{root}/usr/bin/sh")).exists() && !Path::new(&format!("{root}/bin/sh")).exists());
-    assert_eq!(status_field(proxy, "Uid"), "2102");
-    assert_eq!(status_field(proxy, "Gid"), "2102");
+    assert_eq!(support::proc_status(proxy, "Uid"), "2102");
+    assert_eq!(support::proc_status(proxy, "Gid"), "2102");
     for set in ["CapEff", "CapPrm", "CapBnd", "CapAmb"] {
-        assert_eq!(status_field(proxy, set), "0000000000000000", "{set} of the proxy");
+        assert_eq!(
+            support::proc_status(proxy, set),
+            "0000000000000000",
+            "{set} of the proxy"
+        );
     }
-    assert_eq!(status_field(proxy, "NoNewPrivs"), "1");
+    assert_eq!(support::proc_status(proxy, "NoNewPrivs"), "1");
     // Its root is read-only (readOnlyRootFilesystem).
     assert!(std::fs::write(format!("{root}/usr/local/bin/probe"), b"x").is_err());
     let (namespace, name) = echo.split_once('/').unwrap();
@@ -309,7 +304,7 @@ fn the_lab_runs_strait_from_its_images_as_a_container_runtime_would() {
     // The injected strait-init ran in its image's root (the mount namespace
     // its container's processes entered) as 65534 with NET_ADMIN and NET_RAW
     // only, and its rules are in place.
-    let dir = format!("/run/strait-lab/{}/pods/{namespace}_{name}", lab.name);
+    let dir = lab.pod_dir(&echo).display().to_string();
     let holder = std::fs::read_to_string(format!("{dir}/strait-init.holder.pid")).unwrap();
     let init_root = format!("/proc/{}/root", holder.trim());
     assert_ne!(identity(&init_root), identity("/"));

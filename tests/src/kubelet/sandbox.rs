@@ -186,6 +186,7 @@ impl Sandbox {
         {
             return Ok(holder.pid);
         }
+        let mut args = vec!["--pod-pid".to_string(), self.pod.pid.to_string()];
         if let Some(root) = root {
             // Each start gets a fresh root over its image, as a runtime
             // makes each container from a new snapshot.
@@ -193,9 +194,6 @@ impl Sandbox {
                 let _ = old.process.kill().await;
             }
             let _ = std::fs::remove_dir_all(&root.scratch);
-        }
-        let mut args = vec!["--pod-pid".to_string(), self.pod.pid.to_string()];
-        if let Some(root) = root {
             args.extend([
                 "--rootfs".to_string(),
                 root.image.display().to_string(),
@@ -458,11 +456,7 @@ fn mount_fs(fstype: &str, target: &Path, flags: MsFlags, data: Option<&str>) -> 
 /// root made read-only if asked.
 fn enter_root(image: &Path, scratch: &Path, read_only: bool, binds: &[String]) -> Result<(), String> {
     let sources = open_sources(binds)?;
-    let devices = DEVICES
-        .iter()
-        .map(|name| File::open(format!("/dev/{name}")).map(|file| (*name, file)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("open the host's devices: {e}"))?;
+    let devices = open_sources(&DEVICES.map(|name| format!("/dev/{name}=/dev/{name}")))?;
     let (upper, work, root) = (scratch.join("upper"), scratch.join("work"), scratch.join("root"));
     for dir in [&upper, &work, &root] {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
@@ -491,18 +485,7 @@ fn enter_root(image: &Path, scratch: &Path, read_only: bool, binds: &[String]) -
     std::fs::create_dir_all(&old_root).map_err(|e| format!("create {}: {e}", old_root.display()))?;
     nix::unistd::pivot_root(&root, &old_root).map_err(|e| format!("pivot_root into {}: {e}", root.display()))?;
     nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
-    let device_binds: Vec<(BindMount, File)> = devices
-        .into_iter()
-        .map(|(name, file)| {
-            let bind = BindMount {
-                source: PathBuf::from(format!("/dev/{name}")),
-                target: format!("/dev/{name}"),
-                read_only: false,
-            };
-            (bind, file)
-        })
-        .collect();
-    bind_sources(&device_binds, |target, is_dir| ensure_target(target, is_dir, true))?;
+    bind_sources(&devices, |target, is_dir| ensure_target(target, is_dir, true))?;
     for (link, to) in [
         ("/dev/fd", "/proc/self/fd"),
         ("/dev/stdin", "/proc/self/fd/0"),

@@ -46,11 +46,9 @@ pub struct Credentials {
     pub no_new_privs: bool,
 }
 
-impl Credentials {
-    /// Whether `capability` is in the set.
-    pub fn has(&self, capability: Capability) -> bool {
-        self.capabilities & capability.bitmask() != 0
-    }
+/// The bitmask of a set of capabilities.
+fn bitmask<'a>(capabilities: impl IntoIterator<Item = &'a Capability>) -> u64 {
+    capabilities.into_iter().fold(0, |mask, cap| mask | cap.bitmask())
 }
 
 /// Why the kubelet will not create the container (`CreateContainerConfigError`).
@@ -178,8 +176,9 @@ impl<'a> ImageUser<'a> {
 
 fn capabilities(container: &Container) -> Result<u64, SecurityError> {
     let context = container.security_context.as_ref();
+    let all = bitmask(&caps::all());
     if context.and_then(|c| c.privileged) == Some(true) {
-        return Ok(caps::all().iter().fold(0, |mask, cap| mask | cap.bitmask()));
+        return Ok(all);
     }
     let requested = context.and_then(|c| c.capabilities.as_ref());
     let parse = |name: &String| -> Result<Option<u64>, SecurityError> {
@@ -198,8 +197,7 @@ fn capabilities(container: &Container) -> Result<u64, SecurityError> {
                 name: name.clone(),
             })
     };
-    let all = caps::all().iter().fold(0, |mask, cap| mask | cap.bitmask());
-    let mut mask = RUNTIME_DEFAULT.iter().fold(0, |mask, cap| mask | cap.bitmask());
+    let mut mask = bitmask(&RUNTIME_DEFAULT);
     for name in requested.and_then(|c| c.drop.as_ref()).into_iter().flatten() {
         mask &= !parse(name)?.unwrap_or(all);
     }
@@ -294,6 +292,10 @@ mod tests {
 
     use super::*;
     use crate::kubelet::image::ImageConfig;
+
+    fn has(credentials: &Credentials, capability: Capability) -> bool {
+        credentials.capabilities & capability.bitmask() != 0
+    }
 
     fn container(context: SecurityContext) -> Container {
         Container {
@@ -440,7 +442,7 @@ mod tests {
     #[test]
     fn capabilities_start_from_the_runtime_default() {
         let plain = credentials(&Pod::default(), &container(SecurityContext::default()), None).unwrap();
-        assert!(plain.has(Capability::CAP_NET_RAW) && !plain.has(Capability::CAP_NET_ADMIN));
+        assert!(has(&plain, Capability::CAP_NET_RAW) && !has(&plain, Capability::CAP_NET_ADMIN));
         let dropped = container(SecurityContext {
             capabilities: Some(Capabilities {
                 add: Some(vec!["CAP_SYS_ADMIN".into()]),
@@ -449,7 +451,7 @@ mod tests {
             ..SecurityContext::default()
         });
         let found = credentials(&Pod::default(), &dropped, None).unwrap();
-        assert!(found.has(Capability::CAP_SYS_ADMIN) && !found.has(Capability::CAP_NET_RAW));
+        assert!(has(&found, Capability::CAP_SYS_ADMIN) && !has(&found, Capability::CAP_NET_RAW));
         let unknown = container(SecurityContext {
             capabilities: Some(Capabilities {
                 add: Some(vec!["FLY".into()]),

@@ -43,7 +43,6 @@ pub struct VolumeError {
     pub problem: String,
 }
 
-/// Writes a file so readers never see it half written.
 /// Writes `path` (mode 0644) so that a reader sees the old contents or the
 /// new, never a part.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {

@@ -231,31 +231,20 @@ impl Lab {
     /// would (`kubectl debug --target`): the host's lab-app in the pod's
     /// network namespace with the pod's /etc/hosts and resolv.conf, as the
     /// container's uid and gid, with its environment (but the host's PATH).
-    /// strait's
-    /// containers run from images that hold no lab-app; their files are
-    /// under `container_path`. Its standard output, or a panic with both
+    /// strait's containers run from images that hold no lab-app; their files
+    /// are under `container_path`. Its standard output, or a panic with both
     /// streams.
     pub fn debug(&self, pod: &str, container: &str, args: &[&str]) -> String {
-        let pid = self.container_pid(pod, container).to_string();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let id = |field: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(field))
-                .and_then(|ids| ids.split_whitespace().next())
-                .unwrap()
-                .to_string()
-        };
-        let (uid, gid) = (id("Uid:"), id("Gid:"));
+        let pid = self.container_pid(pod, container);
+        let (uid, gid) = (proc_status(pid, "Uid"), proc_status(pid, "Gid"));
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         let env = environ.split(|b| *b == 0).filter_map(|pair| {
             let pair = String::from_utf8_lossy(pair).into_owned();
             let (name, value) = pair.split_once('=')?;
             (name != "PATH").then(|| (name.to_string(), value.to_string()))
         });
-        let (namespace, name) = pod.split_once('/').unwrap();
-        let sandbox = format!("/run/strait-lab/{}/pods/{namespace}_{name}/sandbox.pid", self.name);
-        let sandbox = std::fs::read_to_string(&sandbox).unwrap_or_else(|e| panic!("{sandbox}: {e}"));
+        let sandbox = self.pod_dir(pod).join("sandbox.pid");
+        let sandbox = std::fs::read_to_string(&sandbox).unwrap_or_else(|e| panic!("{}: {e}", sandbox.display()));
         let out = Command::new("nsenter")
             .envs(env)
             .args(["--target", sandbox.trim(), "--net", "--uts", "--mount"])
@@ -277,12 +266,18 @@ impl Lab {
         format!("/proc/{}/root{path}", self.container_pid(pod, container))
     }
 
+    /// Where the lab keeps a pod's files (`NAMESPACE/POD`): pids, logs,
+    /// each container's saved process.
+    pub fn pod_dir(&self, pod: &str) -> PathBuf {
+        let (namespace, name) = pod.split_once('/').unwrap();
+        PathBuf::from(format!("/run/strait-lab/{}/pods/{namespace}_{name}", self.name))
+    }
+
     /// The pid of a container's main process.
     pub fn container_pid(&self, pod: &str, container: &str) -> u32 {
-        let (namespace, name) = pod.split_once('/').unwrap();
-        let path = format!("/run/strait-lab/{}/pods/{namespace}_{name}/{container}.pid", self.name);
+        let path = self.pod_dir(pod).join(format!("{container}.pid"));
         std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
             .trim()
             .parse()
             .unwrap()
@@ -297,6 +292,17 @@ impl Lab {
     pub fn down(&self) {
         let _ = self.cli(&["down"]);
     }
+}
+
+/// The first value of a field of /proc/PID/status (`Uid`, `CapEff`, ...).
+pub fn proc_status(pid: u32, field: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .and_then(|values| values.split_whitespace().next())
+        .unwrap_or_else(|| panic!("/proc/{pid}/status has no {field}"))
+        .to_string()
 }
 
 /// The standard output of a command that must have succeeded.
