@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 missing=()
 for tool in ip iptables iptables-legacy nsenter setsid setpriv tcpdump h2load promtool prometheus curl haproxy nginx iperf3 \
-  buildah skopeo umoci mmdebstrap setcap; do
+  buildah skopeo umoci mmdebstrap setcap ncat; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 # The benchmark report's plots draw their text with DejaVu.
@@ -18,7 +18,7 @@ if ((${#missing[@]})); then
   # buildah, skopeo, umoci, mmdebstrap and setcap build strait's images
   # (scripts/images.sh); the lab pulls and unpacks them with skopeo and umoci.
   apt-get install -y -q iproute2 iptables util-linux tcpdump nghttp2-client prometheus curl procps \
-    haproxy nginx iperf3 fonts-dejavu-core buildah skopeo umoci mmdebstrap libcap2-bin >/dev/null
+    haproxy nginx iperf3 fonts-dejavu-core buildah skopeo umoci mmdebstrap libcap2-bin ncat python3-venv >/dev/null
 fi
 # The packaged services must not run on the host: the lab starts its own.
 for service in haproxy nginx iperf3; do
@@ -39,4 +39,15 @@ fi
 # Kubernetes schemas.
 if ! command -v kubernetes-validate >/dev/null; then
   python3 -m pip install -q --root-user-action=ignore kubernetes-validate >/dev/null
+fi
+
+# The real-world case peers (tests/cases: raw HTTP/1, grpcio, TCP resets)
+# where the case manifests run them, with a venv holding grpcio.
+cases=/opt/strait-cases
+mkdir -p "$cases"
+cp tests/cases/*.py "$cases"/
+if ! "$cases/venv/bin/python" -c 'import grpc' 2>/dev/null; then
+  python3 -c 'import ensurepip' 2>/dev/null || apt-get install -y -q python3-venv >/dev/null
+  python3 -m venv "$cases/venv"
+  "$cases/venv/bin/pip" install -q grpcio
 fi

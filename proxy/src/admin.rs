@@ -1,5 +1,6 @@
-//! The admin server on :4191: `/live`, `/ready`, `/metrics` and
-//! `POST /shutdown` (from localhost only). It keeps answering while the proxy
+//! The admin server on :4191: `/live`, `/ready`, `/metrics`, `/endpoints`
+//! (the balancers' view of each destination, JSON) and `POST /shutdown`
+//! (from localhost only). It keeps answering while the proxy
 //! drains, so probes see `/ready` turn false and the last metrics are scraped.
 
 use std::collections::BTreeSet;
@@ -45,11 +46,15 @@ impl Readiness {
     }
 }
 
+/// What `/endpoints` shows: the balancers' views, as JSON.
+pub type EndpointsView = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Admin {
     pub registry: Arc<Registry>,
     pub readiness: Readiness,
     pub drain: Drain,
+    pub endpoints: EndpointsView,
 }
 
 pub async fn serve(listener: TcpListener, admin: Admin) {
@@ -83,6 +88,7 @@ impl Admin {
             (&Method::GET | &Method::HEAD, "/live") => text(StatusCode::OK, "live\n".into()),
             (&Method::GET | &Method::HEAD, "/ready") => self.ready(),
             (&Method::GET | &Method::HEAD, "/metrics") => self.metrics(request.headers()),
+            (&Method::GET | &Method::HEAD, "/endpoints") => json(&(self.endpoints)()),
             (&Method::POST, "/shutdown") if peer.ip().is_loopback() => {
                 tracing::info!("shutdown requested over the admin API");
                 self.drain.start();
@@ -92,10 +98,13 @@ impl Admin {
                 StatusCode::FORBIDDEN,
                 "shutdown is only accepted from localhost\n".into(),
             ),
-            (_, "/live" | "/ready" | "/metrics" | "/shutdown") => {
+            (_, "/live" | "/ready" | "/metrics" | "/endpoints" | "/shutdown") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into())
             }
-            _ => text(StatusCode::NOT_FOUND, "not found: try /live, /ready, /metrics\n".into()),
+            _ => text(
+                StatusCode::NOT_FOUND,
+                "not found: try /live, /ready, /metrics, /endpoints\n".into(),
+            ),
         }
     }
 
@@ -131,6 +140,15 @@ impl Admin {
             .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
         response
     }
+}
+
+fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{value:#}\n"))));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {

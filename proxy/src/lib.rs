@@ -238,6 +238,7 @@ impl Bound {
         let connector = Connector {
             connect_timeout: config.limits.connect_timeout,
             mesh: mesh.clone(),
+            max_header_bytes: config.limits.max_header_bytes,
         };
         let outbound_proxy = Arc::new(Outbound::new(
             &config,
@@ -248,12 +249,14 @@ impl Bound {
             workloads,
         ));
         let inbound_proxy = Arc::new(Inbound::new(&config, forwarder, connector, metrics, mesh));
+        let balancers = outbound_proxy.clone();
         let admin_task = tokio::spawn(admin::serve(
             admin,
             Admin {
                 registry: Arc::new(registry),
                 readiness,
                 drain: drain.clone(),
+                endpoints: Arc::new(move || balancers.endpoints_view()),
             },
         ));
         let mut listeners = tokio::task::JoinSet::new();

@@ -100,6 +100,20 @@ impl Outbound {
             .clone()
     }
 
+    /// Every balancer's view (see `Balancer::view`), by destination.
+    pub fn endpoints_view(&self) -> serde_json::Value {
+        let balancers: Vec<Arc<Balancer>> = self
+            .balancers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        let mut views: Vec<serde_json::Value> = balancers.iter().map(|b| b.view()).collect();
+        views.sort_by(|a, b| a["destination"].as_str().cmp(&b["destination"].as_str()));
+        serde_json::json!({"destinations": views})
+    }
+
     /// Where a connection to a non-Service address goes: there, over mutual
     /// TLS if it is a meshed pod.
     async fn passthrough(&self, orig_dst: SocketAddr) -> Target {

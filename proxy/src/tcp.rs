@@ -180,8 +180,17 @@ impl Forwarder {
             Err(error) => {
                 tracing::debug!(client = %client_addr, %error, "connection ended");
                 guard.failed(&error);
-                if let (RelayError::Upstream(_), Some(tcp)) = (&error, client.into_inner().into_tcp()) {
-                    transport::reset(tcp);
+                // A side that failed (a reset, most often) is passed on as a
+                // reset, so each peer sees what it would without the proxy
+                // rather than an orderly end.
+                match error {
+                    RelayError::Upstream(_) => {
+                        if let Some(tcp) = client.into_inner().into_tcp() {
+                            transport::reset(tcp);
+                        }
+                    }
+                    RelayError::Downstream(_) => transport::reset(server.into_inner().into_tcp()),
+                    RelayError::Idle(_) => {}
                 }
             }
         }

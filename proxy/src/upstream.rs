@@ -33,6 +33,14 @@ impl Io {
             Io::Tls(stream) => stream.get_ref().0,
         }
     }
+
+    /// The TCP connection underneath, to close it with a reset.
+    pub fn into_tcp(self) -> TcpStream {
+        match self {
+            Io::Plain(stream) => stream,
+            Io::Tls(stream) => stream.into_inner().0,
+        }
+    }
 }
 
 /// Where to connect: an address, and the identity to expect there when the

@@ -130,4 +130,25 @@ fn without_native_sidecars_the_proxy_starts_first_and_the_app_waits_for_it() {
         1.0,
         "the traffic went through the proxy"
     );
+    // An application init container that needs the network runs before
+    // the redirect exists (with the proxy not yet started, it could never
+    // connect), and the pod starts.
+    let applied = lab.cli(&[
+        "up",
+        "-f",
+        &support::manifest("init-network.yaml").display().to_string(),
+    ]);
+    assert!(
+        applied.status.success(),
+        "a pod whose init container needs the network never started:\n{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let migrate = pod(&lab, "mesh", "migrate-");
+    let inits: Vec<&str> = migrate["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(inits, ["fetch-config", "strait-init"]);
 }

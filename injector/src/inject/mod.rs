@@ -105,14 +105,28 @@ pub fn decide(pod: &Value, namespace: &str, namespace_enabled: bool, settings: &
     let has = |pointer: &str| pod.pointer(pointer).is_some();
     let mut add = |path: String, value: Value| patch.push(json!({"op": "add", "path": path, "value": value}));
 
-    match (has("/spec/initContainers"), settings.native_sidecar) {
-        (false, true) => add("/spec/initContainers".into(), json!([init, proxy])),
-        (false, false) => add("/spec/initContainers".into(), json!([init])),
-        (true, native) => {
+    // Without native sidecars the proxy starts after every init container,
+    // so an application init container behind the redirect could never
+    // reach the network (case: a migration job, a config fetch). strait-init
+    // then runs last: the application's init containers run before the
+    // redirect exists, unmeshed, as other meshes let them do.
+    let app_inits = names_of(pod, "initContainers");
+    match (app_inits.is_empty(), settings.native_sidecar) {
+        (true, true) => add("/spec/initContainers".into(), json!([init, proxy])),
+        (true, false) => add("/spec/initContainers".into(), json!([init])),
+        (false, true) => {
             add("/spec/initContainers/0".into(), init);
-            if native {
-                add("/spec/initContainers/1".into(), proxy.clone());
-            }
+            add("/spec/initContainers/1".into(), proxy.clone());
+        }
+        (false, false) => {
+            add("/spec/initContainers/-".into(), init);
+            warnings.push(format!(
+                "init containers {} run before {} and are not meshed: without native sidecars (proxy.nativeSidecar=false) \
+                 the proxy starts only after them, so their traffic bypasses it (no mTLS, no balancing); \
+                 enable native sidecars (Kubernetes 1.29+) to mesh them",
+                app_inits.join(", "),
+                names::INIT_CONTAINER
+            ));
         }
     }
     if !settings.native_sidecar {

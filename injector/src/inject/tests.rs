@@ -196,3 +196,38 @@ fn chart_limits_reach_every_proxy_and_bad_ones_stop_the_injector() {
         "STRAIT_PROXY_MAX_HEADER_BYTES=\"64k\": expected a whole number from 1024 to 1048576"
     );
 }
+
+#[test]
+fn without_native_sidecars_application_init_containers_run_before_the_redirect() {
+    let settings = InjectSettings {
+        native_sidecar: false,
+        ..settings()
+    };
+    let original = pod(json!({"spec": {"initContainers": [
+        {"name": "fetch-config", "image": "curl:1"},
+        {"name": "migrate", "image": "tool:1"}
+    ]}}));
+    let Decision::Inject { patch, warnings } = decide(&original, "demo", true, &settings) else {
+        panic!("not injected")
+    };
+    let patch: json_patch::Patch = serde_json::from_value(json!(patch)).unwrap();
+    let mut injected = original.clone();
+    json_patch::patch(&mut injected, &patch.0).unwrap();
+    let init_names: Vec<&str> = injected["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        init_names,
+        ["fetch-config", "migrate", "strait-init"],
+        "the application's init containers reach the network before the redirect exists"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("fetch-config, migrate") && w.contains("nativeSidecar")),
+        "{warnings:?}"
+    );
+}

@@ -15,11 +15,21 @@
 //! wait replaces the estimate whole, so an endpoint that accepts calls but
 //! never answers is left alone until that long wait has decayed.
 //!
+//! An estimate that keeps an endpoint out gets no new answers to correct
+//! it: a freshly started server whose first answers were slow (caches,
+//! thread pools, connections still being made) would be left out until
+//! its estimate had decayed, seconds in which the others take all the
+//! traffic. So the balancer now and then sends a request to an endpoint it
+//! would pass over (a probe: [`PeakEwma::probe`]); the probe's answer
+//! replaces the estimate, since it is newer than everything the estimate
+//! holds. A pod that warmed up is back at once; a pod that really is slow
+//! answers the probe slowly and stays out.
+//!
 //! `Recent` counts the requests an endpoint was given lately, decaying at
 //! the same pace: among endpoints whose loads are within noise of each
 //! other, the balancer gives the next request to the one with fewer.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -67,6 +77,12 @@ impl Estimate {
         self.rtt_ns
     }
 
+    /// Takes a probe's answer as the estimate.
+    fn replace(&mut self, rtt_ns: f64, now: Instant) {
+        self.rtt_ns = rtt_ns;
+        self.updated = now;
+    }
+
     /// Decays the estimate towards zero for the time nothing was heard.
     fn idle(&mut self, now: Instant, decay_ns: f64) -> f64 {
         self.rtt_ns *= self.kept(now, decay_ns);
@@ -81,11 +97,23 @@ impl Estimate {
     }
 }
 
+/// An endpoint's load as the balancer sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadView {
+    /// The latency estimate, in nanoseconds.
+    pub latency_ns: f64,
+    pub in_flight: u32,
+    /// What the balancer compares: latency × (in flight + 1).
+    pub cost_ns: f64,
+}
+
 #[derive(Debug)]
 pub struct PeakEwma {
     estimate: Mutex<Estimate>,
     in_flight: AtomicU32,
     decay_ns: f64,
+    /// The next request is a probe: its answer replaces the estimate.
+    probe: AtomicBool,
 }
 
 impl PeakEwma {
@@ -97,6 +125,7 @@ impl PeakEwma {
             }),
             in_flight: AtomicU32::new(0),
             decay_ns: decay.as_nanos() as f64,
+            probe: AtomicBool::new(false),
         })
     }
 
@@ -110,6 +139,21 @@ impl PeakEwma {
         rtt * f64::from(self.in_flight.load(Ordering::Relaxed) + 1)
     }
 
+    /// The estimate now, for the admin view.
+    pub fn view(&self) -> LoadView {
+        let latency_ns = self
+            .estimate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .idle(Instant::now(), self.decay_ns);
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        LoadView {
+            latency_ns,
+            in_flight,
+            cost_ns: latency_ns * f64::from(in_flight + 1),
+        }
+    }
+
     /// Counts a request as in flight until the returned guard is dropped,
     /// which also records its response time.
     pub fn start(self: &Arc<Self>) -> InFlight {
@@ -118,7 +162,13 @@ impl PeakEwma {
             load: self.clone(),
             sent_at: Instant::now(),
             answered: false,
+            probe: self.probe.swap(false, Ordering::Relaxed),
         }
+    }
+
+    /// Makes the next request a probe, whose answer replaces the estimate.
+    pub fn probe(&self) {
+        self.probe.store(true, Ordering::Relaxed);
     }
 }
 
@@ -129,6 +179,8 @@ pub struct InFlight {
     sent_at: Instant,
     /// Whether the response's head arrived.
     answered: bool,
+    /// Whether its answer replaces the estimate (see [`PeakEwma::probe`]).
+    probe: bool,
 }
 
 impl InFlight {
@@ -144,7 +196,9 @@ impl Drop for InFlight {
         let rtt = now.saturating_duration_since(self.sent_at).as_nanos() as f64;
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
         let mut estimate = self.load.estimate.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.answered {
+        if self.answered && self.probe {
+            estimate.replace(rtt, now);
+        } else if self.answered {
             estimate.observe(rtt, now, self.load.decay_ns);
         } else {
             estimate.observe_unanswered(rtt, now, self.load.decay_ns);
@@ -240,6 +294,32 @@ mod tests {
         drop(unanswered);
         let after_silence = load.estimate.lock().unwrap().rtt_ns;
         assert!(after_silence >= 500.0 * MS, "{after_silence}");
+    }
+
+    #[test]
+    fn a_probes_answer_replaces_the_estimate_either_way() {
+        let load = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(10));
+        load.estimate.lock().unwrap().rtt_ns = 40.0 * MS;
+        load.probe();
+        let mut probe = load.start();
+        probe.sent_at -= Duration::from_micros(300);
+        probe.answered();
+        drop(probe);
+        let after = load.estimate.lock().unwrap().rtt_ns;
+        assert!(
+            after < 1.0 * MS,
+            "a fast answer to a probe ends the stale peak: {after}"
+        );
+        load.probe();
+        let mut slow = load.start();
+        slow.sent_at -= Duration::from_millis(50);
+        slow.answered();
+        drop(slow);
+        let after = load.estimate.lock().unwrap().rtt_ns;
+        assert!(after >= 50.0 * MS, "a slow one confirms it at once: {after}");
+        let mut next = load.start();
+        assert!(!next.probe, "only the one request after a probe was asked for");
+        next.answered();
     }
 
     #[test]

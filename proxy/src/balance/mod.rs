@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::discovery::{self, EndpointSet, ServiceRef};
 use crate::http::Body;
-use crate::http::client::{Connector, Endpoint, SendError};
+use crate::http::client::{Connector, Endpoint, SendError, StreamSlot, is_idempotent};
 use crate::http::errors::ProxyError;
 use crate::http::replay::{self, Replayable};
 use crate::metrics::discovery::EndpointStateLabels;
@@ -44,6 +44,11 @@ const DECAY: Duration = Duration::from_millis(1000);
 /// evenly, while a pod with more requests in flight or a clearly higher
 /// latency still loses.
 const CLEARLY_CHEAPER: f64 = 2.0;
+/// How often a candidate that loses on load alone gets the request anyway,
+/// as a probe (see `load`). Low enough that a pod ten times slower than the
+/// others stays near 1% of the calls; high enough that a pod whose first
+/// answers were slow is probed within a hundred or so requests.
+const PROBE_ODDS: f64 = 0.01;
 /// Attempts on distinct endpoints when connections fail.
 const MAX_ATTEMPTS: usize = 3;
 
@@ -51,6 +56,8 @@ const MAX_ATTEMPTS: usize = 3;
 pub struct Tracked {
     pub response: Response<Incoming>,
     pub load: InFlight,
+    /// The stream's room on its HTTP/2 connection, held until the body ends.
+    pub stream: Option<StreamSlot>,
 }
 
 /// One endpoint, kept across endpoint-set updates so its connections, load
@@ -85,12 +92,15 @@ impl Backend {
     }
 
     /// Sends a request, counting it in this endpoint's load from when it is
-    /// written on a connection. A shared connection found closed gets one
-    /// fresh try.
+    /// written on a connection. A connection found closed before the request
+    /// was written gets one fresh try; so does an idempotent request that
+    /// died on a reused idle HTTP/1 connection before any answer came back
+    /// (the server closed that connection as the request arrived).
     pub async fn send(&self, request: Request<Body>) -> Result<Tracked, SendError> {
         let mut request = request;
+        let mut fresh = false;
         for attempt in 0..2 {
-            let connection = match self.endpoint.connection(request.version()).await {
+            let connection = match self.endpoint.connection(request.version(), fresh).await {
                 Ok(connection) => connection,
                 Err(error) => {
                     return Err(SendError::NotSent {
@@ -99,16 +109,31 @@ impl Backend {
                     });
                 }
             };
+            let mut replayable = None;
+            if attempt == 0 && connection.is_reused_h1() && is_idempotent(request.method()) {
+                (request, replayable) = Replayable::record(request);
+            }
             let mut load = self.load.start();
             match connection.send(request, self.endpoint.addr).await {
-                Ok(response) => {
+                Ok((response, stream)) => {
                     load.answered();
-                    return Ok(Tracked { response, load });
+                    if let Some(replayable) = replayable {
+                        replayable.discard();
+                    }
+                    return Ok(Tracked { response, load, stream });
                 }
                 Err(SendError::NotSent { request: unsent, .. }) if attempt == 0 => {
-                    self.endpoint.forget_h2().await;
+                    self.endpoint.forget_closed_h2().await;
                     request = *unsent;
                 }
+                Err(SendError::IdleClosed(error)) => match replayable.and_then(Replayable::into_request) {
+                    Some(again) => {
+                        tracing::debug!(endpoint = %self.endpoint.addr, %error, "sending again on a fresh connection");
+                        request = again;
+                        fresh = true;
+                    }
+                    None => return Err(SendError::Failed(error)),
+                },
                 Err(error) => return Err(error),
             }
         }
@@ -292,9 +317,17 @@ impl Balancer {
                 let b = (a + rand::random_range(1..n)) % n;
                 let (a, b) = (candidates[a], candidates[b]);
                 let (cost_a, cost_b) = (a.cost(), b.cost());
-                let chosen = if cost_b * CLEARLY_CHEAPER < cost_a {
-                    b
-                } else if cost_a * CLEARLY_CHEAPER < cost_b || a.recent.get() <= b.recent.get() {
+                let (cheap, costly) = if cost_a <= cost_b { (a, b) } else { (b, a) };
+                let chosen = if cost_a.max(cost_b) > cost_a.min(cost_b) * CLEARLY_CHEAPER {
+                    // The costlier one now and then gets a probe, whose
+                    // answer corrects an estimate that keeps it out.
+                    if rand::random_bool(PROBE_ODDS) {
+                        costly.load.probe();
+                        costly
+                    } else {
+                        cheap
+                    }
+                } else if a.recent.get() <= b.recent.get() {
                     a
                 } else {
                     b
@@ -303,6 +336,49 @@ impl Balancer {
             }
         }
         .inspect(|chosen| chosen.recent.add())
+    }
+
+    /// The balancer as the admin server's `/endpoints` shows it: the
+    /// destination (`namespace/service:port`) and, per endpoint discovery
+    /// knows, its state (`ready`, `backoff` after a failed connect,
+    /// `serving` while terminating, `unready`), its load estimate (latency
+    /// in milliseconds, and the cost the balancer compares: latency ×
+    /// (in-flight + 1), in nanoseconds), requests in flight, requests given
+    /// it lately (a count decaying over about a second), and the streams on
+    /// each of its HTTP/2 connections.
+    pub fn view(&self) -> serde_json::Value {
+        self.refresh();
+        let set = self.snapshot.read().unwrap_or_else(PoisonError::into_inner).set.clone();
+        let backends = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
+        let endpoints: Vec<serde_json::Value> = set
+            .endpoints
+            .iter()
+            .map(|endpoint| {
+                let backend = backends.iter().find(|(t, _)| t.addr == endpoint.addr).map(|(_, b)| b);
+                let state = match (endpoint.ready, endpoint.serving, backend) {
+                    (true, _, Some(b)) if b.endpoint.in_backoff() => "backoff",
+                    (true, _, _) => "ready",
+                    (false, true, _) => "serving",
+                    (false, false, _) => "unready",
+                };
+                let mut view = serde_json::json!({
+                    "address": endpoint.addr.to_string(),
+                    "pod": endpoint.target.as_ref().map(|t| t.name.clone()),
+                    "state": state,
+                });
+                if let Some(backend) = backend {
+                    let load = backend.load.view();
+                    view["meshed"] = backend.endpoint.is_meshed().into();
+                    view["latency_ms"] = (load.latency_ns / 1e6).into();
+                    view["cost_ns"] = load.cost_ns.into();
+                    view["in_flight"] = load.in_flight.into();
+                    view["recent"] = backend.recent.get().into();
+                    view["h2_connection_streams"] = backend.endpoint.h2_streams().into();
+                }
+                view
+            })
+            .collect();
+        serde_json::json!({"destination": self.name(), "endpoints": endpoints})
     }
 
     /// Waits (up to the bounded wait) for an endpoint to pick.
@@ -356,7 +432,9 @@ impl Balancer {
                     continue;
                 }
                 Err(SendError::Failed(source)) if replay::refused_unprocessed(&source) => Refusal::Refused(source),
-                Err(SendError::Failed(source)) => return Err(upstream_failed(&backend, source)),
+                Err(SendError::Failed(source) | SendError::IdleClosed(source)) => {
+                    return Err(upstream_failed(&backend, source));
+                }
             };
             backend.metrics.turned_away(refusal.reason());
             let Some(again) = replayable.take().and_then(Replayable::into_request) else {

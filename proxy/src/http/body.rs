@@ -7,15 +7,19 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use crate::balance::load::InFlight;
+use crate::http::client::StreamSlot;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::errors::percent_encode;
+use super::headers::field_list_size;
 use crate::metrics::RouteMetrics;
 
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_CANCELLED: u32 = 1;
 const GRPC_UNKNOWN: u32 = 2;
+const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
 
 /// The call's gRPC status from headers or trailers; out-of-range values
 /// count as UNKNOWN so a misbehaving server cannot grow the label set.
@@ -38,6 +42,8 @@ pub struct Completion {
     pub started: Instant,
     /// The endpoint's in-flight load, released when the body ends.
     pub load: Option<InFlight>,
+    /// The stream's room on its HTTP/2 connection, released when the body ends.
+    pub stream: Option<StreamSlot>,
 }
 
 impl Completion {
@@ -57,15 +63,30 @@ impl Completion {
 pub struct Observed {
     inner: Incoming,
     completion: Option<Completion>,
+    /// The largest trailer list passed on (bytes, as HTTP/2 counts them).
+    max_trailer_bytes: usize,
 }
 
 impl Observed {
-    pub fn new(inner: Incoming, completion: Completion) -> Self {
+    pub fn new(inner: Incoming, completion: Completion, max_trailer_bytes: usize) -> Self {
         Observed {
             inner,
             completion: Some(completion),
+            max_trailer_bytes,
         }
     }
+}
+
+/// The trailers a gRPC call ends with when the server's were over the
+/// limit: RESOURCE_EXHAUSTED, saying which limit, instead of a reset the
+/// client would read as UNAVAILABLE.
+fn trailers_over_limit(size: usize, limit: usize) -> HeaderMap {
+    let message =
+        format!("response trailers of {size} bytes are over the proxy's limit of {limit} (STRAIT_MAX_HEADER_BYTES)");
+    let mut trailers = HeaderMap::new();
+    trailers.insert(GRPC_STATUS, HeaderValue::from(GRPC_RESOURCE_EXHAUSTED));
+    trailers.insert("grpc-message", percent_encode(&message));
+    trailers
 }
 
 impl Body for Observed {
@@ -73,7 +94,14 @@ impl Body for Observed {
     type Error = hyper::Error;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let limit = self.max_trailer_bytes;
+        if let (Poll::Ready(Some(Ok(frame))), Some(true)) = (&mut polled, self.completion.as_ref().map(|c| c.grpc))
+            && let Some(trailers) = frame.trailers_ref()
+            && field_list_size(trailers) > limit
+        {
+            *frame = Frame::trailers(trailers_over_limit(field_list_size(trailers), limit));
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(trailers), Some(completion)) = (frame.trailers_ref(), self.completion.as_mut()) {

@@ -30,6 +30,9 @@ pub enum ProxyError {
     /// The request's header list is over the proxy's limit.
     #[error("request headers of {size} bytes are over the proxy's limit of {limit} (STRAIT_MAX_HEADER_BYTES)")]
     HeadersTooLarge { size: usize, limit: usize },
+    /// The response's header list is over the proxy's limit.
+    #[error("response headers of {size} bytes are over the proxy's limit of {limit} (STRAIT_MAX_HEADER_BYTES)")]
+    ResponseHeadersTooLarge { size: usize, limit: usize },
 }
 
 impl ProxyError {
@@ -37,7 +40,7 @@ impl ProxyError {
         match self {
             ProxyError::NoEndpoints(..) | ProxyError::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream { source, .. } if source.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Upstream { .. } | ProxyError::ResponseHeadersTooLarge { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
@@ -54,7 +57,7 @@ impl ProxyError {
     pub fn grpc_status(&self) -> u32 {
         match self {
             ProxyError::BadRequest(_) => 13,
-            ProxyError::HeadersTooLarge { .. } => 8,
+            ProxyError::HeadersTooLarge { .. } | ProxyError::ResponseHeadersTooLarge { .. } => 8,
             _ => 14,
         }
     }
@@ -92,7 +95,7 @@ pub fn respond(error: &ProxyError, grpc: bool) -> Response<Body> {
 }
 
 /// gRPC's percent-encoding of `grpc-message`.
-fn percent_encode(text: &str) -> HeaderValue {
+pub fn percent_encode(text: &str) -> HeaderValue {
     let mut out = String::new();
     for byte in text.bytes() {
         if (0x20..0x7f).contains(&byte) && byte != b'%' {

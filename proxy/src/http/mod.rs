@@ -24,8 +24,36 @@ use http_body_util::combinators::UnsyncBoxBody;
 /// which allows only about 200 waiting gRPC messages: a burst of calls
 /// reaches that. 2 MiB allows thousands, more than the streams a connection
 /// may have open.
+///
+/// The connection window is the stream window times the streams the
+/// connection may carry, so streams whose readers stopped can never use up
+/// the connection's window and block the others on it (one stalled gRPC
+/// client must not starve every other client of the same pod). What a
+/// connection can make the proxy hold is still bounded: a stream window per
+/// open stream.
 pub const STREAM_WINDOW: u32 = 256 * 1024;
-pub const CONNECTION_WINDOW: u32 = 2 * 1024 * 1024;
+
+/// The connection window for a connection carrying up to `streams` streams
+/// at once (see [`STREAM_WINDOW`]), within HTTP/2's largest window (2³¹−1).
+pub fn connection_window(streams: u32) -> u32 {
+    let window = u64::from(STREAM_WINDOW) * u64::from(streams.max(8));
+    u32::try_from(window.min((1 << 31) - 1)).unwrap_or(u32::MAX)
+}
+
+/// The header list sizes the HTTP libraries read, in bytes: twice the
+/// proxy's limit, so a message over the limit but within this is read and
+/// answered in its own protocol (431, RESOURCE_EXHAUSTED) rather than cut.
+pub fn header_read_limit(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_mul(2).max(8192)
+}
+
+/// The most HTTP/1 header fields read in one message head: as many as a
+/// header list within [`header_read_limit`] can hold when each field counts
+/// its name, value and 32 bytes as in HTTP/2 (RFC 9113 §6.5.2). The limit
+/// is thus the byte limit, never a count of fields a valid message reaches.
+pub fn max_header_fields(max_header_bytes: usize) -> usize {
+    header_read_limit(max_header_bytes) / 32
+}
 
 /// The body type inside the proxy, for requests and responses alike.
 pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;

@@ -97,6 +97,8 @@ pub struct Replayable {
     uri: Uri,
     version: Version,
     headers: HeaderMap,
+    /// What the HTTP library keeps beside the head (header names' case).
+    extensions: http::Extensions,
     recording: Arc<Mutex<Recording>>,
 }
 
@@ -123,6 +125,7 @@ impl Replayable {
             uri: parts.uri.clone(),
             version: parts.version,
             headers: parts.headers.clone(),
+            extensions: parts.extensions.clone(),
             recording: recording.clone(),
         };
         let body = RecordingBody { recording }.boxed_unsync();
@@ -146,6 +149,7 @@ impl Replayable {
         *request.uri_mut() = self.uri;
         *request.version_mut() = self.version;
         *request.headers_mut() = self.headers;
+        *request.extensions_mut() = self.extensions;
         Some(request)
     }
 

@@ -7,14 +7,14 @@ use std::time::Instant;
 
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::body::{Completion, Observed, grpc_status};
-use super::client::SendError;
+use super::client::{SendError, switches_protocols};
 use super::errors::{ProxyError, respond};
-use super::headers::{strip_hop_by_hop, wants_upgrade};
+use super::headers::{field_list_size, strip_hop_by_hop, wants_upgrade};
 use super::replay;
 use super::upgrade::relay_upgraded;
 use super::{Body, is_grpc};
@@ -55,11 +55,6 @@ pub struct Router {
 /// A request's header list size as HTTP/2 counts it (RFC 9113 §6.5.2): each
 /// field's name and value plus 32 bytes, pseudo-headers included.
 pub fn header_list_size<B>(request: &Request<B>) -> usize {
-    let fields: usize = request
-        .headers()
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 32)
-        .sum();
     let uri = request.uri();
     let pseudo = [
         (":method", Some(request.method().as_str())),
@@ -71,44 +66,51 @@ pub fn header_list_size<B>(request: &Request<B>) -> usize {
         .iter()
         .filter_map(|(name, value)| value.map(|value| name.len() + value.len() + 32))
         .sum();
-    fields + pseudo
+    field_list_size(request.headers()) + pseudo
 }
 
-/// Gives the request the URI form the upstream hop expects: HTTP/2 needs a
-/// scheme and authority, HTTP/1 wants origin-form with a Host header.
+/// A response's header list size, counted as for requests (`:status` is
+/// 3 bytes of value).
+pub fn response_header_list_size<B>(response: &Response<B>) -> usize {
+    field_list_size(response.headers()) + ":status".len() + 3 + 32
+}
+
+/// Gives the request the URI form the upstream hop expects. HTTP/2 needs a
+/// scheme and authority. HTTP/1 goes on in the form the client sent
+/// (origin-form, absolute-form to a forward proxy, authority-form for
+/// CONNECT: RFC 9112 §3.2), with a Host header.
 fn prepare_uri(request: &mut Request<Incoming>, fallback_authority: &str) -> Result<(), ProxyError> {
     let parts = request.uri().clone().into_parts();
-    let path = parts
-        .path_and_query
-        .clone()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    if request.version() == Version::HTTP_2 {
-        let authority = match parts.authority {
-            Some(authority) => authority,
-            None => {
-                let host = request
-                    .headers()
-                    .get(HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or(fallback_authority);
-                host.parse::<Authority>()
-                    .map_err(|e| ProxyError::BadRequest(format!("invalid authority {host:?}: {e}")))?
-            }
-        };
-        let scheme = parts.scheme.unwrap_or(Scheme::HTTP);
-        *request.uri_mut() = Uri::builder()
-            .scheme(scheme)
-            .authority(authority)
-            .path_and_query(path)
-            .build()
-            .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
-    } else {
+    if request.version() != Version::HTTP_2 {
         if let (Some(authority), false) = (&parts.authority, request.headers().contains_key(HOST)) {
             let host = HeaderValue::from_str(authority.as_str()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
             request.headers_mut().insert(HOST, host);
         }
-        *request.uri_mut() = Uri::from(path);
+        return Ok(());
     }
+    let path = parts
+        .path_and_query
+        .clone()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let authority = match parts.authority {
+        Some(authority) => authority,
+        None => {
+            let host = request
+                .headers()
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or(fallback_authority);
+            host.parse::<Authority>()
+                .map_err(|e| ProxyError::BadRequest(format!("invalid authority {host:?}: {e}")))?
+        }
+    };
+    let scheme = parts.scheme.unwrap_or(Scheme::HTTP);
+    *request.uri_mut() = Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     Ok(())
 }
 
@@ -116,8 +118,12 @@ impl Router {
     pub async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let grpc = is_grpc(request.headers());
-        let upgrade = request.version() <= Version::HTTP_11 && wants_upgrade(request.headers());
-        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let method = request.method().clone();
+        let http1 = request.version() <= Version::HTTP_11;
+        let upgrade = http1 && wants_upgrade(request.headers());
+        // CONNECT, like an upgrade, may turn the connection into a tunnel.
+        let downstream_upgrade =
+            (upgrade || (http1 && method == Method::CONNECT)).then(|| hyper::upgrade::on(&mut request));
         strip_hop_by_hop(request.headers_mut(), upgrade);
         let inbound = self.direction == Direction::Inbound;
         if inbound {
@@ -156,9 +162,28 @@ impl Router {
                 return response;
             }
         };
+        let size = response_header_list_size(&tracked.response);
+        if size > self.limits.max_header_bytes {
+            let error = ProxyError::ResponseHeadersTooLarge {
+                size,
+                limit: self.limits.max_header_bytes,
+            };
+            tracing::debug!(%error, "response refused");
+            backend.metrics.request();
+            let response = respond(&error, grpc);
+            let status = if grpc { 200 } else { response.status().as_u16() };
+            backend
+                .metrics
+                .response(status, grpc.then_some(error.grpc_status()), started.elapsed());
+            return response;
+        }
         backend.metrics.request();
-        let Tracked { mut response, load } = tracked;
-        let upgraded = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        let Tracked {
+            mut response,
+            load,
+            stream,
+        } = tracked;
+        let upgraded = switches_protocols(&method, response.status());
         if let (true, Some(downstream)) = (upgraded, downstream_upgrade) {
             let upstream = hyper::upgrade::on(&mut response);
             relay_upgraded(
@@ -168,7 +193,13 @@ impl Router {
                 self.upgrade_bytes.clone(),
             );
         }
-        strip_hop_by_hop(response.headers_mut(), upgraded);
+        if upgraded && method == Method::CONNECT {
+            // A tunnel has no body: a client ignores a length on a 2xx to
+            // CONNECT, and a server must not send one (RFC 9110 §9.3.6).
+            response.headers_mut().remove(http::header::CONTENT_LENGTH);
+        }
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        strip_hop_by_hop(response.headers_mut(), switching);
         let completion = Completion {
             metrics: backend.metrics.clone(),
             status: response.status().as_u16(),
@@ -176,8 +207,10 @@ impl Router {
             grpc_status: grpc_status(response.headers()),
             started,
             load: Some(load),
+            stream,
         };
-        response.map(|body| Observed::new(body, completion).boxed_unsync())
+        let limit = self.limits.max_header_bytes;
+        response.map(|body| Observed::new(body, completion, limit).boxed_unsync())
     }
 
     fn fallback_authority(&self) -> String {
@@ -199,7 +232,7 @@ impl Router {
                     target: backend.endpoint.addr.to_string(),
                     last: error,
                 }),
-                Err(SendError::Failed(source)) => Err(ProxyError::Upstream {
+                Err(SendError::Failed(source) | SendError::IdleClosed(source)) => Err(ProxyError::Upstream {
                     endpoint: backend.endpoint.addr.to_string(),
                     source,
                 }),

@@ -20,9 +20,10 @@ use crate::throttle::LogThrottle;
 static CONNECTION_ERRORS: LogThrottle = LogThrottle::new(5);
 
 /// Serves one client connection within `limits`. Header lists up to twice
-/// the limit are read, so the router can answer a request over it in the
-/// request's own protocol (431, or RESOURCE_EXHAUSTED for gRPC); beyond
-/// that the HTTP library answers 431 itself without buffering more.
+/// the limit are read (see `header_read_limit`), so the router can answer a
+/// request over it in the request's own protocol (431, or
+/// RESOURCE_EXHAUSTED for gRPC); beyond that the HTTP library answers 431
+/// itself without buffering more.
 pub async fn serve<I>(io: I, protocol: Protocol, router: Arc<Router>, limits: &Limits, drain: Drain)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -37,10 +38,14 @@ where
             let connection = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .initial_stream_window_size(super::STREAM_WINDOW)
-                .initial_connection_window_size(super::CONNECTION_WINDOW)
+                .initial_connection_window_size(super::connection_window(limits.max_concurrent_streams))
                 .max_concurrent_streams(limits.max_concurrent_streams)
-                .max_header_list_size(u32::try_from(limits.max_header_bytes * 2).unwrap_or(u32::MAX))
+                .max_header_list_size(
+                    u32::try_from(super::header_read_limit(limits.max_header_bytes)).unwrap_or(u32::MAX),
+                )
                 .keep_alive_interval(Duration::from_secs(20))
+                // A sidecar adds no header the application did not send.
+                .auto_date_header(false)
                 .serve_connection(io, service);
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
@@ -55,8 +60,16 @@ where
             let connection = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .keep_alive(true)
+                // What one side sends is what the other receives: header
+                // names keep their case, no Date is added, any number of
+                // fields within the byte limit, and a client that
+                // half-closes after its request still gets its answer.
+                .preserve_header_case(true)
+                .auto_date_header(false)
+                .max_headers(super::max_header_fields(limits.max_header_bytes))
+                .half_close(true)
                 .header_read_timeout(limits.header_timeout)
-                .max_buf_size((limits.max_header_bytes * 2).max(8192))
+                .max_buf_size(super::header_read_limit(limits.max_header_bytes))
                 .serve_connection(io, service)
                 .with_upgrades();
             let mut connection = std::pin::pin!(connection);

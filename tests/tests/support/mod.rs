@@ -316,8 +316,8 @@ fn succeeded(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The JSON line a lab-app command printed last.
-fn last_json(out: &str, args: &[&str]) -> Value {
+/// The JSON line a command (lab-app, a case script) printed last.
+pub fn last_json(out: &str, args: &[&str]) -> Value {
     let last = out.lines().last().unwrap_or_default();
     serde_json::from_str(last).unwrap_or_else(|e| panic!("lab-app {args:?} printed {out:?}: {e}"))
 }
