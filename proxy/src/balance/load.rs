@@ -19,17 +19,19 @@
 //! it: a freshly started server whose first answers were slow (caches,
 //! thread pools, connections still being made) would be left out until
 //! its estimate had decayed, seconds in which the others take all the
-//! traffic. So the balancer now and then sends a request to an endpoint it
-//! would pass over (a probe: [`PeakEwma::probe`]); the probe's answer
-//! replaces the estimate, since it is newer than everything the estimate
-//! holds. A pod that warmed up is back at once; a pod that really is slow
-//! answers the probe slowly and stays out.
+//! traffic. So an endpoint passed over on load is sent a probe once it has
+//! lost [`PROBE_EVERY`] comparisons ([`PeakEwma::passed_over`]); the
+//! probe's answer replaces the estimate, since it is newer than everything
+//! the estimate holds. A pod that warmed up is back at once. A pod that
+//! really is slow (or never answers) confirms it, and its next probe waits
+//! for twice as many lost comparisons, so what probes cost a client stays
+//! a few calls however long the pod stays bad.
 //!
 //! `Recent` counts the requests an endpoint was given lately, decaying at
 //! the same pace: among endpoints whose loads are within noise of each
 //! other, the balancer gives the next request to the one with fewer.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -43,11 +45,53 @@ const PEAK_STEP: f64 = 2.0;
 const MIN_RTT_NS: f64 = 50_000.0;
 /// The most of the old estimate one faster response keeps.
 const MAX_KEEP: f64 = 0.9;
+/// How much cheaper one candidate must be to win on load alone. Latency
+/// estimates jitter (a pause, a cold cache, a busy core); comparing them
+/// exactly would let that noise skew the shares of equal pods. Within this
+/// band the candidate given fewer requests lately wins, so equal pods share
+/// evenly, while a pod with more requests in flight or a clearly higher
+/// latency still loses. A probe whose answer comes within it shows the
+/// endpoint is fit again.
+pub const CLEARLY_CHEAPER: f64 = 2.0;
+/// Comparisons an endpoint loses on load before it gets a probe. A server
+/// warming up may answer a few probes slowly before it is fit, so the
+/// first [`PATIENT_PROBES`] probes that confirm it worse leave this as it
+/// is; each further one doubles it (at most 1024 times); one that shows it
+/// fit brings it back.
+pub const PROBE_EVERY: u32 = 50;
+const PATIENT_PROBES: u32 = 4;
+const MAX_BACKOFF: u32 = 10;
 
 #[derive(Debug)]
 struct Estimate {
     rtt_ns: f64,
     updated: Instant,
+    probes: Probes,
+}
+
+/// When the next probe goes to an endpoint passed over on load.
+#[derive(Debug)]
+struct Probes {
+    /// Comparisons still to lose before the next probe.
+    until_next: u32,
+    /// Probes in a row that found the endpoint worse.
+    worse: u32,
+    /// A probe to send with the next request: the cost it must come within
+    /// (times `CLEARLY_CHEAPER`) to show the endpoint fit.
+    pending: Option<f64>,
+    /// A probe was sent and its answer is awaited: one at a time.
+    outstanding: bool,
+}
+
+impl Default for Probes {
+    fn default() -> Self {
+        Probes {
+            until_next: PROBE_EVERY,
+            worse: 0,
+            pending: None,
+            outstanding: false,
+        }
+    }
 }
 
 impl Estimate {
@@ -77,10 +121,16 @@ impl Estimate {
         self.rtt_ns
     }
 
-    /// Takes a probe's answer as the estimate.
-    fn replace(&mut self, rtt_ns: f64, now: Instant) {
-        self.rtt_ns = rtt_ns;
+    /// Takes a probe's answer (`None`: it got none) as the estimate, and
+    /// sets when the next probe goes.
+    fn probed(&mut self, rtt_ns: Option<f64>, waited_ns: f64, target_ns: f64, now: Instant) {
+        self.rtt_ns = rtt_ns.unwrap_or(waited_ns);
         self.updated = now;
+        let fit = rtt_ns.is_some_and(|rtt| rtt <= target_ns * CLEARLY_CHEAPER);
+        self.probes.worse = if fit { 0 } else { self.probes.worse + 1 };
+        let backoff = self.probes.worse.saturating_sub(PATIENT_PROBES).min(MAX_BACKOFF);
+        self.probes.until_next = PROBE_EVERY << backoff;
+        self.probes.outstanding = false;
     }
 
     /// Decays the estimate towards zero for the time nothing was heard.
@@ -112,8 +162,6 @@ pub struct PeakEwma {
     estimate: Mutex<Estimate>,
     in_flight: AtomicU32,
     decay_ns: f64,
-    /// The next request is a probe: its answer replaces the estimate.
-    probe: AtomicBool,
 }
 
 impl PeakEwma {
@@ -122,10 +170,10 @@ impl PeakEwma {
             estimate: Mutex::new(Estimate {
                 rtt_ns: default_rtt.as_nanos() as f64,
                 updated: Instant::now(),
+                probes: Probes::default(),
             }),
             in_flight: AtomicU32::new(0),
             decay_ns: decay.as_nanos() as f64,
-            probe: AtomicBool::new(false),
         })
     }
 
@@ -162,13 +210,37 @@ impl PeakEwma {
             load: self.clone(),
             sent_at: Instant::now(),
             answered: false,
-            probe: self.probe.swap(false, Ordering::Relaxed),
+            probe: self.take_probe(),
         }
     }
 
-    /// Makes the next request a probe, whose answer replaces the estimate.
-    pub fn probe(&self) {
-        self.probe.store(true, Ordering::Relaxed);
+    /// The probe due, if any, now sent.
+    fn take_probe(&self) -> Option<f64> {
+        let mut estimate = self.lock();
+        let probe = estimate.probes.pending.take();
+        estimate.probes.outstanding |= probe.is_some();
+        probe
+    }
+
+    /// Notes that the balancer passed this endpoint over for one costing
+    /// `rival_cost_ns`; true when it is time for a probe, which the next
+    /// request here is.
+    pub fn passed_over(&self, rival_cost_ns: f64) -> bool {
+        let mut estimate = self.lock();
+        let probes = &mut estimate.probes;
+        if probes.pending.is_some() || probes.outstanding {
+            return false;
+        }
+        probes.until_next = probes.until_next.saturating_sub(1);
+        if probes.until_next > 0 {
+            return false;
+        }
+        probes.pending = Some(rival_cost_ns);
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Estimate> {
+        self.estimate.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -179,8 +251,9 @@ pub struct InFlight {
     sent_at: Instant,
     /// Whether the response's head arrived.
     answered: bool,
-    /// Whether its answer replaces the estimate (see [`PeakEwma::probe`]).
-    probe: bool,
+    /// For a probe, the cost its answer must come within (see
+    /// [`PeakEwma::passed_over`]); its answer replaces the estimate.
+    probe: Option<f64>,
 }
 
 impl InFlight {
@@ -196,8 +269,8 @@ impl Drop for InFlight {
         let rtt = now.saturating_duration_since(self.sent_at).as_nanos() as f64;
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
         let mut estimate = self.load.estimate.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.answered && self.probe {
-            estimate.replace(rtt, now);
+        if let Some(target) = self.probe {
+            estimate.probed(self.answered.then_some(rtt), rtt, target, now);
         } else if self.answered {
             estimate.observe(rtt, now, self.load.decay_ns);
         } else {
@@ -254,6 +327,7 @@ mod tests {
         let mut estimate = Estimate {
             rtt_ns: 10.0 * MS,
             updated: start,
+            probes: Probes::default(),
         };
         let raised = estimate.observe(30.0 * MS, start, 1_000.0 * MS);
         assert_eq!(
@@ -296,29 +370,61 @@ mod tests {
         assert!(after_silence >= 500.0 * MS, "{after_silence}");
     }
 
-    #[test]
-    fn a_probes_answer_replaces_the_estimate_either_way() {
-        let load = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(10));
-        load.estimate.lock().unwrap().rtt_ns = 40.0 * MS;
-        load.probe();
+    /// Loses comparisons until a probe is due, then sends it, answered
+    /// after `rtt`, or never answered.
+    fn probe_after_losses(load: &Arc<PeakEwma>, rival_ns: f64, rtt: Option<Duration>) -> u32 {
+        let mut losses = 1;
+        while !load.passed_over(rival_ns) {
+            losses += 1;
+        }
         let mut probe = load.start();
-        probe.sent_at -= Duration::from_micros(300);
-        probe.answered();
+        assert!(probe.probe.is_some());
+        probe.sent_at -= rtt.unwrap_or(Duration::from_secs(1));
+        if rtt.is_some() {
+            probe.answered();
+        }
         drop(probe);
-        let after = load.estimate.lock().unwrap().rtt_ns;
+        losses
+    }
+
+    #[test]
+    fn a_probes_answer_replaces_the_estimate_and_sets_the_next_probe() {
+        let load = PeakEwma::new(Duration::from_millis(1), Duration::from_secs(10));
+        load.lock().rtt_ns = 40.0 * MS;
+        let first = probe_after_losses(&load, 0.5 * MS, Some(Duration::from_micros(400)));
+        assert_eq!(first, PROBE_EVERY);
+        let after = load.lock().rtt_ns;
         assert!(
             after < 1.0 * MS,
             "a fast answer to a probe ends the stale peak: {after}"
         );
-        load.probe();
-        let mut slow = load.start();
-        slow.sent_at -= Duration::from_millis(50);
-        slow.answered();
-        drop(slow);
-        let after = load.estimate.lock().unwrap().rtt_ns;
-        assert!(after >= 50.0 * MS, "a slow one confirms it at once: {after}");
+
+        // A pod that stays slow, or never answers, is probed at the base
+        // rate a few times (it may be warming up), then ever more rarely.
+        let mut intervals = Vec::new();
+        for answer in [
+            Some(Duration::from_millis(50)),
+            None,
+            Some(Duration::from_millis(50)),
+            Some(Duration::from_millis(50)),
+            Some(Duration::from_millis(50)),
+            None,
+            Some(Duration::from_micros(600)),
+            Some(Duration::from_micros(600)),
+        ] {
+            intervals.push(probe_after_losses(&load, 0.5 * MS, answer));
+            if answer.is_none() {
+                assert!(load.lock().rtt_ns >= 1000.0 * MS, "no answer counts its whole wait");
+            }
+        }
+        let base = PROBE_EVERY;
+        assert_eq!(
+            intervals,
+            [base, base, base, base, base, 2 * base, 4 * base, base],
+            "once fit again, back to the base rate"
+        );
         let mut next = load.start();
-        assert!(!next.probe, "only the one request after a probe was asked for");
+        assert!(next.probe.is_none(), "only the one request after a probe was due");
         next.answered();
     }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use load::{InFlight, PeakEwma, Recent};
+use load::{CLEARLY_CHEAPER, InFlight, PeakEwma, Recent};
 use tokio::sync::watch;
 
 use crate::discovery::{self, EndpointSet, ServiceRef};
@@ -37,18 +37,6 @@ const DEFAULT_RTT: Duration = Duration::from_millis(1);
 /// slow response (a pause, a cold cache) costs an endpoint its share only
 /// briefly; long enough that a consistently slow endpoint stays avoided.
 const DECAY: Duration = Duration::from_millis(1000);
-/// How much cheaper one candidate must be to win on load alone. Latency
-/// estimates jitter (a pause, a cold cache, a busy core); comparing them
-/// exactly would let that noise skew the shares of equal pods. Within this
-/// band the candidate given fewer requests lately wins, so equal pods share
-/// evenly, while a pod with more requests in flight or a clearly higher
-/// latency still loses.
-const CLEARLY_CHEAPER: f64 = 2.0;
-/// How often a candidate that loses on load alone gets the request anyway,
-/// as a probe (see `load`). Low enough that a pod ten times slower than the
-/// others stays near 1% of the calls; high enough that a pod whose first
-/// answers were slow is probed within a hundred or so requests.
-const PROBE_ODDS: f64 = 0.01;
 /// Attempts on distinct endpoints when connections fail.
 const MAX_ATTEMPTS: usize = 3;
 
@@ -321,8 +309,7 @@ impl Balancer {
                 let chosen = if cost_a.max(cost_b) > cost_a.min(cost_b) * CLEARLY_CHEAPER {
                     // The costlier one now and then gets a probe, whose
                     // answer corrects an estimate that keeps it out.
-                    if rand::random_bool(PROBE_ODDS) {
-                        costly.load.probe();
+                    if costly.load.passed_over(cost_a.min(cost_b)) {
                         costly
                     } else {
                         cheap

@@ -360,3 +360,114 @@ async fn a_stream_refused_by_reset_or_goaway_goes_to_another_endpoint_body_and_a
     let refusing = going_away(turned_away.clone()).await;
     every_request_reaches_the_echo(refusing, &turned_away, http::Version::HTTP_2, "stream_refused").await;
 }
+
+/// An HTTP/2 server that lets a client have `streams` streams open on a
+/// connection, and answers only once `together` requests are in progress
+/// at the same time.
+async fn answering_together(streams: u32, together: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let barrier = Arc::new(tokio::sync::Barrier::new(together));
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_request: Request<Incoming>| {
+                    let barrier = barrier.clone();
+                    async move {
+                        barrier.wait().await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("together"))))
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .max_concurrent_streams(streams)
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_servers_stream_limit_opens_more_connections_instead_of_queueing() {
+    for (streams, calls) in [(2, 6), (4, 9)] {
+        let addr = answering_together(streams, calls).await;
+        let (balancer, _updates) = balancer(&[(addr, "limited")]);
+        let all = futures::future::join_all((0..calls).map(|_| call(&balancer, http::Version::HTTP_2)));
+        let answers = tokio::time::timeout(Duration::from_secs(20), all)
+            .await
+            .unwrap_or_else(|_| panic!("{calls} calls never ran at once: they queued behind a limit of {streams}"));
+        assert!(
+            answers.iter().all(|a| a.as_deref().ok() == Some("together")),
+            "{answers:?}"
+        );
+        let view = balancer.view();
+        let connections = view["endpoints"][0]["h2_connection_streams"].as_array().unwrap().len();
+        assert_eq!(connections, calls.div_ceil(streams as usize), "{view}");
+    }
+}
+
+/// An HTTP/1 server that answers the first request on each connection and
+/// closes the connection when the second arrives, without answering: what a
+/// server whose keep-alive timer fires just then does.
+async fn closing_on_the_second() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut received = Vec::new();
+                let mut buffer = [0u8; 4096];
+                for request in 0.. {
+                    while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let Ok(read @ 1..) = stream.read(&mut buffer).await else {
+                            return;
+                        };
+                        received.extend_from_slice(&buffer[..read]);
+                    }
+                    received.clear();
+                    if request > 0 {
+                        return;
+                    }
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn idempotent_requests_on_an_idle_connection_the_server_closed_are_sent_again() {
+    let (balancer, _updates) = balancer(&[(closing_on_the_second().await, "stale")]);
+    for method in [http::Method::GET, http::Method::PUT, http::Method::DELETE] {
+        for _ in 0..3 {
+            // Time for the last connection to go back to the pool.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let request = Request::builder()
+                .method(method.clone())
+                .uri("http://web.demo:80/")
+                .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync())
+                .unwrap();
+            let (_, tracked) = balancer.dispatch(request).await.unwrap();
+            let body = tracked.response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok", "{method}");
+        }
+    }
+    // A POST may have been acted on: it is never sent twice.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let post = Request::post("http://web.demo:80/")
+        .body(
+            Full::new(Bytes::from("x"))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .unwrap();
+    let error = balancer.dispatch(post).await.map(|_| ()).unwrap_err();
+    assert!(matches!(error, ProxyError::Upstream { .. }), "{error}");
+}

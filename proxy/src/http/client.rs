@@ -3,7 +3,7 @@
 //!
 //! HTTP/2: requests share a connection until it carries as many streams as
 //! the server allows (its SETTINGS_MAX_CONCURRENT_STREAMS) or as the proxy
-//! gives one connection ([`STREAMS_PER_CONNECTION`]); then another one is
+//! gives one connection (`ISOLATED_STREAMS`); then another one is
 //! opened, as gRPC clients do, so callers never queue behind each other for
 //! a stream. Keep-alive PINGs go only to peer proxies: applications' HTTP/2
 //! servers (grpcio, grpc-go) count PINGs on a quiet connection as abuse and
@@ -47,7 +47,7 @@ const MAX_IDLE_HTTP1: usize = 32;
 /// already closed costs a retry, one the proxy closed costs a handshake.
 pub const H1_IDLE: Duration = Duration::from_secs(2);
 /// Streams the proxy opens on one HTTP/2 connection to an endpoint at most.
-pub const STREAMS_PER_CONNECTION: usize = 100;
+const STREAMS_PER_CONNECTION: usize = super::ISOLATED_STREAMS as usize;
 /// HTTP/2 connections to one endpoint at most; beyond, requests queue on
 /// the least busy one.
 const MAX_H2_CONNECTIONS: usize = 16;
@@ -350,7 +350,7 @@ impl Endpoint {
         builder
             .timer(TokioTimer::new())
             .initial_stream_window_size(super::STREAM_WINDOW)
-            .initial_connection_window_size(super::connection_window(STREAMS_PER_CONNECTION as u32))
+            .initial_connection_window_size(super::connection_window(super::ISOLATED_STREAMS))
             .max_header_list_size(u32::try_from(self.header_read_limit()).unwrap_or(u32::MAX));
         if self.is_meshed() {
             builder

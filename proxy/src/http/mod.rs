@@ -14,30 +14,30 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 
 /// HTTP/2 flow-control windows, on both sides of the proxy: what a peer may
-/// send on one stream, and on one connection, before the proxy reads it.
-/// The connection window bounds what a connection can make the proxy hold.
+/// send on one stream before the proxy reads it (256 KiB), and on one
+/// connection (see [`connection_window`]).
 ///
 /// They are fixed rather than adaptive because the HTTP/2 library also bounds
 /// the framing overhead of small DATA frames waiting to be read, at half the
 /// connection window, and closes the connection with ENHANCE_YOUR_CALM
 /// beyond it, failing every call on it. Adaptive windows start at 64 KiB,
 /// which allows only about 200 waiting gRPC messages: a burst of calls
-/// reaches that. 2 MiB allows thousands, more than the streams a connection
-/// may have open.
-///
-/// The connection window is the stream window times the streams the
-/// connection may carry, so streams whose readers stopped can never use up
-/// the connection's window and block the others on it (one stalled gRPC
-/// client must not starve every other client of the same pod). What a
-/// connection can make the proxy hold is still bounded: a stream window per
-/// open stream.
+/// reaches that.
 pub const STREAM_WINDOW: u32 = 256 * 1024;
 
+/// Streams on one connection whose stalls never block each other, and the
+/// most streams the proxy opens on one upstream connection: 100.
+pub const ISOLATED_STREAMS: u32 = 100;
+
 /// The connection window for a connection carrying up to `streams` streams
-/// at once (see [`STREAM_WINDOW`]), within HTTP/2's largest window (2³¹−1).
+/// at once: a stream window for each, up to [`ISOLATED_STREAMS`] (25 MiB).
+/// Streams whose readers stopped then never use up the connection's window
+/// and block the others on it: one gRPC client that stops reading must not
+/// starve every other client of the same pod, whose calls share the
+/// connections between proxies. It is also what one connection can make
+/// the proxy hold at most, when that many of its streams stall.
 pub fn connection_window(streams: u32) -> u32 {
-    let window = u64::from(STREAM_WINDOW) * u64::from(streams.max(8));
-    u32::try_from(window.min((1 << 31) - 1)).unwrap_or(u32::MAX)
+    STREAM_WINDOW * streams.clamp(8, ISOLATED_STREAMS)
 }
 
 /// The header list sizes the HTTP libraries read, in bytes: twice the
