@@ -35,17 +35,37 @@ impl Client<'_> {
         last_json(&self.run(&command), args)
     }
 
+    /// A case script run in the background; its output when joined.
+    fn script_in_background(&self, script: &str, args: &[&str]) -> std::thread::JoinHandle<String> {
+        let (lab, pod) = (self.lab.name.clone(), self.pod.clone());
+        let command: Vec<String> = ["exec", &pod, "--", PY, script]
+            .into_iter()
+            .chain(args.iter().copied())
+            .map(str::to_string)
+            .collect();
+        std::thread::spawn(move || {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_strait-lab"))
+                .args(&command)
+                .env("STRAIT_LAB_NAME", lab)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    }
+
     fn curl(&self, args: &[&str]) -> String {
         self.run(&[&["curl", "-sS", "--max-time", "10"], args].concat())
     }
 }
 
-fn peers_ready(test: &str) -> Option<()> {
+/// A lab with `manifest` applied, once the case peers are installed.
+fn lab_with_peers(test: &str, manifest: &str) -> Option<Lab> {
     support::require(
         test,
         std::path::Path::new(PY).exists() && std::path::Path::new(GRPC).exists(),
         "needs the case peers in /opt/strait-cases (scripts/deps.sh installs them)",
-    )
+    )?;
+    Lab::up(test, &[manifest])
 }
 
 /// The last JSON line a watching server logged.
@@ -57,10 +77,7 @@ fn last_logged(lab: &Lab, pod: &str, container: &str) -> Value {
 
 #[test]
 fn real_world_traffic_passes_the_mesh_as_it_would_without_it() {
-    let Some(()) = peers_ready("cases") else {
-        return;
-    };
-    let Some(lab) = Lab::up("cases", &["cases.yaml"]) else {
+    let Some(lab) = lab_with_peers("cases", "cases.yaml") else {
         return;
     };
     let client = Client {
@@ -68,18 +85,16 @@ fn real_world_traffic_passes_the_mesh_as_it_would_without_it() {
         pod: lab.pod("cases", "client-"),
     };
     // Case 7 needs 100 s of silence on a stream: it runs while the others do.
-    let quiet = {
-        let (lab_name, pod) = (lab.name.clone(), client.pod.clone());
-        std::thread::spawn(move || quiet_streams_survive(&lab_name, &pod))
-    };
-    http1_is_passed_unchanged(&client);
-    connect_tunnels(&client);
-    idle_connections_closed_by_the_app_are_retried(&client);
-    resets_propagate_both_ways(&lab, &client);
-    servers_stream_limits_open_more_connections(&client);
-    stalled_readers_starve_nobody(&client);
-    large_trailers_keep_their_status(&client);
-    quiet.join().unwrap();
+    std::thread::scope(|scope| {
+        scope.spawn(|| quiet_streams_survive(&client));
+        http1_is_passed_unchanged(&client);
+        connect_tunnels(&client);
+        idle_connections_closed_by_the_app_are_retried(&client);
+        resets_propagate_both_ways(&lab, &client);
+        servers_stream_limits_open_more_connections(&client);
+        stalled_readers_starve_nobody(&client);
+        large_trailers_keep_their_status(&client);
+    });
 }
 
 /// Cases 1, 2, 3 and 6: header names keep their case both ways, no header is
@@ -235,22 +250,11 @@ fn resets_propagate_both_ways(lab: &Lab, client: &Client) {
 /// Case 7: a server stream quiet for 100 s (grpcio's default ping policy
 /// closes connections that get PINGs while it sends nothing), on two
 /// servers at once.
-fn quiet_streams_survive(lab_name: &str, pod: &str) {
-    let run = |target: &str| {
-        let lab = lab_name.to_string();
-        let (pod, target) = (pod.to_string(), target.to_string());
-        std::thread::spawn(move || {
-            let out = std::process::Command::new(env!("CARGO_BIN_EXE_strait-lab"))
-                .args(["exec", &pod, "--", PY, GRPC, "quiet", &target, "100"])
-                .env("STRAIT_LAB_NAME", lab)
-                .output()
-                .unwrap();
-            last_json(&String::from_utf8_lossy(&out.stdout), &["quiet", &target])
-        })
-    };
+fn quiet_streams_survive(client: &Client) {
+    let run = |target: &str| client.script_in_background(GRPC, &["quiet", target, "100"]);
     let calls = [run("grpc.cases:50061"), run("limited.cases:50062")];
     for call in calls {
-        let quiet = call.join().unwrap();
+        let quiet = last_json(&call.join().unwrap(), &["quiet"]);
         assert_eq!(quiet["status"], "OK", "{quiet}");
         let messages: Vec<&str> = quiet["messages"]
             .as_array()
@@ -266,11 +270,13 @@ fn quiet_streams_survive(lab_name: &str, pod: &str) {
 /// clients than that: every call starts at once.
 fn servers_stream_limits_open_more_connections(client: &Client) {
     for (target, clients) in [("limited.cases:50062", "8"), ("limited2.cases:50064", "6")] {
-        let hold = client.script(GRPC, &["hold", target, clients, "5"]);
+        // Each call holds its stream for 10 s: a call queued behind
+        // another would get its first message only once that one ended.
+        let hold = client.script(GRPC, &["hold", target, clients, "10"]);
         let firsts = hold["first_message_seconds"].as_array().unwrap();
         assert_eq!(firsts.len().to_string(), clients, "{hold}");
         assert!(
-            firsts.iter().all(|s| s.as_f64().unwrap() < 4.0),
+            firsts.iter().all(|s| s.as_f64().unwrap() < 10.0),
             "no call waited for another to end: {hold}"
         );
         assert_eq!(hold["final"]["OK"].to_string(), clients, "{hold}");
@@ -281,27 +287,7 @@ fn servers_stream_limits_open_more_connections(client: &Client) {
 /// another client of the same pod, however many stall.
 fn stalled_readers_starve_nobody(client: &Client) {
     for stalled in ["10", "24"] {
-        let stall = {
-            let (lab, pod) = (client.lab.name.clone(), client.pod.clone());
-            let stalled = stalled.to_string();
-            std::thread::spawn(move || {
-                std::process::Command::new(env!("CARGO_BIN_EXE_strait-lab"))
-                    .args([
-                        "exec",
-                        &pod,
-                        "--",
-                        PY,
-                        GRPC,
-                        "stall",
-                        "firehose.cases:50063",
-                        &stalled,
-                        "25",
-                    ])
-                    .env("STRAIT_LAB_NAME", lab)
-                    .output()
-                    .unwrap()
-            })
-        };
+        let stall = client.script_in_background(GRPC, &["stall", "firehose.cases:50063", stalled, "25"]);
         std::thread::sleep(Duration::from_secs(5));
         let ping = client.script(GRPC, &["ping", "firehose.cases:50063", "100"]);
         assert_eq!(ping["ok"], 100, "{stalled} streams stalled: {ping}");
@@ -331,10 +317,7 @@ fn large_trailers_keep_their_status(client: &Client) {
 /// client's proxy shows why in its balancer view.
 #[test]
 fn grpcio_calls_spread_evenly_over_fresh_pods() {
-    let Some(()) = peers_ready("cases-balance") else {
-        return;
-    };
-    let Some(lab) = Lab::up("cases-balance", &["cases-balance.yaml"]) else {
+    let Some(lab) = lab_with_peers("cases-balance", "cases-balance.yaml") else {
         return;
     };
     let client = Client {

@@ -105,22 +105,34 @@ fn golden_patches_for_a_table_of_pods() {
     }
 }
 
-#[test]
-fn the_patch_applies_and_a_second_injection_does_nothing() {
-    let original = pod(json!({"spec": {"initContainers": [{"name": "migrate", "image": "tool:1"}]}}));
-    let Decision::Inject { patch, .. } = decide(&original, "demo", true, &settings()) else {
+/// The pod as injected with `settings`, and the warnings.
+fn injected(original: &Value, settings: &InjectSettings) -> (Value, Vec<String>) {
+    let Decision::Inject { patch, warnings } = decide(original, "demo", true, settings) else {
         panic!("not injected")
     };
     let patch: json_patch::Patch = serde_json::from_value(json!(patch)).unwrap();
     let mut injected = original.clone();
     json_patch::patch(&mut injected, &patch.0).unwrap();
-    let init_names: Vec<&str> = injected["spec"]["initContainers"]
+    (injected, warnings)
+}
+
+fn init_container_names(pod: &Value) -> Vec<&str> {
+    pod["spec"]["initContainers"]
         .as_array()
         .unwrap()
         .iter()
         .map(|c| c["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(init_names, ["strait-init", "strait-proxy", "migrate"]);
+        .collect()
+}
+
+#[test]
+fn the_patch_applies_and_a_second_injection_does_nothing() {
+    let original = pod(json!({"spec": {"initContainers": [{"name": "migrate", "image": "tool:1"}]}}));
+    let (injected, _) = injected(&original, &settings());
+    assert_eq!(
+        init_container_names(&injected),
+        ["strait-init", "strait-proxy", "migrate"]
+    );
     assert_eq!(
         injected["metadata"]["annotations"]["strait.io/identity"],
         "spiffe://cluster.local/ns/demo/sa/web"
@@ -207,20 +219,9 @@ fn without_native_sidecars_application_init_containers_run_before_the_redirect()
         {"name": "fetch-config", "image": "curl:1"},
         {"name": "migrate", "image": "tool:1"}
     ]}}));
-    let Decision::Inject { patch, warnings } = decide(&original, "demo", true, &settings) else {
-        panic!("not injected")
-    };
-    let patch: json_patch::Patch = serde_json::from_value(json!(patch)).unwrap();
-    let mut injected = original.clone();
-    json_patch::patch(&mut injected, &patch.0).unwrap();
-    let init_names: Vec<&str> = injected["spec"]["initContainers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["name"].as_str().unwrap())
-        .collect();
+    let (injected, warnings) = injected(&original, &settings);
     assert_eq!(
-        init_names,
+        init_container_names(&injected),
         ["fetch-config", "migrate", "strait-init"],
         "the application's init containers reach the network before the redirect exists"
     );

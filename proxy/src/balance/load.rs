@@ -179,21 +179,12 @@ impl PeakEwma {
 
     /// The estimated cost of one more request, in nanoseconds.
     pub fn cost(&self) -> f64 {
-        let rtt = self
-            .estimate
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .idle(Instant::now(), self.decay_ns);
-        rtt * f64::from(self.in_flight.load(Ordering::Relaxed) + 1)
+        self.view().cost_ns
     }
 
-    /// The estimate now, for the admin view.
+    /// The estimate now (decayed for the time nothing was heard).
     pub fn view(&self) -> LoadView {
-        let latency_ns = self
-            .estimate
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .idle(Instant::now(), self.decay_ns);
+        let latency_ns = self.lock().idle(Instant::now(), self.decay_ns);
         let in_flight = self.in_flight.load(Ordering::Relaxed);
         LoadView {
             latency_ns,
