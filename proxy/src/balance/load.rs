@@ -55,9 +55,9 @@ const MAX_KEEP: f64 = 0.9;
 pub const CLEARLY_CHEAPER: f64 = 2.0;
 /// Comparisons an endpoint loses on load before it gets a probe. A server
 /// warming up may answer a few probes slowly before it is fit, so the
-/// first [`PATIENT_PROBES`] probes that confirm it worse leave this as it
-/// is; each further one doubles it (at most 1024 times); one that shows it
-/// fit brings it back.
+/// first [`PATIENT_PROBES`] probes that find it clearly worse (beyond twice
+/// the band, or no answer) leave this as it is; each further one doubles
+/// it (at most 1024 times); one that does not brings it back.
 pub const PROBE_EVERY: u32 = 50;
 const PATIENT_PROBES: u32 = 4;
 const MAX_BACKOFF: u32 = 10;
@@ -121,13 +121,17 @@ impl Estimate {
         self.rtt_ns
     }
 
-    /// Takes a probe's answer (`None`: it got none) as the estimate, and
-    /// sets when the next probe goes.
+    /// Takes a probe's answer time (`None`: it got no answer) as the
+    /// estimate, and sets when the next probe goes. A probe that got no
+    /// answer (the caller gave up, the connection failed) proves nothing
+    /// fast: the estimate only rises, to its wait.
     fn probed(&mut self, rtt_ns: Option<f64>, waited_ns: f64, target_ns: f64, now: Instant) {
-        self.rtt_ns = rtt_ns.unwrap_or(waited_ns);
+        self.rtt_ns = rtt_ns.unwrap_or(self.rtt_ns.max(waited_ns));
         self.updated = now;
-        let fit = rtt_ns.is_some_and(|rtt| rtt <= target_ns * CLEARLY_CHEAPER);
-        self.probes.worse = if fit { 0 } else { self.probes.worse + 1 };
+        // Only an answer clearly outside the noise band (or none) counts as
+        // worse: on a busy machine a fit pod's answers jitter past the band.
+        let worse = rtt_ns.is_none_or(|rtt| rtt > target_ns * CLEARLY_CHEAPER * CLEARLY_CHEAPER);
+        self.probes.worse = if worse { self.probes.worse + 1 } else { 0 };
         let backoff = self.probes.worse.saturating_sub(PATIENT_PROBES).min(MAX_BACKOFF);
         self.probes.until_next = PROBE_EVERY << backoff;
         self.probes.outstanding = false;
@@ -202,6 +206,16 @@ impl PeakEwma {
             sent_at: Instant::now(),
             answered: false,
             probe: self.take_probe(),
+            head_after_ns: 0.0,
+        }
+    }
+
+    /// Forgets a probe that was due but never sent (the connection to the
+    /// endpoint failed first): the next loss counts towards another.
+    pub fn cancel_probe(&self) {
+        let mut estimate = self.lock();
+        if estimate.probes.pending.take().is_some() {
+            estimate.probes.until_next = 1;
         }
     }
 
@@ -243,14 +257,17 @@ pub struct InFlight {
     /// Whether the response's head arrived.
     answered: bool,
     /// For a probe, the cost its answer must come within (see
-    /// [`PeakEwma::passed_over`]); its answer replaces the estimate.
+    /// [`PeakEwma::passed_over`]); the time to its response's head
+    /// replaces the estimate (a streamed response may last for minutes).
     probe: Option<f64>,
+    head_after_ns: f64,
 }
 
 impl InFlight {
     /// Notes that the response's head arrived.
     pub fn answered(&mut self) {
         self.answered = true;
+        self.head_after_ns = self.sent_at.elapsed().as_nanos() as f64;
     }
 }
 
@@ -261,7 +278,7 @@ impl Drop for InFlight {
         self.load.in_flight.fetch_sub(1, Ordering::Relaxed);
         let mut estimate = self.load.estimate.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(target) = self.probe {
-            estimate.probed(self.answered.then_some(rtt), rtt, target, now);
+            estimate.probed(self.answered.then_some(self.head_after_ns), rtt, target, now);
         } else if self.answered {
             estimate.observe(rtt, now, self.load.decay_ns);
         } else {

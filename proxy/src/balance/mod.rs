@@ -91,6 +91,7 @@ impl Backend {
             let connection = match self.endpoint.connection(request.version(), fresh).await {
                 Ok(connection) => connection,
                 Err(error) => {
+                    self.load.cancel_probe();
                     return Err(SendError::NotSent {
                         request: Box::new(request),
                         error,
@@ -403,7 +404,7 @@ impl Balancer {
             let refusal = match backend.send(request).await {
                 Ok(mut tracked) => {
                     if replay::take_unprocessed(&mut tracked.response) {
-                        Refusal::Answered(tracked)
+                        Refusal::Answered(Box::new(tracked))
                     } else {
                         if let Some(replayable) = replayable {
                             replayable.discard();
@@ -448,7 +449,7 @@ impl Balancer {
 /// An endpoint's word that a request never reached its application.
 enum Refusal {
     /// Its proxy answered so (the application refused the connection).
-    Answered(Tracked),
+    Answered(Box<Tracked>),
     /// Its HTTP/2 server refused the stream (RST_STREAM or GOAWAY).
     Refused(hyper::Error),
 }
@@ -464,7 +465,7 @@ impl Refusal {
     /// What the client gets when the request goes nowhere else.
     fn into_result(self, backend: Arc<Backend>) -> Result<(Arc<Backend>, Tracked), ProxyError> {
         match self {
-            Refusal::Answered(tracked) => Ok((backend, tracked)),
+            Refusal::Answered(tracked) => Ok((backend, *tracked)),
             Refusal::Refused(source) => Err(upstream_failed(&backend, source)),
         }
     }

@@ -10,7 +10,8 @@
 //! close it, so towards them TCP keepalives watch the connection instead.
 //!
 //! HTTP/1: an idle connection is kept no longer than the server's own
-//! keep-alive (`Keep-Alive: timeout`, else [`H1_IDLE`]). A request that
+//! keep-alive (`Keep-Alive: timeout`, else [`H1_IDLE`] for applications and
+//! 10 s for peer proxies). A request that
 //! died on a reused idle connection before any byte of an answer came back
 //! is the server having closed that connection as the request arrived; the
 //! caller may send it again on a fresh one (see [`SendError::IdleClosed`]).
@@ -41,11 +42,16 @@ use crate::upstream::{self, Io, Target};
 
 /// Idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_HTTP1: usize = 32;
-/// How long an idle HTTP/1 connection is kept when the server did not say
-/// (`Keep-Alive: timeout`). Servers close idle connections after a few
-/// seconds (Node.js 5 s, gunicorn 2 s, Apache 5 s); a connection the server
-/// already closed costs a retry, one the proxy closed costs a handshake.
+/// How long an idle HTTP/1 connection to an application is kept when it
+/// did not say (`Keep-Alive: timeout`). Servers close idle connections after
+/// a few seconds (Node.js 5 s, gunicorn 2 s, Apache 5 s); a connection the
+/// server already closed costs a retry, one the proxy closed costs a
+/// handshake.
 pub const H1_IDLE: Duration = Duration::from_secs(2);
+/// How long an idle HTTP/1 connection to a peer proxy is kept: each new one
+/// costs a mutual TLS handshake, and the peer closes a connection only once
+/// no request has started on it for its header timeout (30 s by default).
+const H1_IDLE_MESHED: Duration = Duration::from_secs(10);
 /// Streams the proxy opens on one HTTP/2 connection to an endpoint at most.
 const STREAMS_PER_CONNECTION: usize = super::ISOLATED_STREAMS as usize;
 /// HTTP/2 connections to one endpoint at most; beyond, requests queue on
@@ -268,6 +274,7 @@ impl Endpoint {
                 sender,
                 reused,
                 idle: self.h1_idle.clone(),
+                keep: if self.is_meshed() { H1_IDLE_MESHED } else { H1_IDLE },
             })
         };
         if connection.is_err() {
@@ -444,6 +451,8 @@ pub enum Connection {
         reused: bool,
         /// Where the connection goes back once its response is done.
         idle: IdlePool,
+        /// How long it may wait idle there unless the server says shorter.
+        keep: Duration,
     },
 }
 
@@ -468,12 +477,13 @@ impl Connection {
                 mut sender,
                 reused,
                 idle,
+                keep,
             } => {
                 let result = sender.try_send_request(request).await;
                 if let Ok(response) = &result
                     && !switches_protocols(&method, response.status())
                 {
-                    let keep = keep_alive_timeout(response.headers()).map_or(H1_IDLE, |server| server.min(H1_IDLE));
+                    let keep = keep_alive_timeout(response.headers()).map_or(keep, |server| server.min(keep));
                     reuse_when_ready(sender, idle, keep);
                 }
                 (result, None, reused)

@@ -99,6 +99,9 @@ pub struct Replayable {
     headers: HeaderMap,
     /// What the HTTP library keeps beside the head (header names' case).
     extensions: http::Extensions,
+    /// The body was empty: a replay sends none, as the first attempt did
+    /// (a body of unknown length would be sent chunked).
+    empty: bool,
     recording: Arc<Mutex<Recording>>,
 }
 
@@ -114,6 +117,7 @@ impl Replayable {
             return (request, None);
         }
         let (parts, body) = request.into_parts();
+        let empty = http_body::Body::is_end_stream(&body);
         let recording = Arc::new(Mutex::new(Recording {
             frames: Vec::new(),
             bytes: 0,
@@ -126,6 +130,7 @@ impl Replayable {
             version: parts.version,
             headers: parts.headers.clone(),
             extensions: parts.extensions.clone(),
+            empty,
             recording: recording.clone(),
         };
         let body = RecordingBody { recording }.boxed_unsync();
@@ -143,8 +148,13 @@ impl Replayable {
             }
             (std::mem::take(&mut recording.frames), recording.rest.take()?)
         };
-        let body = futures::stream::iter(frames.into_iter().map(Ok)).chain(BodyStream::new(rest));
-        let mut request = Request::new(StreamBody::new(body).boxed_unsync());
+        let body = if self.empty {
+            Body::default()
+        } else {
+            let frames = futures::stream::iter(frames.into_iter().map(Ok)).chain(BodyStream::new(rest));
+            StreamBody::new(frames).boxed_unsync()
+        };
+        let mut request = Request::new(body);
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
         *request.version_mut() = self.version;
