@@ -37,8 +37,14 @@ const DEFAULT_RTT: Duration = Duration::from_millis(1);
 /// slow response (a pause, a cold cache) costs an endpoint its share only
 /// briefly; long enough that a consistently slow endpoint stays avoided.
 const DECAY: Duration = Duration::from_millis(1000);
-/// Attempts on distinct endpoints when connections fail.
-const MAX_ATTEMPTS: usize = 3;
+/// Attempts for a request no application saw (connections refused, or an
+/// application not listening yet), all within the bounded wait. An endpoint
+/// that refused is left out for a while, so when every endpoint refuses, as
+/// when a Deployment's pods have just started and their applications are
+/// still binding (a pod whose readiness probe is a `tcpSocket` one is Ready
+/// as soon as its proxy listens), the request waits for one to take it
+/// rather than failing at once.
+const MAX_ATTEMPTS: usize = 8;
 
 /// A response with the endpoint's in-flight count held until its body ends.
 pub struct Tracked {

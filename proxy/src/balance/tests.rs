@@ -471,3 +471,37 @@ async fn idempotent_requests_on_an_idle_connection_the_server_closed_are_sent_ag
     let error = balancer.dispatch(post).await.map(|_| ()).unwrap_err();
     assert!(matches!(error, ProxyError::Upstream { .. }), "{error}");
 }
+
+/// A proxy whose application is still starting: it answers its first
+/// `refusals` requests as never processed (the application refused the
+/// connection), then `name`.
+async fn starting_application(name: &'static str, refusals: usize) -> SocketAddr {
+    let seen = Arc::new(AtomicUsize::new(0));
+    serve(move |_request| {
+        let seen = seen.clone();
+        async move {
+            if seen.fetch_add(1, Ordering::Relaxed) < refusals {
+                let mut answer = Response::new(Full::new(Bytes::new()));
+                *answer.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                replay::mark_unprocessed(&mut answer);
+                answer
+            } else {
+                Response::new(Full::new(Bytes::from(name)))
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_call_while_every_application_is_still_starting_waits_for_one() {
+    let servers = [
+        (starting_application("a", 2).await, "a"),
+        (starting_application("b", 2).await, "b"),
+        (starting_application("c", 2).await, "c"),
+    ];
+    let (mut balancer, _updates) = balancer(&servers);
+    balancer.wait = Duration::from_secs(5);
+    let answer = call(&balancer, http::Version::HTTP_2).await.unwrap();
+    assert!(["a", "b", "c"].contains(&answer.as_str()), "{answer}");
+}

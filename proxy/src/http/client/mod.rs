@@ -1,0 +1,281 @@
+//! Connections to one upstream endpoint: a few multiplexed HTTP/2
+//! connections (`h2`) and a pool of HTTP/1 connections reused across
+//! requests (`h1`).
+//!
+//! A request that could not be sent (the connection failed, or was found
+//! closed before anything was written) comes back to the caller intact, so
+//! it can be tried on another endpoint. A request that died on a reused idle
+//! HTTP/1 connection before any byte of an answer came back is the server
+//! having closed that connection as the request arrived; the caller may send
+//! it again on a fresh one (see [`SendError::IdleClosed`]).
+
+mod h1;
+mod h2;
+
+use h1::{H1_IDLE, H1_IDLE_MESHED, IdlePool, keep_alive_timeout, reuse_when_ready};
+use h2::H2Connection;
+pub use h2::StreamSlot;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+
+use super::Body;
+use crate::metrics::RouteLabels;
+use crate::tls::MeshTls;
+use crate::transport::ConnectError;
+use crate::upstream::{self, Io, Target};
+
+/// How long an endpoint that refused a connection is left out.
+const FAILURE_BACKOFF: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Nothing was sent; the request is returned for another endpoint.
+    #[error("could not connect: {error}")]
+    NotSent {
+        request: Box<Request<Body>>,
+        error: ConnectError,
+    },
+    /// The request went out on a reused idle HTTP/1 connection, which the
+    /// server closed before answering anything: it closed the idle
+    /// connection as the request arrived. An idempotent request may be sent
+    /// again on a fresh connection (RFC 9110 §9.2.2).
+    #[error("the server closed a reused idle connection without answering: {0}")]
+    IdleClosed(hyper::Error),
+    /// The request was, or may have been, sent.
+    #[error("{0}")]
+    Failed(hyper::Error),
+}
+
+/// How the proxy opens connections to upstreams.
+#[derive(Clone, Debug)]
+pub struct Connector {
+    pub connect_timeout: Duration,
+    /// This proxy's mutual TLS, when it has an identity.
+    pub mesh: Option<Arc<MeshTls>>,
+    /// The largest header list (bytes, as HTTP/2 counts them) a response
+    /// may have; responses are read up to twice that, so the proxy can say
+    /// which limit one broke (see `header_read_limit`).
+    pub max_header_bytes: usize,
+}
+
+pub struct Endpoint {
+    /// The application's address.
+    pub addr: SocketAddr,
+    /// How to reach it: the address and, when meshed, the identity there.
+    pub target: Target,
+    connector: Connector,
+    /// The HTTP/2 connections; the lock is held while connecting so
+    /// concurrent requests wait for one new connection instead of making many.
+    h2: tokio::sync::Mutex<Vec<H2Connection>>,
+    h1_idle: IdlePool,
+    /// Set when a connect attempt failed: until then the balancer skips it.
+    failed_until: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint").field("addr", &self.addr).finish()
+    }
+}
+
+fn connect_failed(error: hyper::Error, addr: SocketAddr) -> ConnectError {
+    ConnectError::Other {
+        addr,
+        source: std::io::Error::other(error),
+    }
+}
+
+/// Whether a method is idempotent (RFC 9110 §9.2.2): sending it twice has
+/// the effect of sending it once, so a request that may have reached a
+/// server that closed without answering can be sent again.
+pub fn is_idempotent(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
+
+/// Whether the answer to `method` hands the connection over to another
+/// protocol: a 101, or a 2xx to CONNECT (RFC 9110 §9.3.6), after which the
+/// connection is an opaque tunnel both ways.
+pub fn switches_protocols(method: &Method, status: StatusCode) -> bool {
+    status == StatusCode::SWITCHING_PROTOCOLS || (method == Method::CONNECT && status.is_success())
+}
+
+impl Endpoint {
+    pub fn new(target: Target, connector: Connector) -> Self {
+        Endpoint {
+            addr: target.addr,
+            target,
+            connector,
+            h2: tokio::sync::Mutex::new(Vec::new()),
+            h1_idle: Arc::new(Mutex::new(Vec::new())),
+            failed_until: Mutex::new(None),
+        }
+    }
+
+    /// Whether a recent connect failure keeps this endpoint out.
+    pub fn in_backoff(&self) -> bool {
+        self.failed_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| Instant::now() < until)
+    }
+
+    pub fn mark_failed(&self) {
+        *self.failed_until.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + FAILURE_BACKOFF);
+    }
+
+    /// A connection ready for a request of this HTTP version: an HTTP/2
+    /// connection with room for a stream, or an idle (else new) HTTP/1 one;
+    /// with `fresh`, never an idle one. A failed connect puts the endpoint
+    /// in back-off.
+    pub async fn connection(&self, version: Version, fresh: bool) -> Result<Connection, ConnectError> {
+        let connection = if version == Version::HTTP_2 {
+            self.h2_stream()
+                .await
+                .map(|(sender, slot)| Connection::H2(sender, slot))
+        } else {
+            self.h1_sender(fresh).await.map(|(sender, reused)| Connection::H1 {
+                sender,
+                reused,
+                idle: self.h1_idle.clone(),
+                keep: if self.is_meshed() { H1_IDLE_MESHED } else { H1_IDLE },
+            })
+        };
+        if connection.is_err() {
+            self.mark_failed();
+        }
+        connection
+    }
+
+    async fn connect_io(&self) -> Result<Io, ConnectError> {
+        upstream::connect(
+            &self.target,
+            self.connector.mesh.as_ref(),
+            self.connector.connect_timeout,
+        )
+        .await
+    }
+
+    /// Whether requests to this endpoint travel over mutual TLS.
+    pub fn is_meshed(&self) -> bool {
+        self.target.peer.is_some() && self.connector.mesh.is_some()
+    }
+
+    /// `route` with this endpoint's server identity and TLS labels.
+    pub fn labelled(&self, mut route: RouteLabels) -> RouteLabels {
+        route.tls = self.is_meshed();
+        route.server_id = match (&self.target.peer, route.tls) {
+            (Some(peer), true) => peer.to_string(),
+            _ => String::new(),
+        };
+        route
+    }
+
+    fn header_read_limit(&self) -> usize {
+        super::header_read_limit(self.connector.max_header_bytes)
+    }
+}
+
+/// An established connection to an endpoint, for one request.
+pub enum Connection {
+    /// A stream's room on a shared connection, counted until the response
+    /// ends.
+    H2(http2::SendRequest<Body>, StreamSlot),
+    H1 {
+        sender: http1::SendRequest<Body>,
+        /// Whether it served a request before and waited idle since.
+        reused: bool,
+        /// Where the connection goes back once its response is done.
+        idle: IdlePool,
+        /// How long it may wait idle there unless the server says shorter.
+        keep: Duration,
+    },
+}
+
+impl Connection {
+    /// Whether this is an HTTP/1 connection that sat idle in the pool.
+    pub fn is_reused_h1(&self) -> bool {
+        matches!(self, Connection::H1 { reused: true, .. })
+    }
+
+    /// Sends the request. If the connection turned out to be closed before
+    /// anything was written, the request comes back as `NotSent`. The
+    /// stream's slot, for HTTP/2, is to be held until the response ends.
+    pub async fn send(
+        self,
+        request: Request<Body>,
+        addr: SocketAddr,
+    ) -> Result<(Response<Incoming>, Option<StreamSlot>), SendError> {
+        let method = request.method().clone();
+        let (result, slot, reused) = match self {
+            Connection::H2(mut sender, slot) => (sender.try_send_request(request).await, Some(slot), false),
+            Connection::H1 {
+                mut sender,
+                reused,
+                idle,
+                keep,
+            } => {
+                let result = sender.try_send_request(request).await;
+                if let Ok(response) = &result
+                    && !switches_protocols(&method, response.status())
+                {
+                    let keep = keep_alive_timeout(response.headers()).map_or(keep, |server| server.min(keep));
+                    reuse_when_ready(sender, idle, keep);
+                }
+                (result, None, reused)
+            }
+        };
+        match result {
+            Ok(response) => Ok((response, slot)),
+            Err(mut error) => Err(match error.take_message() {
+                Some(unsent) => SendError::NotSent {
+                    request: Box::new(unsent),
+                    error: connect_failed(error.into_error(), addr),
+                },
+                None if reused && closed_without_answer(error.error()) => SendError::IdleClosed(error.into_error()),
+                None => SendError::Failed(error.into_error()),
+            }),
+        }
+    }
+}
+
+/// Whether the server ended the connection before any byte of a response:
+/// an end of stream where a response should start, or a reset.
+fn closed_without_answer(error: &hyper::Error) -> bool {
+    let reset = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            )
+        });
+    error.is_incomplete_message() || reset
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_successes_and_101_switch_protocols() {
+        assert!(switches_protocols(&Method::CONNECT, StatusCode::OK));
+        assert!(switches_protocols(&Method::GET, StatusCode::SWITCHING_PROTOCOLS));
+        assert!(!switches_protocols(&Method::CONNECT, StatusCode::FORBIDDEN));
+        assert!(!switches_protocols(&Method::GET, StatusCode::OK));
+        assert!(is_idempotent(&Method::PUT) && !is_idempotent(&Method::POST));
+    }
+}
