@@ -27,6 +27,7 @@ const STREAMS_PER_CONNECTION: usize = crate::http::ISOLATED_STREAMS as usize;
 /// HTTP/2 connections to one endpoint at most; beyond, requests queue on
 /// the least busy one.
 const MAX_H2_CONNECTIONS: usize = 16;
+
 /// One HTTP/2 connection and how many streams it carries.
 pub(super) struct H2Connection {
     sender: http2::SendRequest<Body>,
