@@ -24,7 +24,15 @@ struct Client<'a> {
     pod: String,
 }
 
-impl Client<'_> {
+impl<'a> Client<'a> {
+    /// The `client-` pod of `namespace`.
+    fn of(lab: &'a Lab, namespace: &str) -> Self {
+        Client {
+            lab,
+            pod: lab.pod(namespace, "client-"),
+        }
+    }
+
     fn run(&self, command: &[&str]) -> String {
         self.lab.exec_ok(&self.pod, command)
     }
@@ -80,10 +88,7 @@ fn real_world_traffic_passes_the_mesh_as_it_would_without_it() {
     let Some(lab) = lab_with_peers("cases", "cases.yaml") else {
         return;
     };
-    let client = Client {
-        lab: &lab,
-        pod: lab.pod("cases", "client-"),
-    };
+    let client = Client::of(&lab, "cases");
     // Case 7 needs 100 s of silence on a stream: it runs while the others do.
     std::thread::scope(|scope| {
         scope.spawn(|| quiet_streams_survive(&client));
@@ -320,10 +325,7 @@ fn grpcio_calls_spread_evenly_over_fresh_pods() {
     let Some(lab) = lab_with_peers("cases-balance", "cases-balance.yaml") else {
         return;
     };
-    let client = Client {
-        lab: &lab,
-        pod: lab.pod("spread", "client-"),
-    };
+    let client = Client::of(&lab, "spread");
     for run in 0..10 {
         lab.cli_ok(&["scale", "spread/who", "0"]);
         eventually(Duration::from_secs(60), "the old pods gone", || {

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::discovery::{self, EndpointSet, ServiceRef};
 use crate::http::Body;
-use crate::http::client::{Connector, Endpoint, SendError, StreamSlot, is_idempotent};
+use crate::http::client::{Connector, Endpoint, SendError, StreamSlot};
 use crate::http::errors::ProxyError;
 use crate::http::replay::{self, Replayable};
 use crate::metrics::discovery::EndpointStateLabels;
@@ -105,7 +105,7 @@ impl Backend {
                 }
             };
             let mut replayable = None;
-            if attempt == 0 && connection.is_reused_h1() && is_idempotent(request.method()) {
+            if attempt == 0 && connection.is_reused_h1() && request.method().is_idempotent() {
                 (request, replayable) = Replayable::record(request);
             }
             let mut load = self.load.start();

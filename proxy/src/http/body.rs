@@ -97,10 +97,10 @@ impl Body for Observed {
         let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
         let limit = self.max_trailer_bytes;
         if let (Poll::Ready(Some(Ok(frame))), Some(true)) = (&mut polled, self.completion.as_ref().map(|c| c.grpc))
-            && let Some(trailers) = frame.trailers_ref()
-            && field_list_size(trailers) > limit
+            && let Some(size) = frame.trailers_ref().map(field_list_size)
+            && size > limit
         {
-            *frame = Frame::trailers(trailers_over_limit(field_list_size(trailers), limit));
+            *frame = Frame::trailers(trailers_over_limit(size, limit));
         }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {

@@ -8,15 +8,13 @@
 //! TCP keepalives watch the connection instead.
 
 use std::future::poll_fn;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::io::InspectReader;
 
 use super::{Endpoint, connect_failed};
 use crate::http::Body;
@@ -46,49 +44,6 @@ impl H2Connection {
     fn take_stream(&self) -> (http2::SendRequest<Body>, StreamSlot) {
         self.open.fetch_add(1, Ordering::Relaxed);
         (self.sender.clone(), StreamSlot(self.open.clone()))
-    }
-}
-
-/// A connection that says when the server first sent something.
-struct Heard<T> {
-    inner: T,
-    heard: tokio::sync::watch::Sender<bool>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Heard<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.heard.send_if_modified(|heard| !std::mem::replace(heard, true));
-        }
-        polled
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Heard<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 
@@ -145,7 +100,12 @@ impl Endpoint {
     async fn h2_connect(&self) -> Result<H2Connection, ConnectError> {
         let io = self.connect_io().await?;
         let (heard, mut hearing) = tokio::sync::watch::channel(false);
-        let io = Heard { inner: io, heard };
+        // Says when the server first sent something.
+        let io = InspectReader::new(io, move |read: &[u8]| {
+            if !read.is_empty() {
+                heard.send_if_modified(|heard| !std::mem::replace(heard, true));
+            }
+        });
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())

@@ -91,21 +91,6 @@ fn connect_failed(error: hyper::Error, addr: SocketAddr) -> ConnectError {
     }
 }
 
-/// Whether a method is idempotent (RFC 9110 §9.2.2): sending it twice has
-/// the effect of sending it once, so a request that may have reached a
-/// server that closed without answering can be sent again.
-pub fn is_idempotent(method: &Method) -> bool {
-    [
-        Method::GET,
-        Method::HEAD,
-        Method::OPTIONS,
-        Method::TRACE,
-        Method::PUT,
-        Method::DELETE,
-    ]
-    .contains(method)
-}
-
 /// Whether the answer to `method` hands the connection over to another
 /// protocol: a 101, or a 2xx to CONNECT (RFC 9110 §9.3.6), after which the
 /// connection is an opaque tunnel both ways.
@@ -276,6 +261,5 @@ mod tests {
         assert!(switches_protocols(&Method::GET, StatusCode::SWITCHING_PROTOCOLS));
         assert!(!switches_protocols(&Method::CONNECT, StatusCode::FORBIDDEN));
         assert!(!switches_protocols(&Method::GET, StatusCode::OK));
-        assert!(is_idempotent(&Method::PUT) && !is_idempotent(&Method::POST));
     }
 }
