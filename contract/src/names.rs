@@ -70,6 +70,9 @@ pub mod env {
     pub const POD_NAME: &str = "STRAIT_POD_NAME";
     pub const POD_NAMESPACE: &str = "STRAIT_POD_NAMESPACE";
     pub const POD_IP: &str = "STRAIT_POD_IP";
+    /// The application ports whose `tcpSocket` probes the injector rewrote
+    /// to the proxy's `/app-probe/tcp/<port>`: the only ports it probes.
+    pub const APP_PROBE_PORTS: &str = "STRAIT_APP_PROBE_PORTS";
     pub const HOST_IP: &str = "STRAIT_HOST_IP";
     pub const SERVICE_ACCOUNT: &str = "STRAIT_SERVICE_ACCOUNT";
     pub const IDENTITY: &str = "STRAIT_IDENTITY";

@@ -1,11 +1,12 @@
 //! The admin server on :4191: `/live`, `/ready`, `/metrics`, `/endpoints`
-//! (the balancers' view of each destination, JSON) and `POST /shutdown`
+//! (the balancers' view of each destination, JSON), `/app-probe/tcp/<port>`
+//! (the application's TCP probes, see [`AppProbes`]) and `POST /shutdown`
 //! (from localhost only). It keeps answering while the proxy
 //! drains, so probes see `/ready` turn false and the last metrics are scraped.
 
 use std::collections::BTreeSet;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -15,8 +16,8 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
-use strait_contract::exposition;
-use tokio::net::TcpListener;
+use strait_contract::{PortSet, exposition};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::drain::Drain;
 
@@ -49,12 +50,50 @@ impl Readiness {
 /// What `/endpoints` shows: the balancers' views, as JSON.
 pub type EndpointsView = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
+/// The application's `tcpSocket` probes, which the injector rewrote to
+/// `GET /app-probe/tcp/<port>` here: behind the inbound redirect the
+/// kubelet's own TCP connection would reach the proxy, which accepts it
+/// whether or not the application listens. The proxy opens the connection
+/// to the application's port in its place: 200 when it opens within
+/// `timeout`, 503 naming the error when not, 404 for a port not in `ports`
+/// (the admin port probes no others).
+#[derive(Clone, Debug)]
+pub struct AppProbes {
+    pub ports: PortSet,
+    /// The pod's address, where the kubelet's probe would connect.
+    pub ip: IpAddr,
+    pub timeout: std::time::Duration,
+}
+
+const APP_PROBE: &str = "/app-probe/tcp/";
+
+impl AppProbes {
+    async fn probe(&self, port: &str) -> Response<Full<Bytes>> {
+        let Some(port) = port.parse::<u16>().ok().filter(|port| self.ports.contains(*port)) else {
+            return text(
+                StatusCode::NOT_FOUND,
+                format!("not a probed port: {port:?} (probed: {})\n", self.ports),
+            );
+        };
+        let addr = SocketAddr::new(self.ip, port);
+        match tokio::time::timeout(self.timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(_)) => text(StatusCode::OK, format!("{addr} accepts connections\n")),
+            Ok(Err(error)) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{addr}: {error}\n")),
+            Err(_) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{addr}: no connection within {:?}\n", self.timeout),
+            ),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Admin {
     pub registry: Arc<Registry>,
     pub readiness: Readiness,
     pub drain: Drain,
     pub endpoints: EndpointsView,
+    pub app_probes: AppProbes,
 }
 
 pub async fn serve(listener: TcpListener, admin: Admin) {
@@ -70,8 +109,8 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
         let admin = admin.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
-                let response = admin.respond(&request, peer);
-                async move { Ok::<_, Infallible>(response) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(admin.respond(&request, peer).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -83,8 +122,15 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
 }
 
 impl Admin {
-    fn respond(&self, request: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
-        match (request.method(), request.uri().path()) {
+    async fn respond(&self, request: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        let path = request.uri().path();
+        if let Some(port) = path.strip_prefix(APP_PROBE) {
+            return match *request.method() {
+                Method::GET | Method::HEAD => self.app_probes.probe(port).await,
+                _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into()),
+            };
+        }
+        match (request.method(), path) {
             (&Method::GET | &Method::HEAD, "/live") => text(StatusCode::OK, "live\n".into()),
             (&Method::GET | &Method::HEAD, "/ready") => self.ready(),
             (&Method::GET | &Method::HEAD, "/metrics") => self.metrics(request.headers()),
@@ -103,7 +149,7 @@ impl Admin {
             }
             _ => text(
                 StatusCode::NOT_FOUND,
-                "not found: try /live, /ready, /metrics, /endpoints\n".into(),
+                "not found: try /live, /ready, /metrics, /endpoints, /app-probe/tcp/<port>\n".into(),
             ),
         }
     }
@@ -159,4 +205,73 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    async fn get(admin: SocketAddr, path: &str) -> String {
+        let mut stream = TcpStream::connect(admin).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: pod\r\nconnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response.lines().next().unwrap_or_default().to_string();
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().trim().to_string();
+        format!("{status} | {body}")
+    }
+
+    #[tokio::test]
+    async fn an_application_probe_passes_only_while_the_application_listens_and_only_on_its_ports() {
+        let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listening = app.local_addr().unwrap().port();
+        let closed = {
+            let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            gone.local_addr().unwrap().port()
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let ports = PortSet::parse(&format!("{listening},{closed}")).unwrap();
+        tokio::spawn(serve(
+            listener,
+            Admin {
+                registry: Arc::new(Registry::default()),
+                readiness: Readiness::default(),
+                drain: Drain::new(),
+                endpoints: Arc::new(|| serde_json::json!({})),
+                app_probes: AppProbes {
+                    ports,
+                    ip: IpAddr::from([127, 0, 0, 1]),
+                    timeout: Duration::from_secs(1),
+                },
+            },
+        ));
+        let ok = get(addr, &format!("/app-probe/tcp/{listening}")).await;
+        assert_eq!(
+            ok,
+            format!("HTTP/1.1 200 OK | 127.0.0.1:{listening} accepts connections")
+        );
+        let refused = get(addr, &format!("/app-probe/tcp/{closed}")).await;
+        assert!(
+            refused.starts_with(&format!(
+                "HTTP/1.1 503 Service Unavailable | 127.0.0.1:{closed}: Connection refused"
+            )),
+            "{refused}"
+        );
+        let other = get(addr, "/app-probe/tcp/22").await;
+        assert!(
+            other.starts_with("HTTP/1.1 404 Not Found | not a probed port: \"22\""),
+            "{other}"
+        );
+        let garbage = get(addr, "/app-probe/tcp/x%00").await;
+        assert!(garbage.starts_with("HTTP/1.1 404 Not Found"), "{garbage}");
+        drop(app);
+        let gone = get(addr, &format!("/app-probe/tcp/{listening}")).await;
+        assert!(gone.starts_with("HTTP/1.1 503"), "{gone}");
+    }
 }

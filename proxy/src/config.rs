@@ -64,6 +64,11 @@ pub struct Config {
     pub inbound_strict: bool,
     /// The node's address, where the kubelet's probes come from.
     pub host_ip: Option<IpAddr>,
+    /// The pod's address, where the application listens (`STRAIT_POD_IP`).
+    pub pod_ip: Option<IpAddr>,
+    /// The application ports the admin server probes for the kubelet
+    /// (`STRAIT_APP_PROBE_PORTS`, written by the injector).
+    pub app_probe_ports: PortSet,
     /// What one client may hold of the proxy at once, and for how long.
     pub limits: Limits,
 }
@@ -116,11 +121,10 @@ impl Config {
             pod_namespace: env(env::POD_NAMESPACE).unwrap_or_default(),
             identity: identity(&env)?,
             inbound_strict: setting(env::INBOUND_MODE).switch(false, "strict", "permissive")?,
-            host_ip: setting(env::HOST_IP).parse(None, |text| {
-                text.trim()
-                    .parse()
-                    .map(Some)
-                    .map_err(|_| "expected an IP address".to_string())
+            host_ip: setting(env::HOST_IP).parse(None, parse_ip)?,
+            pod_ip: setting(env::POD_IP).parse(None, parse_ip)?,
+            app_probe_ports: setting(env::APP_PROBE_PORTS).parse(PortSet::default(), |text| {
+                PortSet::parse(text).map_err(|e| e.to_string())
             })?,
             limits: limits(&env)?,
         })
@@ -153,6 +157,13 @@ impl Config {
 
 fn limits(env: &impl Fn(&str) -> Option<String>) -> Result<Limits, SettingError> {
     Limits::from_env(|name| env(name).map(|value| (name.to_string(), value)))
+}
+
+fn parse_ip(text: &str) -> Result<Option<IpAddr>, String> {
+    text.trim()
+        .parse()
+        .map(Some)
+        .map_err(|_| "expected an IP address".to_string())
 }
 
 fn list(addrs: &[SocketAddr]) -> String {

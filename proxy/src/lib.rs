@@ -30,7 +30,7 @@ pub mod workloads;
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
@@ -39,7 +39,7 @@ use tokio::time::Instant;
 
 pub use config::Config;
 
-use admin::{Admin, Readiness};
+use admin::{Admin, AppProbes, Readiness};
 use app::Application;
 use discovery::{NoDiscovery, Resolve};
 use drain::Drain;
@@ -257,6 +257,11 @@ impl Bound {
                 readiness,
                 drain: drain.clone(),
                 endpoints: Arc::new(move || balancers.endpoints_view()),
+                app_probes: AppProbes {
+                    ports: config.app_probe_ports.clone(),
+                    ip: config.pod_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                    timeout: config.limits.connect_timeout,
+                },
             },
         ));
         let mut listeners = tokio::task::JoinSet::new();

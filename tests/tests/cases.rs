@@ -338,6 +338,7 @@ fn grpcio_calls_spread_evenly_over_fresh_pods() {
         });
         let calls = client.script(GRPC, &["who", "who.spread:50070", "3000"]);
         assert_eq!(calls["errors"], serde_json::json!({}), "run {run}: {calls}");
+        eprintln!("run {run}: {}", calls["by_pod"]);
         support::assert_even(
             &calls["by_pod"],
             3,

@@ -152,3 +152,37 @@ fn without_native_sidecars_the_proxy_starts_first_and_the_app_waits_for_it() {
         .collect();
     assert_eq!(inits, ["fetch-config", "strait-init"]);
 }
+
+#[test]
+fn a_tcp_readiness_probe_passes_only_once_the_application_listens() {
+    let Some(lab) = Lab::up("inject-probe", &["probes.yaml"]) else {
+        return;
+    };
+    lab.cli_ok(&["scale", "probes/late", "1"]);
+    eventually(Duration::from_secs(60), "the proxy of the new pod ready", || {
+        lab.pods("probes", "late-").len() == 1
+            && pod(&lab, "probes", "late-")["status"]["initContainerStatuses"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["name"] == "strait-proxy" && s["ready"] == true))
+    });
+    let late = pod(&lab, "probes", "late-");
+    assert_eq!(
+        late["spec"]["containers"][0]["readinessProbe"]["httpGet"],
+        serde_json::json!({"path": "/app-probe/tcp/50051", "port": 4191, "scheme": "HTTP"}),
+        "the tcpSocket probe asks the proxy"
+    );
+    let name = format!("probes/{}", late["metadata"]["name"].as_str().unwrap());
+    // Five probe periods with the proxy accepting on the port but nothing
+    // behind it: the pod must not be Ready. (A kubelet's own TCP probe
+    // would have passed, reaching the proxy.)
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(!lab.is_ready(&name), "Ready before the application listens");
+    }
+    lab.exec_in_ok(&name, "app", &["touch", "/tmp/listen"]);
+    eventually(
+        Duration::from_secs(30),
+        "the pod Ready once its application listens",
+        || lab.is_ready(&name),
+    );
+}

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use strait_contract::PortSet;
 use strait_contract::limits::Limits;
 use strait_contract::names::{self, env};
 
@@ -124,8 +125,14 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
 }
 
 /// The proxy sidecar for a pod whose identity is `identity` (`None` when
-/// the pod opted out of mutual TLS).
-pub fn proxy_container(settings: &InjectSettings, overrides: &Overrides, identity: Option<&str>) -> Container {
+/// the pod opted out of mutual TLS), which answers the application's
+/// rewritten TCP probes on `app_probe_ports` (see [`super::probes`]).
+pub fn proxy_container(
+    settings: &InjectSettings,
+    overrides: &Overrides,
+    identity: Option<&str>,
+    app_probe_ports: &PortSet,
+) -> Container {
     let resources = Resources {
         cpu_request: overrides
             .cpu_request
@@ -176,6 +183,9 @@ pub fn proxy_container(settings: &InjectSettings, overrides: &Overrides, identit
     }
     if let Some(opaque) = &overrides.opaque_ports {
         env_vars.push(var(env::OPAQUE_PORTS, opaque.clone()));
+    }
+    if !app_probe_ports.is_empty() {
+        env_vars.push(var(env::APP_PROBE_PORTS, app_probe_ports.to_string()));
     }
     if !settings.native_sidecar {
         // Stopped together with the application: serve it until it stops.

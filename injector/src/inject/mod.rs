@@ -7,12 +7,13 @@
 
 pub mod annotations;
 pub mod containers;
+pub mod probes;
 
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
-use strait_contract::SpiffeId;
 use strait_contract::names::{self, annotations as key};
+use strait_contract::{PortSet, SpiffeId};
 
 use crate::settings::InjectSettings;
 
@@ -98,10 +99,19 @@ pub fn decide(pod: &Value, namespace: &str, namespace_enabled: bool, settings: &
     let identity = SpiffeId::new(&settings.trust_domain, namespace, service_account).to_string();
     let identity = (!overrides.mtls_disabled()).then_some(identity);
 
-    let init = serde_json::to_value(containers::init_container(settings, &overrides)).unwrap_or_default();
-    let proxy = serde_json::to_value(containers::proxy_container(settings, &overrides, identity.as_deref()))
+    let skip_inbound = overrides
+        .skip_inbound_ports
+        .as_deref()
+        .and_then(|ports| PortSet::parse(ports).ok())
         .unwrap_or_default();
-    let mut patch = Vec::new();
+    let probes = probes::rewrite(pod, &skip_inbound);
+
+    let init = serde_json::to_value(containers::init_container(settings, &overrides)).unwrap_or_default();
+    let proxy = containers::proxy_container(settings, &overrides, identity.as_deref(), &probes.ports);
+    let proxy = serde_json::to_value(proxy).unwrap_or_default();
+    // The probe rewrites name containers by their index as submitted, so
+    // they come before the proxy is inserted among them.
+    let mut patch = probes.patch;
     let has = |pointer: &str| pod.pointer(pointer).is_some();
     let mut add = |path: String, value: Value| patch.push(json!({"op": "add", "path": path, "value": value}));
 

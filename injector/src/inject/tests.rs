@@ -232,3 +232,45 @@ fn without_native_sidecars_application_init_containers_run_before_the_redirect()
         "{warnings:?}"
     );
 }
+
+#[test]
+fn tcp_probes_ask_the_proxy_whether_the_application_listens_with_either_sidecar_kind() {
+    let original = pod(json!({"spec": {"containers": [{
+        "name": "app", "image": "web:1",
+        "ports": [{"name": "grpc", "containerPort": 50051}],
+        "readinessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 1},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+    }]}}));
+    for native_sidecar in [true, false] {
+        let settings = InjectSettings {
+            native_sidecar,
+            ..settings()
+        };
+        let (injected, _) = injected(&original, &settings);
+        let app = injected["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "app")
+            .unwrap();
+        assert_eq!(
+            app["readinessProbe"],
+            json!({"httpGet": {"path": "/app-probe/tcp/50051", "port": 4191, "scheme": "HTTP"}, "periodSeconds": 1}),
+            "native sidecar {native_sidecar}"
+        );
+        assert_eq!(app["livenessProbe"], original["spec"]["containers"][0]["livenessProbe"]);
+        let proxy = injected["spec"][if native_sidecar { "initContainers" } else { "containers" }]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == names::PROXY_CONTAINER)
+            .unwrap();
+        assert!(
+            proxy["env"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"name": "STRAIT_APP_PROBE_PORTS", "value": "50051"})),
+            "{proxy:#}"
+        );
+    }
+}

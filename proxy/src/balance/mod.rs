@@ -40,10 +40,9 @@ const DECAY: Duration = Duration::from_millis(1000);
 /// Attempts for a request no application saw (connections refused, or an
 /// application not listening yet), all within the bounded wait. An endpoint
 /// that refused is left out for a while, so when every endpoint refuses, as
-/// when a Deployment's pods have just started and their applications are
-/// still binding (a pod whose readiness probe is a `tcpSocket` one is Ready
-/// as soon as its proxy listens), the request waits for one to take it
-/// rather than failing at once.
+/// when the applications of Ready pods are still binding (a readiness probe
+/// that does not test the application, or none), the request waits for one
+/// to take it rather than failing at once.
 const MAX_ATTEMPTS: usize = 8;
 
 /// A response with the endpoint's in-flight count held until its body ends.
