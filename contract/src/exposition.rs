@@ -5,7 +5,21 @@
 //! counters' and infos' metric families carry their sample suffix, info
 //! becomes gauge, and there are no `# UNIT` and `# EOF` lines.
 
+use prometheus_client::registry::Registry;
+
 pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Encodes `registries` one after the other as one OpenMetrics exposition
+/// (a single `# EOF`): a component's own `strait_*` registry, then
+/// [`crate::process::registry`], whose series carry no prefix.
+pub fn encode(registries: &[&Registry]) -> Result<String, std::fmt::Error> {
+    let mut text = String::new();
+    for registry in registries {
+        prometheus_client::encoding::text::encode_registry(&mut text, registry)?;
+    }
+    prometheus_client::encoding::text::encode_eof(&mut text)?;
+    Ok(text)
+}
 pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The body and content type to answer a scrape with, given its `Accept`

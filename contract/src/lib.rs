@@ -15,6 +15,7 @@ pub mod limits;
 pub mod mesh;
 pub mod names;
 pub mod ports;
+pub mod process;
 pub mod setting;
 
 pub use chain::Chain;

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
-use strait_contract::{PortSet, exposition};
+use strait_contract::{PortSet, exposition, process};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::drain::Drain;
@@ -69,7 +69,12 @@ const APP_PROBE: &str = "/app-probe/tcp/";
 
 impl AppProbes {
     async fn probe(&self, port: &str) -> Response<Full<Bytes>> {
-        let Some(port) = port.parse::<u16>().ok().filter(|port| self.ports.contains(*port)) else {
+        let canonical = !port.is_empty() && !port.starts_with('0') && port.bytes().all(|b| b.is_ascii_digit());
+        let probed = port
+            .parse::<u16>()
+            .ok()
+            .filter(|port| canonical && self.ports.contains(*port));
+        let Some(port) = probed else {
             return text(
                 StatusCode::NOT_FOUND,
                 format!("not a probed port: {port:?} (probed: {})\n", self.ports),
@@ -127,7 +132,7 @@ impl Admin {
         if let Some(port) = path.strip_prefix(APP_PROBE) {
             return match *request.method() {
                 Method::GET | Method::HEAD => self.app_probes.probe(port).await,
-                _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into()),
+                _ => not_allowed("GET, HEAD"),
             };
         }
         match (request.method(), path) {
@@ -144,9 +149,8 @@ impl Admin {
                 StatusCode::FORBIDDEN,
                 "shutdown is only accepted from localhost\n".into(),
             ),
-            (_, "/live" | "/ready" | "/metrics" | "/endpoints" | "/shutdown") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into())
-            }
+            (_, "/shutdown") => not_allowed("POST"),
+            (_, "/live" | "/ready" | "/metrics" | "/endpoints") => not_allowed("GET, HEAD"),
             _ => text(
                 StatusCode::NOT_FOUND,
                 "not found: try /live, /ready, /metrics, /endpoints, /app-probe/tcp/<port>\n".into(),
@@ -169,15 +173,18 @@ impl Admin {
         }
     }
 
-    /// OpenMetrics for Prometheus, the classic text format for the rest.
+    /// OpenMetrics for Prometheus, the classic text format for the rest: the
+    /// `strait_*` series, then the `process_*` ones.
     fn metrics(&self, headers: &http::HeaderMap) -> Response<Full<Bytes>> {
-        let mut encoded = String::new();
-        if let Err(error) = prometheus_client::encoding::text::encode(&mut encoded, &self.registry) {
-            return text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot encode metrics: {error}\n"),
-            );
-        }
+        let encoded = match exposition::encode(&[&self.registry, process::registry()]) {
+            Ok(encoded) => encoded,
+            Err(error) => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot encode metrics: {error}\n"),
+                );
+            }
+        };
         let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
         let (body, content_type) = exposition::negotiate(accept, encoded);
         let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -194,6 +201,15 @@ fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("application/json"),
     );
+    response
+}
+
+/// A 405 with the `Allow` header RFC 9110 §15.5.6 asks for.
+fn not_allowed(allow: &'static str) -> Response<Full<Bytes>> {
+    let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n".into());
+    response
+        .headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
     response
 }
 
@@ -268,8 +284,10 @@ mod tests {
             other.starts_with("HTTP/1.1 404 Not Found | not a probed port: \"22\""),
             "{other}"
         );
-        let garbage = get(addr, "/app-probe/tcp/x%00").await;
-        assert!(garbage.starts_with("HTTP/1.1 404 Not Found"), "{garbage}");
+        for garbage in ["x%00", "", "+80", &format!("0{listening}"), "99999999999"] {
+            let answer = get(addr, &format!("/app-probe/tcp/{garbage}")).await;
+            assert!(answer.starts_with("HTTP/1.1 404 Not Found"), "{garbage}: {answer}");
+        }
         drop(app);
         let gone = get(addr, &format!("/app-probe/tcp/{listening}")).await;
         assert!(gone.starts_with("HTTP/1.1 503"), "{gone}");

@@ -66,6 +66,10 @@ fn promtool_accepts_the_metrics_after_grpc_http_and_opaque_traffic() {
             "strait_requests_total",
             "strait_tcp_read_bytes_total",
             "strait_identity_cert_expiry",
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
         ] {
             assert!(text.contains(family), "{pod} has no {family}:\n{text}");
         }
@@ -74,6 +78,18 @@ fn promtool_accepts_the_metrics_after_grpc_http_and_opaque_traffic() {
     let injector = lab.pod("strait-system", "strait-injector-");
     let control_plane = lab.debug(&injector, "injector", &["http-get", "http://127.0.0.1:9990/metrics"]);
     promtool_check(&control_plane, "the control plane");
+    // Named series with values, not just a body promtool accepts: both
+    // pods were injected by the webhook and got certificates.
+    let value = |series: &str| {
+        control_plane
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("the control plane has no {series}:\n{control_plane}"))
+    };
+    assert!(value("strait_control_webhook_admissions_total{result=\"injected\"}") >= 2.0);
+    assert!(value("strait_control_identity_certificates_total{outcome=\"issued\"}") >= 2.0);
+    assert!(value("process_resident_memory_bytes") > 0.0);
+    assert!(value("process_max_fds") > 0.0);
 
     // Prometheus asks for OpenMetrics, and gets it.
     let openmetrics = lab.exec_ok(
