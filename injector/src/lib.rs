@@ -5,6 +5,7 @@
 //! the identity service that signs the proxies' certificates.
 
 pub mod admin;
+pub mod bootstrap;
 pub mod identity;
 pub mod inject;
 pub mod namespaces;

@@ -48,8 +48,15 @@ fn describe(object: &Value) -> String {
     )
 }
 
-/// Injects one object (recursing into Lists); notes go to `notes`.
-fn inject_object(object: &mut Value, settings: &InjectSettings, notes: &mut Vec<String>) -> Result<(), String> {
+/// Injects one object (recursing into Lists); notes go to `notes`. An
+/// object without a namespace gets `namespace`, and without either it is
+/// refused: its proxy's identity names its namespace.
+fn inject_object(
+    object: &mut Value,
+    settings: &InjectSettings,
+    namespace: Option<&str>,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
     let kind = object
         .get("kind")
         .and_then(Value::as_str)
@@ -62,18 +69,29 @@ fn inject_object(object: &mut Value, settings: &InjectSettings, notes: &mut Vec<
             .into_iter()
             .flatten()
         {
-            inject_object(item, settings, notes)?;
+            inject_object(item, settings, namespace, notes)?;
         }
         return Ok(());
     }
     let Some(pointer) = template_pointer(&kind) else {
         return Ok(());
     };
-    let namespace = object
-        .pointer("/metadata/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or("default")
-        .to_string();
+    let namespace = match (object.pointer("/metadata/namespace").and_then(Value::as_str), namespace) {
+        (Some(own), _) => own.to_string(),
+        (None, Some(given)) => {
+            if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+                metadata.insert("namespace".into(), Value::String(given.to_string()));
+            }
+            given.to_string()
+        }
+        (None, None) => {
+            return Err(format!(
+                "{} has no metadata.namespace: pass --namespace NAMESPACE, the namespace it will be applied to \
+                 (its proxy's SPIFFE identity names it)",
+                describe(object)
+            ));
+        }
+    };
     let name = describe(object);
     let Some(template) = object.pointer_mut(pointer) else {
         return Err(format!("{name} has no pod template at {pointer}"));
@@ -81,6 +99,13 @@ fn inject_object(object: &mut Value, settings: &InjectSettings, notes: &mut Vec<
     match decide(template, &namespace, true, settings) {
         Decision::Skip(reason) => notes.push(format!("{name}: not injected: {reason}")),
         Decision::Inject { patch, warnings } => {
+            if settings.trust_anchors_pem.trim().is_empty() && needs_anchors(&patch) {
+                return Err(format!(
+                    "{name}: no trust anchors: its proxy would not start without them. Pass --trust-anchors FILE \
+                     with the mesh's anchors, for example from the control plane's Secret: kubectl -n strait-system \
+                     get secret strait-identity-generated -o jsonpath='{{.data.ca\\.crt}}' | base64 -d > ca.crt"
+                ));
+            }
             let patch: json_patch::Patch = serde_json::from_value(Value::Array(patch)).map_err(|e| e.to_string())?;
             json_patch::patch(template, &patch.0).map_err(|e| format!("{name}: {e}"))?;
             notes.extend(warnings.into_iter().map(|w| format!("{name}: {w}")));
@@ -89,9 +114,27 @@ fn inject_object(object: &mut Value, settings: &InjectSettings, notes: &mut Vec<
     Ok(())
 }
 
+/// Whether a patch gives a proxy mutual TLS, which needs trust anchors.
+fn needs_anchors(patch: &[Value]) -> bool {
+    patch.iter().any(|operation| {
+        operation["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once(&operation["value"]))
+            .filter_map(|container| container.get("env")?.as_array())
+            .flatten()
+            .any(|var| var["name"] == strait_contract::names::env::TRUST_ANCHORS)
+    })
+}
+
 /// Injects every document of a multi-document YAML text. Returns the YAML
 /// to print and notes (skips and warnings) for the user.
-pub fn inject_yaml(text: &str, settings: &InjectSettings) -> Result<(String, Vec<String>), OfflineError> {
+pub fn inject_yaml(
+    text: &str,
+    settings: &InjectSettings,
+    namespace: Option<&str>,
+) -> Result<(String, Vec<String>), OfflineError> {
     let mut out = String::new();
     let mut notes = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
@@ -104,7 +147,8 @@ pub fn inject_yaml(text: &str, settings: &InjectSettings) -> Result<(String, Vec
             continue;
         }
         let mut value = value;
-        inject_object(&mut value, settings, &mut notes).map_err(|problem| OfflineError::Patch { index, problem })?;
+        inject_object(&mut value, settings, namespace, &mut notes)
+            .map_err(|problem| OfflineError::Patch { index, problem })?;
         if !out.is_empty() {
             out.push_str("---\n");
         }

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use pkcs8::der::Encode;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -18,30 +19,44 @@ pub enum PkiError {
     Load { what: String, problem: String },
 }
 
+/// A CA's certificate and private key (PKCS#8), as PEM.
+#[derive(Clone, Debug)]
+pub struct CaMaterial {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+fn ca_params(common_name: &str, days: i64) -> Result<CertificateParams, PkiError> {
+    let now = time::OffsetDateTime::now_utc();
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::days(days);
+    Ok(params)
+}
+
+/// A new self-signed CA (ECDSA P-256) named `common_name`, valid `days`.
+pub fn self_signed_ca(common_name: &str, days: i64) -> Result<CaMaterial, PkiError> {
+    let key = KeyPair::generate()?;
+    let key_pem = key.serialize_pem();
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params(common_name, days)?, key)?;
+    Ok(CaMaterial {
+        cert_pem: ca.pem(),
+        key_pem,
+    })
+}
+
 /// Writes `ca.crt` (the trust anchor, ten years), and `issuer.crt` and
 /// `issuer.key` (an intermediate CA signed by it, one year) into `dir`.
 pub fn generate(dir: &Path, trust_domain: &str) -> Result<(), PkiError> {
-    let now = time::OffsetDateTime::now_utc();
     let anchor_key = KeyPair::generate()?;
-    let mut anchor = CertificateParams::new(Vec::<String>::new())?;
-    anchor.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    anchor
-        .distinguished_name
-        .push(DnType::CommonName, format!("root.{trust_domain}"));
-    anchor.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    anchor.not_before = now - time::Duration::minutes(5);
-    anchor.not_after = now + time::Duration::days(3650);
-    let anchor = rcgen::CertifiedIssuer::self_signed(anchor, anchor_key)?;
+    let anchor = rcgen::CertifiedIssuer::self_signed(ca_params(&format!("root.{trust_domain}"), 3650)?, anchor_key)?;
 
     let issuer_key = KeyPair::generate()?;
-    let mut issuer = CertificateParams::new(Vec::<String>::new())?;
+    let mut issuer = ca_params(&format!("identity.{trust_domain}"), 365)?;
     issuer.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    issuer
-        .distinguished_name
-        .push(DnType::CommonName, format!("identity.{trust_domain}"));
-    issuer.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    issuer.not_before = now - time::Duration::minutes(5);
-    issuer.not_after = now + time::Duration::days(365);
     let issuer_cert = issuer.signed_by(&issuer_key, &anchor)?;
 
     std::fs::create_dir_all(dir).map_err(|source| PkiError::Write {
@@ -62,38 +77,11 @@ pub fn generate(dir: &Path, trust_domain: &str) -> Result<(), PkiError> {
     Ok(())
 }
 
-/// DER for a length, as ASN.1 wants it.
-fn der_length(len: usize) -> Vec<u8> {
-    if len < 0x80 {
-        return vec![len as u8];
-    }
-    let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
-    let mut out = vec![0x80 | bytes.len() as u8];
-    out.extend(bytes);
-    out
-}
-
-fn der(tag: u8, contents: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    out.extend(der_length(contents.len()));
-    out.extend_from_slice(contents);
-    out
-}
-
-/// Wraps a PKCS#1 RSA key in PKCS#8, which is what the crypto library here
-/// reads (Helm's `genCA` writes PKCS#1).
-fn pkcs1_to_pkcs8(pkcs1: &[u8]) -> Vec<u8> {
-    // AlgorithmIdentifier { rsaEncryption (1.2.840.113549.1.1.1), NULL }
-    const RSA_ALGORITHM: &[u8] = &[
-        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
-    ];
-    let mut body = vec![0x02, 0x01, 0x00];
-    body.extend_from_slice(RSA_ALGORITHM);
-    body.extend(der(0x04, pkcs1));
-    der(0x30, &body)
-}
-
-/// Reads a private key (PKCS#8, or RSA PKCS#1) for signing.
+/// Reads a private key for signing, in any of the PEM forms CAs are kept
+/// in: PKCS#8 (`PRIVATE KEY`), RSA PKCS#1 (`RSA PRIVATE KEY`, as Helm's
+/// `genCA` writes) or SEC1 (`EC PRIVATE KEY`, as `openssl ecparam` and
+/// cert-manager write). PKCS#1 and SEC1 keys are re-wrapped as PKCS#8
+/// (RFC 5208) with RustCrypto's `pkcs1`, `sec1` and `pkcs8`, for rcgen.
 pub fn load_key(pem: &str, what: &str) -> Result<KeyPair, PkiError> {
     let error = |problem: String| PkiError::Load {
         what: what.to_string(),
@@ -102,14 +90,39 @@ pub fn load_key(pem: &str, what: &str) -> Result<KeyPair, PkiError> {
     let key = PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| error(format!("no private key: {e}")))?;
     let pkcs8 = match key {
         PrivateKeyDer::Pkcs8(key) => key.secret_pkcs8_der().to_vec(),
-        PrivateKeyDer::Pkcs1(key) => pkcs1_to_pkcs8(key.secret_pkcs1_der()),
-        _ => {
-            return Err(error(
-                "the key must be PKCS#8 (PRIVATE KEY) or RSA (RSA PRIVATE KEY)".into(),
-            ));
-        }
+        PrivateKeyDer::Pkcs1(key) => pkcs1_to_pkcs8(key.secret_pkcs1_der()).map_err(error)?,
+        PrivateKeyDer::Sec1(key) => sec1_to_pkcs8(key.secret_sec1_der()).map_err(error)?,
+        _ => return Err(error("expected a PKCS#8, RSA (PKCS#1) or EC (SEC1) private key".into())),
     };
     KeyPair::try_from(pkcs8.as_slice()).map_err(|e| error(e.to_string()))
+}
+
+/// An RSA PKCS#1 key (RFC 8017 A.1.2) inside a PKCS#8 PrivateKeyInfo.
+fn pkcs1_to_pkcs8(pkcs1_der: &[u8]) -> Result<Vec<u8>, String> {
+    pkcs1::RsaPrivateKey::try_from(pkcs1_der).map_err(|e| format!("not an RSA private key: {e}"))?;
+    pkcs8::PrivateKeyInfo::new(pkcs1::ALGORITHM_ID, pkcs1_der)
+        .to_der()
+        .map_err(|e| e.to_string())
+}
+
+/// A SEC1 EC key (RFC 5915) inside a PKCS#8 PrivateKeyInfo whose algorithm
+/// names its curve (RFC 5480).
+fn sec1_to_pkcs8(sec1_der: &[u8]) -> Result<Vec<u8>, String> {
+    let key = sec1::EcPrivateKey::try_from(sec1_der).map_err(|e| format!("not an EC private key: {e}"))?;
+    let curve = key
+        .parameters
+        .and_then(|parameters| parameters.named_curve())
+        .ok_or("the EC key does not name its curve")?;
+    if key.public_key.is_none() {
+        return Err("the EC key does not hold its public key (write it with openssl ec or pkcs8)".into());
+    }
+    let algorithm = pkcs8::AlgorithmIdentifierRef {
+        oid: sec1::ALGORITHM_OID,
+        parameters: Some((&curve).into()),
+    };
+    pkcs8::PrivateKeyInfo::new(algorithm, sec1_der)
+        .to_der()
+        .map_err(|e| e.to_string())
 }
 
 /// Reads every certificate of a PEM bundle.
@@ -144,10 +157,16 @@ mod tests {
     }
 
     #[test]
-    fn der_lengths_follow_asn1() {
-        assert_eq!(der_length(5), [5]);
-        assert_eq!(der_length(0x80), [0x81, 0x80]);
-        assert_eq!(der_length(0x1234), [0x82, 0x12, 0x34]);
+    fn ec_keys_as_openssl_and_cert_manager_write_them_sign() {
+        for fixture in [
+            include_str!("../tests/fixtures/ec-p256-sec1.key"),
+            include_str!("../tests/fixtures/ec-p384-sec1.key"),
+        ] {
+            let key = load_key(fixture, "issuer key").unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            assert!(rcgen::CertifiedIssuer::self_signed(params, key).is_ok());
+        }
     }
 
     #[test]

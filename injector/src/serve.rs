@@ -13,6 +13,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use strait_contract::{Setting, SettingError};
 
 use crate::settings::InjectSettings;
@@ -26,22 +30,63 @@ pub const IDENTITY_LISTEN: &str = "STRAIT_IDENTITY_LISTEN";
 pub const ISSUER_CERT: &str = "STRAIT_ISSUER_CERT";
 pub const ISSUER_KEY: &str = "STRAIT_ISSUER_KEY";
 pub const CERT_LIFETIME: &str = "STRAIT_CERT_LIFETIME";
+/// The control plane's own namespace (the downward API's `metadata.namespace`).
+pub const NAMESPACE: &str = "STRAIT_NAMESPACE";
+/// Set: the webhook CA lives in this Secret, which the control plane
+/// creates if missing, and the webhook configuration's `caBundle` is kept
+/// in step (see [`crate::bootstrap`]). Unset: the serving certificate is
+/// read from `STRAIT_WEBHOOK_CERT`/`KEY` (cert-manager's).
+pub const WEBHOOK_CA_SECRET: &str = "STRAIT_WEBHOOK_CA_SECRET";
+/// The MutatingWebhookConfiguration whose `caBundle` is kept in step.
+pub const WEBHOOK_CONFIGURATION: &str = "STRAIT_WEBHOOK_CONFIGURATION";
+/// The DNS names of the webhook's Service, comma-separated.
+pub const WEBHOOK_DNS_NAMES: &str = "STRAIT_WEBHOOK_DNS_NAMES";
+/// Set: the trust anchor and issuer live in this Secret, which the control
+/// plane creates (a new ten-year CA) if missing. Unset: the user's, read
+/// from `STRAIT_ISSUER_CERT`/`KEY` and `STRAIT_TRUST_ANCHORS_FILE`.
+pub const IDENTITY_SECRET: &str = "STRAIT_IDENTITY_SECRET";
+/// After SIGTERM, how long the control plane reports not ready while it
+/// still serves, so the API server and proxies stop sending to it.
+pub const SHUTDOWN_DELAY: &str = "STRAIT_SHUTDOWN_DELAY";
 
 /// AdmissionReviews are small; anything bigger is refused.
 const MAX_REVIEW: usize = 8 * 1024 * 1024;
 
+/// Where the webhook's serving certificate comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WebhookCertSource {
+    /// Files kept by someone else (cert-manager), reloaded when they change.
+    Files { cert: PathBuf, key: PathBuf },
+    /// Signed by the control plane's own webhook CA, kept in `secret`.
+    Bootstrap {
+        secret: String,
+        configuration: String,
+        dns_names: Vec<String>,
+    },
+}
+
+/// Where the identity service's issuer and the trust anchors come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IssuerSource {
+    /// The user's, mounted from the chart's Secret.
+    Files { cert: PathBuf, key: PathBuf },
+    /// The control plane's own, kept in `secret`.
+    Bootstrap { secret: String },
+}
+
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
+    pub namespace: String,
     pub webhook_addr: SocketAddr,
-    pub webhook_cert: PathBuf,
-    pub webhook_key: PathBuf,
+    pub webhook_cert: WebhookCertSource,
     pub admin_addr: SocketAddr,
     pub inject: InjectSettings,
     pub identity_listen: SocketAddr,
-    pub issuer_cert: PathBuf,
-    pub issuer_key: PathBuf,
+    pub issuer: IssuerSource,
     /// How long the certificates the identity service signs are valid.
     pub cert_lifetime: Duration,
+    /// See [`SHUTDOWN_DELAY`].
+    pub shutdown_delay: Duration,
 }
 
 impl ServeConfig {
@@ -53,11 +98,14 @@ impl ServeConfig {
             .identity_addr
             .rsplit_once(':')
             .map_or(self.inject.identity_addr.as_str(), |(h, _)| h);
+        // `name.namespace.svc.<cluster domain>`, then `name.namespace.svc`
+        // and `name.namespace`, whatever the cluster's domain.
         let mut names = vec![host.to_string()];
-        for suffix in [".cluster.local", ".svc"] {
-            if let Some(shorter) = names.last().and_then(|n| n.strip_suffix(suffix)).map(str::to_string) {
-                names.push(shorter);
-            }
+        if let Some((service, _domain)) = host.split_once(".svc.") {
+            names.push(format!("{service}.svc"));
+        }
+        if let Some(service) = names.last().and_then(|n| n.strip_suffix(".svc")).map(str::to_string) {
+            names.push(service);
         }
         names
     }
@@ -71,24 +119,57 @@ impl ServeConfig {
                 .parse()
                 .map_err(|_| SettingError::new(name, value, "expected an address and port"))
         };
+        let path = |name: &str, default: &str| PathBuf::from(env(name).unwrap_or_else(|| default.to_string()));
+        let set = |name: &str| env(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         let inject = InjectSettings::from_env(&env)?;
+        let webhook_cert = match set(WEBHOOK_CA_SECRET) {
+            Some(secret) => WebhookCertSource::Bootstrap {
+                secret,
+                configuration: set(WEBHOOK_CONFIGURATION).ok_or_else(|| {
+                    SettingError::new(
+                        WEBHOOK_CONFIGURATION,
+                        "",
+                        format!("required when {WEBHOOK_CA_SECRET} is set"),
+                    )
+                })?,
+                dns_names: set(WEBHOOK_DNS_NAMES)
+                    .map(|names| {
+                        names
+                            .split(',')
+                            .map(|n| n.trim().to_string())
+                            .filter(|n| !n.is_empty())
+                            .collect()
+                    })
+                    .filter(|names: &Vec<String>| !names.is_empty())
+                    .ok_or_else(|| {
+                        SettingError::new(
+                            WEBHOOK_DNS_NAMES,
+                            "",
+                            format!("required when {WEBHOOK_CA_SECRET} is set"),
+                        )
+                    })?,
+            },
+            None => WebhookCertSource::Files {
+                cert: path(WEBHOOK_CERT, "/var/run/strait/webhook/tls.crt"),
+                key: path(WEBHOOK_KEY, "/var/run/strait/webhook/tls.key"),
+            },
+        };
+        let issuer = match set(IDENTITY_SECRET) {
+            Some(secret) => IssuerSource::Bootstrap { secret },
+            None => IssuerSource::Files {
+                cert: path(ISSUER_CERT, "/var/run/strait/identity/tls.crt"),
+                key: path(ISSUER_KEY, "/var/run/strait/identity/tls.key"),
+            },
+        };
         Ok(ServeConfig {
+            namespace: set(NAMESPACE).unwrap_or_else(|| "strait-system".into()),
             webhook_addr: addr(WEBHOOK_ADDR, "0.0.0.0:8443")?,
-            webhook_cert: env(WEBHOOK_CERT)
-                .unwrap_or_else(|| "/var/run/strait/webhook/tls.crt".into())
-                .into(),
-            webhook_key: env(WEBHOOK_KEY)
-                .unwrap_or_else(|| "/var/run/strait/webhook/tls.key".into())
-                .into(),
+            webhook_cert,
             admin_addr: addr(ADMIN_ADDR, "0.0.0.0:9990")?,
             identity_listen: addr(IDENTITY_LISTEN, "0.0.0.0:8083")?,
-            issuer_cert: env(ISSUER_CERT)
-                .unwrap_or_else(|| "/var/run/strait/identity/tls.crt".into())
-                .into(),
-            issuer_key: env(ISSUER_KEY)
-                .unwrap_or_else(|| "/var/run/strait/identity/tls.key".into())
-                .into(),
+            issuer,
             cert_lifetime: Setting::new(CERT_LIFETIME, env(CERT_LIFETIME)).duration(Duration::from_secs(24 * 3600))?,
+            shutdown_delay: Setting::new(SHUTDOWN_DELAY, env(SHUTDOWN_DELAY)).duration(Duration::from_secs(5))?,
             inject,
         })
     }
@@ -103,11 +184,41 @@ fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes
     response
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdmissionLabels {
+    /// `injected`, `skipped` (admitted unchanged) or `malformed` (a 400).
+    result: &'static str,
+}
+
+/// `strait_control_webhook_admissions_total{result}`: AdmissionReviews
+/// answered, by result.
+#[derive(Clone, Debug, Default)]
+pub struct WebhookMetrics {
+    admissions: Family<AdmissionLabels, Counter>,
+}
+
+impl WebhookMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = WebhookMetrics::default();
+        registry.register(
+            "webhook_admissions",
+            "AdmissionReviews answered, by result: injected, skipped or malformed",
+            metrics.admissions.clone(),
+        );
+        metrics
+    }
+
+    fn count(&self, result: &'static str) {
+        self.admissions.get_or_create(&AdmissionLabels { result }).inc();
+    }
+}
+
 /// Answers one webhook request: POST /inject with an AdmissionReview.
 pub async fn handle(
     request: Request<Incoming>,
     namespaces: &dyn NamespaceLabels,
     settings: &InjectSettings,
+    metrics: &WebhookMetrics,
 ) -> Response<Full<Bytes>> {
     if request.uri().path() != "/inject" {
         return respond(
@@ -134,24 +245,38 @@ pub async fn handle(
         }
     };
     match webhook::review(&body, namespaces, settings) {
-        Ok(answer) => respond(StatusCode::OK, "application/json", answer.to_string()),
+        Ok(answer) => {
+            let injected = answer.pointer("/response/patch").is_some();
+            metrics.count(if injected { "injected" } else { "skipped" });
+            respond(StatusCode::OK, "application/json", answer.to_string())
+        }
         Err(error) => {
+            metrics.count("malformed");
             tracing::warn!(%error, "rejecting a webhook request");
             respond(StatusCode::BAD_REQUEST, "text/plain", format!("{error}\n"))
         }
     }
 }
 
-/// Serves the webhook on `listener` until the task is dropped.
+/// Serves the webhook on `listener` until `stop`, then lets open
+/// connections finish (see [`crate::tls::serve_https`]).
 pub async fn serve_webhook(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     namespaces: Arc<dyn NamespaceLabels>,
     settings: Arc<InjectSettings>,
+    metrics: WebhookMetrics,
+    stop: crate::tls::Stop,
 ) {
-    crate::tls::serve_https(listener, tls, "webhook", move |request| {
-        let (namespaces, settings) = (namespaces.clone(), settings.clone());
-        async move { handle(request, namespaces.as_ref(), &settings).await }
-    })
+    crate::tls::serve_https(
+        listener,
+        tls,
+        "webhook",
+        move |request| {
+            let (namespaces, settings, metrics) = (namespaces.clone(), settings.clone(), metrics.clone());
+            async move { handle(request, namespaces.as_ref(), &settings, &metrics).await }
+        },
+        stop,
+    )
     .await
 }

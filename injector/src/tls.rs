@@ -11,12 +11,14 @@ use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::pki_types::pem::PemObject;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::pki::{PkiError, load_certs};
@@ -78,14 +80,23 @@ impl FileCert {
 
     /// A rustls server configuration that presents this certificate.
     pub fn server_config(self, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(self));
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(Arc::new(config))
+        server_config(Arc::new(self), alpn)
     }
+}
+
+/// A rustls server configuration (TLS 1.2 and 1.3) that presents what
+/// `certificate` resolves, offering the `alpn` protocols.
+pub fn server_config(
+    certificate: Arc<dyn ResolvesServerCert>,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_cert_resolver(certificate);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
 }
 
 impl ResolvesServerCert for FileCert {
@@ -109,11 +120,29 @@ impl ResolvesServerCert for FileCert {
     }
 }
 
-/// Serves HTTPS (HTTP/1.1 or HTTP/2) on `listener` until the task is
-/// dropped, handing every request to `handle`. `what` names the service in
-/// the logs.
-pub async fn serve_https<H, F, B>(listener: TcpListener, tls: Arc<rustls::ServerConfig>, what: &'static str, handle: H)
-where
+/// Whether the control plane is shutting down: `true` once it stops.
+/// A dropped sender never stops anything.
+pub type Stop = watch::Receiver<bool>;
+
+/// Resolves once `stop` turns true (never, if its sender is gone).
+pub async fn stopped(mut stop: Stop) {
+    if stop.wait_for(|stopping| *stopping).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Serves HTTPS (HTTP/1.1 or HTTP/2) on `listener`, handing every request
+/// to `handle`, until `stop`: then it accepts no more connections, asks
+/// every open one to close once its requests are answered (HTTP/2 GOAWAY,
+/// HTTP/1 `Connection: close`) and returns when they have. `what` names
+/// the service in the logs.
+pub async fn serve_https<H, F, B>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    what: &'static str,
+    handle: H,
+    stop: Stop,
+) where
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body + Send + 'static,
@@ -121,11 +150,18 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let stopping = stopped(stop);
+    tokio::pin!(stopping);
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
+            () = &mut stopping => break,
         };
-        let (acceptor, handle) = (acceptor.clone(), handle.clone());
+        let (acceptor, handle, watcher) = (acceptor.clone(), handle.clone(), graceful.watcher());
         tokio::spawn(async move {
             let stream = match acceptor.accept(stream).await {
                 Ok(stream) => stream,
@@ -138,9 +174,13 @@ where
                 let response = handle(request);
                 async move { Ok::<_, Infallible>(response.await) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let _ = watcher
+                .watch(builder.serve_connection(TokioIo::new(stream), service))
                 .await;
         });
     }
+    drop(listener);
+    graceful.shutdown().await;
+    tracing::info!(service = what, "stopped: every connection closed");
 }

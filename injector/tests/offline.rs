@@ -12,9 +12,17 @@ fn golden(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The trust anchors every run passes (a certificate, not a real mesh's).
+fn anchors() -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/anchors.pem")
+        .display()
+        .to_string()
+}
+
 fn inject(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_strait-injector"))
-        .arg("inject")
+        .args(["inject", "--trust-anchors", &anchors()])
         .args(args)
         .env("STRAIT_PROXY_IMAGE", "ghcr.io/strait-mesh/strait-proxy:test")
         .env("STRAIT_INIT_IMAGE", "ghcr.io/strait-mesh/strait-init:test")
@@ -24,7 +32,7 @@ fn inject(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn every_pod_template_is_injected_and_the_rest_passes_through() {
-    let out = inject(&["-f", golden("input.yaml").to_str().unwrap()]);
+    let out = inject(&["-n", "demo", "-f", golden("input.yaml").to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let actual = String::from_utf8(out.stdout).unwrap();
     let expected_path = golden("output.yaml");
@@ -42,7 +50,7 @@ fn every_pod_template_is_injected_and_the_rest_passes_through() {
 
 #[test]
 fn injecting_twice_changes_nothing() {
-    let once = inject(&["-f", golden("output.yaml").to_str().unwrap()]);
+    let once = inject(&["-n", "demo", "-f", golden("output.yaml").to_str().unwrap()]);
     assert!(once.status.success());
     let expected = std::fs::read_to_string(golden("output.yaml")).unwrap();
     assert_eq!(String::from_utf8(once.stdout).unwrap(), expected);
@@ -51,7 +59,7 @@ fn injecting_twice_changes_nothing() {
 #[test]
 fn standard_input_and_bad_yaml() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_strait-injector"))
-        .args(["inject", "-f", "-"])
+        .args(["inject", "--trust-anchors", &anchors(), "-n", "demo", "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -64,4 +72,44 @@ fn standard_input_and_bad_yaml() {
     let error = String::from_utf8_lossy(&out.stderr);
     assert!(error.contains("document 2: not valid YAML"), "{error}");
     assert!(out.stdout.is_empty(), "nothing is printed when any document is bad");
+}
+
+#[test]
+fn what_would_not_start_is_refused_with_what_to_do() {
+    let input = golden("input.yaml");
+    let input = input.to_str().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_strait-injector"))
+        .args(["inject", "-f", input])
+        .output()
+        .unwrap();
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{error}");
+    assert!(
+        error.contains("no trust anchors") && error.contains("--trust-anchors"),
+        "{error}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("strait-offline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pod = dir.join("pod.yaml");
+    std::fs::write(
+        &pod,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web}\nspec: {containers: [{name: c, image: x}]}\n",
+    )
+    .unwrap();
+    let out = inject(&["-f", pod.to_str().unwrap()]);
+    let error = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{error}");
+    assert!(
+        error.contains("Pod default/web has no metadata.namespace: pass --namespace"),
+        "{error}"
+    );
+    let out = inject(&["-n", "shop", "-f", pod.to_str().unwrap()]);
+    let yaml = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        yaml.contains("namespace: shop") && yaml.contains("spiffe://cluster.local/ns/shop/sa/default"),
+        "{yaml}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

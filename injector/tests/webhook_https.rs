@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use strait_injector::InjectSettings;
-use strait_injector::serve::serve_webhook;
+use strait_injector::serve::{WebhookMetrics, serve_webhook};
 use strait_injector::tls::FileCert;
 use strait_injector::webhook::NamespaceLabels;
 use tokio::net::{TcpListener, TcpStream};
@@ -50,6 +50,8 @@ async fn webhook() -> (SocketAddr, CertificateDer<'static>) {
         tls,
         Arc::new(Labelled),
         Arc::new(InjectSettings::default()),
+        WebhookMetrics::default(),
+        tokio::sync::watch::channel(false).1,
     ));
     (addr, cert.der().clone())
 }

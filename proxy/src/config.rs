@@ -134,7 +134,8 @@ impl Config {
     pub fn describe(&self) -> String {
         format!(
             "outbound={} inbound={} admin={} shutdown_grace={} wait_for_app={} log_level={} opaque_ports={} \
-             no_endpoint_wait={} discovery={} identity={} inbound_mode={} metrics={} worker_threads={} {}",
+             no_endpoint_wait={} discovery={} identity={} inbound_mode={} metrics={} worker_threads={} \
+             app_probe_ports={} pod_ip={} {}",
             list(&self.outbound_addrs),
             list(&self.inbound_addrs),
             self.admin_addr,
@@ -150,6 +151,8 @@ impl Config {
             if self.inbound_strict { "strict" } else { "permissive" },
             if self.metrics { "on" } else { "off" },
             self.worker_threads,
+            self.app_probe_ports,
+            self.pod_ip.map_or("-".to_string(), |ip| ip.to_string()),
             self.limits.describe(),
         )
     }

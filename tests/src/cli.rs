@@ -52,6 +52,10 @@ pub enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// An object (or list) from the API server, as JSON: the path as
+    /// `kubectl get --raw` takes it, e.g.
+    /// `/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations`.
+    Get { path: String },
     /// Change a Deployment's replicas.
     Scale { target: String, replicas: u32 },
     /// Crash a pod; its Deployment replaces it.
@@ -123,6 +127,7 @@ pub async fn run(command: Command, paths: LabPaths) -> anyhow::Result<i32> {
             up(&paths, &client, &files, timeout).await?;
         }
         Command::Status { output } => status(&client, &output).await?,
+        Command::Get { path } => println!("{:#}", client.get(&path).await?),
         Command::Exec {
             target,
             container,

@@ -129,7 +129,7 @@ fn rendered_objects_are_valid_with_default_and_other_values() {
         "MutatingWebhookConfiguration",
         "PodDisruptionBudget",
         "ClusterRole",
-        "Secret",
+        "Role",
         "Service",
     ] {
         assert!(defaults.contains(&format!("kind: {kind}\n")), "no {kind} rendered");
@@ -150,11 +150,14 @@ fn rendered_objects_are_valid_with_default_and_other_values() {
             "metrics.dashboard.enabled=true",
             "proxy.limits.maxConnections=2000",
             "proxy.limits.idleTimeout=10m",
+            "clusterDomain=corp.example",
         ],
     );
     validate(&validator, &others, "other values");
     assert!(others.contains("failurePolicy: Fail") && others.contains("cert-manager.io/inject-ca-from"));
     assert!(!others.contains("kind: PodDisruptionBudget"));
+    assert!(others.contains("strait-identity.strait-system.svc.corp.example:8083"));
+    assert!(!others.contains("cluster.local:8083") && !others.contains("svc.cluster.local,"));
 
     // The injector reads the rendered settings, and the proxy limits among
     // them are the ones set.
@@ -184,6 +187,75 @@ fn injector_settings(rendered: &str) -> InjectSettings {
 }
 
 #[test]
+fn rendering_is_the_same_every_time_and_part_of_the_identity_material_is_refused() {
+    let Some((helm, _)) = tools("rendering_is_the_same_every_time") else {
+        return;
+    };
+    let chart = source_tree().join("charts/strait");
+    let chart = chart.to_str().unwrap();
+    let dir = std::env::temp_dir().join(format!("strait-chart-{}", std::process::id()));
+    let injector = Path::new(env!("CARGO_BIN_EXE_strait-lab")).with_file_name("strait-injector");
+    ok(
+        &run(&injector, &["ca", "generate", "--out", dir.to_str().unwrap()]),
+        "strait-injector ca generate",
+    );
+    let file = |name: &str| dir.join(name).display().to_string();
+    let supplied = [
+        format!("identity.trustAnchorsPEM={}", file("ca.crt")),
+        format!("identity.issuer.certPEM={}", file("issuer.crt")),
+        format!("identity.issuer.keyPEM={}", file("issuer.key")),
+    ];
+    let render = |set_files: &[String], sets: &[&str]| {
+        let mut args = vec!["template", "strait", chart, "--namespace", "strait-system"];
+        for value in set_files {
+            args.extend(["--set-file", value]);
+        }
+        for value in sets {
+            args.extend(["--set", value]);
+        }
+        run(&helm, &args)
+    };
+    let every_option = [
+        "injector.replicas=3",
+        "webhook.failurePolicy=Fail",
+        "webhook.certManager.enabled=true",
+        "metrics.podMonitor.enabled=true",
+        "metrics.dashboard.enabled=true",
+        "proxy.nativeSidecar=false",
+    ];
+    for (what, set_files, sets) in [
+        ("default values", &[][..], &[][..]),
+        (
+            "every option, with the user's identity material",
+            &supplied[..],
+            &every_option[..],
+        ),
+    ] {
+        let first = ok(&render(set_files, sets), what);
+        let second = ok(&render(set_files, sets), what);
+        assert!(first == second, "{what}: two renders differ");
+        assert!(!first.contains("caBundle:"), "{what}: the chart renders a caBundle");
+    }
+    let with_material = ok(&render(&supplied, &[]), "identity material");
+    assert!(
+        with_material.contains("name: strait-identity-issuer") && !with_material.contains("STRAIT_IDENTITY_SECRET")
+    );
+    let defaults = ok(&render(&[], &[]), "defaults");
+    assert!(!defaults.contains("kind: Secret") && defaults.contains("STRAIT_IDENTITY_SECRET"));
+
+    for partial in [&supplied[..1], &supplied[1..]] {
+        let out = render(partial, &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{partial:?} was accepted");
+        assert!(
+            stderr.contains("supply all of") && stderr.contains("missing: identity."),
+            "{stderr}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn values_outside_the_schema_are_refused() {
     let Some((helm, _)) = tools("values_outside_the_schema_are_refused") else {
         return;
@@ -210,8 +282,18 @@ fn injected_manifests_are_valid() {
     let injector = Path::new(env!("CARGO_BIN_EXE_strait-lab")).with_file_name("strait-injector");
     for manifest in ["grpc.yaml", "injection.yaml", "protocols.yaml"] {
         let path = source_tree().join("tests/manifests").join(manifest);
+        let anchors = source_tree().join("injector/tests/fixtures/anchors.pem");
         let injected = ok(
-            &run(&injector, &["inject", "-f", path.to_str().unwrap()]),
+            &run(
+                &injector,
+                &[
+                    "inject",
+                    "--trust-anchors",
+                    anchors.to_str().unwrap(),
+                    "-f",
+                    path.to_str().unwrap(),
+                ],
+            ),
             "strait-injector inject",
         );
         assert!(injected.contains("name: strait-proxy"), "{manifest} was not injected");

@@ -15,34 +15,6 @@ use support::{Lab, eventually};
 const PROXY: &str = "strait-proxy";
 
 /// A gRPC client calling at a steady rate for `seconds`, over one connection.
-fn steady_grpc(lab: &Lab, client: &str, seconds: u32) -> support::Streaming {
-    let duration = format!("{seconds}s");
-    lab.spawn_app(
-        client,
-        &[
-            "grpc-client",
-            "--to",
-            "grpc.mesh:50051",
-            "--duration",
-            &duration,
-            "--rate",
-            "100",
-            "--concurrency",
-            "4",
-        ],
-    )
-}
-
-fn assert_no_failed_calls(result: &Value, what: &str) {
-    let calls = result["calls"].as_u64().unwrap();
-    assert!(calls > 0, "{what}: no calls were made: {result}");
-    assert_eq!(
-        result["ok"].as_u64(),
-        Some(calls),
-        "{what}: every call succeeds: {result}"
-    );
-}
-
 fn abuse(lab: &Lab, pod: &str, to: &str, kind: &str) -> Value {
     lab.app(pod, &["abuse", "--to", to, "--kind", kind])
 }
@@ -81,7 +53,7 @@ fn bad_input_gets_a_clean_answer_and_other_clients_see_no_errors() {
     let outside = lab.pod("plain", "client-");
     let web = lab.pod("mesh", "web-");
     let web_ip = lab.pod_ip(&web);
-    let calls = steady_grpc(&lab, &client, 50);
+    let calls = support::steady_grpc(&lab, &client, "grpc.mesh:50051", 50);
     // A client trickling its headers, alongside everything else.
     let slow = lab.spawn_app(
         &client,
@@ -165,7 +137,7 @@ fn bad_input_gets_a_clean_answer_and_other_clients_see_no_errors() {
         "cut off before it finished trickling: {slow}"
     );
 
-    assert_no_failed_calls(&calls.finish(Duration::from_secs(120)), "gRPC alongside bad input");
+    support::assert_no_failed_calls(&calls.finish(Duration::from_secs(120)), "gRPC alongside bad input");
     for pod in [&client, &web] {
         assert!(lab.is_ready(pod), "{pod} is still ready");
     }
@@ -184,7 +156,7 @@ fn ten_thousand_abandoned_connections_leave_nothing_behind() {
     std::thread::sleep(Duration::from_secs(2));
     let fds: Vec<usize> = proxies.iter().map(|pid| lab.open_fds(*pid)).collect();
     let memory: Vec<u64> = proxies.iter().map(|pid| rss(*pid)).collect();
-    let calls = steady_grpc(&lab, &client, 30);
+    let calls = support::steady_grpc(&lab, &client, "grpc.mesh:50051", 30);
 
     let abandoned = abuse_many(&lab, &client, 10_000);
     assert_eq!(abandoned["opened"], 10_000, "{abandoned}");
@@ -205,7 +177,7 @@ fn ten_thousand_abandoned_connections_leave_nothing_behind() {
             },
         );
     }
-    assert_no_failed_calls(
+    support::assert_no_failed_calls(
         &calls.finish(Duration::from_secs(90)),
         "gRPC alongside abandoned connections",
     );
@@ -291,12 +263,12 @@ fn the_api_server_gone_for_a_minute_under_grpc_load_loses_no_call() {
         return;
     };
     let client = lab.pod("mesh", "client-");
-    let calls = steady_grpc(&lab, &client, 80);
+    let calls = support::steady_grpc(&lab, &client, "grpc.mesh:50051", 80);
     std::thread::sleep(Duration::from_secs(5));
     lab.cli_ok(&["apiserver", "stop"]);
     std::thread::sleep(Duration::from_secs(60));
     lab.cli_ok(&["apiserver", "start"]);
-    assert_no_failed_calls(&calls.finish(Duration::from_secs(120)), "gRPC through a 60 s outage");
+    support::assert_no_failed_calls(&calls.finish(Duration::from_secs(120)), "gRPC through a 60 s outage");
 
     // The watches resumed: a new pod gets traffic.
     lab.cli_ok(&["scale", "mesh/grpc", "3"]);
@@ -329,14 +301,14 @@ fn a_rolling_restart_under_grpc_load_loses_no_call() {
         pods.len() == 5 && pods.iter().all(|p| lab.is_ready(p))
     });
     let old = lab.pods("mesh", "grpc-");
-    let calls = steady_grpc(&lab, &client, 60);
+    let calls = support::steady_grpc(&lab, &client, "grpc.mesh:50051", 60);
     std::thread::sleep(Duration::from_secs(3));
     lab.apply("hardening-rollout.yaml");
     eventually(Duration::from_secs(120), "every pod is replaced, one by one", || {
         let pods = lab.pods("mesh", "grpc-");
         pods.len() == 5 && pods.iter().all(|p| !old.contains(p) && lab.is_ready(p))
     });
-    assert_no_failed_calls(
+    support::assert_no_failed_calls(
         &calls.finish(Duration::from_secs(120)),
         "gRPC through a rolling restart",
     );
@@ -371,7 +343,7 @@ fn a_burst_of_a_thousand_concurrent_calls_answered_at_once_loses_none() {
             "1000",
         ],
     );
-    assert_no_failed_calls(&result, "3000 calls, 1000 at a time, answered in bursts");
+    support::assert_no_failed_calls(&result, "3000 calls, 1000 at a time, answered in bursts");
     assert_eq!(result["calls"].as_u64(), Some(3000), "{result}");
 }
 
@@ -398,7 +370,7 @@ fn sigterm_lets_calls_in_flight_finish_and_the_proxy_exits_cleanly() {
     std::thread::sleep(Duration::from_secs(4));
     let proxy = lab.container_pid(&server, PROXY);
     send_signal(proxy, "TERM");
-    assert_no_failed_calls(&calls.finish(Duration::from_secs(60)), "calls in flight at SIGTERM");
+    support::assert_no_failed_calls(&calls.finish(Duration::from_secs(60)), "calls in flight at SIGTERM");
     let log = lab.cli_ok(&["logs", &server, "-c", PROXY]);
     assert!(log.contains("draining"), "the proxy drained: {log}");
     assert!(log.contains("stopped"), "and stopped on its own: {log}");

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use serde_json::Value;
 use support::{Lab, eventually};
 
@@ -20,8 +21,6 @@ const STRICT: &str = "strict.secure.svc.cluster.local:7000";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/secure/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/secure/sa/server";
 const TOKEN: &str = "/var/run/secrets/tokens/strait-identity/token";
-const ISSUER_CERT: &str = "/var/run/strait/identity/tls.crt";
-const ISSUER_KEY: &str = "/var/run/strait/identity/tls.key";
 
 /// tcpdump on a pod's eth0, writing to a file until stopped.
 struct Capture {
@@ -295,10 +294,19 @@ fn peers_that_cannot_prove_their_identity_are_refused() {
         args.extend_from_slice(extra);
         lab.debug_app(&injector, "injector", &args)
     };
-    let (issuer_cert, issuer_key) = (
-        lab.container_path(&injector, "injector", ISSUER_CERT),
-        lab.container_path(&injector, "injector", ISSUER_KEY),
-    );
+    // The issuer the control plane made for itself, from its Secret.
+    let secret = lab.get("/api/v1/namespaces/strait-system/secrets/strait-identity-generated");
+    let dir = std::env::temp_dir().join(format!("strait-issuer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |key: &str| {
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(secret["data"][key].as_str().unwrap())
+            .unwrap();
+        let path = dir.join(key);
+        std::fs::write(&path, pem).unwrap();
+        path.display().to_string()
+    };
+    let (issuer_cert, issuer_key) = (file("tls.crt"), file("tls.key"));
     let issuer = [
         "--issuer-cert",
         issuer_cert.as_str(),
@@ -311,6 +319,7 @@ fn peers_that_cannot_prove_their_identity_are_refused() {
     assert_eq!(foreign["accepted"], false, "a certificate from another CA: {foreign}");
     let expired = handshake(&[&issuer[..], &["--expired"]].concat());
     assert_eq!(expired["accepted"], false, "an expired certificate: {expired}");
+    let _ = std::fs::remove_dir_all(&dir);
     let refusals = lab.metric(
         &server,
         "strait_tcp_inbound_refusals_total",

@@ -26,3 +26,10 @@ app.kubernetes.io/component: control-plane
 {{- define "strait.identityService" -}}strait-identity{{- end -}}
 {{- define "strait.webhookSecret" -}}strait-injector-webhook-tls{{- end -}}
 {{- define "strait.identitySecret" -}}strait-identity-issuer{{- end -}}
+{{- define "strait.webhookCaSecret" -}}strait-injector-webhook-ca{{- end -}}
+{{- define "strait.identityGeneratedSecret" -}}strait-identity-generated{{- end -}}
+
+{{/* Whether the user supplied the identity material (all of it; identity.yaml refuses part). */}}
+{{- define "strait.identitySupplied" -}}
+{{- if and .Values.identity.trustAnchorsPEM .Values.identity.issuer.certPEM .Values.identity.issuer.keyPEM -}}true{{- end -}}
+{{- end -}}

@@ -284,11 +284,23 @@ pub fn issue(
     })
 }
 
-/// Serves the identity service over TLS until the task is dropped.
-pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, service: Arc<IdentityService>) {
-    crate::tls::serve_https(listener, tls, "identity", move |request| {
-        let service = service.clone();
-        async move { service.handle(request).await }
-    })
+/// Serves the identity service over TLS until `stop`, then lets open
+/// connections finish (see [`crate::tls::serve_https`]).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: Arc<IdentityService>,
+    stop: crate::tls::Stop,
+) {
+    crate::tls::serve_https(
+        listener,
+        tls,
+        "identity",
+        move |request| {
+            let service = service.clone();
+            async move { service.handle(request).await }
+        },
+        stop,
+    )
     .await
 }

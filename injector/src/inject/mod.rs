@@ -3,7 +3,8 @@
 //! Given a pod and whether its namespace turns injection on, it decides
 //! whether to inject and, if so, returns the JSON patch (RFC 6902) that adds
 //! the init container, the proxy, its token volume, the `strait.io/meshed`
-//! label, the identity annotation and the Prometheus scrape annotations.
+//! label, the identity annotation and the Prometheus scrape annotations
+//! (unless the application has its own).
 
 pub mod annotations;
 pub mod containers;
@@ -27,6 +28,9 @@ pub enum Decision {
         warnings: Vec<String>,
     },
 }
+
+/// The annotations of Prometheus' conventional pod scrape configuration.
+const SCRAPE_ANNOTATIONS: [&str; 3] = ["prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path"];
 
 /// The annotation kubectl reads for the container to exec into by default.
 const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
@@ -158,22 +162,30 @@ pub fn decide(pod: &Value, namespace: &str, namespace_enabled: bool, settings: &
         add("/metadata".into(), json!({}));
     }
     let meshed = [(names::MESHED_LABEL, "true")];
-    let mut scrape = vec![
-        ("prometheus.io/scrape", "true"),
-        ("prometheus.io/port", "4191"),
-        ("prometheus.io/path", "/metrics"),
-    ];
+    // The annotation-based scrape finds the proxy's metrics only where the
+    // application has no scrape annotations of its own: its values win
+    // (its metrics would otherwise stop being scraped), and the proxy is
+    // then scraped through its `strait-admin` port (the chart's PodMonitor).
+    let app_scrapes = SCRAPE_ANNOTATIONS.iter().any(|name| annotations.contains_key(*name));
+    let mut annotated: Vec<(&str, &str)> = if app_scrapes {
+        Vec::new()
+    } else {
+        SCRAPE_ANNOTATIONS
+            .into_iter()
+            .zip(["true", "4191", "/metrics"])
+            .collect()
+    };
     if let Some(identity) = &identity {
-        scrape.insert(0, (key::IDENTITY, identity.as_str()));
+        annotated.insert(0, (key::IDENTITY, identity.as_str()));
     }
     // With the proxy first, `kubectl exec` and `logs` should still default
     // to the application.
     let first_app = names_of(pod, "containers").into_iter().next().unwrap_or_default();
     let has_default = annotations.contains_key(DEFAULT_CONTAINER);
     if !settings.native_sidecar && !has_default && !first_app.is_empty() {
-        scrape.push((DEFAULT_CONTAINER, first_app.as_str()));
+        annotated.push((DEFAULT_CONTAINER, first_app.as_str()));
     }
-    for (section, entries) in [("labels", &meshed[..]), ("annotations", &scrape[..])] {
+    for (section, entries) in [("labels", &meshed[..]), ("annotations", &annotated[..])] {
         if has(&format!("/metadata/{section}")) {
             for (name, value) in entries {
                 add(format!("/metadata/{section}/{}", pointer_key(name)), json!(value));

@@ -38,43 +38,59 @@ pub struct Rewrite {
     pub ports: PortSet,
 }
 
-/// Rewrites every `tcpSocket` probe of the pod's containers whose port is
-/// not in `skip_inbound`.
+/// Rewrites every `tcpSocket` probe whose port is not in `skip_inbound`, of
+/// the pod's containers and of its own sidecars (init containers with
+/// `restartPolicy: Always`, which run behind the redirect too).
 pub fn rewrite(pod: &Value, skip_inbound: &PortSet) -> Rewrite {
     let mut rewrite = Rewrite::default();
-    let containers = pod.pointer("/spec/containers").and_then(Value::as_array);
-    for (index, container) in containers.into_iter().flatten().enumerate() {
-        for kind in KINDS {
-            let Some(probe) = container.get(kind) else { continue };
-            let Some(port) = tcp_port(container, probe) else {
-                continue;
-            };
-            if skip_inbound.contains(port) {
-                continue;
+    for list in ["initContainers", "containers"] {
+        let containers = pod.pointer(&format!("/spec/{list}")).and_then(Value::as_array);
+        for (index, container) in containers.into_iter().flatten().enumerate() {
+            let sidecar = container.get("restartPolicy").and_then(Value::as_str) == Some("Always");
+            if list == "containers" || sidecar {
+                rewrite_container(&mut rewrite, &format!("/spec/{list}/{index}"), container, skip_inbound);
             }
-            let mut probe = probe.clone();
-            if let Some(fields) = probe.as_object_mut() {
-                fields.remove("tcpSocket");
-                fields.insert(
-                    "httpGet".into(),
-                    json!({"path": path(port), "port": names::ADMIN_PORT, "scheme": "HTTP"}),
-                );
-            }
-            rewrite.patch.push(json!({
-                "op": "replace",
-                "path": format!("/spec/containers/{index}/{kind}"),
-                "value": probe,
-            }));
-            rewrite.ports.insert(port);
         }
     }
     rewrite
 }
 
+fn rewrite_container(rewrite: &mut Rewrite, pointer: &str, container: &Value, skip_inbound: &PortSet) {
+    for kind in KINDS {
+        let Some(probe) = container.get(kind) else { continue };
+        let Some(port) = tcp_port(container, probe) else {
+            continue;
+        };
+        if skip_inbound.contains(port) {
+            continue;
+        }
+        let mut probe = probe.clone();
+        if let Some(fields) = probe.as_object_mut() {
+            fields.remove("tcpSocket");
+            fields.insert(
+                "httpGet".into(),
+                json!({"path": path(port), "port": names::ADMIN_PORT, "scheme": "HTTP"}),
+            );
+        }
+        rewrite.patch.push(json!({
+            "op": "replace",
+            "path": format!("{pointer}/{kind}"),
+            "value": probe,
+        }));
+        rewrite.ports.insert(port);
+    }
+}
+
 /// The port of a `tcpSocket` probe on the pod itself: a number, or the name
-/// of one of the container's ports (as the kubelet resolves it).
+/// of one of the container's ports (as the kubelet resolves it). A probe
+/// with another handler besides is invalid (the API server refuses it) and
+/// is left for it to refuse.
 fn tcp_port(container: &Value, probe: &Value) -> Option<u16> {
     let tcp = probe.get("tcpSocket")?;
+    let handlers = ["exec", "httpGet", "tcpSocket", "grpc"];
+    if handlers.iter().filter(|handler| probe.get(**handler).is_some()).count() > 1 {
+        return None;
+    }
     if tcp
         .get("host")
         .and_then(Value::as_str)
@@ -140,7 +156,25 @@ mod tests {
             "startupProbe": {"tcpSocket": {"port": 22}},
             "readinessProbe": {"tcpSocket": {"port": 8080, "host": "10.0.0.9"}},
             "livenessProbe": {"tcpSocket": {"port": "metrics"}}
+        }, {
+            "name": "invalid",
+            "readinessProbe": {"tcpSocket": {"port": 7000}, "httpGet": {"path": "/h", "port": 7001}}
         }]));
         assert_eq!(rewrite(&pod, &PortSet::parse("22").unwrap()), Rewrite::default());
+    }
+
+    #[test]
+    fn the_pods_own_sidecars_are_rewritten_and_its_init_tasks_are_not() {
+        let pod = json!({"spec": {
+            "initContainers": [
+                {"name": "migrate", "readinessProbe": {"tcpSocket": {"port": 5432}}},
+                {"name": "log-shipper", "restartPolicy": "Always", "startupProbe": {"tcpSocket": {"port": 9000}}}
+            ],
+            "containers": [{"name": "app"}]
+        }});
+        let rewrite = rewrite(&pod, &PortSet::default());
+        assert_eq!(rewrite.patch.len(), 1, "{:?}", rewrite.patch);
+        assert_eq!(rewrite.patch[0]["path"], "/spec/initContainers/1/startupProbe");
+        assert_eq!(rewrite.ports.to_string(), "9000");
     }
 }

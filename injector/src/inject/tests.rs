@@ -274,3 +274,20 @@ fn tcp_probes_ask_the_proxy_whether_the_application_listens_with_either_sidecar_
         );
     }
 }
+
+#[test]
+fn the_applications_own_scrape_annotations_are_kept() {
+    let own = json!({"prometheus.io/scrape": "true", "prometheus.io/port": "9102"});
+    let original = pod(json!({"metadata": {"annotations": own}}));
+    let (meshed, _) = injected(&original, &settings());
+    let annotations = &meshed["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"], "9102", "{annotations:#}");
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert!(annotations.get("prometheus.io/path").is_none(), "{annotations:#}");
+    assert_eq!(
+        annotations["strait.io/identity"],
+        "spiffe://cluster.local/ns/demo/sa/web"
+    );
+    let (plain, _) = injected(&pod(json!({})), &settings());
+    assert_eq!(plain["metadata"]["annotations"]["prometheus.io/port"], "4191");
+}

@@ -99,13 +99,54 @@ impl Admission {
         }
     }
 
+    /// Defaults a changed object (a PUT or PATCH of the whole object), as
+    /// Kubernetes does on every write; a Service keeps the addresses it was
+    /// allocated when the new object leaves them out (as `helm upgrade`,
+    /// `kubectl replace` and GitOps tools send it) and may not change them.
+    pub fn update(&self, resource: &'static Resource, old: &Value, mut new: Value) -> Result<Value, ApiError> {
+        match resource.plural {
+            "services" => {
+                let name = new
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                let allocated = old.pointer("/spec/clusterIP").cloned().unwrap_or(Value::Null);
+                let spec = new
+                    .get_mut("spec")
+                    .and_then(Value::as_object_mut)
+                    .ok_or_else(|| ApiError::invalid("Service", &name, "spec: Required value"))?;
+                match spec.get("clusterIP") {
+                    None | Some(Value::Null) => {
+                        spec.insert("clusterIP".into(), allocated);
+                    }
+                    Some(Value::String(ip)) if ip.is_empty() => {
+                        spec.insert("clusterIP".into(), allocated);
+                    }
+                    Some(ip) if *ip != allocated => {
+                        return Err(ApiError::invalid(
+                            "Service",
+                            &name,
+                            format!("spec.clusterIP: Invalid value: {ip}: field is immutable"),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+                service_defaults(spec);
+                Ok(new)
+            }
+            "pods" => Ok(default_pod(new)),
+            "deployments" => Ok(default_deployment(new)),
+            "namespaces" => Ok(label_namespace(new)),
+            _ => Ok(new),
+        }
+    }
+
     fn default_service(&self, mut service: Value) -> Result<Value, ApiError> {
         let spec = service
             .get_mut("spec")
             .and_then(Value::as_object_mut)
             .ok_or_else(|| ApiError::invalid("Service", "", "spec: Required value"))?;
-        spec.entry("type").or_insert(json!("ClusterIP"));
-        spec.entry("sessionAffinity").or_insert(json!("None"));
         match spec.get("clusterIP").and_then(Value::as_str) {
             Some("None") => {}
             Some(ip) if !ip.is_empty() => {
@@ -118,17 +159,7 @@ impl Admission {
                 spec.insert("clusterIP".into(), json!(self.cluster_ips.allocate()?.to_string()));
             }
         }
-        let ip = spec["clusterIP"].clone();
-        spec.insert("clusterIPs".into(), json!([ip]));
-        spec.insert("ipFamilies".into(), json!(["IPv4"]));
-        if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
-            for port in ports.iter_mut().filter_map(Value::as_object_mut) {
-                port.entry("protocol").or_insert(json!("TCP"));
-                if let Some(number) = port.get("port").cloned() {
-                    port.entry("targetPort").or_insert(number);
-                }
-            }
-        }
+        service_defaults(spec);
         Ok(service)
     }
 
@@ -140,6 +171,23 @@ impl Admission {
         let namespace = self.store.get(Resource::named("namespaces"), "", namespace_of(&pod))?;
         let mutated = mutator.mutate(pod, &namespace).await?;
         Ok((mutated.pod, mutated.warnings))
+    }
+}
+
+/// A Service's defaults around its (allocated) `clusterIP`.
+fn service_defaults(spec: &mut serde_json::Map<String, Value>) {
+    spec.entry("type").or_insert(json!("ClusterIP"));
+    spec.entry("sessionAffinity").or_insert(json!("None"));
+    let ip = spec.get("clusterIP").cloned().unwrap_or(Value::Null);
+    spec.insert("clusterIPs".into(), json!([ip]));
+    spec.insert("ipFamilies".into(), json!(["IPv4"]));
+    if let Some(ports) = spec.get_mut("ports").and_then(Value::as_array_mut) {
+        for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+            port.entry("protocol").or_insert(json!("TCP"));
+            if let Some(number) = port.get("port").cloned() {
+                port.entry("targetPort").or_insert(number);
+            }
+        }
     }
 }
 
@@ -170,4 +218,34 @@ fn default_deployment(mut deployment: Value) -> Value {
         spec.entry("replicas").or_insert(json!(1));
     }
     deployment
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission() -> Admission {
+        Admission {
+            store: Arc::new(Store::default()),
+            cluster_ips: ClusterIps::new(Ipv4Addr::new(198, 19, 0, 0)),
+            pod_mutator: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_service_keeps_its_cluster_ip_through_a_replace_that_leaves_it_out_and_may_not_change_it() {
+        let admission = admission();
+        let services = Resource::named("services");
+        let rendered = json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}});
+        let (created, _) = admission.create(services, rendered.clone()).await.unwrap();
+        let ip = created["spec"]["clusterIP"].clone();
+        assert!(ip.as_str().is_some_and(|ip| ip.starts_with("198.19.")), "{created}");
+        let replaced = admission.update(services, &created, rendered).unwrap();
+        assert_eq!(replaced["spec"]["clusterIP"], ip);
+        assert_eq!(replaced["spec"]["clusterIPs"], json!([ip]));
+        assert_eq!(replaced["spec"]["ports"][0]["targetPort"], 80);
+        let moved = json!({"metadata": {"name": "web"}, "spec": {"clusterIP": "198.19.9.9", "ports": []}});
+        let error = admission.update(services, &created, moved).unwrap_err();
+        assert!(format!("{error:?}").contains("field is immutable"), "{error:?}");
+    }
 }

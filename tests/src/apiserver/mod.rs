@@ -338,6 +338,10 @@ impl Api {
             if expected.is_some_and(|rv| Some(rv) != store::rv_of(stored)) {
                 return Err(ApiError::conflict(resource, name));
             }
+            let object = match sub {
+                None => self.admission.update(resource, stored, object)?,
+                Some(_) => object,
+            };
             apply_part(stored, object, sub);
             Ok(())
         })?;
@@ -375,6 +379,10 @@ impl Api {
             if store::rv_of(patch).is_some_and(|rv| Some(rv) != store::rv_of(stored)) {
                 return Err(ApiError::conflict(resource, name));
             }
+            let target = match sub {
+                None => self.admission.update(resource, stored, target)?,
+                Some(_) => target,
+            };
             apply_part(stored, target, sub);
             Ok(())
         })?;

@@ -102,6 +102,11 @@ impl Lab {
     }
 
     /// Applies more manifests and waits for their pods.
+    /// An object from the lab's API server (`strait-lab get PATH`).
+    pub fn get(&self, path: &str) -> Value {
+        serde_json::from_str(&self.cli_ok(&["get", path])).unwrap()
+    }
+
     pub fn apply(&self, manifest_name: &str) {
         self.cli_ok(&["up", "-f", &manifest(manifest_name).display().to_string()]);
     }
@@ -465,6 +470,37 @@ pub fn sum_metric(text: &str, metric: &str, labels: &[&str]) -> f64 {
 }
 
 /// Polls `check` until it returns true or `within` passes.
+/// gRPC calls from `client` to `to` for `seconds`, 100 a second, 4 at a
+/// time, running while the test changes the lab.
+pub fn steady_grpc(lab: &Lab, client: &str, to: &str, seconds: u32) -> Streaming {
+    let duration = format!("{seconds}s");
+    lab.spawn_app(
+        client,
+        &[
+            "grpc-client",
+            "--to",
+            to,
+            "--duration",
+            &duration,
+            "--rate",
+            "100",
+            "--concurrency",
+            "4",
+        ],
+    )
+}
+
+/// Every call made succeeded, and there were some.
+pub fn assert_no_failed_calls(result: &Value, what: &str) {
+    let calls = result["calls"].as_u64().unwrap();
+    assert!(calls > 0, "{what}: no calls were made: {result}");
+    assert_eq!(
+        result["ok"].as_u64(),
+        Some(calls),
+        "{what}: every call succeeds: {result}"
+    );
+}
+
 pub fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !check() {
