@@ -52,7 +52,9 @@ pub enum BootstrapError {
         #[source]
         source: kube::Error,
     },
-    #[error("Secret {namespace}/{name} has no {key} (delete it to have it made anew)")]
+    #[error(
+        "Secret {namespace}/{name} has no {key}: restore it from a backup (strait made it once and does not overwrite it)"
+    )]
     Missing {
         namespace: String,
         name: String,
@@ -236,25 +238,61 @@ impl ResolvesServerCert for WebhookCert {
     }
 }
 
+/// How long after a failed write the `caBundle` is tried again, watch
+/// event or not.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+
 /// Keeps every webhook of the MutatingWebhookConfiguration `name` trusting
 /// `ca_pem`: watches it (so a re-apply that drops the `caBundle` is mended
 /// at once) and writes the bundle wherever it differs, retrying with
-/// jittered back-off. `in_step` turns true once the API server trusts this
-/// CA, false while it does not.
-pub async fn keep_ca_bundle(client: kube::Client, name: String, ca_pem: String, in_step: watch::Sender<bool>) {
+/// jittered back-off, and again every 30 s while it fails.
+///
+/// `settled` turns true once the bundle was written (or found right), or
+/// the first list shows no configuration to write it to (injection is off,
+/// or the configuration comes later and is mended when it does); it never
+/// turns back, since the identity service shares the replica's readiness
+/// and must not go out of service because the webhook did.
+pub async fn keep_ca_bundle(client: kube::Client, name: String, ca_pem: String, settled: watch::Sender<bool>) {
     let api = Api::<MutatingWebhookConfiguration>::all(client);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let stream = watcher::watcher(api.clone(), config).default_backoff();
     futures::pin_mut!(stream);
-    while let Some(event) = stream.next().await {
+    let mut seen = false;
+    let mut failing = false;
+    loop {
+        let retry = async {
+            if failing {
+                tokio::time::sleep(RETRY_AFTER_FAILURE).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let event = tokio::select! {
+            event = stream.next() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            // A retry reads the configuration afresh, as an event would.
+            () = retry => Ok(Event::Apply(MutatingWebhookConfiguration::default())),
+        };
         match event {
-            Ok(Event::Apply(_) | Event::InitApply(_)) => {}
+            Ok(Event::Apply(_) | Event::InitApply(_)) => seen = true,
             Ok(Event::Delete(_)) => {
-                tracing::warn!(configuration = %name, "the MutatingWebhookConfiguration was deleted");
-                let _ = in_step.send(false);
+                tracing::warn!(configuration = %name, "the MutatingWebhookConfiguration was deleted: no pod is injected");
+                failing = false;
                 continue;
             }
-            Ok(Event::Init | Event::InitDone) => continue,
+            Ok(Event::InitDone) => {
+                if !seen {
+                    tracing::warn!(configuration = %name, "no MutatingWebhookConfiguration yet: no pod is injected");
+                    let _ = settled.send(true);
+                }
+                continue;
+            }
+            Ok(Event::Init) => {
+                seen = false;
+                continue;
+            }
             Err(error) => {
                 tracing::warn!(%error, configuration = %name, "watching the MutatingWebhookConfiguration");
                 continue;
@@ -267,11 +305,12 @@ pub async fn keep_ca_bundle(client: kube::Client, name: String, ca_pem: String, 
                 if changed {
                     tracing::info!(configuration = %name, "caBundle set to the webhook CA");
                 }
-                let _ = in_step.send(true);
+                failing = false;
+                let _ = settled.send(true);
             }
             Err(error) => {
-                tracing::warn!(%error, configuration = %name, "cannot set the caBundle");
-                let _ = in_step.send(false);
+                tracing::warn!(%error, configuration = %name, "cannot set the caBundle; trying again in 30s");
+                failing = true;
             }
         }
     }

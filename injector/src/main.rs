@@ -244,7 +244,7 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
                 pending.push("caches not synced");
             }
             if !*in_step.borrow() {
-                pending.push("the webhook configuration's caBundle does not hold the webhook CA yet");
+                pending.push("the webhook configuration's caBundle is not set yet");
             }
             if draining.load(Ordering::Relaxed) {
                 pending.push("draining");

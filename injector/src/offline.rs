@@ -37,15 +37,14 @@ fn describe(object: &Value) -> String {
             .unwrap_or("?")
             .to_string()
     };
-    format!(
-        "{} {}/{}",
-        text("/kind"),
-        object
-            .pointer("/metadata/namespace")
-            .and_then(Value::as_str)
-            .unwrap_or("default"),
-        text("/metadata/name")
-    )
+    match object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .filter(|namespace| !namespace.is_empty())
+    {
+        Some(namespace) => format!("{} {namespace}/{}", text("/kind"), text("/metadata/name")),
+        None => format!("{} {}", text("/kind"), text("/metadata/name")),
+    }
 }
 
 /// Injects one object (recursing into Lists); notes go to `notes`. An
@@ -76,7 +75,17 @@ fn inject_object(
     let Some(pointer) = template_pointer(&kind) else {
         return Ok(());
     };
-    let namespace = match (object.pointer("/metadata/namespace").and_then(Value::as_str), namespace) {
+    let own = object
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .filter(|own| !own.is_empty());
+    let namespace = match (own, namespace) {
+        (Some(own), Some(given)) if own != given => {
+            return Err(format!(
+                "{} is in namespace {own:?}, not {given:?} as --namespace says (as kubectl would, this is refused)",
+                describe(object)
+            ));
+        }
         (Some(own), _) => own.to_string(),
         (None, Some(given)) => {
             if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {

@@ -101,7 +101,13 @@ fn what_would_not_start_is_refused_with_what_to_do() {
     let error = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{error}");
     assert!(
-        error.contains("Pod default/web has no metadata.namespace: pass --namespace"),
+        error.contains("Pod web has no metadata.namespace: pass --namespace"),
+        "{error}"
+    );
+    let elsewhere = inject(&["-n", "prod", "-f", input]);
+    let error = String::from_utf8_lossy(&elsewhere.stderr);
+    assert!(
+        !elsewhere.status.success() && error.contains("not \"prod\" as --namespace says"),
         "{error}"
     );
     let out = inject(&["-n", "shop", "-f", pod.to_str().unwrap()]);

@@ -242,6 +242,20 @@ fn rendering_is_the_same_every_time_and_part_of_the_identity_material_is_refused
     );
     let defaults = ok(&render(&[], &[]), "defaults");
     assert!(!defaults.contains("kind: Secret") && defaults.contains("STRAIT_IDENTITY_SECRET"));
+    // Changed identity material restarts the control plane, which reads it at start.
+    let checksum = |rendered: &str| {
+        rendered
+            .lines()
+            .find(|line| line.trim_start().starts_with("checksum/identity:"))
+            .unwrap()
+            .to_string()
+    };
+    assert_ne!(checksum(&with_material), checksum(&defaults));
+    let blank = ok(&render(&[], &["identity.trustAnchorsPEM= "]), "blank anchors");
+    assert!(
+        blank.contains("STRAIT_IDENTITY_SECRET"),
+        "whitespace is no identity material"
+    );
 
     for partial in [&supplied[..1], &supplied[1..]] {
         let out = render(partial, &[]);

@@ -31,5 +31,10 @@ app.kubernetes.io/component: control-plane
 
 {{/* Whether the user supplied the identity material (all of it; identity.yaml refuses part). */}}
 {{- define "strait.identitySupplied" -}}
-{{- if and .Values.identity.trustAnchorsPEM .Values.identity.issuer.certPEM .Values.identity.issuer.keyPEM -}}true{{- end -}}
+{{- if and (trim .Values.identity.trustAnchorsPEM) (trim .Values.identity.issuer.certPEM) (trim .Values.identity.issuer.keyPEM) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Changes with the supplied identity material, so an upgrade that rotates it restarts the control plane, which reads it at start. */}}
+{{- define "strait.identityChecksum" -}}
+{{- printf "%s\n%s\n%s" .Values.identity.trustAnchorsPEM .Values.identity.issuer.certPEM .Values.identity.issuer.keyPEM | sha256sum -}}
 {{- end -}}

@@ -50,9 +50,29 @@ fn accepted(alg: &rcgen::SignatureAlgorithm) -> bool {
 }
 
 impl Signer {
+    /// The issuer from its certificate and key (PEM): refused, naming why,
+    /// unless the key is the certificate's and the certificate is a CA.
     pub fn load(cert_pem: &str, key_pem: &str, lifetime: Duration) -> Result<Self, PkiError> {
         let key = load_key(key_pem, "identity issuer key")?;
-        load_certs(cert_pem, "identity issuer certificate")?;
+        let certs = load_certs(cert_pem, "identity issuer certificate")?;
+        let problem = |what: &str, problem: String| PkiError::Load {
+            what: what.into(),
+            problem,
+        };
+        let (_, issuer) = x509_parser::parse_x509_certificate(&certs[0])
+            .map_err(|e| problem("identity issuer certificate", e.to_string()))?;
+        if issuer.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(problem(
+                "identity issuer key",
+                format!("it is not the key of the issuer certificate ({})", issuer.subject()),
+            ));
+        }
+        if !issuer.is_ca() {
+            return Err(problem(
+                "identity issuer certificate",
+                format!("{} is not a CA (basicConstraints cA is not true)", issuer.subject()),
+            ));
+        }
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key).map_err(|e| PkiError::Load {
             what: "identity issuer certificate".into(),
             problem: e.to_string(),

@@ -68,3 +68,20 @@ fn garbage_and_unaccepted_keys_are_refused() {
     let error = signer.sign(&csr(&rsa, vec![]), &identity).unwrap_err();
     assert!(matches!(error, SignError::KeyType(_)), "{error}");
 }
+
+#[test]
+fn an_issuer_key_that_is_not_the_certificates_is_refused_at_load() {
+    let dir = std::env::temp_dir().join(format!("strait-mismatch-{}", std::process::id()));
+    crate::pki::generate(&dir, "cluster.local").unwrap();
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let other = KeyPair::generate().unwrap().serialize_pem();
+    let error = Signer::load(&read("issuer.crt"), &other, Duration::from_secs(60))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("it is not the key of the issuer certificate"), "{error}");
+    let rsa = include_str!("../../../tests/fixtures/rsa-pkcs1.key");
+    assert!(Signer::load(&read("issuer.crt"), rsa, Duration::from_secs(60)).is_err());
+    assert!(Signer::load(&read("issuer.crt"), &read("issuer.key"), Duration::from_secs(60)).is_ok());
+    std::fs::remove_dir_all(dir).unwrap();
+}
