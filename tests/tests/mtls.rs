@@ -202,7 +202,14 @@ fn strict_mode_refuses_plaintext_clients_and_permissive_accepts_them() {
     let meshed = lab.pod("secure", "client-");
     let plain = lab.pod("plain", "client-");
     // The strict pod became ready: the kubelet's probes, from the node, pass.
-    let probe = lab.app(&plain, &["tcp-probe", "--to", STRICT]);
+    // Its Service's rules may lag its readiness a moment (a connection
+    // refused then never reached the pod); then the proxy resets a
+    // plaintext client.
+    let mut probe = Value::Null;
+    eventually(Duration::from_secs(10), "the strict Service reaches its pod", || {
+        probe = lab.app(&plain, &["tcp-probe", "--to", STRICT]);
+        probe["outcome"] != "refused"
+    });
     assert_eq!(probe["outcome"], "reset", "a plaintext client is refused: {probe}");
     assert_eq!(
         lab.metric(&strict, "strait_tcp_inbound_refusals_total", &["reason=\"plaintext\""]),
