@@ -1,25 +1,17 @@
-//! Durations as settings are written: `500ms`, `10s`, `5m`, `24h`.
+//! Durations as settings are written: `500ms`, `10s`, `5m`, `24h`,
+//! `1h30m`: the `humantime` crate's syntax (units from `ns` to `y`, parts
+//! summed, optionally space-separated).
 
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid duration {0:?}: expected a number with a unit: ms, s, m or h (such as 500ms or 10s)")]
+#[error("invalid duration {0:?}: expected numbers with units, such as 500ms, 10s or 1h30m")]
 pub struct DurationError(pub String);
 
+/// Reads a duration with `humantime`; errors name the text.
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let text = text.trim();
-    let error = || DurationError(text.to_string());
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(error)?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| error())?;
-    let millis = match unit {
-        "ms" => Some(number),
-        "s" => number.checked_mul(1_000),
-        "m" => number.checked_mul(60_000),
-        "h" => number.checked_mul(3_600_000),
-        _ => None,
-    };
-    millis.map(Duration::from_millis).ok_or_else(error)
+    humantime::parse_duration(text).map_err(|_| DurationError(text.to_string()))
 }
 
 /// The inverse of [`parse_duration`], in the largest unit that is exact.
@@ -54,8 +46,16 @@ mod tests {
     }
 
     #[test]
+    fn compound_durations_are_summed() {
+        for (text, secs) in [("1h30m", 5_400), ("1h 30m", 5_400), ("2d", 172_800), ("1m30s", 90)] {
+            assert_eq!(parse_duration(text), Ok(Duration::from_secs(secs)), "{text:?}");
+        }
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1_500)));
+    }
+
+    #[test]
     fn rejects_what_is_not_a_duration() {
-        for text in ["10", "s", "1.5s", "-1s", "10 parsecs", "", "99999999999999999999h"] {
+        for text in ["10", "s", "-1s", "10 parsecs", "", "99999999999999999999h"] {
             assert_eq!(parse_duration(text), Err(DurationError(text.to_string())), "{text:?}");
         }
     }

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
+use strait_contract::logging::{self, LogFormat, TextStyle};
 use strait_injector::bootstrap::{self, OwnSecret, WebhookCert};
 use strait_injector::identity::pods::PodIndex;
 use strait_injector::identity::review::KubeTokenReviewer;
@@ -67,13 +68,22 @@ enum CaCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("STRAIT_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter = std::env::var("STRAIT_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+    let format = std::env::var(logging::LOG_FORMAT).unwrap_or_else(|_| "text".into());
+    let style = TextStyle {
+        ansi: std::io::stderr().is_terminal(),
+        target: true,
+    };
+    let logs = LogFormat::parse(&format)
+        .map_err(|problem| format!("{}={format:?}: {problem}", logging::LOG_FORMAT))
+        .and_then(|format| {
+            logging::init(&filter, format, std::io::stderr, style)
+                .map_err(|problem| format!("STRAIT_LOG_LEVEL={filter:?}: {problem}"))
+        });
+    if let Err(problem) = logs {
+        eprintln!("strait-injector: bad setting {problem}");
+        return ExitCode::FAILURE;
+    }
     let result = match cli.command {
         Command::Inject {
             file,

@@ -3,6 +3,7 @@
 //! limits.
 
 use strait_contract::limits::Limits;
+use strait_contract::logging::LogFormat;
 use strait_contract::{Setting, SettingError, names};
 
 /// CPU and memory requests and limits of a container, as quantities.
@@ -25,6 +26,8 @@ pub struct InjectSettings {
     pub proxy_resources: Resources,
     pub init_resources: Resources,
     pub log_level: String,
+    /// The proxies' log format (`STRAIT_PROXY_LOG_FORMAT`, text or json).
+    pub log_format: LogFormat,
     /// host:port of the identity service.
     pub identity_addr: String,
     pub trust_domain: String,
@@ -57,6 +60,7 @@ impl Default for InjectSettings {
                 memory_limit: Some("50Mi".into()),
             },
             log_level: "info".into(),
+            log_format: LogFormat::Text,
             identity_addr: "strait-identity.strait-system.svc.cluster.local:8083".into(),
             trust_domain: names::DEFAULT_TRUST_DOMAIN.into(),
             trust_anchors_pem: String::new(),
@@ -81,6 +85,7 @@ pub mod env {
     pub const INIT_MEMORY_REQUEST: &str = "STRAIT_INIT_MEMORY_REQUEST";
     pub const INIT_MEMORY_LIMIT: &str = "STRAIT_INIT_MEMORY_LIMIT";
     pub const PROXY_LOG_LEVEL: &str = "STRAIT_PROXY_LOG_LEVEL";
+    pub const PROXY_LOG_FORMAT: &str = "STRAIT_PROXY_LOG_FORMAT";
     pub const PROXY_INBOUND_MODE: &str = "STRAIT_PROXY_INBOUND_MODE";
     /// host:port of the identity service, as proxies reach it.
     pub const IDENTITY_SERVICE: &str = "STRAIT_IDENTITY_SERVICE";
@@ -147,7 +152,14 @@ impl InjectSettings {
                 ],
                 &defaults.init_resources,
             ),
-            log_level: text(env::PROXY_LOG_LEVEL, defaults.log_level.clone()),
+            log_level: {
+                let filter = text(env::PROXY_LOG_LEVEL, defaults.log_level.clone());
+                strait_contract::check_log_filter(&filter)
+                    .map_err(|problem| SettingError::new(env::PROXY_LOG_LEVEL, filter.clone(), problem))?;
+                filter
+            },
+            log_format: Setting::new(env::PROXY_LOG_FORMAT, env(env::PROXY_LOG_FORMAT))
+                .parse(defaults.log_format, LogFormat::parse)?,
             identity_addr: text(env::IDENTITY_SERVICE, defaults.identity_addr.clone()),
             trust_domain: text(env::TRUST_DOMAIN, defaults.trust_domain.clone()),
             trust_anchors_pem,

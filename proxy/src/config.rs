@@ -11,6 +11,7 @@ pub use strait_contract::limits::env::{
     CONNECT_TIMEOUT, DETECT_BUFFER, DETECT_TIMEOUT, HEADER_TIMEOUT, IDLE_TIMEOUT, MAX_CONCURRENT_STREAMS,
     MAX_CONNECTIONS, MAX_HEADER_BYTES,
 };
+use strait_contract::logging::{self, LogFormat};
 use strait_contract::names::{self, env};
 use strait_contract::{PortSet, Setting, SettingError, SpiffeId, format_duration};
 
@@ -43,6 +44,8 @@ pub struct Config {
     pub wait_for_app: bool,
     /// A tracing filter directive such as `info` or `strait_proxy=debug`.
     pub log_level: String,
+    /// `STRAIT_LOG_FORMAT`: text or json lines.
+    pub log_format: LogFormat,
     /// Threads serving traffic. One by default: a sidecar shares its pod's
     /// CPU with the app, and a single thread never pays for waking another;
     /// a pod whose proxy needs more than a core can raise it.
@@ -107,7 +110,10 @@ impl Config {
             admin_addr: setting(ADMIN_ADDR).parse(SocketAddr::from(([0, 0, 0, 0], names::ADMIN_PORT)), parse_addr)?,
             shutdown_grace: setting(SHUTDOWN_GRACE).duration(Duration::from_secs(30))?,
             wait_for_app: setting(env::WAIT_FOR_APP).switch(false, "true", "false")?,
-            log_level: env(LOG_LEVEL).unwrap_or_else(|| "info".to_string()),
+            log_level: setting(LOG_LEVEL).parse("info".to_string(), |text| {
+                strait_contract::check_log_filter(text).map(|()| text.to_string())
+            })?,
+            log_format: setting(logging::LOG_FORMAT).parse(LogFormat::Text, LogFormat::parse)?,
             worker_threads: setting(WORKER_THREADS).count(1, 1..=64)?,
             opaque_ports: PortSet::parse(names::DEFAULT_OPAQUE_PORTS).unwrap_or_default().union(
                 &setting(env::OPAQUE_PORTS).parse(PortSet::default(), |text| {

@@ -21,6 +21,7 @@ pub mod mesh;
 pub mod metrics;
 pub mod outbound;
 pub mod relay;
+pub mod retry;
 pub mod tcp;
 pub mod throttle;
 pub mod tls;

@@ -1,6 +1,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use strait_contract::logging::{self, TextStyle};
 use strait_proxy::{Config, Proxy};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -16,7 +17,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(error) = init_logging(&config.log_level) {
+    let style = TextStyle {
+        ansi: std::io::stdout().is_terminal(),
+        target: false,
+    };
+    if let Err(error) = logging::init(&config.log_level, config.log_format, std::io::stdout, style) {
         eprintln!(
             "strait-proxy: bad setting {}={:?}: {error}",
             strait_proxy::config::LOG_LEVEL,
@@ -54,16 +59,6 @@ fn main() -> ExitCode {
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
-}
-
-fn init_logging(level: &str) -> Result<(), tracing_subscriber::filter::ParseError> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
-    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.

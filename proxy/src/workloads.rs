@@ -69,7 +69,8 @@ impl Workloads {
         let (client, name, followed) = (self.client.clone(), namespace.to_string(), state.clone());
         let generation = self.generation.clone();
         tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(200);
+            let (first, max) = (Duration::from_millis(200), Duration::from_secs(10));
+            let mut delays = crate::retry::delays(first, max);
             loop {
                 match client.workloads(&format!("namespace={name}")).await {
                     Ok(events) => {
@@ -80,7 +81,7 @@ impl Workloads {
                                 Ok(WorkloadEvent::Snapshot { workloads }) => {
                                     *pods = workloads.into_iter().map(|w| (w.name.clone(), w)).collect();
                                     let _ = synced_tx.send(true);
-                                    backoff = Duration::from_millis(200);
+                                    delays = crate::retry::delays(first, max);
                                 }
                                 Ok(WorkloadEvent::Update { workload }) => {
                                     pods.insert(workload.name.clone(), workload);
@@ -100,8 +101,7 @@ impl Workloads {
                         tracing::warn!(namespace = %name, %error, "cannot follow workloads; keeping what is known")
                     }
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
+                tokio::time::sleep(delays.next().unwrap_or(max)).await;
             }
         });
         state

@@ -151,6 +151,7 @@ fn rendered_objects_are_valid_with_default_and_other_values() {
             "proxy.limits.maxConnections=2000",
             "proxy.limits.idleTimeout=10m",
             "clusterDomain=corp.example",
+            "logFormat=json",
         ],
     );
     validate(&validator, &others, "other values");
@@ -158,6 +159,23 @@ fn rendered_objects_are_valid_with_default_and_other_values() {
     assert!(!others.contains("kind: PodDisruptionBudget"));
     assert!(others.contains("strait-identity.strait-system.svc.corp.example:8083"));
     assert!(!others.contains("cluster.local:8083") && !others.contains("svc.cluster.local,"));
+
+    assert!(
+        defaults.contains("- cert-manager\n"),
+        "cert-manager's namespace is excluded by default"
+    );
+    let ha = template(&helm, &["highAvailability=true"]);
+    validate(&validator, &ha, "highAvailability");
+    for wanted in [
+        "replicas: 3\n",
+        "failurePolicy: Fail\n",
+        "kind: PodDisruptionBudget\n",
+        "topologyKey: topology.kubernetes.io/zone",
+        "topologyKey: kubernetes.io/hostname",
+        "maxUnavailable: 0}",
+    ] {
+        assert!(ha.contains(wanted), "highAvailability renders no {wanted:?}");
+    }
 
     // The injector reads the rendered settings, and the proxy limits among
     // them are the ones set.
@@ -167,6 +185,7 @@ fn rendered_objects_are_valid_with_default_and_other_values() {
     assert_eq!(settings.proxy_limits.max_connections, 2000);
     assert_eq!(settings.proxy_limits.idle_timeout, std::time::Duration::from_secs(600));
     assert!(!settings.native_sidecar);
+    assert_eq!(settings.log_format, strait_contract::logging::LogFormat::Json);
 }
 
 /// The settings the injector takes from the environment the chart gives its
@@ -282,9 +301,32 @@ fn values_outside_the_schema_are_refused() {
         "proxy.limits.maxConnections=0",
         "proxy.limits.idleTimeout=forever",
         "unknown=1",
+        // Each of these passed the schema and broke every meshed pod, or
+        // the control plane, at run time.
+        "injector.resources.requests.cpu=1.2.3",
+        "proxy.resources.limits.memory=12XB",
+        "identity.certLifetime=0s",
+        "image.registry=registry.example.com/strait/",
+        "injector.logLevel=verbose",
+        "proxy.logLevel=infoo",
+        "injector.podDisruptionBudget.maxUnavailable=foo",
+        "clusterDomain=Cluster_Local",
     ] {
         let out = run(&helm, &["template", "strait", chart.to_str().unwrap(), "--set", bad]);
         assert!(!out.status.success(), "{bad} was accepted");
+    }
+    // And valid values that were refused.
+    for good in [
+        "proxy.resources.limits.memory=1Pi",
+        "proxy.resources.requests.cpu=1e3",
+        "identity.certLifetime=1h30m",
+        "proxy.limits.idleTimeout=2h",
+        "injector.logLevel=info\\,strait_injector=debug",
+        "injector.podDisruptionBudget.maxUnavailable=50%",
+        "image.registry=localhost:5000/strait",
+    ] {
+        let out = run(&helm, &["template", "strait", chart.to_str().unwrap(), "--set", good]);
+        assert!(out.status.success(), "{good}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 

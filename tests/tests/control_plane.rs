@@ -1,7 +1,8 @@
 //! The control plane on day two, on the lab: the webhook CA and the trust
 //! anchor it made for itself outlive re-applies and upgrades, and an
 //! upgrade that replaces its pods while pods are created and gRPC calls
-//! run meshes every new pod and fails no call.
+//! run meshes every new pod and fails no call, and new values reach the
+//! control plane and new proxies.
 
 #![allow(clippy::unwrap_used)]
 
@@ -80,7 +81,7 @@ fn the_control_planes_own_cas_outlive_reapplies_and_an_upgrade_under_load_meshes
     let client = lab.pod("mesh", "client-");
     let calls = support::steady_grpc(&lab, &client, "grpc.mesh:50051", 30);
     let old = lab.pods("strait-system", "strait-injector-");
-    let upgrade = rendered("upgrade", &["injector.replicas=2", "injector.logLevel=debug"], |kind| {
+    let upgrade = rendered("upgrade", &["injector.replicas=2", "logFormat=json"], |kind| {
         kind != "MutatingWebhookConfiguration"
     });
     std::thread::scope(|scope| {
@@ -106,6 +107,7 @@ fn the_control_planes_own_cas_outlive_reapplies_and_an_upgrade_under_load_meshes
         pods.len() == 6 && pods.iter().all(|p| lab.is_ready(p))
     });
     support::assert_no_failed_calls(&calls.finish(Duration::from_secs(120)), "gRPC through the upgrade");
+    let servers = lab.pods("mesh", "grpc-");
     let pods = lab.status()["pods"].as_array().unwrap().clone();
     for pod in pods.iter().filter(|p| p["metadata"]["namespace"] == "mesh") {
         assert!(meshed(pod), "not meshed: {}", pod["metadata"]["name"]);
@@ -121,4 +123,24 @@ fn the_control_planes_own_cas_outlive_reapplies_and_an_upgrade_under_load_meshes
         "the trust anchor was kept"
     );
     assert_eq!(bundle(), webhook_ca);
+
+    // The new value reached the control plane and, through it, new proxies:
+    // their logs are JSON lines.
+    lab.cli_ok(&["scale", "mesh/grpc", "7"]);
+    eventually(Duration::from_secs(60), "a seventh gRPC server ready", || {
+        let pods = lab.pods("mesh", "grpc-");
+        pods.len() == 7 && pods.iter().all(|p| lab.is_ready(p))
+    });
+    let newest = lab
+        .pods("mesh", "grpc-")
+        .into_iter()
+        .find(|p| !servers.contains(p))
+        .unwrap();
+    let injector = lab.pods("strait-system", "strait-injector-")[0].clone();
+    for (pod, container) in [(&newest, "strait-proxy"), (&injector, "injector")] {
+        let logs = lab.cli_ok(&["logs", pod, "-c", container]);
+        let line = logs.lines().find(|line| !line.trim().is_empty()).unwrap_or_default();
+        let event: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{pod} {container}: {e}: {line}"));
+        assert!(event["fields"]["message"].is_string(), "{line}");
+    }
 }

@@ -330,8 +330,15 @@ fn a_real_prometheus_sees_even_per_pod_shares_and_the_dashboard_queries_answer()
             }
         }
     }
-    // Nothing failed to connect and nothing was refused: those two are empty.
-    let allowed_empty = ["connect_errors", "inbound_refusals"];
+    // Nothing failed to connect, was refused, turned away or hit a limit,
+    // and no watch failed: those are empty.
+    let allowed_empty = [
+        "connect_errors",
+        "inbound_refusals",
+        "requests_turned_away",
+        "limit_refusals",
+        "watch_errors",
+    ];
     empty.retain(|e| !allowed_empty.iter().any(|a| e.contains(a)));
     assert!(
         empty.is_empty(),

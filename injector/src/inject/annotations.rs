@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use strait_contract::names::annotations as key;
-use strait_contract::{PortSet, parse_cidrs};
+use strait_contract::{PortSet, check_log_filter, parse_cidrs};
 
 /// What a pod's annotations ask for, each only when valid.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,12 +35,7 @@ fn cidrs(text: &str) -> Result<String, String> {
 }
 
 fn log_level(text: &str) -> Result<String, String> {
-    let valid = !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "_=,:.-".contains(c));
-    if valid {
-        Ok(text.to_string())
-    } else {
-        Err("expected a log filter such as info, debug or strait_proxy=trace".into())
-    }
+    check_log_filter(text).map(|()| text.to_string())
 }
 
 fn inbound_mode(text: &str) -> Result<String, String> {

@@ -11,6 +11,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use strait_contract::PortSet;
 use strait_contract::limits::Limits;
+use strait_contract::logging::{self, LogFormat};
 use strait_contract::names::{self, env};
 
 use super::annotations::Overrides;
@@ -183,6 +184,9 @@ pub fn proxy_container(
     }
     if let Some(opaque) = &overrides.opaque_ports {
         env_vars.push(var(env::OPAQUE_PORTS, opaque.clone()));
+    }
+    if settings.log_format != LogFormat::Text {
+        env_vars.push(var(logging::LOG_FORMAT, settings.log_format.as_str()));
     }
     if !app_probe_ports.is_empty() {
         env_vars.push(var(env::APP_PROBE_PORTS, app_probe_ports.to_string()));

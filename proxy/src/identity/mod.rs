@@ -122,13 +122,14 @@ impl LocalIdentity {
 
     /// Obtains and renews the certificate for as long as the proxy runs.
     pub async fn run(self: Arc<Self>, readiness: Readiness) {
-        let mut backoff = Duration::from_millis(100);
+        let first = Duration::from_millis(100);
+        let mut delays = crate::retry::delays(first, MAX_BACKOFF);
         loop {
             match self.obtain().await {
                 Ok(lifetime) => {
                     self.requests.get_or_create(&OutcomeLabels { outcome: "issued" }).inc();
                     readiness.met(READY_CONDITION);
-                    backoff = Duration::from_millis(100);
+                    delays = crate::retry::delays(first, MAX_BACKOFF);
                     tracing::info!(identity = %self.tls.identity, ?lifetime, "certificate obtained");
                     // Renewals of a fleet's proxies spread out rather than
                     // arriving at the identity service together.
@@ -139,10 +140,9 @@ impl LocalIdentity {
                     // The certificate in use, if any, stays until it expires;
                     // retries back off, with jitter so that proxies waiting
                     // for a returning identity service do not retry in step.
-                    let wait = backoff.mul_f64(0.5 + 0.5 * rand::random::<f64>());
+                    let wait = delays.next().unwrap_or(MAX_BACKOFF);
                     tracing::warn!(%error, retry_in = ?wait, "no certificate yet");
                     tokio::time::sleep(wait).await;
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
