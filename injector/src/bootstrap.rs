@@ -28,7 +28,7 @@ use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SerialNumber};
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -38,8 +38,8 @@ use crate::pki::{self, PkiError};
 
 /// Marks the Secrets the control plane made (Helm's are `Helm`).
 const MANAGED_BY: &str = "strait-injector";
-/// The webhook CA's lifetime.
-const WEBHOOK_CA_DAYS: i64 = 3650;
+/// The lifetime of the CAs made here (the webhook's and the mesh's).
+const CA_DAYS: i64 = 3650;
 /// A replica's serving certificate's lifetime; it is renewed after two thirds.
 const SERVING_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 
@@ -147,7 +147,7 @@ fn text(secret: &Secret) -> BTreeMap<String, String> {
 
 /// A new self-signed CA as Secret data: `ca.crt` and `ca.key`.
 pub fn new_webhook_ca() -> Result<BTreeMap<String, String>, PkiError> {
-    let ca = pki::self_signed_ca("strait-injector-webhook-ca", WEBHOOK_CA_DAYS)?;
+    let ca = pki::self_signed_ca("strait-injector-webhook-ca", CA_DAYS)?;
     Ok(BTreeMap::from([
         ("ca.crt".to_string(), ca.cert_pem),
         ("ca.key".to_string(), ca.key_pem),
@@ -157,7 +157,7 @@ pub fn new_webhook_ca() -> Result<BTreeMap<String, String>, PkiError> {
 /// A new trust anchor that is also the issuer, as Secret data: `ca.crt`,
 /// `tls.crt` and `tls.key`.
 pub fn new_mesh_ca(trust_domain: &str) -> Result<BTreeMap<String, String>, PkiError> {
-    let ca = pki::self_signed_ca(&format!("identity.{trust_domain}"), WEBHOOK_CA_DAYS)?;
+    let ca = pki::self_signed_ca(&format!("identity.{trust_domain}"), CA_DAYS)?;
     Ok(BTreeMap::from([
         ("ca.crt".to_string(), ca.cert_pem.clone()),
         ("tls.crt".to_string(), ca.cert_pem),
@@ -209,15 +209,11 @@ fn sign(issuer: &Issuer<'static, KeyPair>, names: &[String]) -> Result<Current, 
     let lifetime = time::Duration::seconds(SERVING_LIFETIME.as_secs() as i64);
     params.not_before = now - time::Duration::minutes(5);
     params.not_after = now + lifetime;
-    params.serial_number = Some(SerialNumber::from_slice(&rand::random::<[u8; 16]>().map(|b| b & 0x7f)));
+    params.serial_number = Some(pki::random_serial());
     let leaf = params.signed_by(&key, issuer)?;
     let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    let signing = rustls::crypto::ring::sign::any_supported_type(&private).map_err(|e| PkiError::Load {
-        what: "webhook serving key".into(),
-        problem: e.to_string(),
-    })?;
     Ok(Current {
-        key: Arc::new(CertifiedKey::new(vec![leaf.der().clone()], signing)),
+        key: pki::certified_key(vec![leaf.der().clone()], &private, "webhook serving key")?,
         renew_at: now + lifetime * 2 / 3,
     })
 }

@@ -125,6 +125,26 @@ fn sec1_to_pkcs8(sec1_der: &[u8]) -> Result<Vec<u8>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A random positive serial number (RFC 5280 §4.1.2.2: at most 20 octets).
+pub fn random_serial() -> rcgen::SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f;
+    rcgen::SerialNumber::from_slice(&bytes)
+}
+
+/// A certificate chain and its private key, as rustls serves them.
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    private: &PrivateKeyDer<'_>,
+    what: &str,
+) -> Result<std::sync::Arc<rustls::sign::CertifiedKey>, PkiError> {
+    let signing = rustls::crypto::ring::sign::any_supported_type(private).map_err(|e| PkiError::Load {
+        what: what.to_string(),
+        problem: e.to_string(),
+    })?;
+    Ok(std::sync::Arc::new(rustls::sign::CertifiedKey::new(chain, signing)))
+}
+
 /// Reads every certificate of a PEM bundle.
 pub fn load_certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, PkiError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())

@@ -57,11 +57,7 @@ fn load(cert: &PathBuf, key: &PathBuf) -> Result<Arc<CertifiedKey>, PkiError> {
         what: key.display().to_string(),
         problem: e.to_string(),
     })?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&private).map_err(|e| PkiError::Load {
-        what: key.display().to_string(),
-        problem: e.to_string(),
-    })?;
-    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+    crate::pki::certified_key(chain, &private, &key.display().to_string())
 }
 
 impl FileCert {

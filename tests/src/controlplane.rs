@@ -30,9 +30,14 @@ pub enum ControlPlaneError {
     Install { object: String, problem: String },
 }
 
-/// The source tree the binaries were built from (`target/<profile>/..`).
+/// The source tree the binaries were built from: the nearest directory
+/// above them holding the chart (`target/<profile>/` for the binaries,
+/// `target/<profile>/deps/` for the tests).
 fn source_tree() -> Option<PathBuf> {
-    bin_dir().ancestors().nth(2).map(Path::to_path_buf)
+    bin_dir()
+        .ancestors()
+        .find(|dir| dir.join("charts/strait/Chart.yaml").exists())
+        .map(Path::to_path_buf)
 }
 
 fn chart() -> Result<PathBuf, ControlPlaneError> {

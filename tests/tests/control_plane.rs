@@ -22,20 +22,8 @@ const TRUST_ANCHOR: &str = "/api/v1/namespaces/strait-system/secrets/strait-iden
 /// The chart rendered with `values`, keeping the documents `keep` selects,
 /// in a file for `strait-lab up`.
 fn rendered(name: &str, values: &[&str], keep: impl Fn(&str) -> bool) -> PathBuf {
-    let tree = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let helm = Some(tree.join(".tools/bin/helm"))
-        .filter(|helm| helm.exists())
-        .unwrap_or_else(|| PathBuf::from("helm"));
-    let mut helm = std::process::Command::new(helm);
-    helm.args(["template", "strait"])
-        .arg(tree.join("charts/strait"))
-        .args(["--namespace", "strait-system"]);
-    for value in values {
-        helm.args(["--set", value]);
-    }
-    let out = helm.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let text = String::from_utf8(out.stdout).unwrap();
+    let values: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+    let text = strait_lab::controlplane::render(&values).unwrap();
     let kept: Vec<&str> = text
         .split("\n---")
         .filter(|document| {

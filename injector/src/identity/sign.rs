@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rcgen::{
     CertificateParams, CertificateSigningRequestParams, DistinguishedName, ExtendedKeyUsagePurpose, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber,
+    KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use strait_contract::SpiffeId;
@@ -93,7 +93,7 @@ impl Signer {
         // A little back-dating absorbs clock skew between nodes.
         params.not_before = now - time::Duration::seconds(60);
         params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
-        params.serial_number = Some(SerialNumber::from_slice(&rand_bytes()));
+        params.serial_number = Some(crate::pki::random_serial());
         params.not_after.unix_timestamp()
     }
 
@@ -144,13 +144,6 @@ impl Signer {
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
         ))
     }
-}
-
-/// A random positive serial number.
-fn rand_bytes() -> [u8; 16] {
-    let mut bytes: [u8; 16] = rand::random();
-    bytes[0] &= 0x7f;
-    bytes
 }
 
 #[cfg(test)]
