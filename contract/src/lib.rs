@@ -18,6 +18,7 @@ pub mod mesh;
 pub mod names;
 pub mod ports;
 pub mod process;
+pub mod quantity;
 pub mod setting;
 
 pub use chain::Chain;
@@ -26,4 +27,5 @@ pub use duration::{DurationError, format_duration, parse_duration};
 pub use identity::{SpiffeId, SpiffeIdError};
 pub use log_filter::check_log_filter;
 pub use ports::{PortError, PortRange, PortSet};
+pub use quantity::{QuantityError, parse_quantity};
 pub use setting::{Setting, SettingError};

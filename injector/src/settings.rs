@@ -15,6 +15,37 @@ pub struct Resources {
     pub memory_limit: Option<String>,
 }
 
+impl Resources {
+    /// Checks each value is a quantity and each request at most its limit,
+    /// as the API server will when it admits the injected pod; `names` are
+    /// the variables the values came from (cpu request, cpu limit, memory
+    /// request, memory limit).
+    fn check(&self, names: [&str; 4]) -> Result<(), SettingError> {
+        let values = [
+            &self.cpu_request,
+            &self.cpu_limit,
+            &self.memory_request,
+            &self.memory_limit,
+        ];
+        for (name, value) in names.iter().zip(values) {
+            if let Some(value) = value {
+                strait_contract::parse_quantity(value)
+                    .map_err(|e| SettingError::new(*name, value.clone(), e.to_string()))?;
+            }
+        }
+        for (resource, request, limit, name) in [
+            ("cpu", &self.cpu_request, &self.cpu_limit, names[0]),
+            ("memory", &self.memory_request, &self.memory_limit, names[2]),
+        ] {
+            if let (Some(request), Some(limit)) = (request, limit) {
+                strait_contract::quantity::check_request_within_limit(resource, request, limit)
+                    .map_err(|problem| SettingError::new(name, request.clone(), problem))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InjectSettings {
     pub proxy_image: String,
@@ -123,11 +154,14 @@ impl InjectSettings {
             let name = env::proxy_limit(proxy_name);
             env(&name).filter(|v| !v.trim().is_empty()).map(|value| (name, value))
         })?;
-        let resources = |prefix: [&str; 4], default: &Resources| Resources {
-            cpu_request: optional(prefix[0], default.cpu_request.clone()),
-            cpu_limit: optional(prefix[1], default.cpu_limit.clone()),
-            memory_request: optional(prefix[2], default.memory_request.clone()),
-            memory_limit: optional(prefix[3], default.memory_limit.clone()),
+        let resources = |names: [&str; 4], default: &Resources| {
+            let resources = Resources {
+                cpu_request: optional(names[0], default.cpu_request.clone()),
+                cpu_limit: optional(names[1], default.cpu_limit.clone()),
+                memory_request: optional(names[2], default.memory_request.clone()),
+                memory_limit: optional(names[3], default.memory_limit.clone()),
+            };
+            resources.check(names).map(|()| resources)
         };
         Ok(InjectSettings {
             proxy_image: text(env::PROXY_IMAGE, defaults.proxy_image.clone()),
@@ -142,7 +176,7 @@ impl InjectSettings {
                     env::PROXY_MEMORY_LIMIT,
                 ],
                 &defaults.proxy_resources,
-            ),
+            )?,
             init_resources: resources(
                 [
                     env::INIT_CPU_REQUEST,
@@ -151,7 +185,7 @@ impl InjectSettings {
                     env::INIT_MEMORY_LIMIT,
                 ],
                 &defaults.init_resources,
-            ),
+            )?,
             log_level: {
                 let filter = text(env::PROXY_LOG_LEVEL, defaults.log_level.clone());
                 strait_contract::check_log_filter(&filter)

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use strait_contract::names::annotations as key;
 use strait_contract::{PortSet, check_log_filter, parse_cidrs};
 
+use crate::settings::Resources;
+
 /// What a pod's annotations ask for, each only when valid.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Overrides {
@@ -56,20 +58,58 @@ impl Overrides {
     pub fn mtls_disabled(&self) -> bool {
         self.mtls.as_deref() == Some("disabled")
     }
+
+    /// The proxy's resources: these overrides over the chart's `defaults`.
+    /// A request the overrides would put above its limit (which the API
+    /// server refuses, failing the pod's creation) is not applied: that
+    /// resource keeps the chart's values, with a warning naming the
+    /// annotations.
+    pub fn proxy_resources(&self, defaults: &Resources) -> (Resources, Vec<String>) {
+        let pick = |own: &Option<String>, default: &Option<String>| own.clone().or_else(|| default.clone());
+        let mut warnings = Vec::new();
+        let mut fit = |resource: &str,
+                       (request, limit): (&Option<String>, &Option<String>),
+                       (default_request, default_limit): (&Option<String>, &Option<String>),
+                       names: [&str; 2]| {
+            let (chosen_request, chosen_limit) = (pick(request, default_request), pick(limit, default_limit));
+            if let (Some(r), Some(l)) = (&chosen_request, &chosen_limit)
+                && let Err(problem) = strait_contract::quantity::check_request_within_limit(resource, r, l)
+            {
+                warnings.push(format!(
+                    "annotations {} and {} ignored: the {resource} request {r} {problem}",
+                    names[0], names[1]
+                ));
+                return (default_request.clone(), default_limit.clone());
+            }
+            (chosen_request, chosen_limit)
+        };
+        let (cpu_request, cpu_limit) = fit(
+            "cpu",
+            (&self.cpu_request, &self.cpu_limit),
+            (&defaults.cpu_request, &defaults.cpu_limit),
+            [key::PROXY_CPU_REQUEST, key::PROXY_CPU_LIMIT],
+        );
+        let (memory_request, memory_limit) = fit(
+            "memory",
+            (&self.memory_request, &self.memory_limit),
+            (&defaults.memory_request, &defaults.memory_limit),
+            [key::PROXY_MEMORY_REQUEST, key::PROXY_MEMORY_LIMIT],
+        );
+        let resources = Resources {
+            cpu_request,
+            cpu_limit,
+            memory_request,
+            memory_limit,
+        };
+        (resources, warnings)
+    }
 }
 
-/// A Kubernetes quantity: digits with an optional fraction and unit suffix.
+/// A Kubernetes quantity, as the API server reads it.
 fn quantity(text: &str) -> Result<String, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let units = ["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"];
-    if !number.is_empty() && number.parse::<f64>().is_ok() && units.contains(&unit) {
-        Ok(text.to_string())
-    } else {
-        Err("expected a quantity such as 100m, 1, 64Mi or 1Gi".into())
-    }
+    strait_contract::parse_quantity(text)
+        .map(|_| text.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Reads the tuning annotations, collecting a warning for each bad one.
@@ -128,7 +168,38 @@ mod tests {
             [
                 "annotation strait.io/skip-outbound-ports=\"abc\" ignored: invalid port \"abc\": expected a number from 1 to 65535",
                 "annotation strait.io/inbound-mode=\"paranoid\" ignored: expected strict or permissive",
-                "annotation strait.io/proxy-cpu-limit=\"lots\" ignored: expected a quantity such as 100m, 1, 64Mi or 1Gi",
+                "annotation strait.io/proxy-cpu-limit=\"lots\" ignored: \"lots\" is not a quantity: quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$' (such as 100m, 1.5, 64Mi, 1e3)",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_request_above_its_limit_keeps_the_charts_values_for_that_resource() {
+        let defaults = Resources {
+            cpu_request: Some("100m".into()),
+            cpu_limit: Some("1".into()),
+            memory_request: Some("20Mi".into()),
+            memory_limit: Some("100Mi".into()),
+        };
+        let annotations: BTreeMap<String, String> = [
+            ("strait.io/proxy-cpu-request", "1.5"),
+            ("strait.io/proxy-memory-request", "1.2e3"),
+            ("strait.io/proxy-memory-limit", "1Pi"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let (overrides, warnings) = read(&annotations);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (resources, warnings) = overrides.proxy_resources(&defaults);
+        assert_eq!(resources.cpu_request.as_deref(), Some("100m"));
+        assert_eq!(resources.cpu_limit.as_deref(), Some("1"));
+        assert_eq!(resources.memory_request.as_deref(), Some("1.2e3"));
+        assert_eq!(resources.memory_limit.as_deref(), Some("1Pi"));
+        assert_eq!(
+            warnings,
+            [
+                "annotations strait.io/proxy-cpu-request and strait.io/proxy-cpu-limit ignored: the cpu request 1.5 must be less than or equal to cpu limit of 1"
             ]
         );
     }

@@ -131,27 +131,10 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
 pub fn proxy_container(
     settings: &InjectSettings,
     overrides: &Overrides,
+    resources: &Resources,
     identity: Option<&str>,
     app_probe_ports: &PortSet,
 ) -> Container {
-    let resources = Resources {
-        cpu_request: overrides
-            .cpu_request
-            .clone()
-            .or_else(|| settings.proxy_resources.cpu_request.clone()),
-        cpu_limit: overrides
-            .cpu_limit
-            .clone()
-            .or_else(|| settings.proxy_resources.cpu_limit.clone()),
-        memory_request: overrides
-            .memory_request
-            .clone()
-            .or_else(|| settings.proxy_resources.memory_request.clone()),
-        memory_limit: overrides
-            .memory_limit
-            .clone()
-            .or_else(|| settings.proxy_resources.memory_limit.clone()),
-    };
     let mut env_vars = vec![
         var(
             env::LOG_LEVEL,
@@ -219,7 +202,7 @@ pub fn proxy_container(
             port("strait-admin", names::ADMIN_PORT),
             port("strait-inbound", names::INBOUND_PORT),
         ]),
-        resources: Some(requirements(&resources)),
+        resources: Some(requirements(resources)),
         security_context: Some(SecurityContext {
             run_as_user: Some(i64::from(names::PROXY_UID)),
             run_as_group: Some(i64::from(names::PROXY_UID)),

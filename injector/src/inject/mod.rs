@@ -96,6 +96,8 @@ pub fn decide(pod: &Value, namespace: &str, namespace_enabled: bool, settings: &
     }
     let (overrides, annotation_warnings) = annotations::read(&annotations);
     warnings.extend(annotation_warnings);
+    let (proxy_resources, resource_warnings) = overrides.proxy_resources(&settings.proxy_resources);
+    warnings.extend(resource_warnings);
     let service_account = pod
         .pointer("/spec/serviceAccountName")
         .and_then(Value::as_str)
@@ -111,7 +113,13 @@ pub fn decide(pod: &Value, namespace: &str, namespace_enabled: bool, settings: &
     let probes = probes::rewrite(pod, &skip_inbound);
 
     let init = serde_json::to_value(containers::init_container(settings, &overrides)).unwrap_or_default();
-    let proxy = containers::proxy_container(settings, &overrides, identity.as_deref(), &probes.ports);
+    let proxy = containers::proxy_container(
+        settings,
+        &overrides,
+        &proxy_resources,
+        identity.as_deref(),
+        &probes.ports,
+    );
     let proxy = serde_json::to_value(proxy).unwrap_or_default();
     // The probe rewrites name containers by their index as submitted, so
     // they come before the proxy is inserted among them.

@@ -210,6 +210,44 @@ fn chart_limits_reach_every_proxy_and_bad_ones_stop_the_injector() {
 }
 
 #[test]
+fn chart_resources_must_be_quantities_with_requests_within_limits() {
+    let settings = |pairs: &[(&str, &str)]| {
+        let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        InjectSettings::from_env(move |name| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    };
+    let error = settings(&[("STRAIT_PROXY_CPU_LIMIT", "1.2.3")])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("STRAIT_PROXY_CPU_LIMIT=\"1.2.3\": \"1.2.3\" is not a quantity"),
+        "{error}"
+    );
+    let error = settings(&[
+        ("STRAIT_PROXY_MEMORY_REQUEST", "2Gi"),
+        ("STRAIT_PROXY_MEMORY_LIMIT", "1Gi"),
+    ])
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        error,
+        "STRAIT_PROXY_MEMORY_REQUEST=\"2Gi\": must be less than or equal to memory limit of 1Gi"
+    );
+    let error = settings(&[("STRAIT_INIT_CPU_REQUEST", "1"), ("STRAIT_INIT_CPU_LIMIT", "500m")]).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("must be less than or equal to cpu limit of 500m"),
+        "{error}"
+    );
+    let big = settings(&[
+        ("STRAIT_PROXY_MEMORY_REQUEST", "1e3"),
+        ("STRAIT_PROXY_MEMORY_LIMIT", "1Pi"),
+    ])
+    .unwrap();
+    assert_eq!(big.proxy_resources.memory_limit.as_deref(), Some("1Pi"));
+}
+
+#[test]
 fn without_native_sidecars_application_init_containers_run_before_the_redirect() {
     let settings = InjectSettings {
         native_sidecar: false,
