@@ -78,9 +78,11 @@ pub enum Command {
     Down,
     /// The guided demo: per-pod request share and CPU, without and with the mesh.
     Demo,
-    /// Take the API server off the lab network, or bring it back.
+    /// Take the API server off the lab network, or bring it back; or show
+    /// who loads it (`stats`: per user, requests, lists, watches, open
+    /// watches, refusals and bytes sent).
     Apiserver {
-        #[arg(value_parser = ["stop", "start"])]
+        #[arg(value_parser = ["stop", "start", "stats"])]
         action: String,
     },
     /// Start a real Prometheus that scrapes every proxy, and print its URL.
@@ -188,6 +190,10 @@ pub async fn run(command: Command, paths: LabPaths) -> anyhow::Result<i32> {
             require_root()?;
             crate::demo::run(&paths, &client).await?;
         }
+        Command::Apiserver { action } if action == "stats" => {
+            let stats = client.get("/lab/v1/apiserver/stats").await?;
+            print_api_stats(&stats);
+        }
         Command::Apiserver { action } => {
             let answer = client.post(&format!("/lab/v1/apiserver/{action}"), &json!({})).await?;
             println!("apiserver: {}", answer["apiserver"].as_str().unwrap_or_default());
@@ -211,6 +217,21 @@ pub async fn run(command: Command, paths: LabPaths) -> anyhow::Result<i32> {
         Command::Sandbox(_) | Command::PortForward(_) => bail!("this command runs before the runtime starts"),
     }
     Ok(0)
+}
+
+/// One line per user of the API server, busiest first.
+fn print_api_stats(stats: &Value) {
+    let columns = ["requests", "lists", "watches", "openWatches", "forbidden", "bytesSent"];
+    let mut users: Vec<(&String, &Value)> = stats.as_object().into_iter().flatten().collect();
+    users.sort_by_key(|(_, s)| std::cmp::Reverse(s["bytesSent"].as_u64().unwrap_or_default()));
+    println!(
+        "{:<60} {:>9} {:>7} {:>8} {:>12} {:>10} {:>12}",
+        "USER", "REQUESTS", "LISTS", "WATCHES", "OPEN-WATCHES", "FORBIDDEN", "BYTES-SENT"
+    );
+    for (user, tally) in users {
+        let [requests, lists, watches, open, forbidden, bytes] = columns.map(|c| tally[c].as_u64().unwrap_or_default());
+        println!("{user:<60} {requests:>9} {lists:>7} {watches:>8} {open:>12} {forbidden:>10} {bytes:>12}");
+    }
 }
 
 /// Makes the lab's Prometheus reachable on the host's loopback (once per

@@ -65,6 +65,7 @@ pub async fn run(paths: LabPaths) -> anyhow::Result<()> {
         store: store.clone(),
         tokens: tokens.clone(),
         admission,
+        stats: Arc::default(),
     });
     bootstrap(&api).await?;
 
@@ -189,6 +190,7 @@ impl Daemon {
                 self.network.stop();
                 reply(StatusCode::OK, json!({"apiserver": "stopped"}))
             }
+            (Method::GET, ["apiserver", "stats"]) => reply(StatusCode::OK, self.api.stats.to_json()),
             (Method::POST, ["apiserver", "start"]) => match self.network.start().await {
                 Ok(()) => reply(StatusCode::OK, json!({"apiserver": "running"})),
                 Err(error) => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"message": error.to_string()})),

@@ -1,6 +1,8 @@
-//! What the API server does to an object before storing it: defaulting (as
-//! Kubernetes' built-in admission does), ClusterIP allocation, and the
-//! mutating admission step for pods (sidecar injection).
+//! What the API server does to an object before storing it, in Kubernetes'
+//! order: defaulting (as its built-in admission does), ClusterIP
+//! allocation, the mutating admission step for pods (sidecar injection),
+//! field validation (resource quantities, see [`super::validation`]), then
+//! validating admission (Pod Security, see [`super::podsecurity`]).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -11,7 +13,8 @@ use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::resource::Resource;
-use super::store::{Store, namespace_of};
+use super::store::{Store, namespace_of, random_suffix};
+use super::{podsecurity, validation};
 
 /// A pod mutation and the warnings to return with the admission.
 pub struct Mutated {
@@ -93,8 +96,19 @@ impl Admission {
         match resource.plural {
             "services" => Ok((self.default_service(object)?, Vec::new())),
             "pods" => self.admit_pod(object).await,
-            "deployments" => Ok((default_deployment(object), Vec::new())),
-            "namespaces" => Ok((label_namespace(object), Vec::new())),
+            "deployments" => {
+                let deployment = default_deployment(object);
+                validation::validate_resources("Deployment", &deployment)?;
+                Ok((deployment, Vec::new()))
+            }
+            "jobs" => {
+                validation::validate_resources("Job", &object)?;
+                Ok((object, Vec::new()))
+            }
+            "namespaces" => {
+                podsecurity::check_namespace(&object)?;
+                Ok((label_namespace(object), Vec::new()))
+            }
             _ => Ok((object, Vec::new())),
         }
     }
@@ -135,9 +149,24 @@ impl Admission {
                 service_defaults(spec);
                 Ok(new)
             }
-            "pods" => Ok(default_pod(new)),
-            "deployments" => Ok(default_deployment(new)),
-            "namespaces" => Ok(label_namespace(new)),
+            "pods" => {
+                let pod = default_pod(new);
+                validation::validate_resources("Pod", &pod)?;
+                Ok(pod)
+            }
+            "deployments" => {
+                let deployment = default_deployment(new);
+                validation::validate_resources("Deployment", &deployment)?;
+                Ok(deployment)
+            }
+            "jobs" => {
+                validation::validate_resources("Job", &new)?;
+                Ok(new)
+            }
+            "namespaces" => {
+                podsecurity::check_namespace(&new)?;
+                Ok(label_namespace(new))
+            }
             _ => Ok(new),
         }
     }
@@ -165,12 +194,27 @@ impl Admission {
 
     async fn admit_pod(&self, pod: Value) -> Result<(Value, Vec<String>), ApiError> {
         let pod = default_pod(pod);
-        let Some(mutator) = &self.pod_mutator else {
-            return Ok((pod, Vec::new()));
-        };
         let namespace = self.store.get(Resource::named("namespaces"), "", namespace_of(&pod))?;
-        let mutated = mutator.mutate(pod, &namespace).await?;
-        Ok((mutated.pod, mutated.warnings))
+        let (mut pod, mut warnings) = match &self.pod_mutator {
+            Some(mutator) => {
+                let mutated = mutator.mutate(pod, &namespace).await?;
+                (mutated.pod, mutated.warnings)
+            }
+            None => (pod, Vec::new()),
+        };
+        // The name is generated before validation, as Kubernetes does, so
+        // that refusals name the pod.
+        let generated = pod["metadata"]["generateName"]
+            .as_str()
+            .map(|prefix| format!("{prefix}{}", random_suffix(5)));
+        if pod["metadata"]["name"].as_str().unwrap_or_default().is_empty()
+            && let Some(name) = generated
+        {
+            pod["metadata"]["name"] = json!(name);
+        }
+        validation::validate_resources("Pod", &pod)?;
+        warnings.extend(podsecurity::admit(&namespace, &pod)?);
+        Ok((pod, warnings))
     }
 }
 

@@ -43,6 +43,17 @@ pub enum Principal {
     },
 }
 
+impl Principal {
+    /// The user name Kubernetes would give this principal.
+    pub fn user_name(&self) -> String {
+        match self {
+            Principal::Admin => "system:admin".into(),
+            Principal::Anonymous => "system:anonymous".into(),
+            Principal::ServiceAccount { namespace, name } => format!("system:serviceaccount:{namespace}:{name}"),
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Tokens {
     tokens: Mutex<HashMap<String, Token>>,

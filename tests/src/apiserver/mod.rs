@@ -7,11 +7,15 @@ pub mod admission;
 pub mod auth;
 pub mod discovery;
 pub mod error;
+pub mod podsecurity;
+pub mod rbac;
 pub mod resource;
 pub mod route;
 pub mod selector;
 pub mod serve;
+pub mod stats;
 pub mod store;
+pub mod validation;
 pub mod watch;
 pub mod webhooks;
 
@@ -45,6 +49,7 @@ pub struct Api {
     pub store: Arc<Store>,
     pub tokens: Arc<Tokens>,
     pub admission: Admission,
+    pub stats: Arc<stats::ApiStats>,
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -100,7 +105,8 @@ async fn read_json(request: Request<Incoming>) -> Result<(Value, Option<String>)
 }
 
 impl Api {
-    /// Serves one request for an authenticated principal.
+    /// Serves one request for an authenticated principal: authorizes it
+    /// (RBAC for ServiceAccounts), serves it, and counts it for its user.
     pub async fn handle(
         self: &Arc<Self>,
         request: Request<Incoming>,
@@ -109,24 +115,37 @@ impl Api {
     ) -> Response<Body> {
         let method = request.method().clone();
         let path = request.uri().path().to_string();
-        let result = self.dispatch(request, &principal, stop).await;
-        match result {
+        let route = route::parse(&path);
+        let query = query(&request);
+        let attributes = route.as_ref().and_then(|route| attributes(route, &method, &query));
+        let verb = attributes.as_ref().map(|a| a.verb);
+        let denied = match (&principal, &attributes) {
+            (Principal::ServiceAccount { namespace, name }, Some(attributes)) => {
+                rbac::authorize(&self.store, &rbac::User::service_account(namespace, name), attributes).err()
+            }
+            _ => None,
+        };
+        let result = match (route, denied) {
+            (None, _) => Err(ApiError::new_not_found_path(&path)),
+            (Some(_), Some(denied)) => Err(denied),
+            (Some(route), None) => self.dispatch(request, route, stop).await,
+        };
+        let response = match result {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(%method, %path, ?principal, %error, "API request failed");
                 error_response(&error)
             }
-        }
+        };
+        self.stats.count(&principal.user_name(), verb, response)
     }
 
     async fn dispatch(
         self: &Arc<Self>,
         request: Request<Incoming>,
-        _principal: &Principal,
+        route: Route,
         stop: CancellationToken,
     ) -> Result<Response<Body>, ApiError> {
-        let route =
-            route::parse(request.uri().path()).ok_or_else(|| ApiError::new_not_found_path(request.uri().path()))?;
         let method = request.method().clone();
         match route {
             Route::Discovery(discovery) => {
@@ -430,6 +449,77 @@ impl Api {
             }
             Ok(())
         })
+    }
+}
+
+/// What a request asks, for authorization: `None` for the discovery
+/// documents, which every authenticated user may read.
+fn attributes<'r>(
+    route: &'r Route,
+    method: &Method,
+    query: &'r HashMap<String, String>,
+) -> Option<rbac::Attributes<'r>> {
+    match route {
+        Route::Discovery(_) => None,
+        Route::Collection { resource, namespace } => {
+            let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
+            let verb = match *method {
+                Method::GET if watch => "watch",
+                Method::GET => "list",
+                Method::POST => "create",
+                Method::DELETE => "deletecollection",
+                Method::PUT => "update",
+                Method::PATCH => "patch",
+                _ => "unknown",
+            };
+            // A list or watch of one name, by field selector, is
+            // authorized for that name (as Kubernetes' request info does).
+            let name = query
+                .get("fieldSelector")
+                .into_iter()
+                .flat_map(|selector| selector.split(','))
+                .find_map(|term| {
+                    let term = term.trim();
+                    term.strip_prefix("metadata.name==")
+                        .or_else(|| term.strip_prefix("metadata.name="))
+                })
+                .unwrap_or_default();
+            Some(rbac::Attributes {
+                verb,
+                resource,
+                subresource: None,
+                namespace: namespace.as_deref().unwrap_or_default(),
+                name,
+            })
+        }
+        Route::Object {
+            resource,
+            namespace,
+            name,
+            subresource,
+        } => {
+            let verb = match *method {
+                Method::GET => "get",
+                Method::PUT => "update",
+                Method::PATCH => "patch",
+                Method::DELETE => "delete",
+                Method::POST => "create",
+                _ => "unknown",
+            };
+            // A namespace is its own namespace, for Roles bound in it.
+            let namespace = match namespace {
+                Some(namespace) => namespace.as_str(),
+                None if resource.plural == "namespaces" => name.as_str(),
+                None => "",
+            };
+            Some(rbac::Attributes {
+                verb,
+                resource,
+                subresource: subresource.as_deref(),
+                namespace,
+                name,
+            })
+        }
     }
 }
 
