@@ -27,6 +27,12 @@ pub struct CertificateResponse {
     pub chain: String,
     /// When the leaf expires, in seconds since the Unix epoch.
     pub not_after: i64,
+    /// The trust anchors the mesh trusts now, PEM (one or more: during a
+    /// rotation, the old and the new). Proxies verify peers and the identity
+    /// service against these from then on, so a rotation needs no restart.
+    /// Empty from an identity service that predates it: keep what you have.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trust_anchors: String,
 }
 
 /// Any error, with the HTTP status saying which kind.

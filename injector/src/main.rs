@@ -218,8 +218,7 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
         !anchors.trim().is_empty(),
         "no trust anchors: set STRAIT_TRUST_ANCHORS_FILE, or STRAIT_IDENTITY_SECRET for the control plane's own"
     );
-    pki::load_certs(&anchors, "trust anchors")?;
-    let signer = Signer::load(&issuer_cert, &issuer_key, config.cert_lifetime)?;
+    let signer = Signer::load(&issuer_cert, &issuer_key, config.cert_lifetime)?.trusting(&anchors)?;
     let (chain, key) = signer.serving_certificate(&config.identity_names())?;
     let identity_tls = identity_tls(chain, key)?;
 

@@ -180,3 +180,98 @@ pub async fn serve_https<H, F, B>(
     graceful.shutdown().await;
     tracing::info!(service = what, "stopped: every connection closed");
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use rcgen::{CertificateParams, KeyPair};
+    use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio::sync::{Mutex as AsyncMutex, mpsc};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_in_flight_when_stopping_is_answered_and_then_the_server_is_gone() {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let tls = {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let mut config = rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.der().clone()], private.clone_key())
+                .unwrap();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Arc::new(config)
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The handler says when a request reached it and answers only when told.
+        let (entered_tx, mut entered) = mpsc::channel::<()>(1);
+        let (release_tx, release) = mpsc::channel::<()>(1);
+        let release = Arc::new(AsyncMutex::new(release));
+        let handle = move |_request: Request<Incoming>| {
+            let (entered_tx, release) = (entered_tx.clone(), release.clone());
+            async move {
+                let _ = entered_tx.send(()).await;
+                release.lock().await.recv().await;
+                Response::new(Full::new(Bytes::from_static(b"answered")))
+            }
+        };
+        let (stop_tx, stop) = watch::channel(false);
+        let server = tokio::spawn(serve_https(listener, tls, "test", handle, stop));
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(cert.der().to_vec())).unwrap();
+        let client_tls =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(client_tls))
+            .connect(ServerName::try_from("localhost").unwrap(), stream)
+            .await
+            .unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .uri("/slow")
+            .header(http::header::HOST, "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = tokio::spawn(sender.send_request(request));
+        entered.recv().await.unwrap();
+
+        // Stopping: no new connections, the request in flight still answered.
+        stop_tx.send(true).unwrap();
+        let mut refused = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                refused = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(refused, "new connections are refused once stopping");
+        assert!(!server.is_finished(), "the server waits for the request in flight");
+        release_tx.send(()).await.unwrap();
+        let response = response.await.unwrap().unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"answered");
+        tokio::time::timeout(Duration::from_secs(10), server)
+            .await
+            .expect("the server returns once its connections have closed")
+            .unwrap();
+    }
+}

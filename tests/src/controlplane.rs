@@ -62,8 +62,15 @@ fn helm() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("helm"))
 }
 
-/// `helm template strait charts/strait -n strait-system`.
+/// `helm template strait charts/strait -n strait-system`, with `--set`
+/// for each of `extra_values`.
 pub fn render(extra_values: &[String]) -> Result<String, ControlPlaneError> {
+    render_with(&[], extra_values)
+}
+
+/// Like [`render`], with values files first (`-f`, for values such as PEM
+/// certificates that `--set` cannot carry).
+pub fn render_with(values_files: &[&Path], extra_values: &[String]) -> Result<String, ControlPlaneError> {
     let (chart, helm) = (chart()?, helm());
     let error = |problem: String| ControlPlaneError::Helm {
         helm: helm.display().to_string(),
@@ -73,6 +80,7 @@ pub fn render(extra_values: &[String]) -> Result<String, ControlPlaneError> {
         .args(["template", "strait"])
         .arg(&chart)
         .args(["--namespace", NAMESPACE])
+        .args(values_files.iter().flat_map(|file| [Path::new("-f"), file]))
         .args(extra_values.iter().flat_map(|v| ["--set".to_string(), v.clone()]))
         .output()
         .map_err(|e| error(e.to_string()))?;

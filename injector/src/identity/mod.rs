@@ -281,6 +281,7 @@ pub fn issue(
         certificate: signed.certificate,
         chain: signer.chain_pem().to_string(),
         not_after: signed.not_after,
+        trust_anchors: signer.anchors_pem().to_string(),
     })
 }
 

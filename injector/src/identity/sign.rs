@@ -38,6 +38,9 @@ pub struct Signer {
     /// The issuer's own certificate, sent with every leaf.
     chain_pem: String,
     lifetime: Duration,
+    /// The trust anchors sent with every certificate (see
+    /// [`Signer::trusting`]).
+    anchors_pem: String,
 }
 
 fn accepted(alg: &rcgen::SignatureAlgorithm) -> bool {
@@ -81,7 +84,43 @@ impl Signer {
             issuer,
             chain_pem: cert_pem.to_string(),
             lifetime,
+            anchors_pem: String::new(),
         })
+    }
+
+    /// Sets the trust anchors (PEM) the identity service hands out with each
+    /// certificate. The issuer's certificate must be signed by one of them,
+    /// or every certificate would be refused by every peer: during a
+    /// rotation, a new issuer comes only once its anchor is in the set.
+    ///
+    /// # Errors
+    /// [`PkiError::Load`] when the anchors cannot be read or none signed the
+    /// issuer.
+    pub fn trusting(mut self, anchors_pem: &str) -> Result<Self, PkiError> {
+        let anchors = load_certs(anchors_pem, "trust anchors")?;
+        let issuer = load_certs(&self.chain_pem, "identity issuer certificate")?;
+        let problem = |problem: String| PkiError::Load {
+            what: "identity issuer certificate".into(),
+            problem,
+        };
+        let (_, issuer) = x509_parser::parse_x509_certificate(&issuer[0]).map_err(|e| problem(e.to_string()))?;
+        let signed_by_an_anchor = anchors.iter().any(|anchor| {
+            x509_parser::parse_x509_certificate(anchor)
+                .is_ok_and(|(_, anchor)| issuer.verify_signature(Some(anchor.public_key())).is_ok())
+        });
+        if !signed_by_an_anchor {
+            return Err(problem(format!(
+                "{} is not signed by any of the {} trust anchor(s): add the anchor that signed it to the trust anchors first",
+                issuer.subject(),
+                anchors.len()
+            )));
+        }
+        self.anchors_pem = anchors_pem.to_string();
+        Ok(self)
+    }
+
+    pub fn anchors_pem(&self) -> &str {
+        &self.anchors_pem
     }
 
     pub fn chain_pem(&self) -> &str {

@@ -3,7 +3,7 @@
 //! afresh each time, since the kubelet rotates it).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -40,25 +40,41 @@ pub struct IdentityClient {
     /// host:port of the service.
     addr: String,
     host: String,
-    tls: Arc<rustls::ClientConfig>,
+    /// Shared by every clone: a new set of trust anchors reaches them all.
+    tls: Arc<RwLock<Arc<rustls::ClientConfig>>>,
     token: PathBuf,
+}
+
+fn client_config(roots: Arc<RootCertStore>) -> Result<rustls::ClientConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
 }
 
 impl IdentityClient {
     pub fn new(addr: &str, token: PathBuf, roots: Arc<RootCertStore>) -> Result<Self, rustls::Error> {
         let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host).to_string();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(IdentityClient {
             addr: addr.to_string(),
             host,
-            tls: Arc::new(tls),
+            tls: Arc::new(RwLock::new(Arc::new(client_config(roots)?))),
             token,
         })
+    }
+
+    /// Verifies the identity service against `roots` from now on (after a
+    /// trust-anchor rotation).
+    ///
+    /// # Errors
+    /// When rustls cannot build the configuration; the old one stays.
+    pub fn trust(&self, roots: Arc<RootCertStore>) -> Result<(), rustls::Error> {
+        let config = Arc::new(client_config(roots)?);
+        *self.tls.write().unwrap_or_else(PoisonError::into_inner) = config;
+        Ok(())
     }
 
     fn unreachable(&self, problem: impl ToString) -> IdentityError {
@@ -73,7 +89,8 @@ impl IdentityClient {
             let stream = TcpStream::connect(&self.addr).await.map_err(|e| self.unreachable(e))?;
             let _ = stream.set_nodelay(true);
             let name = ServerName::try_from(self.host.clone()).map_err(|e| self.unreachable(e))?;
-            let stream = TlsConnector::from(self.tls.clone())
+            let tls = self.tls.read().unwrap_or_else(PoisonError::into_inner).clone();
+            let stream = TlsConnector::from(tls)
                 .connect(name, stream)
                 .await
                 .map_err(|e| self.unreachable(e))?;

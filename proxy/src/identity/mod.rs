@@ -1,7 +1,9 @@
 //! This workload's identity. The private key is made in memory at start and
 //! never leaves the process; the certificate comes from the identity
 //! service (with retries and back-off until it answers), and is renewed at
-//! about 70% of its lifetime. The proxy is not ready until it has one.
+//! about 70% of its lifetime. The proxy is not ready until it has one. The
+//! trust anchors come with each certificate, so a rotation of the anchors
+//! reaches running proxies at their next renewal.
 
 pub mod client;
 
@@ -41,6 +43,7 @@ pub struct LocalIdentity {
     key: KeyPair,
     client: IdentityClient,
     expiry: Gauge,
+    anchors: Gauge,
     requests: Family<OutcomeLabels, Counter>,
 }
 
@@ -65,12 +68,19 @@ impl LocalIdentity {
         let tls = Arc::new(MeshTls::new(id, anchors_pem, Arc::new(CurrentCert::default()))?);
         let client = IdentityClient::new(service, token, tls.roots())?;
         let expiry = Gauge::default();
+        let anchors = Gauge::default();
+        anchors.set(tls.anchor_count() as i64);
         let requests = Family::default();
         let sub = registry.sub_registry_with_prefix("identity");
         sub.register(
             "cert_expiry_timestamp_seconds",
             "When this proxy's certificate expires (Unix time)",
             expiry.clone(),
+        );
+        sub.register(
+            "trust_anchors",
+            "How many trust anchors this proxy trusts now (two during a rotation)",
+            anchors.clone(),
         );
         sub.register(
             "certificate_requests",
@@ -82,6 +92,7 @@ impl LocalIdentity {
             key: KeyPair::generate()?,
             client,
             expiry,
+            anchors,
             requests,
         }))
     }
@@ -111,6 +122,11 @@ impl LocalIdentity {
         let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()));
         let signer = rustls::crypto::ring::sign::any_supported_type(&private)
             .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        // The anchors first: the new certificate may chain to an anchor
+        // that peers learn of only now, as this proxy does.
+        if !issued.trust_anchors.is_empty() {
+            self.trust(&issued.trust_anchors)?;
+        }
         self.tls.current.set(Arc::new(CertifiedKey::new(chain, signer)));
         self.expiry.set(issued.not_after);
         let now = std::time::SystemTime::now()
@@ -118,6 +134,21 @@ impl LocalIdentity {
             .unwrap_or_default()
             .as_secs() as i64;
         Ok(Duration::from_secs((issued.not_after - now).max(1) as u64))
+    }
+
+    /// Trusts the anchors the identity service handed out, for peers and
+    /// for the identity service itself.
+    fn trust(&self, anchors_pem: &str) -> Result<(), IdentityError> {
+        let refused = |e: String| IdentityError::Protocol(format!("the trust anchors: {e}"));
+        if self.tls.set_anchors(anchors_pem).map_err(|e| refused(e.to_string()))? {
+            self.client
+                .trust(self.tls.roots())
+                .map_err(|e| refused(e.to_string()))?;
+            let count = self.tls.anchor_count();
+            self.anchors.set(count as i64);
+            tracing::info!(anchors = count, "trust anchors changed");
+        }
+        Ok(())
     }
 
     /// Obtains and renews the certificate for as long as the proxy runs.

@@ -62,15 +62,25 @@ impl ResolvesServerCert for ServerCert {
     }
 }
 
+/// What this workload trusts now: the trust anchors and what is built from
+/// them. Replaced whole when the identity service hands out other anchors
+/// (a rotation); handshakes in progress finish with the one they started.
+#[derive(Debug)]
+struct Trust {
+    pem: String,
+    count: usize,
+    anchors: Arc<Anchors>,
+    roots: Arc<RootCertStore>,
+    server: Arc<ServerConfig>,
+}
+
 /// Builds (and caches, per peer) the TLS configurations of one workload.
 #[derive(Debug)]
 pub struct MeshTls {
     pub identity: SpiffeId,
     pub current: Arc<CurrentCert>,
-    anchors: Arc<Anchors>,
-    roots: Arc<RootCertStore>,
+    trust: RwLock<Arc<Trust>>,
     clients: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
-    server: Arc<ServerConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,11 +95,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-impl MeshTls {
-    pub fn new(identity: SpiffeId, anchors_pem: &str, current: Arc<CurrentCert>) -> Result<Self, TlsError> {
+impl Trust {
+    fn new(pem: &str, identity: &SpiffeId, current: &Arc<CurrentCert>) -> Result<Self, TlsError> {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
-        let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(anchors_pem.as_bytes())
+        let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
             .collect::<Result<_, _>>()
             .map_err(|e| TlsError::Anchors(e.to_string()))?;
         if certificates.is_empty() {
@@ -114,14 +124,55 @@ impl MeshTls {
                 server_name: identity.server_name(),
             }));
         server.alpn_protocols = vec![MESH_ALPN.to_vec()];
+        Ok(Trust {
+            pem: pem.to_string(),
+            count: certificates.len(),
+            anchors,
+            roots,
+            server: Arc::new(server),
+        })
+    }
+}
+
+impl MeshTls {
+    /// `anchors_pem`: one or more PEM certificates.
+    ///
+    /// # Errors
+    /// [`TlsError::Anchors`] when they cannot be read or there are none.
+    pub fn new(identity: SpiffeId, anchors_pem: &str, current: Arc<CurrentCert>) -> Result<Self, TlsError> {
+        let trust = Trust::new(anchors_pem, &identity, &current)?;
         Ok(MeshTls {
             identity,
             current,
-            anchors,
-            roots,
+            trust: RwLock::new(Arc::new(trust)),
             clients: Mutex::new(HashMap::new()),
-            server: Arc::new(server),
         })
+    }
+
+    fn trust(&self) -> Arc<Trust> {
+        self.trust.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Trusts `anchors_pem` from now on, for new handshakes: returns whether
+    /// they differ from the anchors in use. Connections already made are
+    /// not disturbed.
+    ///
+    /// # Errors
+    /// [`TlsError::Anchors`] when they cannot be read; the anchors in use
+    /// stay.
+    pub fn set_anchors(&self, anchors_pem: &str) -> Result<bool, TlsError> {
+        if self.trust().pem == anchors_pem {
+            return Ok(false);
+        }
+        let trust = Trust::new(anchors_pem, &self.identity, &self.current)?;
+        *self.trust.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(trust);
+        self.clients.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        Ok(true)
+    }
+
+    /// How many trust anchors are in use.
+    pub fn anchor_count(&self) -> usize {
+        self.trust().count
     }
 
     /// The client configuration for connecting to `peer`.
@@ -131,7 +182,7 @@ impl MeshTls {
             return Ok(config.clone());
         }
         let verifier = ServerIdentityVerifier {
-            anchors: self.anchors.clone(),
+            anchors: self.trust().anchors.clone(),
             expected: peer.clone(),
         };
         let mut config = ClientConfig::builder_with_provider(provider())
@@ -146,12 +197,12 @@ impl MeshTls {
     }
 
     pub fn server(&self) -> Arc<ServerConfig> {
-        self.server.clone()
+        self.trust().server.clone()
     }
 
     /// The trust anchors, for verifying the identity service itself.
     pub fn roots(&self) -> Arc<RootCertStore> {
-        self.roots.clone()
+        self.trust().roots.clone()
     }
 }
 

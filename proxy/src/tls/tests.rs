@@ -158,3 +158,39 @@ async fn a_handshake_for_another_workloads_name_is_refused() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn a_rotation_of_the_anchors_reaches_both_sides_without_a_restart() {
+    let (old, new) = (Ca::new(), Ca::new());
+    let (web, api) = (id("web"), id("api"));
+    let client = mesh(&web, &old.pem(), old.leaf(&web, -1, 1));
+    let server = mesh(&api, &old.pem(), old.leaf(&api, -1, 1));
+    // Both anchors first, everywhere: old and new certificates mix.
+    let bundle = format!("{}{}", old.pem(), new.pem());
+    for side in [&client, &server] {
+        assert!(side.set_anchors(&bundle).unwrap());
+        assert!(!side.set_anchors(&bundle).unwrap(), "the same anchors change nothing");
+        assert_eq!(side.anchor_count(), 2);
+    }
+    client.current.set(new.leaf(&web, -1, 1));
+    assert_eq!(
+        handshake(&client, &api, &server, &api.server_name()).await.unwrap(),
+        [web]
+    );
+    server.current.set(new.leaf(&api, -1, 1));
+    // The client's cached configuration for api was dropped with the old trust.
+    handshake(&client, &api, &server, &api.server_name()).await.unwrap();
+    // The old anchor gone: only new certificates are taken.
+    for side in [&client, &server] {
+        side.set_anchors(&new.pem()).unwrap();
+    }
+    handshake(&client, &api, &server, &api.server_name()).await.unwrap();
+    // A server still holding an old certificate is refused (a fresh one:
+    // the first server's session tickets would resume without a certificate).
+    let stale = mesh(&api, &bundle, old.leaf(&api, -1, 1));
+    let error = handshake(&client, &api, &stale, &api.server_name()).await.unwrap_err();
+    assert!(error.contains("invalid peer certificate"), "{error}");
+    // Garbage keeps what is in use.
+    assert!(client.set_anchors("not PEM").is_err());
+    assert_eq!(client.anchor_count(), 1);
+}

@@ -85,3 +85,34 @@ fn an_issuer_key_that_is_not_the_certificates_is_refused_at_load() {
     assert!(Signer::load(&read("issuer.crt"), &read("issuer.key"), Duration::from_secs(60)).is_ok());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn the_issuer_must_be_signed_by_one_of_the_trust_anchors_it_hands_out() {
+    let base = std::env::temp_dir().join(format!("strait-trusting-{}", std::process::id()));
+    let (old, new) = (base.join("old"), base.join("new"));
+    crate::pki::generate(&old, "cluster.local").unwrap();
+    crate::pki::generate(&new, "cluster.local").unwrap();
+    let read = |dir: &std::path::Path, name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+    let issuer = |dir: &std::path::Path| {
+        Signer::load(
+            &read(dir, "issuer.crt"),
+            &read(dir, "issuer.key"),
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    };
+    let bundle = format!("{}{}", read(&old, "ca.crt"), read(&new, "ca.crt"));
+    // Mid-rotation: both anchors, either issuer.
+    for dir in [&old, &new] {
+        let signer = issuer(dir).trusting(&bundle).unwrap();
+        assert_eq!(signer.anchors_pem(), bundle);
+    }
+    // A new issuer before its anchor is trusted would cut the mesh off.
+    let error = issuer(&new).trusting(&read(&old, "ca.crt")).err().unwrap().to_string();
+    assert!(
+        error.contains("is not signed by any of the 1 trust anchor(s)"),
+        "{error}"
+    );
+    assert!(issuer(&old).trusting("not PEM").is_err());
+    std::fs::remove_dir_all(base).unwrap();
+}
