@@ -72,6 +72,20 @@ pub fn parse_quantity(text: &str) -> Result<ParsedQuantity, QuantityError> {
     ParsedQuantity::try_from(exa.as_deref().unwrap_or(text)).map_err(|_| error())
 }
 
+/// Reads a container's resource amount: a quantity that is not negative.
+///
+/// # Errors
+/// The problem, worded as the API server words it (`must be greater than
+/// or equal to 0`), or the [`QuantityError`] text.
+pub fn parse_resource(text: &str) -> Result<ParsedQuantity, String> {
+    let quantity = parse_quantity(text).map_err(|e| e.to_string())?;
+    let zero = parse_quantity("0").map_err(|e| e.to_string())?;
+    if quantity < zero {
+        return Err("must be greater than or equal to 0".into());
+    }
+    Ok(quantity)
+}
+
 /// Checks that a request does not exceed its limit (both quantities of the
 /// same resource), as the API server does for a container's resources.
 ///
@@ -120,5 +134,17 @@ mod tests {
         assert!(check_request_within_limit("memory", "1000Pi", "1Ei").is_ok());
         assert!(check_request_within_limit("memory", "1E", "1000P").is_ok());
         assert!(check_request_within_limit("memory", "2E", "1Ei").is_err());
+    }
+
+    #[test]
+    fn resources_may_not_be_negative() {
+        assert_eq!(parse_resource("-1").unwrap_err(), "must be greater than or equal to 0");
+        assert_eq!(
+            parse_resource("-5Mi").unwrap_err(),
+            "must be greater than or equal to 0"
+        );
+        assert!(parse_resource("0").is_ok());
+        assert!(parse_resource("-0").is_ok());
+        assert!(parse_resource("lots").unwrap_err().contains("is not a quantity"));
     }
 }

@@ -29,8 +29,8 @@ impl Resources {
         ];
         for (name, value) in names.iter().zip(values) {
             if let Some(value) = value {
-                strait_contract::parse_quantity(value)
-                    .map_err(|e| SettingError::new(*name, value.clone(), e.to_string()))?;
+                strait_contract::quantity::parse_resource(value)
+                    .map_err(|problem| SettingError::new(*name, value.clone(), problem))?;
             }
         }
         for (resource, request, limit, name) in [

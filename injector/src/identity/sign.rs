@@ -43,6 +43,15 @@ pub struct Signer {
     anchors_pem: String,
 }
 
+fn parse_certificate<'a>(der: &'a [u8], what: &str) -> Result<x509_parser::certificate::X509Certificate<'a>, PkiError> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, cert)| cert)
+        .map_err(|e| PkiError::Load {
+            what: what.into(),
+            problem: e.to_string(),
+        })
+}
+
 fn accepted(alg: &rcgen::SignatureAlgorithm) -> bool {
     [
         &rcgen::PKCS_ECDSA_P256_SHA256,
@@ -89,31 +98,52 @@ impl Signer {
     }
 
     /// Sets the trust anchors (PEM) the identity service hands out with each
-    /// certificate. The issuer's certificate must be signed by one of them,
-    /// or every certificate would be refused by every peer: during a
-    /// rotation, a new issuer comes only once its anchor is in the set.
+    /// certificate. The issuer's certificate must chain to one of them,
+    /// through the intermediates that follow it in its file, or every
+    /// certificate would be refused by every peer: during a rotation, a new
+    /// issuer comes only once its anchor is in the set. Every anchor must be
+    /// a certificate, since proxies refuse a set with one they cannot read.
     ///
     /// # Errors
-    /// [`PkiError::Load`] when the anchors cannot be read or none signed the
-    /// issuer.
+    /// [`PkiError::Load`] when an anchor cannot be read or the issuer does
+    /// not chain to any.
     pub fn trusting(mut self, anchors_pem: &str) -> Result<Self, PkiError> {
-        let anchors = load_certs(anchors_pem, "trust anchors")?;
-        let issuer = load_certs(&self.chain_pem, "identity issuer certificate")?;
-        let problem = |problem: String| PkiError::Load {
-            what: "identity issuer certificate".into(),
-            problem,
+        let anchors_der = load_certs(anchors_pem, "trust anchors")?;
+        let chain_der = load_certs(&self.chain_pem, "identity issuer certificate")?;
+        let anchors = anchors_der
+            .iter()
+            .map(|der| parse_certificate(der, "trust anchors"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let chain = chain_der
+            .iter()
+            .map(|der| parse_certificate(der, "identity issuer certificate"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let signed_by = |cert: &x509_parser::certificate::X509Certificate<'_>,
+                         by: &x509_parser::certificate::X509Certificate<'_>| {
+            cert.verify_signature(Some(by.public_key())).is_ok()
         };
-        let (_, issuer) = x509_parser::parse_x509_certificate(&issuer[0]).map_err(|e| problem(e.to_string()))?;
-        let signed_by_an_anchor = anchors.iter().any(|anchor| {
-            x509_parser::parse_x509_certificate(anchor)
-                .is_ok_and(|(_, anchor)| issuer.verify_signature(Some(anchor.public_key())).is_ok())
-        });
-        if !signed_by_an_anchor {
-            return Err(problem(format!(
-                "{} is not signed by any of the {} trust anchor(s): add the anchor that signed it to the trust anchors first",
-                issuer.subject(),
-                anchors.len()
-            )));
+        // Walk up from the issuer through its file's intermediates.
+        let mut current = &chain[0];
+        let mut chained = false;
+        for _ in 0..chain.len() {
+            if anchors.iter().any(|anchor| signed_by(current, anchor)) {
+                chained = true;
+                break;
+            }
+            match chain[1..].iter().find(|next| signed_by(current, next)) {
+                Some(next) => current = next,
+                None => break,
+            }
+        }
+        if !chained {
+            return Err(PkiError::Load {
+                what: "identity issuer certificate".into(),
+                problem: format!(
+                    "{} does not chain to any of the {} trust anchor(s): add the anchor that signed it to the trust anchors first",
+                    chain[0].subject(),
+                    anchors.len()
+                ),
+            });
         }
         self.anchors_pem = anchors_pem.to_string();
         Ok(self)

@@ -105,11 +105,9 @@ impl Overrides {
     }
 }
 
-/// A Kubernetes quantity, as the API server reads it.
+/// A container resource amount: a quantity, not negative.
 fn quantity(text: &str) -> Result<String, String> {
-    strait_contract::parse_quantity(text)
-        .map(|_| text.to_string())
-        .map_err(|e| e.to_string())
+    strait_contract::quantity::parse_resource(text).map(|_| text.to_string())
 }
 
 /// Reads the tuning annotations, collecting a warning for each bad one.

@@ -239,6 +239,11 @@ fn chart_resources_must_be_quantities_with_requests_within_limits() {
             .contains("must be less than or equal to cpu limit of 500m"),
         "{error}"
     );
+    let error = settings(&[("STRAIT_PROXY_CPU_REQUEST", "-1")]).unwrap_err().to_string();
+    assert_eq!(
+        error,
+        "STRAIT_PROXY_CPU_REQUEST=\"-1\": must be greater than or equal to 0"
+    );
     let big = settings(&[
         ("STRAIT_PROXY_MEMORY_REQUEST", "1e3"),
         ("STRAIT_PROXY_MEMORY_LIMIT", "1Pi"),

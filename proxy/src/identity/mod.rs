@@ -123,9 +123,12 @@ impl LocalIdentity {
         let signer = rustls::crypto::ring::sign::any_supported_type(&private)
             .map_err(|e| IdentityError::Protocol(e.to_string()))?;
         // The anchors first: the new certificate may chain to an anchor
-        // that peers learn of only now, as this proxy does.
-        if !issued.trust_anchors.is_empty() {
-            self.trust(&issued.trust_anchors)?;
+        // that peers learn of only now, as this proxy does. Anchors it cannot
+        // read never cost it the certificate: it keeps those in use.
+        if !issued.trust_anchors.is_empty()
+            && let Err(error) = self.trust(&issued.trust_anchors)
+        {
+            tracing::warn!(%error, "keeping the trust anchors in use");
         }
         self.tls.current.set(Arc::new(CertifiedKey::new(chain, signer)));
         self.expiry.set(issued.not_after);

@@ -126,9 +126,16 @@ impl Api {
             _ => None,
         };
         let result = match (route, denied) {
-            (None, _) => Err(ApiError::new_not_found_path(&path)),
-            (Some(_), Some(denied)) => Err(denied),
             (Some(route), None) => self.dispatch(request, route, stop).await,
+            (route, denied) => {
+                // The body is read before the refusal, as Kubernetes does:
+                // an HTTP/2 client still sending it would miss the answer.
+                let _ = Limited::new(request.into_body(), MAX_BODY).collect().await;
+                Err(match (route, denied) {
+                    (_, Some(denied)) => denied,
+                    _ => ApiError::new_not_found_path(&path),
+                })
+            }
         };
         let response = match result {
             Ok(response) => response,
@@ -473,23 +480,21 @@ fn attributes<'r>(
                 _ => "unknown",
             };
             // A list or watch of one name, by field selector, is
-            // authorized for that name (as Kubernetes' request info does).
-            let name = query
-                .get("fieldSelector")
-                .into_iter()
-                .flat_map(|selector| selector.split(','))
-                .find_map(|term| {
-                    let term = term.trim();
-                    term.strip_prefix("metadata.name==")
-                        .or_else(|| term.strip_prefix("metadata.name="))
-                })
-                .unwrap_or_default();
+            // authorized for that name (as Kubernetes' request info does);
+            // other collection verbs have no name.
+            let name = match verb {
+                "list" | "watch" => query
+                    .get("fieldSelector")
+                    .and_then(|selector| FieldSelector::parse(selector).ok())
+                    .and_then(|selector| selector.exact("metadata.name").map(str::to_string)),
+                _ => None,
+            };
             Some(rbac::Attributes {
                 verb,
                 resource,
                 subresource: None,
                 namespace: namespace.as_deref().unwrap_or_default(),
-                name,
+                name: name.unwrap_or_default(),
             })
         }
         Route::Object {
@@ -517,7 +522,7 @@ fn attributes<'r>(
                 resource,
                 subresource: subresource.as_deref(),
                 namespace,
-                name,
+                name: name.clone(),
             })
         }
     }
@@ -601,4 +606,31 @@ fn scale_of(deployment: &Value) -> Value {
             "selector": selector,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name_for(method: Method, path: &str, query: &[(&str, &str)]) -> String {
+        let route = route::parse(path).unwrap();
+        let query: HashMap<String, String> = query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        attributes(&route, &method, &query).unwrap().name
+    }
+
+    #[test]
+    fn only_lists_and_watches_take_their_name_from_a_field_selector() {
+        let secrets = "/api/v1/namespaces/ops/secrets";
+        let by_name = ("fieldSelector", "metadata.name=ca");
+        assert_eq!(name_for(Method::GET, secrets, &[by_name]), "ca");
+        assert_eq!(name_for(Method::GET, secrets, &[by_name, ("watch", "true")]), "ca");
+        // A create names no object: a resourceNames rule never allows it.
+        assert_eq!(name_for(Method::POST, secrets, &[by_name]), "");
+        // A selector the list would refuse names nothing.
+        assert_eq!(
+            name_for(Method::GET, secrets, &[("fieldSelector", "x!=(,metadata.name=ca,)")]),
+            ""
+        );
+        assert_eq!(name_for(Method::GET, "/api/v1/namespaces/ops", &[]), "ops");
+    }
 }

@@ -215,19 +215,30 @@ pub fn evaluate(level: Level, pod: &Value) -> Vec<String> {
         }
     }
 
-    let app_armor: Vec<&str> = containers
+    let mut app_armor: Vec<String> = containers
         .iter()
         .filter(|c| c.security("appArmorProfile")["type"] == "Unconfined")
-        .map(|c| c.name)
+        .map(|c| {
+            format!(
+                "container {:?} must not set AppArmor profile type to \"Unconfined\"",
+                c.name
+            )
+        })
         .collect();
-    if pod_security["appArmorProfile"]["type"] == "Unconfined" || !app_armor.is_empty() {
-        failures.insert(
-            "appArmorProfile",
-            (
-                "forbidden AppArmor profile",
-                "appArmorProfile.type=\"Unconfined\"".to_string(),
-            ),
-        );
+    if pod_security["appArmorProfile"]["type"] == "Unconfined" {
+        app_armor.insert(0, "pod must not set AppArmor profile type to \"Unconfined\"".into());
+    }
+    for (key, value) in pod["metadata"]["annotations"].as_object().into_iter().flatten() {
+        let value = value.as_str().unwrap_or_default();
+        if key.starts_with("container.apparmor.security.beta.kubernetes.io/")
+            && value != "runtime/default"
+            && !value.starts_with("localhost/")
+        {
+            app_armor.push(format!("annotation {key:?}={value:?}"));
+        }
+    }
+    if !app_armor.is_empty() {
+        failures.insert("appArmorProfile", ("forbidden AppArmor profile", app_armor.join(", ")));
     }
 
     // Capabilities: the baseline's allowed list, or restricted's "drop ALL,
@@ -290,7 +301,9 @@ pub fn evaluate(level: Level, pod: &Value) -> Vec<String> {
         .filter(|v| v.get("hostPath").is_some())
         .map(|v| volume_name(v))
         .collect();
-    if !host_paths.is_empty() {
+    // At restricted, the volume-type check covers hostPath (it overrides
+    // this one in the plugin).
+    if !host_paths.is_empty() && !restricted {
         failures.insert("hostPathVolumes", ("hostPath volumes", named("volume", &host_paths)));
     }
 
@@ -368,24 +381,34 @@ pub fn evaluate(level: Level, pod: &Value) -> Vec<String> {
 
         // runAsNonRoot: the pod's setting, unless a container sets its own.
         let pod_non_root = pod_security["runAsNonRoot"].as_bool();
-        let not_set: Vec<&str> = containers
+        let set_false: Vec<&str> = containers
             .iter()
-            .filter(|c| match c.security("runAsNonRoot").as_bool() {
-                Some(own) => !own,
-                None => pod_non_root != Some(true),
-            })
+            .filter(|c| c.security("runAsNonRoot").as_bool() == Some(false))
             .map(|c| c.name)
             .collect();
-        if pod_non_root == Some(false) || !not_set.is_empty() {
-            let detail = if pod_non_root == Some(false) {
-                "pod must not set securityContext.runAsNonRoot=false".to_string()
-            } else {
-                format!(
-                    "pod or {} must set securityContext.runAsNonRoot=true",
-                    named("container", &not_set)
-                )
-            };
-            failures.insert("runAsNonRoot", ("runAsNonRoot != true", detail));
+        let not_set: Vec<&str> = containers
+            .iter()
+            .filter(|c| c.security("runAsNonRoot").as_bool().is_none() && pod_non_root != Some(true))
+            .map(|c| c.name)
+            .collect();
+        let mut details = Vec::new();
+        if pod_non_root == Some(false) {
+            details.push("pod must not set securityContext.runAsNonRoot=false".to_string());
+        }
+        if !set_false.is_empty() {
+            details.push(format!(
+                "{} must not set securityContext.runAsNonRoot=false",
+                named("container", &set_false)
+            ));
+        }
+        if !not_set.is_empty() && pod_non_root != Some(false) {
+            details.push(format!(
+                "pod or {} must set securityContext.runAsNonRoot=true",
+                named("container", &not_set)
+            ));
+        }
+        if !details.is_empty() {
+            failures.insert("runAsNonRoot", ("runAsNonRoot != true", details.join("; ")));
         }
 
         let root: Vec<&str> = containers
@@ -412,17 +435,18 @@ pub fn evaluate(level: Level, pod: &Value) -> Vec<String> {
             .filter(|c| !matches!(seccomp(c).or(pod_seccomp), Some("RuntimeDefault" | "Localhost")))
             .map(|c| c.name)
             .collect();
-        if pod_seccomp == Some("Unconfined") || !unset.is_empty() {
-            failures.insert(
-                "seccompProfile_restricted",
-                (
-                    "seccompProfile",
-                    format!(
-                        "pod or {} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\"",
-                        named("container", &unset)
-                    ),
-                ),
-            );
+        let mut details = Vec::new();
+        if pod_seccomp == Some("Unconfined") {
+            details.push("pod must not set securityContext.seccompProfile.type to \"Unconfined\"".to_string());
+        }
+        if !unset.is_empty() {
+            details.push(format!(
+                "pod or {} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\"",
+                named("container", &unset)
+            ));
+        }
+        if !details.is_empty() {
+            failures.insert("seccompProfile_restricted", ("seccompProfile", details.join("; ")));
         }
     } else {
         let unconfined: Vec<&str> = containers
@@ -469,7 +493,7 @@ pub fn evaluate(level: Level, pod: &Value) -> Vec<String> {
         .flatten()
         .filter_map(|s| s["name"].as_str())
         .filter(|name| !SAFE_SYSCTLS.contains(name))
-        .map(|name| format!("{name:?}"))
+        .map(str::to_string)
         .collect();
     if !sysctls.is_empty() {
         failures.insert("sysctls", ("forbidden sysctls", sysctls.join(", ")));
@@ -584,6 +608,40 @@ mod tests {
                 "hostPath volumes (volume \"root\")",
                 "hostPort (container \"app\" uses hostPort 80)",
                 "privileged (container \"app\" must not set securityContext.privileged=true)",
+            ]
+        );
+    }
+
+    #[test]
+    fn pod_level_settings_that_undo_restricted_are_named_as_the_plugin_names_them() {
+        let locked = json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}});
+        let pod = json!({"metadata": {"name": "p"}, "spec": {
+            "securityContext": {"seccompProfile": {"type": "Unconfined"}},
+            "containers": [{"name": "app", "securityContext": locked}],
+        }});
+        assert_eq!(
+            evaluate(Level::Restricted, &pod),
+            ["seccompProfile (pod must not set securityContext.seccompProfile.type to \"Unconfined\")"]
+        );
+        let mut own_false = locked.clone();
+        own_false["runAsNonRoot"] = json!(false);
+        let pod = json!({"metadata": {"name": "p"}, "spec": {
+            "containers": [{"name": "app", "securityContext": own_false}],
+            "volumes": [{"name": "root", "hostPath": {"path": "/"}}],
+        }});
+        assert_eq!(
+            evaluate(Level::Restricted, &pod),
+            [
+                "restricted volume types (volume \"root\" uses restricted volume type \"hostPath\")",
+                "runAsNonRoot != true (container \"app\" must not set securityContext.runAsNonRoot=false)",
+            ]
+        );
+        let unconfined = json!({"metadata": {"name": "p", "annotations": {"container.apparmor.security.beta.kubernetes.io/app": "unconfined"}},
+                                "spec": {"containers": [{"name": "app"}]}});
+        assert_eq!(
+            evaluate(Level::Baseline, &unconfined),
+            [
+                "forbidden AppArmor profile (annotation \"container.apparmor.security.beta.kubernetes.io/app\"=\"unconfined\")"
             ]
         );
     }

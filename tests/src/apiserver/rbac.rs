@@ -31,7 +31,7 @@ pub struct Attributes<'a> {
     pub namespace: &'a str,
     /// The object's name; for lists and watches, the name a
     /// `metadata.name=` field selector requires, if any.
-    pub name: &'a str,
+    pub name: String,
 }
 
 /// An authenticated user, as RBAC subjects match it.
@@ -66,12 +66,18 @@ fn text<'v>(value: &'v Value, key: &str) -> &'v str {
     value.get(key).and_then(Value::as_str).unwrap_or_default()
 }
 
-fn subject_matches(subject: &Value, user: &User) -> bool {
+/// Whether a binding's subject is `user`. A ServiceAccount subject without a
+/// namespace is in the binding's (`binding_namespace`, empty for a
+/// ClusterRoleBinding, where it then matches no one).
+fn subject_matches(subject: &Value, binding_namespace: &str, user: &User) -> bool {
     match text(subject, "kind") {
         "User" => text(subject, "name") == user.name,
         "Group" => user.groups.iter().any(|g| g == text(subject, "name")),
         "ServiceAccount" => {
-            let namespace = text(subject, "namespace");
+            let namespace = match text(subject, "namespace") {
+                "" => binding_namespace,
+                namespace => namespace,
+            };
             !namespace.is_empty() && user.name == format!("system:serviceaccount:{namespace}:{}", text(subject, "name"))
         }
         _ => false,
@@ -101,7 +107,7 @@ fn rule_allows(rule: &Value, attributes: &Attributes) -> bool {
     (verbs.iter().any(|v| v == "*" || v == attributes.verb))
         && groups.iter().any(|g| g == "*" || g == attributes.resource.group)
         && resource_matches(&strings(rule, "resources"), attributes)
-        && (names.is_empty() || names.iter().any(|n| n == attributes.name))
+        && (names.is_empty() || names.contains(&attributes.name))
 }
 
 fn role_allows(store: &Store, binding: &Value, binding_namespace: &str, attributes: &Attributes) -> bool {
@@ -118,11 +124,11 @@ fn role_allows(store: &Store, binding: &Value, binding_namespace: &str, attribut
         .is_some_and(|rules| rules.iter().any(|rule| rule_allows(rule, attributes)))
 }
 
-fn bound(binding: &Value, user: &User) -> bool {
+fn bound(binding: &Value, binding_namespace: &str, user: &User) -> bool {
     binding
         .get("subjects")
         .and_then(Value::as_array)
-        .is_some_and(|subjects| subjects.iter().any(|s| subject_matches(s, user)))
+        .is_some_and(|subjects| subjects.iter().any(|s| subject_matches(s, binding_namespace, user)))
 }
 
 /// Allows the request, or says why not in Kubernetes' words.
@@ -130,13 +136,13 @@ pub fn authorize(store: &Store, user: &User, attributes: &Attributes) -> Result<
     let (cluster_bindings, _) = store.list(Resource::named("clusterrolebindings"), None);
     let cluster_wide = cluster_bindings
         .iter()
-        .any(|b| bound(b, user) && role_allows(store, b, "", attributes));
+        .any(|b| bound(b, "", user) && role_allows(store, b, "", attributes));
     let in_namespace = || {
         !attributes.namespace.is_empty() && {
             let (bindings, _) = store.list(Resource::named("rolebindings"), Some(attributes.namespace));
-            bindings
-                .iter()
-                .any(|b| bound(b, user) && role_allows(store, b, attributes.namespace, attributes))
+            bindings.iter().any(|b| {
+                bound(b, attributes.namespace, user) && role_allows(store, b, attributes.namespace, attributes)
+            })
         }
     };
     if cluster_wide || in_namespace() {
@@ -214,7 +220,7 @@ mod tests {
             resource: Resource::named(plural),
             subresource: None,
             namespace,
-            name,
+            name: name.to_string(),
         }
     }
 
@@ -301,23 +307,16 @@ mod tests {
     }
 
     #[test]
-    fn a_service_account_subject_needs_its_namespace() {
+    fn a_service_account_subject_without_namespace_is_in_its_bindings() {
         let user = User::service_account("ops", "robot");
-        assert!(!subject_matches(
-            &json!({"kind": "ServiceAccount", "name": "robot"}),
-            &user
-        ));
-        assert!(subject_matches(
-            &json!({"kind": "User", "name": "system:serviceaccount:ops:robot"}),
-            &user
-        ));
-        assert!(subject_matches(
-            &json!({"kind": "Group", "name": "system:serviceaccounts:ops"}),
-            &user
-        ));
-        assert!(!subject_matches(
-            &json!({"kind": "Group", "name": "system:serviceaccounts:web"}),
-            &user
-        ));
+        let robot = json!({"kind": "ServiceAccount", "name": "robot"});
+        assert!(subject_matches(&robot, "ops", &user), "a RoleBinding's namespace");
+        assert!(!subject_matches(&robot, "web", &user));
+        assert!(!subject_matches(&robot, "", &user), "a ClusterRoleBinding has none");
+        let user_subject = json!({"kind": "User", "name": "system:serviceaccount:ops:robot"});
+        assert!(subject_matches(&user_subject, "", &user));
+        let group = |name: &str| json!({"kind": "Group", "name": name});
+        assert!(subject_matches(&group("system:serviceaccounts:ops"), "", &user));
+        assert!(!subject_matches(&group("system:serviceaccounts:web"), "", &user));
     }
 }

@@ -159,9 +159,11 @@ impl LabelSelector {
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
 impl FieldSelector {
+    /// Terms are separated by plain commas (field selectors have no sets,
+    /// so no parentheses group them, unlike label selectors).
     pub fn parse(text: &str) -> Result<Self, SelectorError> {
         let mut terms = Vec::new();
-        for part in split_top_level(text) {
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (path, equal, value) = if let Some((p, v)) = part.split_once("!=") {
                 (p, false, v)
             } else if let Some((p, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
@@ -176,6 +178,15 @@ impl FieldSelector {
             terms.push((path.trim().to_string(), equal, value.trim().to_string()));
         }
         Ok(FieldSelector(terms))
+    }
+
+    /// The value an equality term requires of `path`, as Kubernetes'
+    /// `RequiresExactMatch`.
+    pub fn exact(&self, path: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(p, equal, _)| p == path && *equal)
+            .map(|(_, _, value)| value.as_str())
     }
 
     pub fn matches(&self, object: &Value) -> bool {
@@ -244,5 +255,12 @@ mod tests {
         assert!(!FieldSelector::parse("status.podIP!=198.18.1.2").unwrap().matches(&pod));
         assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches(&pod));
         assert!(FieldSelector::parse("metadata.name").is_err());
+        // No sets in field selectors: a comma always ends a term, so the
+        // name authorization reads is the name the filter keeps.
+        assert!(FieldSelector::parse("x!=(,metadata.name=ca,)").is_err());
+        let crafted = FieldSelector::parse("x!=(,metadata.name=ca").unwrap();
+        assert_eq!(crafted.exact("metadata.name"), Some("ca"));
+        let other = json!({"metadata": {"name": "other"}});
+        assert!(!crafted.matches(&other));
     }
 }

@@ -114,7 +114,11 @@ where
             let response = match principal {
                 Some(principal) => api.handle(request, principal, stop).await,
                 None if public => api.handle(request, Principal::Anonymous, stop).await,
-                None => error_response(&ApiError::unauthorized()),
+                None => api.stats.count(
+                    &Principal::Anonymous.user_name(),
+                    None,
+                    error_response(&ApiError::unauthorized()),
+                ),
             };
             Ok::<_, std::convert::Infallible>(response)
         }

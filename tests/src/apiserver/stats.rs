@@ -1,6 +1,7 @@
 //! Who loads the API server: per user, the requests made, the lists and
-//! watches among them, the watches open now, the requests refused by
-//! authorization, and the bytes of response bodies sent (watch streams
+//! watches among them, the watches open now, the requests refused (403:
+//! by RBAC or by Pod Security; unauthenticated ones count as
+//! `system:anonymous`), and the bytes of response bodies sent (watch streams
 //! included, counted as their events go out). `strait-lab apiserver stats`
 //! prints them, so tests and the bench can tell which component loads the
 //! API server.

@@ -5,7 +5,7 @@
 //! as Kubernetes words it.
 
 use serde_json::Value;
-use strait_contract::quantity::{QUANTITY_PATTERN, check_request_within_limit};
+use strait_contract::quantity::{QUANTITY_PATTERN, check_request_within_limit, parse_resource};
 
 use super::error::ApiError;
 use super::store::name_of;
@@ -39,11 +39,15 @@ pub fn validate_resources(kind: &str, object: &Value) -> Result<(), ApiError> {
             let resources = &container["resources"];
             for part in ["requests", "limits"] {
                 for (resource, value) in resources[part].as_object().into_iter().flatten() {
-                    let parsed = quantity_text(value).map(|text| strait_contract::parse_quantity(&text));
-                    if !matches!(parsed, Some(Ok(_))) {
+                    let Some(text) = quantity_text(value).filter(|t| strait_contract::parse_quantity(t).is_ok()) else {
                         return Err(ApiError::bad_request(format!(
                             "{kind} in version \"v1\" cannot be handled as a {kind}: quantities must match the regular expression '{QUANTITY_PATTERN}' ({path}.{list}[{index}].resources.{part}[{resource}]: {value})"
                         )));
+                    };
+                    if let Err(problem) = parse_resource(&text) {
+                        invalid.push(format!(
+                            "{path}.{list}[{index}].resources.{part}[{resource}]: Invalid value: {text:?}: {problem}"
+                        ));
                     }
                 }
             }
@@ -112,6 +116,12 @@ mod tests {
         assert_eq!(
             error.message,
             "Pod \"web\" is invalid: spec.containers[0].resources.requests: Invalid value: \"2Gi\": must be less than or equal to memory limit of 1Gi"
+        );
+
+        let error = validate_resources("Pod", &pod(json!({"requests": {"cpu": "-1"}}))).unwrap_err();
+        assert_eq!(
+            error.message,
+            "Pod \"web\" is invalid: spec.containers[0].resources.requests[cpu]: Invalid value: \"-1\": must be greater than or equal to 0"
         );
 
         let deployment = json!({"metadata": {"name": "web"}, "spec": {"template": {"spec": {"containers": [{"name": "app", "resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}]}}}});

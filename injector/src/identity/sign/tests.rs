@@ -110,9 +110,37 @@ fn the_issuer_must_be_signed_by_one_of_the_trust_anchors_it_hands_out() {
     // A new issuer before its anchor is trusted would cut the mesh off.
     let error = issuer(&new).trusting(&read(&old, "ca.crt")).err().unwrap().to_string();
     assert!(
-        error.contains("is not signed by any of the 1 trust anchor(s)"),
+        error.contains("does not chain to any of the 1 trust anchor(s)"),
         "{error}"
     );
+    // An anchor that is not a certificate would make every proxy refuse the set.
+    let broken = format!(
+        "{}-----BEGIN CERTIFICATE-----\nMIIBAAAA\n-----END CERTIFICATE-----\n",
+        read(&old, "ca.crt")
+    );
+    assert!(issuer(&old).trusting(&broken).is_err());
     assert!(issuer(&old).trusting("not PEM").is_err());
     std::fs::remove_dir_all(base).unwrap();
+}
+
+#[test]
+fn an_issuer_under_an_intermediate_chains_through_its_file() {
+    use rcgen::{CertifiedIssuer, DistinguishedName, DnType};
+    let ca = |name: &str| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params
+    };
+    let root = CertifiedIssuer::self_signed(ca("root"), KeyPair::generate().unwrap()).unwrap();
+    let intermediate = CertifiedIssuer::signed_by(ca("intermediate"), KeyPair::generate().unwrap(), &root).unwrap();
+    let issuer_key = KeyPair::generate().unwrap();
+    let issuer = ca("issuer").signed_by(&issuer_key, &intermediate).unwrap();
+    let file = format!("{}{}", issuer.pem(), intermediate.pem());
+    let signer = Signer::load(&file, &issuer_key.serialize_pem(), Duration::from_secs(60)).unwrap();
+    signer.trusting(&root.pem()).unwrap();
+    // Without the intermediate in its file, the issuer does not reach the root.
+    let alone = Signer::load(&issuer.pem(), &issuer_key.serialize_pem(), Duration::from_secs(60)).unwrap();
+    assert!(alone.trusting(&root.pem()).is_err());
 }
