@@ -3,13 +3,15 @@
 //! (<https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/quantity/>):
 //! a signed decimal number, then a binary suffix (`Ki` … `Ei`), a decimal one
 //! (`n`, `u`, `m`, `k`, `M` … `E`) or a decimal exponent (`e3`, `E-2`).
-//! Values and comparisons come from the `kube_quantity` crate; the grammar is
-//! checked first, since that crate also takes forms the API server refuses
-//! (a bare suffix, `Mi`, reads as zero there).
+//!
+//! Values are compared as `f64` (53 bits of precision: two quantities that
+//! differ only beyond the 16th significant digit compare equal). The
+//! `kube_quantity` crate was tried first and dropped: it misreads `1E` and
+//! `1Ei`, reads a bare `Mi` as zero, and panics on overflow when comparing
+//! large quantities with small units (`5e27G` against `0`, `1E` against `1n`;
+//! found by the `annotations` fuzz target).
 
 use std::cmp::Ordering;
-
-use kube_quantity::ParsedQuantity;
 
 /// The API server's own description of the grammar, used in its messages.
 pub const QUANTITY_PATTERN: &str = "^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$";
@@ -22,54 +24,89 @@ pub struct QuantityError {
     pub text: String,
 }
 
+/// A quantity as written, and its value in base units (cores, bytes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quantity {
+    pub text: String,
+    pub value: f64,
+}
+
+impl PartialOrd for Quantity {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        self.value.partial_cmp(&other.value)
+    }
+}
+
 fn digits(text: &str) -> usize {
     text.bytes().take_while(u8::is_ascii_digit).count()
 }
 
-/// Whether `text` is `[+-]?(\d+(\.\d*)?|\.\d+)` followed by a suffix or an
-/// exponent, and nothing else.
-fn well_formed(text: &str) -> bool {
-    let rest = text.strip_prefix(['+', '-']).unwrap_or(text);
-    let whole = digits(rest);
-    let rest = &rest[whole..];
+/// The factor a suffix stands for, or `None` for anything else.
+fn suffix_factor(suffix: &str) -> Option<f64> {
+    let binary = |power: i32| Some(2f64.powi(power));
+    let decimal = |power: i32| Some(10f64.powi(power));
+    match suffix {
+        "" => Some(1.0),
+        "Ki" => binary(10),
+        "Mi" => binary(20),
+        "Gi" => binary(30),
+        "Ti" => binary(40),
+        "Pi" => binary(50),
+        "Ei" => binary(60),
+        "n" => decimal(-9),
+        "u" => decimal(-6),
+        "m" => decimal(-3),
+        "k" => decimal(3),
+        "M" => decimal(6),
+        "G" => decimal(9),
+        "T" => decimal(12),
+        "P" => decimal(15),
+        "E" => decimal(18),
+        _ => None,
+    }
+}
+
+/// Reads `[+-]?(\d+(\.\d*)?|\.\d+)` and then a suffix or an exponent,
+/// and nothing else.
+fn value_of(text: &str) -> Option<f64> {
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let whole = digits(unsigned);
+    let rest = &unsigned[whole..];
     let (fraction, rest) = match rest.strip_prefix('.') {
         Some(after) => (digits(after), &after[digits(after)..]),
         None => (0, rest),
     };
     if whole == 0 && fraction == 0 {
-        return false;
+        return None;
     }
-    const SUFFIXES: [&str; 14] = [
-        "", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "G", "T",
-    ];
-    if SUFFIXES.contains(&rest) || rest == "P" || rest == "E" {
-        return true;
-    }
-    let Some(exponent) = rest.strip_prefix(['e', 'E']) else {
-        return false;
+    let number_len = text.len() - rest.len();
+    let number: f64 = text[..number_len].parse().ok()?;
+    let factor = match suffix_factor(rest) {
+        Some(factor) => factor,
+        None => {
+            let exponent = rest.strip_prefix(['e', 'E'])?;
+            let magnitude = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+            if magnitude.is_empty() || digits(magnitude) != magnitude.len() {
+                return None;
+            }
+            10f64.powi(exponent.parse::<i32>().ok()?)
+        }
     };
-    let exponent = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
-    !exponent.is_empty() && digits(exponent) == exponent.len()
+    Some(number * factor).filter(|value| value.is_finite())
 }
 
 /// Reads a quantity.
 ///
 /// # Errors
-/// [`QuantityError`] when the text is not a quantity the API server accepts.
-pub fn parse_quantity(text: &str) -> Result<ParsedQuantity, QuantityError> {
-    let error = || QuantityError { text: text.to_string() };
-    if !well_formed(text) {
-        return Err(error());
-    }
-    // `kube_quantity` reads the `E` of `1Ei` and `1E` as an exponent: the
-    // same value is given to it one unit down.
-    let exa = [("Ei", 1024, "Pi"), ("E", 1000, "P")]
-        .into_iter()
-        .find_map(|(suffix, factor, lower)| {
-            let number: f64 = text.strip_suffix(suffix)?.parse().ok()?;
-            Some(format!("{}{lower}", number * f64::from(factor)))
-        });
-    ParsedQuantity::try_from(exa.as_deref().unwrap_or(text)).map_err(|_| error())
+/// [`QuantityError`] when the text is not a quantity the API server accepts
+/// (or one too large for an `f64`).
+pub fn parse_quantity(text: &str) -> Result<Quantity, QuantityError> {
+    value_of(text)
+        .map(|value| Quantity {
+            text: text.to_string(),
+            value,
+        })
+        .ok_or_else(|| QuantityError { text: text.to_string() })
 }
 
 /// Reads a container's resource amount: a quantity that is not negative.
@@ -77,10 +114,9 @@ pub fn parse_quantity(text: &str) -> Result<ParsedQuantity, QuantityError> {
 /// # Errors
 /// The problem, worded as the API server words it (`must be greater than
 /// or equal to 0`), or the [`QuantityError`] text.
-pub fn parse_resource(text: &str) -> Result<ParsedQuantity, String> {
+pub fn parse_resource(text: &str) -> Result<Quantity, String> {
     let quantity = parse_quantity(text).map_err(|e| e.to_string())?;
-    let zero = parse_quantity("0").map_err(|e| e.to_string())?;
-    if quantity < zero {
+    if quantity.value < 0.0 {
         return Err("must be greater than or equal to 0".into());
     }
     Ok(quantity)
@@ -96,10 +132,10 @@ pub fn check_request_within_limit(resource: &str, request: &str, limit: &str) ->
         parse_quantity(request).map_err(|e| e.to_string())?,
         parse_quantity(limit).map_err(|e| e.to_string())?,
     );
-    match request_value.cmp(&limit_value) {
-        Ordering::Greater => Err(format!("must be less than or equal to {resource} limit of {limit}")),
-        _ => Ok(()),
+    if request_value.value > limit_value.value {
+        return Err(format!("must be less than or equal to {resource} limit of {limit}"));
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -134,6 +170,10 @@ mod tests {
         assert!(check_request_within_limit("memory", "1000Pi", "1Ei").is_ok());
         assert!(check_request_within_limit("memory", "1E", "1000P").is_ok());
         assert!(check_request_within_limit("memory", "2E", "1Ei").is_err());
+        // Far-apart units and huge values compare without overflow.
+        assert!(check_request_within_limit("cpu", "1n", "1E").is_ok());
+        assert!(check_request_within_limit("cpu", "05111111333333333111111111110G", "1").is_err());
+        assert!(parse_quantity("1e400").is_err(), "beyond f64");
     }
 
     #[test]

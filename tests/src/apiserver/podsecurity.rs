@@ -7,7 +7,9 @@
 //! warnings. Pods are checked on creation, after mutating admission (so an
 //! injected sidecar is judged too). Each check's reason and detail are
 //! worded as the plugin words them; checks run in the plugin's order (by
-//! check ID). Only the `latest` policy is served, whatever `-version` says.
+//! check ID). Only the `latest` policy is served, whatever a valid
+//! `-version` label says; Windows' hostProcess is not checked, and
+//! workload templates get no warnings.
 
 use std::collections::BTreeMap;
 
@@ -93,6 +95,19 @@ const SAFE_SYSCTLS: &[&str] = &[
 /// when a namespace is created or changed.
 pub fn check_namespace(namespace: &Value) -> Result<(), ApiError> {
     for label in [ENFORCE_LABEL, WARN_LABEL, AUDIT_LABEL] {
+        let version_label = format!("{label}-version");
+        if let Some(version) = namespace["metadata"]["labels"][&version_label].as_str() {
+            let minor = version
+                .strip_prefix("v1.")
+                .map(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()));
+            if version != "latest" && minor != Some(true) {
+                return Err(ApiError::invalid(
+                    "Namespace",
+                    name_of(namespace),
+                    format!("metadata.labels[{version_label}]: Invalid value: {version:?}: must be 'latest' or 'v1.x'"),
+                ));
+            }
+        }
         let Some(value) = namespace["metadata"]["labels"][label].as_str() else {
             continue;
         };
@@ -320,6 +335,33 @@ pub fn evaluate(level: Level, pod: &Value) -> Vec<String> {
         .collect();
     if !host_ports.is_empty() {
         failures.insert("hostPorts", ("hostPort", host_ports.join(", ")));
+    }
+
+    // Probes and lifecycle hooks may not reach another host (baseline,
+    // Kubernetes 1.34).
+    let host_probes: Vec<String> = containers
+        .iter()
+        .flat_map(|c| {
+            let handlers = [
+                &c.spec["livenessProbe"],
+                &c.spec["readinessProbe"],
+                &c.spec["startupProbe"],
+                &c.spec["lifecycle"]["postStart"],
+                &c.spec["lifecycle"]["preStop"],
+            ];
+            handlers
+                .into_iter()
+                .flat_map(|handler| [&handler["httpGet"]["host"], &handler["tcpSocket"]["host"]])
+                .filter_map(|host| host.as_str().filter(|h| !h.is_empty()))
+                .map(|host| format!("container {:?} uses probe or lifecycle host {host:?}", c.name))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if !host_probes.is_empty() {
+        failures.insert(
+            "hostProbesAndHostLifecycle",
+            ("probe or lifecycle host", host_probes.join(", ")),
+        );
     }
 
     let privileged: Vec<&str> = containers
@@ -647,6 +689,19 @@ mod tests {
     }
 
     #[test]
+    fn baseline_refuses_probes_and_hooks_aimed_at_another_host() {
+        let pod = json!({"metadata": {"name": "p"}, "spec": {"containers": [{
+            "name": "app",
+            "readinessProbe": {"tcpSocket": {"port": 80}},
+            "lifecycle": {"preStop": {"httpGet": {"host": "10.0.0.1", "port": 80}}},
+        }]}});
+        assert_eq!(
+            evaluate(Level::Baseline, &pod),
+            ["probe or lifecycle host (container \"app\" uses probe or lifecycle host \"10.0.0.1\")"]
+        );
+    }
+
+    #[test]
     fn unknown_levels_are_refused_on_the_namespace() {
         let error = check_namespace(&namespace(json!({ENFORCE_LABEL: "strict"}))).unwrap_err();
         assert_eq!(error.code, 422);
@@ -656,5 +711,16 @@ mod tests {
                 .contains("must be one of privileged, baseline, restricted")
         );
         check_namespace(&namespace(json!({ENFORCE_LABEL: "restricted", WARN_LABEL: "baseline"}))).unwrap();
+        check_namespace(&namespace(
+            json!({ENFORCE_LABEL: "baseline", "pod-security.kubernetes.io/enforce-version": "v1.34"}),
+        ))
+        .unwrap();
+        let error =
+            check_namespace(&namespace(json!({"pod-security.kubernetes.io/warn-version": "bogus"}))).unwrap_err();
+        assert!(
+            error.message.contains("must be 'latest' or 'v1.x'"),
+            "{}",
+            error.message
+        );
     }
 }
