@@ -1,7 +1,9 @@
 //! The lab's Kubernetes API server: real REST paths and JSON for the kinds
 //! the mesh uses, list and watch with resourceVersions, selectors, the status
-//! and scale subresources, merge and JSON patches, graceful pod deletion, and
-//! TokenReviews.
+//! and scale subresources, merge and JSON patches, graceful pod deletion,
+//! TokenReviews, RBAC authorization ([`rbac`], [`request_info`]), admission
+//! with Pod Security ([`admission`], [`podsecurity`], [`validation`]), and
+//! per-user statistics ([`stats`]).
 
 pub mod admission;
 pub mod auth;
@@ -9,6 +11,7 @@ pub mod discovery;
 pub mod error;
 pub mod podsecurity;
 pub mod rbac;
+pub mod request_info;
 pub mod resource;
 pub mod route;
 pub mod selector;
@@ -117,7 +120,9 @@ impl Api {
         let path = request.uri().path().to_string();
         let route = route::parse(&path);
         let query = query(&request);
-        let attributes = route.as_ref().and_then(|route| attributes(route, &method, &query));
+        let attributes = route
+            .as_ref()
+            .and_then(|route| request_info::attributes(route, &method, &query));
         let verb = attributes.as_ref().map(|a| a.verb);
         let denied = match (&principal, &attributes) {
             (Principal::ServiceAccount { namespace, name }, Some(attributes)) => {
@@ -459,75 +464,6 @@ impl Api {
     }
 }
 
-/// What a request asks, for authorization: `None` for the discovery
-/// documents, which every authenticated user may read.
-fn attributes<'r>(
-    route: &'r Route,
-    method: &Method,
-    query: &'r HashMap<String, String>,
-) -> Option<rbac::Attributes<'r>> {
-    match route {
-        Route::Discovery(_) => None,
-        Route::Collection { resource, namespace } => {
-            let watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
-            let verb = match *method {
-                Method::GET if watch => "watch",
-                Method::GET => "list",
-                Method::POST => "create",
-                Method::DELETE => "deletecollection",
-                Method::PUT => "update",
-                Method::PATCH => "patch",
-                _ => "unknown",
-            };
-            // A list or watch of one name, by field selector, is
-            // authorized for that name (as Kubernetes' request info does);
-            // other collection verbs have no name.
-            let name = match verb {
-                "list" | "watch" => query
-                    .get("fieldSelector")
-                    .and_then(|selector| FieldSelector::parse(selector).ok())
-                    .and_then(|selector| selector.exact("metadata.name").map(str::to_string)),
-                _ => None,
-            };
-            Some(rbac::Attributes {
-                verb,
-                resource,
-                subresource: None,
-                namespace: namespace.as_deref().unwrap_or_default(),
-                name: name.unwrap_or_default(),
-            })
-        }
-        Route::Object {
-            resource,
-            namespace,
-            name,
-            subresource,
-        } => {
-            let verb = match *method {
-                Method::GET => "get",
-                Method::PUT => "update",
-                Method::PATCH => "patch",
-                Method::DELETE => "delete",
-                Method::POST => "create",
-                _ => "unknown",
-            };
-            // A namespace is its own namespace, for Roles bound in it.
-            let namespace = match namespace {
-                Some(namespace) => namespace.as_str(),
-                None if resource.plural == "namespaces" => name.as_str(),
-                None => "",
-            };
-            Some(rbac::Attributes {
-                verb,
-                resource,
-                subresource: subresource.as_deref(),
-                namespace,
-                name: name.clone(),
-            })
-        }
-    }
-}
-
 fn ok(value: &Value) -> Response<Body> {
     json_response(StatusCode::OK, value, &[])
 }
@@ -606,31 +542,4 @@ fn scale_of(deployment: &Value) -> Value {
             "selector": selector,
         },
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn name_for(method: Method, path: &str, query: &[(&str, &str)]) -> String {
-        let route = route::parse(path).unwrap();
-        let query: HashMap<String, String> = query.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        attributes(&route, &method, &query).unwrap().name
-    }
-
-    #[test]
-    fn only_lists_and_watches_take_their_name_from_a_field_selector() {
-        let secrets = "/api/v1/namespaces/ops/secrets";
-        let by_name = ("fieldSelector", "metadata.name=ca");
-        assert_eq!(name_for(Method::GET, secrets, &[by_name]), "ca");
-        assert_eq!(name_for(Method::GET, secrets, &[by_name, ("watch", "true")]), "ca");
-        // A create names no object: a resourceNames rule never allows it.
-        assert_eq!(name_for(Method::POST, secrets, &[by_name]), "");
-        // A selector the list would refuse names nothing.
-        assert_eq!(
-            name_for(Method::GET, secrets, &[("fieldSelector", "x!=(,metadata.name=ca,)")]),
-            ""
-        );
-        assert_eq!(name_for(Method::GET, "/api/v1/namespaces/ops", &[]), "ops");
-    }
 }
