@@ -2,6 +2,7 @@
 //! install (`ca generate`), and loading the issuer the identity service
 //! signs with, whether our own PKCS#8 key or an RSA key as Helm makes them.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use pkcs8::der::Encode;
@@ -69,7 +70,20 @@ pub fn generate(dir: &Path, trust_domain: &str) -> Result<(), PkiError> {
         ("issuer.key", issuer_key.serialize_pem()),
     ] {
         let path = dir.join(name);
-        std::fs::write(&path, contents).map_err(|source| PkiError::Write {
+        // The key readable by its owner only, as `openssl genpkey` leaves it.
+        let mode = if name.ends_with(".key") { 0o600 } else { 0o644 };
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)
+            .and_then(|mut file| {
+                // An existing file keeps its mode on open: set it too.
+                file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+                std::io::Write::write_all(&mut file, contents.as_bytes())
+            });
+        written.map_err(|source| PkiError::Write {
             path: path.display().to_string(),
             source,
         })?;
@@ -173,6 +187,11 @@ mod tests {
         let read = |name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
         assert_eq!(load_certs(&read("ca.crt"), "anchor").unwrap().len(), 1);
         assert!(load_key(&read("issuer.key"), "issuer key").is_ok());
+        let mode = |name: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(dir.join(name)).unwrap().permissions().mode() & 0o777
+        };
+        assert_eq!((mode("issuer.key"), mode("ca.crt")), (0o600, 0o644));
         std::fs::remove_dir_all(dir).unwrap();
     }
 

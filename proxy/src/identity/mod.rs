@@ -130,8 +130,14 @@ impl LocalIdentity {
         {
             tracing::warn!(%error, "keeping the trust anchors in use");
         }
+        let issuer = chain
+            .first()
+            .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
+            .map(|(_, leaf)| leaf.issuer().to_string())
+            .unwrap_or_default();
         self.tls.current.set(Arc::new(CertifiedKey::new(chain, signer)));
         self.expiry.set(issued.not_after);
+        tracing::info!(identity = %self.tls.identity, %issuer, "certificate obtained");
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -147,9 +153,9 @@ impl LocalIdentity {
             self.client
                 .trust(self.tls.roots())
                 .map_err(|e| refused(e.to_string()))?;
-            let count = self.tls.anchor_count();
-            self.anchors.set(count as i64);
-            tracing::info!(anchors = count, "trust anchors changed");
+            let names = self.tls.anchor_names();
+            self.anchors.set(names.len() as i64);
+            tracing::info!(anchors = ?names, "trust anchors changed");
         }
         Ok(())
     }
@@ -164,7 +170,7 @@ impl LocalIdentity {
                     self.requests.get_or_create(&OutcomeLabels { outcome: "issued" }).inc();
                     readiness.met(READY_CONDITION);
                     delays = crate::retry::delays(first, MAX_BACKOFF);
-                    tracing::info!(identity = %self.tls.identity, ?lifetime, "certificate obtained");
+                    tracing::debug!(?lifetime, "renewing at 60 to 70% of the lifetime");
                     // Renewals of a fleet's proxies spread out rather than
                     // arriving at the identity service together.
                     tokio::time::sleep(lifetime.mul_f64(RENEW_AT - RENEW_JITTER * rand::random::<f64>())).await;

@@ -68,7 +68,8 @@ impl ResolvesServerCert for ServerCert {
 #[derive(Debug)]
 struct Trust {
     pem: String,
-    count: usize,
+    /// Each anchor as `subject (serial)`, for logs.
+    names: Vec<String>,
     anchors: Arc<Anchors>,
     roots: Arc<RootCertStore>,
     server: Arc<ServerConfig>,
@@ -124,9 +125,16 @@ impl Trust {
                 server_name: identity.server_name(),
             }));
         server.alpn_protocols = vec![MESH_ALPN.to_vec()];
+        let names = certificates
+            .iter()
+            .map(|der| match x509_parser::parse_x509_certificate(der) {
+                Ok((_, cert)) => format!("{} ({})", cert.subject(), cert.raw_serial_as_string()),
+                Err(_) => "unreadable".to_string(),
+            })
+            .collect();
         Ok(Trust {
             pem: pem.to_string(),
-            count: certificates.len(),
+            names,
             anchors,
             roots,
             server: Arc::new(server),
@@ -172,7 +180,12 @@ impl MeshTls {
 
     /// How many trust anchors are in use.
     pub fn anchor_count(&self) -> usize {
-        self.trust().count
+        self.trust().names.len()
+    }
+
+    /// The trust anchors in use, each as `subject (serial)`.
+    pub fn anchor_names(&self) -> Vec<String> {
+        self.trust().names.clone()
     }
 
     /// The client configuration for connecting to `peer`.
