@@ -11,8 +11,6 @@
 //! large quantities with small units (`5e27G` against `0`, `1E` against `1n`;
 //! found by the `annotations` fuzz target).
 
-use std::cmp::Ordering;
-
 /// The API server's own description of the grammar, used in its messages.
 pub const QUANTITY_PATTERN: &str = "^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$";
 
@@ -24,17 +22,10 @@ pub struct QuantityError {
     pub text: String,
 }
 
-/// A quantity as written, and its value in base units (cores, bytes).
-#[derive(Debug, Clone, PartialEq)]
+/// A quantity's value in base units (cores, bytes).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
 pub struct Quantity {
-    pub text: String,
     pub value: f64,
-}
-
-impl PartialOrd for Quantity {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        self.value.partial_cmp(&other.value)
-    }
 }
 
 fn digits(text: &str) -> usize {
@@ -102,10 +93,7 @@ fn value_of(text: &str) -> Option<f64> {
 /// (or one too large for an `f64`).
 pub fn parse_quantity(text: &str) -> Result<Quantity, QuantityError> {
     value_of(text)
-        .map(|value| Quantity {
-            text: text.to_string(),
-            value,
-        })
+        .map(|value| Quantity { value })
         .ok_or_else(|| QuantityError { text: text.to_string() })
 }
 

@@ -44,6 +44,25 @@ fn rendered_with(name: &str, file: Option<&Path>, values: &[&str], keep: impl Fn
     path
 }
 
+/// Scales a Deployment of `mesh` to `replicas` and waits for all its pods to
+/// be ready; returns one pod that is not among `known`.
+fn scale_and_find_new(lab: &Lab, name: &str, replicas: usize, known: &[String]) -> String {
+    let prefix = format!("{name}-");
+    lab.cli_ok(&["scale", &format!("mesh/{name}"), &replicas.to_string()]);
+    eventually(
+        Duration::from_secs(60),
+        &format!("{replicas} {name} pods ready"),
+        || {
+            let pods = lab.pods("mesh", &prefix);
+            pods.len() == replicas && pods.iter().all(|p| lab.is_ready(p))
+        },
+    );
+    lab.pods("mesh", &prefix)
+        .into_iter()
+        .find(|p| !known.contains(p))
+        .unwrap()
+}
+
 fn meshed(pod: &Value) -> bool {
     pod["metadata"]["labels"]["strait.io/meshed"] == "true"
 }
@@ -120,16 +139,7 @@ fn the_control_planes_own_cas_outlive_reapplies_and_an_upgrade_under_load_meshes
 
     // The new value reached the control plane and, through it, new proxies:
     // their logs are JSON lines.
-    lab.cli_ok(&["scale", "mesh/grpc", "7"]);
-    eventually(Duration::from_secs(60), "a seventh gRPC server ready", || {
-        let pods = lab.pods("mesh", "grpc-");
-        pods.len() == 7 && pods.iter().all(|p| lab.is_ready(p))
-    });
-    let newest = lab
-        .pods("mesh", "grpc-")
-        .into_iter()
-        .find(|p| !servers.contains(p))
-        .unwrap();
+    let newest = scale_and_find_new(&lab, "grpc", 7, &servers);
     let injector = lab.pods("strait-system", "strait-injector-")[0].clone();
     for (pod, container) in [(&newest, "strait-proxy"), (&injector, "injector")] {
         let logs = lab.cli_ok(&["logs", pod, "-c", container]);
@@ -180,16 +190,7 @@ fn the_lab_authorizes_with_rbac_and_enforces_pod_security_as_kubernetes_does() {
     lab.cli_ok(&["up", "-f", nobody_file.to_str().unwrap()]);
     let _ = std::fs::remove_file(&nobody_file);
     let before = lab.pods("mesh", "echo-");
-    lab.cli_ok(&["scale", "mesh/echo", "3"]);
-    let mut newest = String::new();
-    eventually(Duration::from_secs(60), "a third echo pod", || {
-        newest = lab
-            .pods("mesh", "echo-")
-            .into_iter()
-            .find(|p| !before.contains(p))
-            .unwrap_or_default();
-        !newest.is_empty() && lab.is_ready(&newest)
-    });
+    let newest = scale_and_find_new(&lab, "echo", 3, &before);
     eventually(Duration::from_secs(30), "the Service watch refused", || {
         lab.metric(
             &newest,
@@ -349,16 +350,7 @@ fn the_trust_anchor_rotates_under_grpc_load_with_no_failed_call() {
 
     // A server started now knows only the new anchor, and takes calls.
     let calls = support::steady_grpc(&lab, &client, "grpc.mesh:50051", 15);
-    lab.cli_ok(&["scale", "mesh/grpc", "3"]);
-    eventually(Duration::from_secs(60), "a third gRPC server ready", || {
-        let pods = lab.pods("mesh", "grpc-");
-        pods.len() == 3 && pods.iter().all(|p| lab.is_ready(p))
-    });
-    let newest = lab
-        .pods("mesh", "grpc-")
-        .into_iter()
-        .find(|p| !proxies.contains(p))
-        .unwrap();
+    let newest = scale_and_find_new(&lab, "grpc", 3, &proxies);
     assert_eq!(lab.metric(&newest, ANCHORS, &[]), 1.0);
     let result = calls.finish(Duration::from_secs(60));
     support::assert_no_failed_calls(&result, "after the rotation");

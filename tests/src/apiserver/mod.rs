@@ -131,7 +131,7 @@ impl Api {
             _ => None,
         };
         let result = match (route, denied) {
-            (Some(route), None) => self.dispatch(request, route, stop).await,
+            (Some(route), None) => self.dispatch(request, route, &query, stop).await,
             (route, denied) => {
                 // The body is read before the refusal, as Kubernetes does:
                 // an HTTP/2 client still sending it would miss the answer.
@@ -156,6 +156,7 @@ impl Api {
         self: &Arc<Self>,
         request: Request<Incoming>,
         route: Route,
+        query: &HashMap<String, String>,
         stop: CancellationToken,
     ) -> Result<Response<Body>, ApiError> {
         let method = request.method().clone();
@@ -173,11 +174,10 @@ impl Api {
             }
             Route::Collection { resource, namespace } => match method {
                 Method::GET => {
-                    let query = query(&request);
                     if query.get("watch").is_some_and(|w| w == "true" || w == "1") {
-                        self.watch(resource, namespace, &query, stop)
+                        self.watch(resource, namespace, query, stop)
                     } else {
-                        self.list(resource, namespace.as_deref(), &query)
+                        self.list(resource, namespace.as_deref(), query)
                     }
                 }
                 Method::POST => {
@@ -212,7 +212,7 @@ impl Api {
                         self.patch(resource, &namespace, &name, sub, &patch, content_type.as_deref())
                     }
                     (Method::DELETE, None) => {
-                        let grace = query(&request).get("gracePeriodSeconds").and_then(|g| g.parse().ok());
+                        let grace = query.get("gracePeriodSeconds").and_then(|g| g.parse().ok());
                         let body_grace = match read_json(request).await {
                             Ok((options, _)) => options.get("gracePeriodSeconds").and_then(Value::as_u64),
                             Err(_) => None,
