@@ -4,10 +4,13 @@
 //! and installs the nat rules that send inbound TCP to the proxy's inbound
 //! listener and outbound TCP to its outbound listener. The rules are rendered
 //! as one iptables-restore script per address family and applied atomically.
+//! In CNI mode `strait-cni` writes the same rules from the same builder, and
+//! `--validate` (no privilege) checks they are there.
 
 pub mod config;
 pub mod iptables;
 pub mod rules;
+pub mod validate;
 
 pub use config::{Action, Args, Backend, Config, ConfigError, Ipv6Mode};
 pub use rules::Family;

@@ -157,3 +157,45 @@ PY"#;
     // 198.18.7.2 does not exist: only a redirect can make these connects land.
     assert_eq!(ns.sh(probe).trim(), "[4140]");
 }
+
+#[test]
+fn the_validator_needs_no_privilege_and_tells_a_missing_redirect_from_a_working_one() {
+    let Some(ns) = Netns::new("validate") else { return };
+    // A pod's network: an interface with an address and a default route.
+    ns.sh("ip link add eth0 type veth peer name eth1 && ip addr add 198.18.9.2/24 dev eth0 && ip link set eth0 up && ip link set eth1 up && ip route add default via 198.18.9.1");
+    // The validator reads the settings the injector gives both containers.
+    let skip = "STRAIT_SKIP_OUTBOUND_CIDRS=192.0.2.0/24";
+    let validate = |ns: &Netns| {
+        ns.run(
+            "env",
+            &[
+                skip,
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+                env!("CARGO_BIN_EXE_strait-init"),
+                "--validate",
+            ],
+        )
+    };
+    let missing = validate(&ns);
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("outbound TCP is not redirected to the proxy")
+            && stderr.contains("198.51.100.1:80")
+            && stderr.contains("strait-cni"),
+        "the cause is named: {stderr}"
+    );
+
+    let applied = ns.run("env", &[skip, env!("CARGO_BIN_EXE_strait-init")]);
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let working = validate(&ns);
+    assert!(
+        working.status.success(),
+        "with the redirect in place the check passes, probing an address the rules do not skip: {}",
+        String::from_utf8_lossy(&working.stderr)
+    );
+}
