@@ -43,6 +43,13 @@ pub mod annotations {
 /// The container names the injector adds.
 pub const PROXY_CONTAINER: &str = "strait-proxy";
 pub const INIT_CONTAINER: &str = "strait-init";
+/// CNI mode's unprivileged init container (`strait-init --validate`): it
+/// carries the same `STRAIT_*` redirect settings as `strait-init`, which is
+/// where `strait-cni` reads them.
+pub const VALIDATE_CONTAINER: &str = "strait-validate";
+
+/// The chained CNI plugin's binary name and `type` in a conflist.
+pub const CNI_PLUGIN: &str = "strait-cni";
 
 /// The audience of the projected token the proxy shows the identity service.
 pub const IDENTITY_TOKEN_AUDIENCE: &str = "strait-identity";

@@ -39,15 +39,11 @@ pub struct Args {
     #[arg(long)]
     pub ipv6: Option<String>,
     /// Print the rules instead of applying them.
-    #[arg(long, conflicts_with_all = ["cleanup", "validate"])]
+    #[arg(long, conflicts_with = "cleanup")]
     pub dry_run: bool,
     /// Remove strait's chains and the jumps to them, nothing else.
-    #[arg(long, conflicts_with = "validate")]
-    pub cleanup: bool,
-    /// Check, with no privilege, that outbound TCP is redirected to the
-    /// proxy (CNI mode's validator); exits 1 with the cause when it is not.
     #[arg(long)]
-    pub validate: bool,
+    pub cleanup: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +51,6 @@ pub enum Action {
     Apply,
     DryRun,
     Cleanup,
-    Validate,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -148,10 +143,9 @@ impl Config {
     /// touch the process environment) into a checked configuration.
     pub fn from_args(args: Args, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let setting = |flag, name, var| Raw::pick(flag, name, var, &env);
-        let action = match (args.dry_run, args.cleanup, args.validate) {
-            (true, _, _) => Action::DryRun,
-            (_, true, _) => Action::Cleanup,
-            (_, _, true) => Action::Validate,
+        let action = match (args.dry_run, args.cleanup) {
+            (true, _) => Action::DryRun,
+            (_, true) => Action::Cleanup,
             _ => Action::Apply,
         };
         let port_or = |flag, name, var, default: u16| -> Result<u16, ConfigError> {

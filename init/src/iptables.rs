@@ -14,6 +14,8 @@ pub enum IptablesError {
     Failed { command: String, stderr: String },
     #[error("no working iptables found: tried {tried}")]
     NoBackend { tried: String },
+    #[error("the {family} nat table lacks {} of strait's rules: {}", rules.len(), rules.join("; "))]
+    Missing { family: &'static str, rules: Vec<String> },
     #[error("{family} rules failed ({error}); the {applied} rules applied before were removed again")]
     RolledBack {
         family: &'static str,
@@ -154,6 +156,22 @@ pub fn apply(config: &Config) -> Result<(), IptablesError> {
                     error: Box::new(error),
                 });
             }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that every family's nat table holds all the rules `apply` writes
+/// for `config` (other rules may be there too).
+pub fn verify(config: &Config) -> Result<(), IptablesError> {
+    for family in config.families(namespace_has_ipv6()) {
+        let (_, saved) = detect(config, family)?;
+        let rules = rules::missing(config, family, &saved);
+        if !rules.is_empty() {
+            return Err(IptablesError::Missing {
+                family: family.tool(),
+                rules,
+            });
         }
     }
     Ok(())

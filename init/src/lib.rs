@@ -5,7 +5,7 @@
 //! listener and outbound TCP to its outbound listener. The rules are rendered
 //! as one iptables-restore script per address family and applied atomically.
 //! In CNI mode `strait-cni` writes the same rules from the same builder, and
-//! `--validate` (no privilege) checks they are there.
+//! its `validate` command (no privilege) checks they work, with [`validate`].
 
 pub mod config;
 pub mod iptables;

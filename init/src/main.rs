@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use strait_init::{Action, Args, Config, iptables, validate};
+use strait_init::{Action, Args, Config, iptables};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -17,14 +17,13 @@ fn main() -> ExitCode {
             print!("{}", strait_init::dry_run(&config));
             Ok(())
         }
-        Action::Apply => iptables::apply(&config).map_err(anyhow::Error::from),
-        Action::Cleanup => iptables::cleanup(&config).map_err(anyhow::Error::from),
-        Action::Validate => validate::validate(&config).map_err(anyhow::Error::from),
+        Action::Apply => iptables::apply(&config),
+        Action::Cleanup => iptables::cleanup(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("strait-init: {error:#}");
+            eprintln!("strait-init: {error}");
             ExitCode::FAILURE
         }
     }

@@ -114,6 +114,18 @@ pub fn render(config: &Config, family: Family, existing: &Jumps) -> String {
     out
 }
 
+/// The rules of `render` for this family (chains' rules and both jumps)
+/// that `saved` (iptables-save output of the nat table) lacks, in order:
+/// empty when the namespace redirects as configured.
+pub fn missing(config: &Config, family: Family, saved: &str) -> Vec<String> {
+    let present: std::collections::HashSet<&str> = saved.lines().map(str::trim).collect();
+    render(config, family, &Jumps::default())
+        .lines()
+        .filter(|line| line.starts_with("-A ") && !present.contains(line))
+        .map(str::to_string)
+        .collect()
+}
+
 /// The script that removes strait's jumps and chains, given iptables-save
 /// output; `None` when there is nothing of strait's to remove.
 pub fn render_cleanup(saved: &str) -> Option<String> {

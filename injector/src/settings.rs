@@ -50,10 +50,17 @@ impl Resources {
 pub struct InjectSettings {
     pub proxy_image: String,
     pub init_image: String,
+    /// The strait-cni image, whose `validate` command is CNI mode's init
+    /// container.
+    pub cni_image: String,
     pub image_pull_policy: String,
     /// The proxy as a native sidecar (Kubernetes 1.29+), or as the first
     /// regular container with a postStart wait for older clusters.
     pub native_sidecar: bool,
+    /// CNI mode (chart value `cni.enabled`): `strait-cni` writes the
+    /// redirects when the pod's network is set up, and the injected init
+    /// container is the unprivileged validator instead of `strait-init`.
+    pub cni: bool,
     pub proxy_resources: Resources,
     pub init_resources: Resources,
     pub log_level: String,
@@ -76,8 +83,10 @@ impl Default for InjectSettings {
         InjectSettings {
             proxy_image: format!("ghcr.io/strait-mesh/strait-proxy:{version}"),
             init_image: format!("ghcr.io/strait-mesh/strait-init:{version}"),
+            cni_image: format!("ghcr.io/strait-mesh/strait-cni:{version}"),
             image_pull_policy: "IfNotPresent".into(),
             native_sidecar: true,
+            cni: false,
             proxy_resources: Resources {
                 cpu_request: Some("100m".into()),
                 cpu_limit: None,
@@ -105,8 +114,11 @@ impl Default for InjectSettings {
 pub mod env {
     pub const PROXY_IMAGE: &str = "STRAIT_PROXY_IMAGE";
     pub const INIT_IMAGE: &str = "STRAIT_INIT_IMAGE";
+    pub const CNI_IMAGE: &str = "STRAIT_CNI_IMAGE";
     pub const IMAGE_PULL_POLICY: &str = "STRAIT_IMAGE_PULL_POLICY";
     pub const NATIVE_SIDECAR: &str = "STRAIT_NATIVE_SIDECAR";
+    /// `true` in CNI mode.
+    pub const CNI: &str = "STRAIT_CNI";
     pub const PROXY_CPU_REQUEST: &str = "STRAIT_PROXY_CPU_REQUEST";
     pub const PROXY_CPU_LIMIT: &str = "STRAIT_PROXY_CPU_LIMIT";
     pub const PROXY_MEMORY_REQUEST: &str = "STRAIT_PROXY_MEMORY_REQUEST";
@@ -145,6 +157,7 @@ impl InjectSettings {
         };
         let native_sidecar =
             Setting::new(env::NATIVE_SIDECAR, env(env::NATIVE_SIDECAR)).switch(true, "true", "false")?;
+        let cni = Setting::new(env::CNI, env(env::CNI)).switch(false, "true", "false")?;
         let trust_anchors_pem = match env(env::TRUST_ANCHORS_FILE) {
             None => String::new(),
             Some(path) => std::fs::read_to_string(&path)
@@ -166,8 +179,10 @@ impl InjectSettings {
         Ok(InjectSettings {
             proxy_image: text(env::PROXY_IMAGE, defaults.proxy_image.clone()),
             init_image: text(env::INIT_IMAGE, defaults.init_image.clone()),
+            cni_image: text(env::CNI_IMAGE, defaults.cni_image.clone()),
             image_pull_policy: text(env::IMAGE_PULL_POLICY, defaults.image_pull_policy.clone()),
             native_sidecar,
+            cni,
             proxy_resources: resources(
                 [
                     env::PROXY_CPU_REQUEST,

@@ -70,6 +70,11 @@ fn runtime_default_seccomp() -> Option<SeccompProfile> {
 /// The init container that installs the iptables redirects: a non-root user
 /// with only NET_ADMIN and NET_RAW, which the strait-init image's file
 /// capabilities let it use; /run is an emptyDir for iptables-legacy's lock.
+/// In CNI mode `strait-cni` has written the rules already and this is the
+/// validator (`strait-cni validate`, from its image, whose binary carries
+/// no file capabilities) with no capability at all, which passes Pod
+/// Security "restricted". Both carry the same `STRAIT_*`
+/// settings: `strait-cni` reads them from here.
 pub fn init_container(settings: &InjectSettings, overrides: &Overrides) -> Container {
     let mut env_vars = vec![var(env::PROXY_UID, names::PROXY_UID.to_string())];
     let optional = [
@@ -82,10 +87,32 @@ pub fn init_container(settings: &InjectSettings, overrides: &Overrides) -> Conta
             .into_iter()
             .filter_map(|(name, value)| Some(var(name, value.clone()?))),
     );
+    let (name, image, args, add, volume_mounts) = if settings.cni {
+        (
+            names::VALIDATE_CONTAINER,
+            &settings.cni_image,
+            Some(vec!["validate".to_string()]),
+            None,
+            None,
+        )
+    } else {
+        (
+            names::INIT_CONTAINER,
+            &settings.init_image,
+            None,
+            Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+            Some(vec![VolumeMount {
+                name: "strait-init-run".into(),
+                mount_path: "/run".into(),
+                ..VolumeMount::default()
+            }]),
+        )
+    };
     Container {
-        name: names::INIT_CONTAINER.to_string(),
-        image: Some(settings.init_image.clone()),
+        name: name.to_string(),
+        image: Some(image.clone()),
         image_pull_policy: Some(settings.image_pull_policy.clone()),
+        args,
         env: Some(env_vars),
         resources: Some(requirements(&settings.init_resources)),
         security_context: Some(SecurityContext {
@@ -96,17 +123,13 @@ pub fn init_container(settings: &InjectSettings, overrides: &Overrides) -> Conta
             privileged: Some(false),
             read_only_root_filesystem: Some(true),
             capabilities: Some(Capabilities {
-                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                add,
                 drop: Some(vec!["ALL".into()]),
             }),
             seccomp_profile: runtime_default_seccomp(),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "strait-init-run".into(),
-            mount_path: "/run".into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts,
         ..Container::default()
     }
 }
