@@ -6,6 +6,8 @@
 //! `init/tests/golden/<case>.<family>.rules`, the files strait-init's own
 //! golden test checks.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{Container, Pod};

@@ -6,6 +6,8 @@
 //! for bad input, and the validator. Needs root; skips loudly elsewhere,
 //! and never when STRAIT_CI is set.
 
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
