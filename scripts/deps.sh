@@ -11,14 +11,20 @@ for tool in ip iptables iptables-legacy nsenter setsid setpriv tcpdump h2load pr
 done
 # The benchmark report's plots draw their text with DejaVu.
 [[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]] || missing+=(fonts-dejavu-core)
+# The lab's pods get their network from the CNI project's plugins.
+for plugin in bridge host-local loopback; do
+  [[ -x /usr/lib/cni/$plugin ]] || missing+=("cni-$plugin")
+done
 if ((${#missing[@]})); then
   echo "deps: installing Debian packages for: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
   # buildah, skopeo, umoci, mmdebstrap and setcap build strait's images
   # (scripts/images.sh); the lab pulls and unpacks them with skopeo and umoci.
+  # containernetworking-plugins wire the lab's pods (bridge, host-local, loopback).
   apt-get install -y -q iproute2 iptables util-linux tcpdump nghttp2-client prometheus curl procps \
-    haproxy nginx iperf3 fonts-dejavu-core buildah skopeo umoci mmdebstrap libcap2-bin ncat python3-venv >/dev/null
+    haproxy nginx iperf3 fonts-dejavu-core buildah skopeo umoci mmdebstrap libcap2-bin ncat python3-venv \
+    containernetworking-plugins >/dev/null
 fi
 # The packaged services must not run on the host: the lab starts its own.
 for service in haproxy nginx iperf3; do

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds strait's three container images (images/Containerfile) on a machine
+# Builds strait's four container images (images/Containerfile) on a machine
 # with no container daemon and no registry: the release binaries, minimal root
 # filesystems extracted from Debian packages (mmdebstrap), then one buildah
 # build per image (vfs storage, chroot isolation). Writes, for each image,
@@ -9,14 +9,14 @@
 # appVersion, and target/images/images.tsv listing each image's reference,
 # manifest digest and compressed size.
 #
-#   scripts/images.sh                 # all three
+#   scripts/images.sh                 # all four
 #   scripts/images.sh --context-only  # only target/images/context, for docker/podman
 #   REGISTRY=registry.example.com/strait scripts/images.sh
 set -euo pipefail
 script=$(realpath "$0")
 cd "$(dirname "$script")/.."
 
-images=(strait-proxy strait-init strait-injector)
+images=(strait-proxy strait-init strait-injector strait-cni)
 out=target/images
 context=$out/context
 registry=${REGISTRY:-ghcr.io/strait-mesh}
@@ -45,7 +45,7 @@ fi
 [[ ${1:-} == --context-only ]] || need buildah skopeo
 [[ $(id -u) == 0 ]] || { echo "images: run as root (mmdebstrap and buildah write root-owned files)" >&2; exit 1; }
 
-# The whole workspace, as `make demo` and `make bench` build it, so the three
+# The whole workspace, as `make demo` and `make bench` build it, so the four
 # share one build.
 cargo build --release --locked --workspace --bins
 

@@ -33,6 +33,11 @@ pub enum Command {
     Up {
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
+        /// Start the lab in CNI mode: strait's chart with `cni.enabled`, so
+        /// strait-cni's DaemonSet chains the plugin into the node's CNI
+        /// configuration and meshed pods need no privileged init container.
+        #[arg(long)]
+        cni: bool,
         /// How long to wait for the pods to become ready.
         #[arg(long, default_value = "180s", value_parser = parse_duration)]
         timeout: Duration,
@@ -56,6 +61,9 @@ pub enum Command {
     /// `kubectl get --raw` takes it, e.g.
     /// `/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations`.
     Get { path: String },
+    /// Delete an object by its API path, as `kubectl delete --raw` does, e.g.
+    /// `/apis/apps/v1/namespaces/strait-system/daemonsets/strait-cni`.
+    Delete { path: String },
     /// Change a Deployment's replicas.
     Scale { target: String, replicas: u32 },
     /// Crash a pod; its Deployment replaces it.
@@ -124,12 +132,16 @@ fn require_root() -> anyhow::Result<()> {
 pub async fn run(command: Command, paths: LabPaths) -> anyhow::Result<i32> {
     let client = LabClient::new(&paths);
     match command {
-        Command::Up { files, timeout } => {
+        Command::Up { files, timeout, cni } => {
             require_root()?;
-            up(&paths, &client, &files, timeout).await?;
+            up(&paths, &client, &files, timeout, cni).await?;
         }
         Command::Status { output } => status(&client, &output).await?,
         Command::Get { path } => println!("{:#}", client.get(&path).await?),
+        Command::Delete { path } => {
+            client.delete(&path).await?;
+            println!("{path} deleted");
+        }
         Command::Exec {
             target,
             container,
@@ -204,7 +216,7 @@ pub async fn run(command: Command, paths: LabPaths) -> anyhow::Result<i32> {
         }
         Command::Prometheus { port, scrape_interval } => {
             require_root()?;
-            ensure_running(&paths, &client).await?;
+            ensure_running(&paths, &client, None).await?;
             let interval = strait_contract::format_duration(scrape_interval);
             client
                 .post(&format!("/lab/v1/prometheus?scrapeInterval={interval}"), &json!({}))
@@ -276,11 +288,26 @@ async fn forward_prometheus(paths: &LabPaths, port: u16) -> anyhow::Result<Strin
     }
 }
 
-/// Starts the daemon in a fresh node namespace unless it already runs.
-pub async fn ensure_running(paths: &LabPaths, client: &LabClient) -> anyhow::Result<()> {
+/// Starts the daemon in a fresh node namespace unless it already runs;
+/// `cni` asks for CNI mode (`Some(true)`) or not, `None` takes the lab as
+/// it is.
+pub async fn ensure_running(paths: &LabPaths, client: &LabClient, cni: Option<bool>) -> anyhow::Result<()> {
     if client.is_running().await {
+        let running = paths.cni_mode_marker().exists();
+        if let Some(wanted) = cni
+            && wanted != running
+        {
+            let mode = |on: bool| if on { "in CNI mode" } else { "without CNI mode" };
+            bail!(
+                "the lab {} runs {}, not {}: `strait-lab down` first",
+                paths.name,
+                mode(running),
+                mode(wanted)
+            );
+        }
         return Ok(());
     }
+    let cni = cni.unwrap_or(false);
     sweep(paths);
     std::fs::create_dir_all(&paths.state)?;
     let node = paths.node_netns();
@@ -293,6 +320,7 @@ pub async fn ensure_running(paths: &LabPaths, client: &LabClient) -> anyhow::Res
         .arg(bin_dir().join("strait-lab"))
         .arg("daemon")
         .env(crate::paths::LAB_NAME_ENV, &paths.name)
+        .env(crate::daemon::CNI_ENV, if cni { "on" } else { "off" })
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -357,12 +385,18 @@ async fn wait_webhooks_reachable(client: &LabClient, timeout: Duration) -> anyho
     }
 }
 
-async fn up(paths: &LabPaths, client: &LabClient, files: &[PathBuf], timeout: Duration) -> anyhow::Result<()> {
+async fn up(
+    paths: &LabPaths,
+    client: &LabClient,
+    files: &[PathBuf],
+    timeout: Duration,
+    cni: bool,
+) -> anyhow::Result<()> {
     let mut objects = Vec::new();
     for file in files {
         objects.extend(manifest::read_file(file)?);
     }
-    ensure_running(paths, client).await?;
+    ensure_running(paths, client, Some(cni)).await?;
     for object in &objects {
         manifest::apply(client, object).await?;
     }
@@ -440,6 +474,21 @@ pub async fn wait_ready(client: &LabClient, namespaces: &[String], timeout: Dura
                         "deployment {namespace}/{}: {}/{wanted} ready",
                         deployment["metadata"]["name"].as_str().unwrap_or_default(),
                         status("readyReplicas")
+                    ));
+                }
+            }
+            let daemonsets = client
+                .get(&format!("/apis/apps/v1/namespaces/{namespace}/daemonsets"))
+                .await?;
+            for daemonset in daemonsets["items"].as_array().into_iter().flatten() {
+                let status = |field: &str| daemonset.pointer(&format!("/status/{field}")).and_then(Value::as_i64);
+                let wanted = status("desiredNumberScheduled");
+                if wanted.is_none() || status("numberReady") != wanted || status("updatedNumberScheduled") != wanted {
+                    waiting.push(format!(
+                        "daemonset {namespace}/{}: {}/{} ready",
+                        daemonset["metadata"]["name"].as_str().unwrap_or_default(),
+                        status("numberReady").unwrap_or(0),
+                        wanted.unwrap_or(1)
                     ));
                 }
             }

@@ -46,6 +46,8 @@ struct Daemon {
 pub const MESH_ENV: &str = "STRAIT_LAB_MESH";
 /// Chart values for the control plane, `key=value` separated by spaces.
 pub const CHART_VALUES_ENV: &str = "STRAIT_LAB_CHART_VALUES";
+/// `on` for CNI mode (`strait-lab up --cni`), set by the CLI.
+pub const CNI_ENV: &str = "STRAIT_LAB_CNI";
 
 /// Runs the lab until shut down. The caller has put this process in the
 /// node namespace.
@@ -73,13 +75,15 @@ pub async fn run(paths: LabPaths) -> anyhow::Result<()> {
     network_server.start().await?;
     dns::serve(store.clone(), SocketAddr::from((NODE_IP, 53))).await?;
 
-    let kubelet = Kubelet::new(store.clone(), tokens, paths.clone());
+    let cni = crate::kubelet::cni::Cni::setup(&paths)?;
+    let kubelet = Kubelet::new(store.clone(), tokens, paths.clone(), cni);
     tokio::spawn(kubelet.clone().run());
     tokio::spawn(endpointslice::run(store.clone()));
     tokio::spawn(kubeproxy::run(store.clone()));
     let controllers = vec![
         tokio::spawn(controllers::deployment::run(api.clone())).abort_handle(),
         tokio::spawn(controllers::job::run(api.clone())).abort_handle(),
+        tokio::spawn(controllers::daemonset::run(api.clone())).abort_handle(),
         tokio::spawn(controllers::gc::run(api.clone())).abort_handle(),
     ];
 
@@ -93,11 +97,20 @@ pub async fn run(paths: LabPaths) -> anyhow::Result<()> {
         prometheus: crate::prometheus::Prometheus::default(),
     });
     if std::env::var(MESH_ENV).as_deref() != Ok("off") {
-        let values: Vec<String> = std::env::var(CHART_VALUES_ENV)
+        let mut values: Vec<String> = std::env::var(CHART_VALUES_ENV)
             .unwrap_or_default()
             .split_whitespace()
             .map(str::to_string)
             .collect();
+        if std::env::var(CNI_ENV).as_deref() == Ok("on") {
+            // The node's CNI dirs are the lab's (hostPath volumes bind them).
+            std::fs::write(paths.cni_mode_marker(), "on\n")?;
+            values.extend([
+                "cni.enabled=true".to_string(),
+                format!("cni.binDir={}", paths.cni_bin_dir().display()),
+                format!("cni.confDir={}", paths.cni_conf_dir().display()),
+            ]);
+        }
         crate::controlplane::install(&daemon.api, &values).await?;
     }
     daemon.clone().serve_local().await?;

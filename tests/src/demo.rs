@@ -142,7 +142,7 @@ fn bar(share: f64) -> String {
 pub async fn run(paths: &LabPaths, client: &LabClient) -> anyhow::Result<()> {
     println!("strait demo: one gRPC client holds ONE HTTP/2 connection to a Service whose");
     println!("Deployment is scaled from 3 to 5 replicas. Each call burns 300 µs of server CPU.\n");
-    ensure_running(paths, client).await?;
+    ensure_running(paths, client, None).await?;
     for object in manifest::parse(MANIFEST, "demo.yaml")? {
         manifest::apply(client, &object).await?;
     }

@@ -95,6 +95,28 @@ impl LabPaths {
     pub fn sandbox_pid(&self, namespace: &str, pod: &str) -> PathBuf {
         self.pod_dir(namespace, pod).join("sandbox.pid")
     }
+
+    /// The node's CNI conf dir (its `/etc/cni/net.d`): the lab's conflist,
+    /// and strait-cni's entry and kubeconfig in CNI mode.
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.state.join("cni/net.d")
+    }
+
+    /// The node's own CNI bin dir (its `/opt/cni/bin`), where strait-cni's
+    /// installer copies the plugin; Debian's plugins are found after it.
+    pub fn cni_bin_dir(&self) -> PathBuf {
+        self.state.join("cni/bin")
+    }
+
+    /// host-local's allocations.
+    pub fn cni_ipam_dir(&self) -> PathBuf {
+        self.state.join("cni/ipam")
+    }
+
+    /// Present when the lab runs in CNI mode (`strait-lab up --cni`).
+    pub fn cni_mode_marker(&self) -> PathBuf {
+        self.state.join("cni-mode")
+    }
 }
 
 /// The directory of the running executable, where the lab finds strait's own

@@ -17,10 +17,11 @@ use std::process::Command;
 use serde_json::Value;
 use support::Lab;
 
-const IMAGES: [(&str, &str, &str); 3] = [
+const IMAGES: [(&str, &str, &str); 4] = [
     ("strait-proxy", "2102:2102", "/usr/local/bin/strait-proxy"),
     ("strait-init", "65534:65534", "/usr/local/bin/strait-init"),
     ("strait-injector", "2103:2103", "/usr/local/bin/strait-injector"),
+    ("strait-cni", "65534:65534", "/usr/local/bin/strait-cni"),
 ];
 
 fn repo() -> PathBuf {
@@ -141,7 +142,7 @@ fn each_image_holds_its_binary_user_labels_and_licence_and_the_proxy_no_shell() 
             "{image}: no {entrypoint}"
         );
         assert!(files.contains("usr/share/doc/strait/LICENSE"), "{image}: no licence");
-        if image == "strait-proxy" {
+        if image == "strait-proxy" || image == "strait-cni" {
             let unwanted: Vec<&String> = files
                 .iter()
                 .filter(|f| {
@@ -149,7 +150,7 @@ fn each_image_holds_its_binary_user_labels_and_licence_and_the_proxy_no_shell() 
                     ["sh", "bash", "dash", "busybox", "dpkg", "apt", "apt-get"].contains(&name)
                 })
                 .collect();
-            assert!(unwanted.is_empty(), "the proxy image holds {unwanted:?}");
+            assert!(unwanted.is_empty(), "the {image} image holds {unwanted:?}");
         }
         if image == "strait-init" {
             for tool in ["iptables-nft-restore", "iptables-legacy-restore", "ip6tables-nft-save"] {

@@ -105,6 +105,10 @@ impl Admission {
                 validation::validate_resources("Job", &object)?;
                 Ok((object, Vec::new()))
             }
+            "daemonsets" => {
+                validation::validate_resources("DaemonSet", &object)?;
+                Ok((object, Vec::new()))
+            }
             "namespaces" => {
                 podsecurity::check_namespace(&object)?;
                 Ok((label_namespace(object), Vec::new()))
@@ -161,6 +165,10 @@ impl Admission {
             }
             "jobs" => {
                 validation::validate_resources("Job", &new)?;
+                Ok(new)
+            }
+            "daemonsets" => {
+                validation::validate_resources("DaemonSet", &new)?;
                 Ok(new)
             }
             "namespaces" => {

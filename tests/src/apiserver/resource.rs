@@ -39,6 +39,7 @@ pub static RESOURCES: &[Resource] = &[
     stored("", "v1", "secrets", "Secret", true),
     stored("", "v1", "events", "Event", true),
     stored("apps", "v1", "deployments", "Deployment", true),
+    stored("apps", "v1", "daemonsets", "DaemonSet", true),
     stored("batch", "v1", "jobs", "Job", true),
     stored("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", true),
     stored("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true),

@@ -1,7 +1,7 @@
 //! Field validation the API server does before storing an object, beyond
 //! its schema: a container's resource quantities must be quantities (else
 //! the body cannot be decoded: 400) and each request at most its limit
-//! (422), in pods and in the pod templates of Deployments and Jobs, worded
+//! (422), in pods and in the pod templates of Deployments, DaemonSets and Jobs, worded
 //! as Kubernetes words it.
 
 use serde_json::Value;
@@ -14,7 +14,7 @@ use super::store::name_of;
 fn pod_spec<'a>(kind: &str, object: &'a Value) -> Option<(&'a Value, &'static str)> {
     match kind {
         "Pod" => Some((&object["spec"], "spec")),
-        "Deployment" | "Job" => Some((&object["spec"]["template"]["spec"], "spec.template.spec")),
+        "Deployment" | "Job" | "DaemonSet" => Some((&object["spec"]["template"]["spec"], "spec.template.spec")),
         _ => None,
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::{is_terminating, owned_by, owner_reference, pod_ready, short_hash};
+use super::{is_terminating, owned_by, owned_pod, pod_ready, short_hash};
 use crate::apiserver::Api;
 use crate::apiserver::resource::Resource;
 use crate::apiserver::selector::LabelSelector;
@@ -120,7 +120,8 @@ async fn reconcile(api: &Arc<Api>, deployment: &Value) -> Result<(), String> {
     }
 
     for _ in 0..to_create {
-        let pod = pod_from_template(deployment, &template, &hash);
+        let name = format!("{}-{hash}-{}", name_of(deployment), random_suffix(5));
+        let pod = owned_pod(deployment, name, &[(TEMPLATE_HASH_LABEL, &json!(hash))]);
         api.create_object(Resource::named("pods"), Some(namespace.clone()), pod)
             .await
             .map_err(|e| e.to_string())?;
@@ -163,18 +164,4 @@ fn deletion_order<'a>(pods: &[&'a Value]) -> Vec<&'a Value> {
         (pod_ready(p), std::cmp::Reverse(created))
     });
     ordered
-}
-
-fn pod_from_template(deployment: &Value, template: &Value, hash: &str) -> Value {
-    let mut metadata = template.get("metadata").cloned().unwrap_or_else(|| json!({}));
-    metadata["labels"][TEMPLATE_HASH_LABEL] = json!(hash);
-    metadata["name"] = json!(format!("{}-{hash}-{}", name_of(deployment), random_suffix(5)));
-    metadata["namespace"] = json!(namespace_of(deployment));
-    metadata["ownerReferences"] = json!([owner_reference(deployment)]);
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": metadata,
-        "spec": template.get("spec").cloned().unwrap_or_else(|| json!({})),
-    })
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::{is_terminating, owned_by, owner_reference};
+use super::{is_terminating, owned_by, owned_pod};
 use crate::apiserver::Api;
 use crate::apiserver::resource::Resource;
 use crate::apiserver::store::{name_of, namespace_of, now_rfc3339, random_suffix};
@@ -104,14 +104,15 @@ async fn reconcile(api: &Arc<Api>, job: &Value) -> Result<(), String> {
 }
 
 fn pod_for(job: &Value) -> Value {
-    let template = job.pointer("/spec/template").cloned().unwrap_or_else(|| json!({}));
-    let mut metadata = template.get("metadata").cloned().unwrap_or_else(|| json!({}));
-    let job_name = name_of(job);
-    metadata["labels"]["job-name"] = json!(job_name);
-    metadata["labels"]["batch.kubernetes.io/job-name"] = json!(job_name);
-    metadata["labels"]["batch.kubernetes.io/controller-uid"] = job["metadata"]["uid"].clone();
-    metadata["name"] = json!(format!("{job_name}-{}", random_suffix(5)));
-    metadata["namespace"] = json!(namespace_of(job));
-    metadata["ownerReferences"] = json!([owner_reference(job)]);
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template.get("spec").cloned().unwrap_or_else(|| json!({}))})
+    let job_name = json!(name_of(job));
+    let uid = job["metadata"]["uid"].clone();
+    owned_pod(
+        job,
+        format!("{}-{}", name_of(job), random_suffix(5)),
+        &[
+            ("job-name", &job_name),
+            ("batch.kubernetes.io/job-name", &job_name),
+            ("batch.kubernetes.io/controller-uid", &uid),
+        ],
+    )
 }

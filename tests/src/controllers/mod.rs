@@ -1,6 +1,7 @@
 //! The lab's controllers, each level-triggered: any change to a kind it
 //! watches schedules one reconcile of everything it owns.
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
@@ -86,5 +87,30 @@ pub fn owner_reference(owner: &Value) -> Value {
         "uid": owner["metadata"]["uid"],
         "controller": true,
         "blockOwnerDeletion": true,
+    })
+}
+
+/// A pod from `owner`'s `spec.template`, named `name`, with `labels` added
+/// to the template's and `owner` as its controller.
+pub fn owned_pod(owner: &Value, name: String, labels: &[(&str, &Value)]) -> Value {
+    let template = owner
+        .pointer("/spec/template")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    let mut metadata = template
+        .get("metadata")
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({}));
+    for (label, value) in labels {
+        metadata["labels"][*label] = (*value).clone();
+    }
+    metadata["name"] = Value::from(name);
+    metadata["namespace"] = owner["metadata"]["namespace"].clone();
+    metadata["ownerReferences"] = serde_json::json!([owner_reference(owner)]);
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": template.get("spec").cloned().unwrap_or_else(|| serde_json::json!({})),
     })
 }

@@ -1,6 +1,7 @@
 //! The lab's kubelet: runs every pod in the store as local processes in its
 //! own namespaces and reports their status back.
 
+pub mod cni;
 pub mod container;
 pub mod image;
 pub mod nsenter;
@@ -11,7 +12,6 @@ pub mod security;
 pub mod volumes;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -21,7 +21,6 @@ use tokio::sync::{broadcast, mpsc};
 use crate::apiserver::auth::Tokens;
 use crate::apiserver::resource::Resource;
 use crate::apiserver::store::{EventType, Store};
-use crate::network::PodIps;
 use crate::paths::LabPaths;
 use image::ImageStore;
 use pod::{Message, PodRunner};
@@ -30,10 +29,10 @@ pub struct Kubelet {
     pub store: Arc<Store>,
     pub tokens: Arc<Tokens>,
     pub paths: LabPaths,
-    pub ips: PodIps,
+    /// The node's CNI configuration and plugins: pod networks.
+    pub cni: cni::Cni,
     /// The node's images: strait's own, pulled from the lab's registry.
     pub images: ImageStore,
-    veths: AtomicU64,
     /// The runner of each pod, by uid.
     pods: Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>,
 }
@@ -46,24 +45,19 @@ fn uid_of(pod: &Value) -> String {
 }
 
 impl Kubelet {
-    pub fn new(store: Arc<Store>, tokens: Arc<Tokens>, paths: LabPaths) -> Arc<Self> {
+    pub fn new(store: Arc<Store>, tokens: Arc<Tokens>, paths: LabPaths, cni: cni::Cni) -> Arc<Self> {
         Arc::new(Kubelet {
             store,
             tokens,
             images: ImageStore::new(&paths.images(), image::registry()),
             paths,
-            ips: PodIps::default(),
-            veths: AtomicU64::new(0),
+            cni,
             pods: Mutex::new(HashMap::new()),
         })
     }
 
     fn runners(&self) -> MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Message>>> {
         self.pods.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub fn next_veth(&self) -> String {
-        format!("veth{}", self.veths.fetch_add(1, Ordering::Relaxed))
     }
 
     pub fn forget(&self, uid: &str) {

@@ -15,11 +15,12 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use super::Kubelet;
+use super::cni::{Attachment, PodRef as CniPod};
 use super::container::{self, Process};
 use super::image::{Image, ImageError, PullPolicy, Reference};
 use super::nsenter::PodNamespaces;
 use super::probe::{self, ProbeKind, Timing};
-use super::sandbox::{BindMount, ContainerRoot, Sandbox};
+use super::sandbox::{self, BindMount, ContainerRoot, Sandbox};
 use super::security;
 use super::volumes::{self, TokenFile};
 use crate::apiserver::auth::TokenOwner;
@@ -103,6 +104,8 @@ pub struct PodRunner {
     /// with a root of their own mount too.
     etc: Vec<BindMount>,
     ip: Option<Ipv4Addr>,
+    /// The pod's network as the CNI plugins set it up.
+    network: Option<Attachment>,
     tokens: Vec<TokenFile>,
     /// Index of the init container the pod is waiting on.
     init_index: usize,
@@ -146,6 +149,7 @@ impl PodRunner {
             mounts: HashMap::new(),
             etc: Vec::new(),
             ip: None,
+            network: None,
             tokens: Vec::new(),
             init_index: 0,
             apps_started: false,
@@ -208,10 +212,19 @@ impl PodRunner {
         let kubelet = self.kubelet.clone();
         let dir = kubelet.paths.pod_dir(&self.namespace, &self.name);
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let ip = kubelet
-            .ips
-            .allocate()
-            .ok_or("the lab's pod address range is exhausted")?;
+        // The runtime makes the pod's network namespace and the CNI plugins
+        // wire it, giving the pod its address.
+        let netns = kubelet.paths.pod_netns(&self.namespace, &self.name);
+        crate::network::run("ip", &["netns", "add", &netns]).map_err(|e| e.to_string())?;
+        let attachment = match kubelet.cni.add(&self.cni_ref(&netns)).await {
+            Ok(attachment) => attachment,
+            Err(error) => {
+                sandbox::remove_netns(&netns);
+                return Err(format!("setting up the pod's network: {error}"));
+            }
+        };
+        let ip = attachment.ip;
+        self.network = Some(attachment);
         self.ip = Some(ip);
         // The pod's IP is known before its containers start, as in Kubernetes.
         self.pod["status"]["podIP"] = json!(ip.to_string());
@@ -235,9 +248,7 @@ impl PodRunner {
                 read_only: false,
             });
         }
-        let netns = kubelet.paths.pod_netns(&self.namespace, &self.name);
-        let veth = kubelet.next_veth();
-        let sandbox = Sandbox::create(&netns, &veth, ip, &self.name, &etc)
+        let sandbox = Sandbox::create(&netns, ip, &self.name, &etc)
             .await
             .map_err(|e| e.to_string())?;
         self.etc = etc;
@@ -248,6 +259,16 @@ impl PodRunner {
         self.sandbox = Some(sandbox);
         self.schedule_token_refresh();
         Ok(())
+    }
+
+    /// This pod as the CNI plugins are told about it.
+    fn cni_ref<'a>(&'a self, netns: &'a str) -> CniPod<'a> {
+        CniPod {
+            namespace: &self.namespace,
+            name: &self.name,
+            uid: &self.uid,
+            netns,
+        }
     }
 
     /// The pod's /etc/hosts, /etc/resolv.conf and /etc/hostname.
@@ -830,11 +851,18 @@ impl PodRunner {
             self.kill_container(index, nix::sys::signal::Signal::SIGKILL);
             self.containers[index].pid = None;
         }
+        let netns = self.kubelet.paths.pod_netns(&self.namespace, &self.name);
         if let Some(sandbox) = self.sandbox.take() {
+            sandbox::kill_netns_processes(&sandbox.netns);
+            if let Some(attachment) = self.network.take()
+                && let Err(error) = self.kubelet.cni.del(&self.cni_ref(&netns), &attachment).await
+            {
+                tracing::warn!(pod = %self.name, namespace = %self.namespace, %error, "tearing down the pod's network");
+            }
             sandbox.destroy().await;
-        }
-        if let Some(ip) = self.ip {
-            self.kubelet.ips.release(ip);
+        } else if let Some(attachment) = self.network.take() {
+            let _ = self.kubelet.cni.del(&self.cni_ref(&netns), &attachment).await;
+            sandbox::remove_netns(&netns);
         }
         self.kubelet.tokens.revoke_pod(&self.uid);
     }

@@ -134,19 +134,9 @@ fn bind_args(mounts: &[BindMount]) -> impl Iterator<Item = String> + '_ {
 }
 
 impl Sandbox {
-    /// Creates the namespace, wires it, and starts the pod's holder.
-    pub async fn create(
-        netns: &str,
-        veth: &str,
-        ip: Ipv4Addr,
-        hostname: &str,
-        etc: &[BindMount],
-    ) -> Result<Sandbox, SandboxError> {
-        network::run("ip", &["netns", "add", netns])?;
-        if let Err(error) = network::attach_pod(netns, veth, ip) {
-            remove_netns(netns);
-            return Err(error.into());
-        }
+    /// Starts the pod's holder in `netns`, which the runtime made and the
+    /// CNI plugins wired; on failure the namespace is removed.
+    pub async fn create(netns: &str, ip: Ipv4Addr, hostname: &str, etc: &[BindMount]) -> Result<Sandbox, SandboxError> {
         let mut args = vec![
             "--netns".to_string(),
             netns.to_string(),

@@ -59,6 +59,15 @@ impl Lab {
 
     /// Like `up`, with extra environment for the lab (chart values, say).
     pub fn up_with(test: &str, manifests: &[&str], env: &[(&str, &str)]) -> Option<Lab> {
+        Self::start(test, manifests, env, &[])
+    }
+
+    /// Like `up`, in CNI mode (`strait-lab up --cni`).
+    pub fn up_cni(test: &str, manifests: &[&str]) -> Option<Lab> {
+        Self::start(test, manifests, &[], &["--cni"])
+    }
+
+    fn start(test: &str, manifests: &[&str], env: &[(&str, &str)], flags: &[&str]) -> Option<Lab> {
         require_root(test)?;
         let name = format!("t-{}", test.replace('_', "-"))
             .chars()
@@ -70,6 +79,7 @@ impl Lab {
         };
         lab.down();
         let mut args = vec!["up".to_string()];
+        args.extend(flags.iter().map(|f| f.to_string()));
         for file in &lab.manifests {
             args.push("-f".into());
             args.push(file.display().to_string());
@@ -109,6 +119,11 @@ impl Lab {
 
     pub fn apply(&self, manifest_name: &str) {
         self.cli_ok(&["up", "-f", &manifest(manifest_name).display().to_string()]);
+    }
+
+    /// `apply` on a lab in CNI mode.
+    pub fn apply_cni(&self, manifest_name: &str) {
+        self.cli_ok(&["up", "--cni", "-f", &manifest(manifest_name).display().to_string()]);
     }
 
     pub fn exec(&self, pod: &str, command: &[&str]) -> Output {
