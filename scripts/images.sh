@@ -48,6 +48,11 @@ fi
 # The whole workspace, as `make demo` and `make bench` build it, so the four
 # share one build.
 cargo build --release --locked --workspace --bins
+# strait-cni runs on the nodes, under each node's own loader and C library
+# (whatever its distribution and glibc): it is linked statically, in a build
+# of its own.
+host=$(rustc -vV | sed -n 's/^host: //p')
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked -p strait-cni --bins --target "$host"
 
 # A root filesystem of Debian packages (with their dependencies) from the
 # host's release, so the binaries find the C library they were linked
@@ -94,9 +99,10 @@ rm -f "$context/base-iptables/usr/sbin/iptables-apply" "$context/base-iptables/u
 setcap cap_net_admin,cap_net_raw+ep "$context/base-iptables/usr/sbin/xtables-nft-multi"
 setcap cap_net_admin,cap_net_raw+ep "$context/base-iptables/usr/sbin/xtables-legacy-multi"
 
-for image in "${images[@]}"; do
+for image in strait-proxy strait-init strait-injector; do
   install -m 0755 "target/release/$image" "$context/bin/$image"
 done
+install -m 0755 "target/$host/release/strait-cni" "$context/bin/strait-cni"
 # strait-init needs the capabilities itself: with no_new_privs, a program it
 # runs gets no more than it holds.
 setcap cap_net_admin,cap_net_raw+ep "$context/bin/strait-init"

@@ -19,6 +19,8 @@ const RETRIES: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    #[error("cannot start the plugin's HTTP runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     #[error("reading the kubeconfig {path}: {source}")]
     Kubeconfig {
         path: String,
@@ -36,9 +38,15 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// Whether the API server answered that the pod does not exist.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, ApiError::Get { source, .. } if matches!(**source, kube::Error::Api(ref status) if status.code == 404))
+    /// The HTTP status the API server answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Get { source, .. } => match &**source {
+                kube::Error::Api(status) => Some(status.code),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 }
 
@@ -48,10 +56,7 @@ pub fn get_pod(kubeconfig: &Path, pod: &PodRef) -> Result<Pod, ApiError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| ApiError::Kubeconfig {
-            path: kubeconfig.display().to_string(),
-            source: Box::new(e),
-        })?;
+        .map_err(ApiError::Runtime)?;
     runtime.block_on(async {
         let config = client_config(kubeconfig).await?;
         let server = config.cluster_url.to_string();

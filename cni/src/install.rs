@@ -10,8 +10,11 @@
 //!   name, as runtimes pick it); a single-plugin `.conf` becomes a
 //!   `.conflist`. A primary CNI that rewrites its file gets the entry added
 //!   again;
-//! - on SIGTERM the entry, kubeconfig, token and binary are removed, so an
-//!   uninstalled mesh leaves the node's networking as it found it.
+//! - on SIGTERM, when the DaemonSet itself is going (`helm uninstall`), the
+//!   entry, kubeconfig, token and binary are removed, so an uninstalled mesh
+//!   leaves the node's networking as it found it. When only the pod goes
+//!   (an upgrade, an eviction, a drain) the node stays set up: pods created
+//!   meanwhile still get their redirects.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -83,15 +86,45 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> InstallError + '_ {
 
 /// Writes `contents` to `path` through a temporary file and a rename, so a
 /// runtime reading it never sees half a file.
+/// The temporary file is made with its final mode (a token is never
+/// readable by others, not even for a moment) under a name of its own.
 fn write_atomically(path: &Path, contents: &[u8], mode: u32) -> Result<(), InstallError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{name}.strait-tmp"));
-    fs::write(&temporary, contents).map_err(io(&temporary))?;
-    fs::set_permissions(&temporary, fs::Permissions::from_mode(mode)).map_err(io(&temporary))?;
+    let temporary = path.with_file_name(format!(".{name}.{}.strait-tmp", std::process::id()));
+    let _ = fs::remove_file(&temporary);
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&temporary)
+        .and_then(|mut file| {
+            file.write_all(contents)?;
+            file.sync_all()
+        });
+    if let Err(error) = written.and_then(|()| fs::set_permissions(&temporary, fs::Permissions::from_mode(mode))) {
+        let _ = fs::remove_file(&temporary);
+        return Err(io(&temporary)(error));
+    }
     fs::rename(&temporary, path).map_err(io(path))
+}
+
+/// The file extensions runtimes load network configurations from.
+const CONF_EXTENSIONS: [&str; 3] = ["conflist", "conf", "json"];
+
+/// Whether a configuration list's version is one the plugin serves.
+fn check_version(list: &Value) -> Result<(), String> {
+    let version = list["cniVersion"].as_str().unwrap_or("0.1.0");
+    let parts: Vec<u32> = version.split('.').filter_map(|p| p.parse().ok()).collect();
+    if parts.len() == 3 && (parts[0], parts[1]) >= (0, 3) {
+        Ok(())
+    } else {
+        Err(format!("cniVersion {version:?}: strait-cni serves 0.3.0 and later"))
+    }
 }
 
 impl Layout {
@@ -108,17 +141,25 @@ impl Layout {
         if let Some(name) = &self.conf_file {
             return Ok(self.conf_dir.join(name));
         }
-        let mut names: Vec<PathBuf> = fs::read_dir(&self.conf_dir)
+        self.conf_files()?
+            .into_iter()
+            .next()
+            .ok_or_else(|| InstallError::NoConf {
+                dir: self.conf_dir.display().to_string(),
+            })
+    }
+
+    /// Every network configuration in the conf dir, by name.
+    fn conf_files(&self) -> Result<Vec<PathBuf>, InstallError> {
+        let mut files: Vec<PathBuf> = fs::read_dir(&self.conf_dir)
             .map_err(io(&self.conf_dir))?
             .filter_map(Result::ok)
             .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "conflist" || e == "conf"))
+            .filter(|p| p.extension().is_some_and(|e| CONF_EXTENSIONS.iter().any(|x| e == *x)))
             .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
             .collect();
-        names.sort();
-        names.into_iter().next().ok_or_else(|| InstallError::NoConf {
-            dir: self.conf_dir.display().to_string(),
-        })
+        files.sort();
+        Ok(files)
     }
 
     /// Copies this binary into the bin dir.
@@ -160,11 +201,22 @@ impl Layout {
             path: path.display().to_string(),
             problem: e.to_string(),
         })?;
-        let (target, list) = if path.extension().is_some_and(|e| e == "conf") {
-            (path.with_extension("conflist"), conf_to_list(current.clone()))
+        let (target, list) = if path.extension().is_some_and(|e| e != "conflist") {
+            let target = path.with_extension("conflist");
+            if target.exists() {
+                return Err(InstallError::BadConf {
+                    path: path.display().to_string(),
+                    problem: format!("making it a list would overwrite {}", target.display()),
+                });
+            }
+            (target, conf_to_list(current.clone()))
         } else {
             (path.clone(), current.clone())
         };
+        check_version(&list).map_err(|problem| InstallError::BadConf {
+            path: path.display().to_string(),
+            problem,
+        })?;
         let chained =
             with_entry(list, &self.plugin_conf().to_plugin_entry()).map_err(|problem| InstallError::BadConf {
                 path: path.display().to_string(),
@@ -182,22 +234,20 @@ impl Layout {
         Ok(true)
     }
 
-    /// Takes the entry out of the configuration and removes the binary and
-    /// the credentials. Whatever is already gone is not an error.
+    /// Takes the entry out of every configuration in the conf dir, then
+    /// removes the credentials and the binary. A file that cannot be read
+    /// or written keeps its entry, and then the binary stays too (a chained
+    /// plugin that is gone would fail every pod's ADD and DEL): the error
+    /// names the file. Whatever is already gone is not an error.
     pub fn uninstall(&self) -> Result<(), InstallError> {
-        if let Ok(path) = self.conf_path() {
-            let text = fs::read_to_string(&path).map_err(io(&path))?;
-            if let Ok(mut list) = serde_json::from_str::<Value>(&text)
-                && let Some(plugins) = list.get_mut("plugins").and_then(Value::as_array_mut)
-            {
-                let before = plugins.len();
-                plugins.retain(|p| p["type"] != names::CNI_PLUGIN);
-                if plugins.len() != before {
-                    let pretty = serde_json::to_string_pretty(&list).unwrap_or_default() + "\n";
-                    let mode = fs::metadata(&path).map_or(0o644, |m| m.permissions().mode() & 0o777);
-                    write_atomically(&path, pretty.as_bytes(), mode)?;
-                }
+        let mut kept = None;
+        for path in self.conf_files()? {
+            if let Err(error) = remove_entry(&path) {
+                kept.get_or_insert(error);
             }
+        }
+        if let Some(error) = kept {
+            return Err(error);
         }
         for path in [
             self.conf_dir.join(KUBECONFIG_FILE),
@@ -236,6 +286,29 @@ impl Layout {
             Err(format!("{} does not end with strait-cni", path.display()))
         }
     }
+}
+
+/// Removes strait-cni's entry from one configuration file, if it has one.
+fn remove_entry(path: &Path) -> Result<(), InstallError> {
+    let text = fs::read_to_string(path).map_err(io(path))?;
+    if !text.contains(names::CNI_PLUGIN) {
+        return Ok(());
+    }
+    let mut list: Value = serde_json::from_str(&text).map_err(|e| InstallError::BadConf {
+        path: path.display().to_string(),
+        problem: format!("{e}; its strait-cni entry is left in place"),
+    })?;
+    let Some(plugins) = list.get_mut("plugins").and_then(Value::as_array_mut) else {
+        return Ok(());
+    };
+    let before = plugins.len();
+    plugins.retain(|p| p["type"] != names::CNI_PLUGIN);
+    if plugins.len() == before {
+        return Ok(());
+    }
+    let pretty = serde_json::to_string_pretty(&list).unwrap_or_default() + "\n";
+    let mode = fs::metadata(path).map_or(0o644, |m| m.permissions().mode() & 0o777);
+    write_atomically(path, pretty.as_bytes(), mode)
 }
 
 /// The API server as the kubelet tells every pod where it is.
@@ -308,8 +381,55 @@ fn with_entry(mut list: Value, entry: &Value) -> Result<Value, String> {
     Ok(list)
 }
 
-/// Installs, keeps the node set up until SIGTERM or SIGINT, and uninstalls.
-pub async fn run(layout: Layout) -> Result<(), InstallError> {
+/// The installer's command line: the layout, and the pod it runs in (from
+/// the downward API), to tell an uninstall from an upgrade.
+#[derive(Clone, Debug, clap::Args)]
+pub struct InstallArgs {
+    #[command(flatten)]
+    pub layout: Layout,
+    /// This pod's name.
+    #[arg(long)]
+    pub pod_name: Option<String>,
+    /// This pod's namespace.
+    #[arg(long)]
+    pub pod_namespace: Option<String>,
+}
+
+/// Whether the DaemonSet that owns pod `namespace/name` stays (it exists
+/// and is not being deleted): then a stopping installer leaves the node set
+/// up for its successor.
+async fn daemonset_remains(namespace: &str, name: &str) -> Result<Option<String>, String> {
+    use k8s_openapi::api::apps::v1::DaemonSet;
+    use k8s_openapi::api::core::v1::Pod;
+    let client = kube::Client::try_default().await.map_err(|e| e.to_string())?;
+    let pod = kube::Api::<Pod>::namespaced(client.clone(), namespace)
+        .get(name)
+        .await
+        .map_err(|e| format!("reading pod {namespace}/{name}: {e}"))?;
+    let owner = pod
+        .metadata
+        .owner_references
+        .unwrap_or_default()
+        .into_iter()
+        .find(|o| o.kind == "DaemonSet");
+    let Some(owner) = owner else {
+        return Ok(None);
+    };
+    match kube::Api::<DaemonSet>::namespaced(client, namespace)
+        .get(&owner.name)
+        .await
+    {
+        Ok(daemonset) if daemonset.metadata.deletion_timestamp.is_none() => Ok(Some(owner.name)),
+        Ok(_) => Ok(None),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        Err(e) => Err(format!("reading daemonset {namespace}/{}: {e}", owner.name)),
+    }
+}
+
+/// Installs, keeps the node set up until SIGTERM or SIGINT, then
+/// uninstalls unless the DaemonSet stays.
+pub async fn run(args: InstallArgs) -> Result<(), InstallError> {
+    let layout = args.layout;
     use tokio::signal::unix::{SignalKind, signal};
     let server = api_server_from_env()?;
     layout.install_binary()?;
@@ -340,6 +460,18 @@ pub async fn run(layout: Layout) -> Result<(), InstallError> {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             () = tokio::time::sleep(RECHECK) => {}
+        }
+    }
+    if let (Some(namespace), Some(name)) = (&args.pod_namespace, &args.pod_name) {
+        match daemonset_remains(namespace, name).await {
+            Ok(Some(daemonset)) => {
+                eprintln!(
+                    "strait-cni: stopping while the DaemonSet {namespace}/{daemonset} stays (an upgrade or an eviction): the node stays set up"
+                );
+                return Ok(());
+            }
+            Ok(None) => {}
+            Err(error) => eprintln!("strait-cni: cannot tell whether the DaemonSet stays ({error}); uninstalling"),
         }
     }
     layout.uninstall()?;
@@ -373,5 +505,77 @@ mod tests {
         let converted = conf_to_list(json!({"cniVersion": "0.4.0", "name": "net", "type": "bridge"}));
         assert_eq!(converted["plugins"][0]["type"], "bridge");
         assert_eq!(converted["cniVersion"], "0.4.0");
+        assert!(
+            check_version(&json!({"cniVersion": "0.2.0"}))
+                .unwrap_err()
+                .contains("0.2.0")
+        );
+        assert!(check_version(&json!({})).is_err());
+        assert!(check_version(&json!({"cniVersion": "1.1.0"})).is_ok());
+    }
+
+    fn layout(dir: &Path) -> Layout {
+        let (bin, conf) = (dir.join("bin"), dir.join("net.d"));
+        fs::create_dir_all(&bin).unwrap();
+        fs::create_dir_all(&conf).unwrap();
+        Layout {
+            bin_dir: bin,
+            conf_dir: conf.clone(),
+            host_conf_dir: conf,
+            conf_file: None,
+            exclude_namespaces: vec!["kube-system".into()],
+            service_account_dir: dir.join("sa"),
+        }
+    }
+
+    #[test]
+    fn a_single_plugin_conf_becomes_a_list_and_uninstall_leaves_every_file_clean() {
+        let dir = std::env::temp_dir().join(format!("strait-cni-install-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let layout = layout(&dir);
+        let single = json!({"cniVersion": "1.0.0", "name": "k8s", "type": "bridge"});
+        fs::write(layout.conf_dir.join("10-net.json"), single.to_string()).unwrap();
+        assert!(layout.chain().unwrap(), "the first chaining changes the file");
+        assert!(!layout.chain().unwrap(), "a second one does not");
+        let list: Value =
+            serde_json::from_str(&fs::read_to_string(layout.conf_dir.join("10-net.conflist")).unwrap()).unwrap();
+        assert_eq!(list["plugins"][1]["type"], "strait-cni");
+        assert!(!layout.conf_dir.join("10-net.json").exists());
+        fs::write(layout.bin_dir.join("strait-cni"), b"plugin").unwrap();
+
+        // An entry left in a file that cannot be read keeps the binary.
+        fs::write(
+            layout.conf_dir.join("20-broken.conflist"),
+            "{\"plugins\": [{\"type\": \"strait-cni\"",
+        )
+        .unwrap();
+        let error = layout.uninstall().unwrap_err().to_string();
+        assert!(error.contains("20-broken.conflist"), "{error}");
+        assert!(layout.bin_dir.join("strait-cni").exists());
+        let list: Value =
+            serde_json::from_str(&fs::read_to_string(layout.conf_dir.join("10-net.conflist")).unwrap()).unwrap();
+        assert_eq!(
+            list["plugins"].as_array().unwrap().len(),
+            1,
+            "the readable file is clean already"
+        );
+
+        fs::remove_file(layout.conf_dir.join("20-broken.conflist")).unwrap();
+        layout.uninstall().unwrap();
+        assert!(!layout.bin_dir.join("strait-cni").exists());
+        layout.uninstall().unwrap();
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_list_below_version_0_3_is_refused_naming_file_and_version() {
+        let dir = std::env::temp_dir().join(format!("strait-cni-old-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let layout = layout(&dir);
+        let old = json!({"cniVersion": "0.2.0", "name": "k8s", "plugins": [{"type": "bridge"}]});
+        fs::write(layout.conf_dir.join("10-net.conflist"), old.to_string()).unwrap();
+        let error = layout.chain().unwrap_err().to_string();
+        assert!(error.contains("10-net.conflist") && error.contains("0.2.0"), "{error}");
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -22,7 +22,7 @@ struct Cli {
 enum Command {
     /// Copy the plugin to the node, chain it into the node's CNI
     /// configuration, keep it there, and remove it all on SIGTERM.
-    Install(Layout),
+    Install(install::InstallArgs),
     /// Exit 0 when the node is set up, 1 saying what is missing.
     Installed(Layout),
     /// CNI mode's init container: check, with no privilege, that this pod's
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
         };
     }
     match Cli::parse().command {
-        Command::Install(layout) => {
+        Command::Install(args) => {
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(error) => {
@@ -49,7 +49,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(install::run(layout)) {
+            match runtime.block_on(install::run(args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     eprintln!("strait-cni: {error}");
@@ -62,8 +62,8 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|config| strait_init::validate::validate(&config).map_err(anyhow::Error::from));
             match checked {
-                Ok(()) => {
-                    eprintln!("strait-cni: outbound TCP reaches the proxy's port: the pod's redirects are in place");
+                Ok(found) => {
+                    eprintln!("strait-cni: {found}");
                     ExitCode::SUCCESS
                 }
                 Err(error) => {

@@ -5,9 +5,11 @@
 //!   the previous result is returned unchanged. A pod that is not meshed,
 //!   uses the host's network or lives in an excluded namespace is left as
 //!   the previous plugins made it.
-//! - DEL: remove strait's chains if the namespace is still there; missing
-//!   namespaces, pods and results are not errors (DEL is idempotent).
-//! - CHECK: a meshed pod's namespace must still hold every rule.
+//! - DEL: remove strait's chains if the namespace is still there. DEL never
+//!   fails: the namespace is about to go, and a failed DEL would keep the
+//!   runtime from removing the pod and its address (a problem is said on
+//!   stderr).
+//! - CHECK: a meshed pod's namespace must still hold every rule, in order.
 //! - STATUS: ready when the kubeconfig can be read. GC: nothing is kept
 //!   outside pods' namespaces, so there is nothing to collect.
 //!
@@ -30,6 +32,9 @@ use crate::pod::{self, Decision, PodRef};
 pub const BAD_POD_SETTINGS: u32 = 100;
 /// strait's plugin-specific error code: iptables failed in the pod.
 pub const RULES_FAILED: u32 = 101;
+/// strait's plugin-specific error code: the API server refused the
+/// plugin's credentials (401) or its RBAC (403).
+pub const NOT_ALLOWED: u32 = 102;
 
 #[derive(Debug, Default)]
 pub struct StraitCni;
@@ -46,11 +51,29 @@ fn decide(args: &Args, conf: &PluginConf) -> Result<Option<(PodRef, strait_init:
     if conf.exclude_namespaces.contains(&pod.namespace) {
         return Ok(None);
     }
-    let object = api::get_pod(&conf.kubeconfig, &pod).map_err(|e| match &e {
-        _ if e.is_not_found() => Error::NotExist(error_chain(&e)),
-        api::ApiError::Kubeconfig { .. } => Error::InvalidNetworkConfig(error_chain(&e)),
-        api::ApiError::Get { .. } => Error::TryAgainLater(error_chain(&e)),
+    let object = api::get_pod(&conf.kubeconfig, &pod).map_err(|e| match e.status() {
+        Some(404) => Error::NotExist(error_chain(&e)),
+        Some(401 | 403) => Error::Custom(
+            NOT_ALLOWED,
+            format!("pod {pod}: the API server refused strait-cni's credentials"),
+            format!(
+                "{}; the kubeconfig's ServiceAccount must exist and be allowed to get pods (the chart's strait-cni ClusterRole)",
+                error_chain(&e)
+            ),
+        ),
+        _ => match e {
+            api::ApiError::Kubeconfig { .. } => Error::InvalidNetworkConfig(error_chain(&e)),
+            _ => Error::TryAgainLater(error_chain(&e)),
+        },
     })?;
+    let found = object.metadata.uid.as_deref();
+    if let (Some(wanted), Some(found)) = (pod.uid.as_deref(), found)
+        && wanted != found
+    {
+        return Err(Error::NotExist(format!(
+            "pod {pod}: the sandbox is for uid {wanted}, the API server has uid {found} under that name"
+        )));
+    }
     match pod::decide(&object) {
         Ok(Decision::Redirect(config)) => Ok(Some((pod, *config))),
         Ok(Decision::Skip(_)) => Ok(None),
@@ -87,10 +110,33 @@ fn rules_error(pod: &PodRef, what: &str, error: &iptables::IptablesError) -> Err
     Error::Custom(RULES_FAILED, format!("pod {pod}: {what}"), error_chain(error))
 }
 
+/// Removes strait's chains from the namespace at `args`' CNI_NETNS, if it
+/// is still there. Needs neither the pod (it may be gone) nor its settings.
+fn remove_rules(args: &Args) -> Result<(), String> {
+    let Some(path) = args.netns() else {
+        return Ok(());
+    };
+    match netns::enter(path) {
+        Ok(()) => {}
+        Err(NetnsError::Missing { .. }) => return Ok(()),
+        Err(e) => return Err(e.to_string()),
+    }
+    let defaults = strait_init::Config::from_args(strait_init::Args::default(), |_| None).map_err(|e| e.to_string())?;
+    match iptables::cleanup(&defaults) {
+        // No iptables here: nothing can have been written.
+        Ok(()) | Err(iptables::IptablesError::NoBackend { .. }) => Ok(()),
+        Err(e) => Err(error_chain(&e)),
+    }
+}
+
 impl Cni for StraitCni {
     fn add(&self, args: Args) -> Result<CNIResult, Error> {
         let conf = conf(&args)?;
-        let previous = args.config().prev_result.clone().unwrap_or_default();
+        let previous = args.config().prev_result.clone().ok_or_else(|| {
+            Error::InvalidNetworkConfig(
+                "no prevResult: strait-cni must be chained after the plugin that sets up the pod's interface".into(),
+            )
+        })?;
         if let Some((pod, config)) = decide(&args, &conf)? {
             enter(&args)?;
             iptables::apply(&config).map_err(|e| rules_error(&pod, "writing the redirects", &e))?;
@@ -99,30 +145,13 @@ impl Cni for StraitCni {
     }
 
     fn del(&self, args: Args) -> Result<(), Error> {
-        conf(&args)?;
-        let Some(path) = args.netns() else {
-            return Ok(());
-        };
-        match netns::enter(path) {
-            Ok(()) => {}
-            Err(NetnsError::Missing { .. }) => return Ok(()),
-            Err(e) => return Err(Error::IOFailure(e.to_string())),
+        if let Err(problem) = remove_rules(&args) {
+            let pod = PodRef::from_cni_args(args.args()).map_or_else(|| "(unnamed)".to_string(), |p| p.to_string());
+            eprintln!(
+                "strait-cni: DEL for pod {pod}: removing the redirects: {problem} (the namespace goes with the pod)"
+            );
         }
-        // The rules are strait's own chains: removing them needs neither the
-        // pod (it may be gone) nor its settings.
-        let pod = PodRef::from_cni_args(args.args()).map_or_else(|| "(unnamed)".to_string(), |p| p.to_string());
-        let defaults = strait_init::Config::from_args(strait_init::Args::default(), |_| None)
-            .map_err(|e| Error::InvalidNetworkConfig(e.to_string()))?;
-        match iptables::cleanup(&defaults) {
-            // No iptables here: nothing can have been written, so nothing
-            // stands in the way of removing the pod.
-            Ok(()) | Err(iptables::IptablesError::NoBackend { .. }) => Ok(()),
-            Err(e) => Err(Error::Custom(
-                RULES_FAILED,
-                format!("pod {pod}: removing the redirects"),
-                error_chain(&e),
-            )),
-        }
+        Ok(())
     }
 
     fn check(&self, args: Args) -> Result<(), Error> {
@@ -138,7 +167,8 @@ impl Cni for StraitCni {
         let conf = conf(&args)?;
         kube::config::Kubeconfig::read_from(&conf.kubeconfig)
             .map(drop)
-            .map_err(|e| Error::PluginNotAvailable(format!("reading {}: {e}", conf.kubeconfig.display())))
+            .map_err(|e| Error::PluginNotAvailable(format!("reading {}: {e}", conf.kubeconfig.display())))?;
+        iptables::available().map_err(|e| Error::PluginNotAvailable(error_chain(&e)))
     }
 
     fn gc(&self, args: Args) -> Result<(), Error> {

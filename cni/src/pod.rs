@@ -2,21 +2,24 @@
 //!
 //! The settings are not worked out here from the pod's annotations: the
 //! injector already turned them into the `STRAIT_*` variables of the
-//! container it added (`strait-validate` in CNI mode, `strait-init`
-//! otherwise), and the plugin reads that container's variables into
-//! [`strait_init::Config`] exactly as `strait-init` reads its own
-//! environment. One translation, one rule builder: the rules cannot drift.
+//! container it added (`strait-validate` in CNI mode), and the plugin reads
+//! that container's variables into [`strait_init::Config`] exactly as
+//! `strait-init` reads its own environment. One translation, one rule
+//! builder: the rules cannot drift. Pods injected without CNI mode (their
+//! `strait-init` writes the rules once their own init containers ran) are
+//! left to it.
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use strait_contract::names;
 use strait_init::{Args, Config};
 
-/// The pod `CNI_ARGS` names (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, as
-/// Kubernetes runtimes pass them).
+/// The pod `CNI_ARGS` names (`K8S_POD_NAMESPACE`, `K8S_POD_NAME` and, where
+/// the runtime passes it, `K8S_POD_UID`, as Kubernetes runtimes do).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodRef {
     pub namespace: String,
     pub name: String,
+    pub uid: Option<String>,
 }
 
 impl PodRef {
@@ -34,6 +37,7 @@ impl PodRef {
         Some(PodRef {
             namespace: get("K8S_POD_NAMESPACE")?,
             name: get("K8S_POD_NAME")?,
+            uid: get("K8S_POD_UID"),
         })
     }
 }
@@ -66,10 +70,10 @@ pub fn decide(pod: &Pod) -> Result<Decision, String> {
         .init_containers
         .iter()
         .flatten()
-        .find(|c| c.name == names::VALIDATE_CONTAINER || c.name == names::INIT_CONTAINER);
+        .find(|c| c.name == names::VALIDATE_CONTAINER);
     let Some(carrier) = carrier else {
         return Ok(Decision::Skip(
-            "the pod is not meshed (no strait-validate or strait-init container)",
+            "the pod is not meshed in CNI mode (no strait-validate container)",
         ));
     };
     redirect_config(carrier).map(|config| Decision::Redirect(Box::new(config)))
@@ -100,12 +104,14 @@ mod tests {
     fn cni_args_name_the_pod() {
         let args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=mesh;K8S_POD_NAME=web-1;K8S_POD_INFRA_CONTAINER_ID=abc";
         assert_eq!(
-            PodRef::from_cni_args(Some(args)),
+            PodRef::from_cni_args(Some(&format!("{args};K8S_POD_UID=1-2"))),
             Some(PodRef {
                 namespace: "mesh".into(),
-                name: "web-1".into()
+                name: "web-1".into(),
+                uid: Some("1-2".into()),
             })
         );
+        assert_eq!(PodRef::from_cni_args(Some(args)).unwrap().uid, None);
         assert_eq!(PodRef::from_cni_args(Some("K8S_POD_NAMESPACE=mesh")), None);
         assert_eq!(PodRef::from_cni_args(None), None);
     }
@@ -126,8 +132,12 @@ mod tests {
         let plain = pod(serde_json::json!({"spec": {"containers": [{"name": "app"}]}}));
         assert!(matches!(decide(&plain).unwrap(), Decision::Skip(_)));
         let host = pod(serde_json::json!({"spec": {"hostNetwork": true,
-            "initContainers": [{"name": "strait-init"}], "containers": [{"name": "app"}]}}));
+            "initContainers": [{"name": "strait-validate"}], "containers": [{"name": "app"}]}}));
         assert!(matches!(decide(&host).unwrap(), Decision::Skip(_)));
+        // strait-init writes its own rules, after the pod's init containers.
+        let classic = pod(serde_json::json!({"spec": {
+            "initContainers": [{"name": "strait-init"}], "containers": [{"name": "app"}]}}));
+        assert!(matches!(decide(&classic).unwrap(), Decision::Skip(_)));
     }
 
     #[test]

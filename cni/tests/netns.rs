@@ -82,6 +82,7 @@ impl Drop for Pod {
         let _ = Command::new("ip").args(["netns", "delete", &self.name]).status();
         let _ = Command::new("ip")
             .args(["link", "delete", &format!("scni{tag}")])
+            .stderr(Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(&self.scratch);
     }
@@ -223,6 +224,8 @@ fn the_versions_and_bad_input_get_cni_answers_naming_the_cause() {
     assert!(versions.as_array().unwrap().contains(&json!("1.1.0")), "{versions}");
 
     let k8s = "K8S_POD_NAMESPACE=mesh;K8S_POD_NAME=web-1";
+    // What a previous plugin made (strait-cni only passes it on).
+    let previous = json!({"cniVersion": "1.0.0", "ips": [{"address": "198.18.200.9/24"}]});
     let error = |conf: &Value, cni_args: &str| {
         let out = call("strait-cni", "ADD", Some(&pod.path()), cni_args, conf);
         assert!(!out.status.success(), "{conf} was accepted");
@@ -232,16 +235,20 @@ fn the_versions_and_bad_input_get_cni_answers_naming_the_cause() {
             format!("{} {}", answer["msg"], answer["details"]),
         )
     };
+    // First in a chain (no previous result): it cannot be the only plugin.
+    let (code, text) = error(&strait_conf("n", None), "");
+    assert_eq!(code, 7, "{text}");
+    assert!(text.contains("chained after"), "{text}");
     let (code, text) = error(&json!({"cniVersion": "1.0.0", "name": "n", "type": "strait-cni"}), k8s);
     assert_eq!(code, 7, "{text}");
     assert!(text.contains("kubeconfig"), "{text}");
-    let mut typo = strait_conf("n", None);
+    let mut typo = strait_conf("n", Some(&previous));
     typo["excludeNamespace"] = json!(["x"]);
     let (code, text) = error(&typo, k8s);
     assert_eq!(code, 7, "{text}");
     assert!(text.contains("excludeNamespace"), "{text}");
     // The kubeconfig is read only for a pod that must be looked up.
-    let (code, text) = error(&strait_conf("n", None), k8s);
+    let (code, text) = error(&strait_conf("n", Some(&previous)), k8s);
     assert_eq!(code, 7, "{text}");
     assert!(text.contains("/nonexistent/strait-cni.kubeconfig"), "{text}");
 
@@ -254,7 +261,7 @@ fn the_versions_and_bad_input_get_cni_answers_naming_the_cause() {
          users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n",
     )
     .unwrap();
-    let mut unreachable = strait_conf("n", None);
+    let mut unreachable = strait_conf("n", Some(&previous));
     unreachable["kubeconfig"] = json!(kubeconfig);
     let (code, text) = error(&unreachable, k8s);
     assert_eq!(code, 11, "{text}");

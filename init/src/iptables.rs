@@ -14,8 +14,11 @@ pub enum IptablesError {
     Failed { command: String, stderr: String },
     #[error("no working iptables found: tried {tried}")]
     NoBackend { tried: String },
-    #[error("the {family} nat table lacks {} of strait's rules: {}", rules.len(), rules.join("; "))]
-    Missing { family: &'static str, rules: Vec<String> },
+    #[error("the {family} nat table differs from strait's rules: {}", differences.join("; "))]
+    Drift {
+        family: &'static str,
+        differences: Vec<String>,
+    },
     #[error("{family} rules failed ({error}); the {applied} rules applied before were removed again")]
     RolledBack {
         family: &'static str,
@@ -161,20 +164,39 @@ pub fn apply(config: &Config) -> Result<(), IptablesError> {
     Ok(())
 }
 
-/// Checks that every family's nat table holds all the rules `apply` writes
-/// for `config` (other rules may be there too).
+/// Checks that every family's nat table holds exactly the rules `apply`
+/// writes for `config` in strait's chains, in order, and both jumps (other
+/// chains may hold anything).
 pub fn verify(config: &Config) -> Result<(), IptablesError> {
     for family in config.families(namespace_has_ipv6()) {
         let (_, saved) = detect(config, family)?;
-        let rules = rules::missing(config, family, &saved);
-        if !rules.is_empty() {
-            return Err(IptablesError::Missing {
+        let differences = rules::differences(config, family, &saved);
+        if !differences.is_empty() {
+            return Err(IptablesError::Drift {
                 family: family.tool(),
-                rules,
+                differences,
             });
         }
     }
     Ok(())
+}
+
+/// Whether this machine can run any iptables tool at all (a CNI plugin's
+/// STATUS: without one, no pod can be given its redirects).
+pub fn available() -> Result<(), IptablesError> {
+    let mut tried = Vec::new();
+    for tools in Tools::for_backend(Backend::Auto, Family::V4)
+        .into_iter()
+        .chain(Tools::for_backend(Backend::Nft, Family::V4))
+    {
+        match run(&tools.save, &["--version"], None) {
+            Ok(_) => return Ok(()),
+            Err(error) => tried.push(error.to_string()),
+        }
+    }
+    Err(IptablesError::NoBackend {
+        tried: tried.join("; "),
+    })
 }
 
 /// Removes strait's chains and jumps for every family.

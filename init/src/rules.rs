@@ -97,7 +97,11 @@ pub fn render(config: &Config, family: Family, existing: &Jumps) -> String {
     }
     let v4 = family == Family::V4;
     for cidr in config.skip_outbound_cidrs.iter().filter(|c| c.is_ipv4() == v4) {
-        rule(format!("-A {OUTPUT_CHAIN} -d {cidr} -j RETURN"));
+        // iptables-save prints a match on every address as no match at all.
+        match cidr.to_string() {
+            all if all.ends_with("/0") => rule(format!("-A {OUTPUT_CHAIN} -j RETURN")),
+            cidr => rule(format!("-A {OUTPUT_CHAIN} -d {cidr} -j RETURN")),
+        }
     }
     rule(format!(
         "-A {OUTPUT_CHAIN} -p tcp -j REDIRECT --to-ports {}",
@@ -114,16 +118,38 @@ pub fn render(config: &Config, family: Family, existing: &Jumps) -> String {
     out
 }
 
-/// The rules of `render` for this family (chains' rules and both jumps)
-/// that `saved` (iptables-save output of the nat table) lacks, in order:
-/// empty when the namespace redirects as configured.
-pub fn missing(config: &Config, family: Family, saved: &str) -> Vec<String> {
-    let present: std::collections::HashSet<&str> = saved.lines().map(str::trim).collect();
-    render(config, family, &Jumps::default())
-        .lines()
-        .filter(|line| line.starts_with("-A ") && !present.contains(line))
-        .map(str::to_string)
-        .collect()
+/// How `saved` (iptables-save output of a nat table) differs from what
+/// `render` writes for this family: each of strait's rules that is missing,
+/// then, if strait's chains still differ (a rule added among them, or the
+/// order changed), what they hold; a missing jump. Empty when the namespace
+/// redirects exactly as configured.
+pub fn differences(config: &Config, family: Family, saved: &str) -> Vec<String> {
+    let expected = render(config, family, &Jumps::default());
+    let saved: Vec<&str> = saved.lines().map(str::trim).collect();
+    let mut differences = Vec::new();
+    for chain in [INBOUND_CHAIN, OUTPUT_CHAIN] {
+        let prefix = format!("-A {chain} ");
+        let wanted: Vec<&str> = expected.lines().filter(|l| l.starts_with(&prefix)).collect();
+        let held: Vec<&str> = saved.iter().copied().filter(|l| l.starts_with(&prefix)).collect();
+        if wanted == held {
+            continue;
+        }
+        let missing: Vec<String> = wanted
+            .iter()
+            .filter(|w| !held.contains(w))
+            .map(|w| w.to_string())
+            .collect();
+        if missing.is_empty() {
+            differences.push(format!("{chain} holds [{}]", held.join(", ")));
+        }
+        differences.extend(missing);
+    }
+    for jump in [INBOUND_JUMP, OUTPUT_JUMP] {
+        if !saved.contains(&jump) {
+            differences.push(jump.to_string());
+        }
+    }
+    differences
 }
 
 /// The script that removes strait's jumps and chains, given iptables-save

@@ -11,8 +11,8 @@
 //! redirect in place the kernel hands the connection to the listener, which
 //! reads back a random token; without it the connection goes nowhere.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -20,13 +20,16 @@ use crate::config::Config;
 /// How long the connection that should be redirected may take.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Documentation addresses (RFC 5737): never a real peer, so a connection
-/// that reaches one of them was not redirected.
-const PROBE_ADDRESSES: [Ipv4Addr; 3] = [
-    Ipv4Addr::new(192, 0, 2, 1),
-    Ipv4Addr::new(198, 51, 100, 1),
-    Ipv4Addr::new(203, 0, 113, 1),
+/// Documentation addresses (RFC 5737, RFC 3849): never a real peer, so a
+/// connection that reaches one of them was not redirected. IPv4 first; the
+/// IPv6 one for pods without IPv4.
+const PROBE_ADDRESSES: [IpAddr; 4] = [
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)),
+    IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+    IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)),
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
 ];
+const PROBE_PORTS: [u16; 5] = [80, 443, 9, 7, 1];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
@@ -42,73 +45,127 @@ pub enum ValidateError {
     },
     #[error("cannot listen on the proxy's outbound port {port}: {source}")]
     Listen { port: u16, source: std::io::Error },
-    #[error(
-        "every probe address is skipped by the pod's outbound rules (skip-outbound-cidrs/ports), so the \
-         redirect cannot be checked: {0}"
-    )]
-    NothingToProbe(String),
 }
 
-/// The destination the check connects to: the first documentation address
-/// and port that the pod's skip rules leave redirected.
-pub fn probe_destination(config: &Config) -> Result<SocketAddr, ValidateError> {
-    let address = PROBE_ADDRESSES
-        .iter()
-        .map(|&a| IpAddr::V4(a))
-        .find(|a| !config.skip_outbound_cidrs.iter().any(|c| c.contains(a)));
-    let port = [80u16, 443, 9, 7, 1]
-        .into_iter()
-        .find(|&p| !config.skip_outbound_ports.contains(p) && p != config.outbound_port);
-    match (address, port) {
-        (Some(address), Some(port)) => Ok(SocketAddr::new(address, port)),
-        _ => Err(ValidateError::NothingToProbe(format!(
-            "addresses {PROBE_ADDRESSES:?}, ports 80, 443, 9, 7, 1"
-        ))),
+/// What the check found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Validated {
+    /// A connection to this address came back on the proxy's port.
+    Redirected(SocketAddr),
+    /// The pod's skip rules leave no outbound TCP to redirect: nothing to
+    /// check.
+    NothingRedirected,
+}
+
+impl std::fmt::Display for Validated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Validated::Redirected(probe) => write!(
+                f,
+                "outbound TCP reaches the proxy's port (a connection to {probe} came back): the pod's redirects are in place"
+            ),
+            Validated::NothingRedirected => write!(
+                f,
+                "the pod's skip-outbound settings leave no outbound TCP to redirect: nothing to check"
+            ),
+        }
     }
+}
+
+/// The destinations the check may connect to, in order: each documentation
+/// address the pod's skip rules leave redirected, on the first such port.
+pub fn probe_destinations(config: &Config) -> Vec<SocketAddr> {
+    let Some(port) = PROBE_PORTS
+        .into_iter()
+        .find(|&p| !config.skip_outbound_ports.contains(p) && p != config.outbound_port)
+    else {
+        return Vec::new();
+    };
+    let mut seen_v4 = false;
+    PROBE_ADDRESSES
+        .into_iter()
+        .filter(|a| !config.skip_outbound_cidrs.iter().any(|c| c.contains(a)))
+        .filter(|a| {
+            // One IPv4 address is enough: the others are only for skips.
+            let first_v4 = a.is_ipv4() && !seen_v4;
+            seen_v4 |= a.is_ipv4();
+            first_v4 || a.is_ipv6()
+        })
+        .map(|a| SocketAddr::new(a, port))
+        .collect()
+}
+
+/// Listens on the proxy's outbound port, on both families where the
+/// namespace has IPv6.
+fn listen(port: u16) -> Result<TcpListener, ValidateError> {
+    let listener = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
+        .or_else(|_| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
+        .map_err(|source| ValidateError::Listen { port, source })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ValidateError::Listen { port, source })?;
+    Ok(listener)
 }
 
 /// Checks that outbound TCP of this network namespace is redirected to the
 /// proxy's outbound port, as `strait-init` or `strait-cni` writes it.
-pub fn validate(config: &Config) -> Result<(), ValidateError> {
-    let probe = probe_destination(config)?;
+pub fn validate(config: &Config) -> Result<Validated, ValidateError> {
+    let destinations = probe_destinations(config);
+    if destinations.is_empty() {
+        return Ok(Validated::NothingRedirected);
+    }
     let port = config.outbound_port;
-    let listener = TcpListener::bind(("0.0.0.0", port)).map_err(|source| ValidateError::Listen { port, source })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| ValidateError::Listen { port, source })?;
-    let not_redirected = |cause: String| ValidateError::NotRedirected { probe, port, cause };
-    let token: [u8; 16] = rand_token();
-    let mut client = TcpStream::connect_timeout(&probe, TIMEOUT).map_err(|e| not_redirected(e.to_string()))?;
-    client.write_all(&token).map_err(|e| not_redirected(e.to_string()))?;
+    let listener = listen(port)?;
+    let mut first_failure = None;
+    for probe in destinations {
+        let not_redirected = |cause: String| ValidateError::NotRedirected { probe, port, cause };
+        match probe_once(&listener, probe) {
+            Ok(()) => return Ok(Validated::Redirected(probe)),
+            // No route for this family (an IPv6-only pod): try the next.
+            Err(e) if matches!(e.kind(), ErrorKind::NetworkUnreachable | ErrorKind::AddrNotAvailable) => {
+                first_failure.get_or_insert(not_redirected(e.to_string()));
+            }
+            Err(e) => return Err(not_redirected(e.to_string())),
+        }
+    }
+    Err(first_failure.unwrap_or(ValidateError::NotRedirected {
+        probe: SocketAddr::new(PROBE_ADDRESSES[0], 0),
+        port,
+        cause: "no destination to probe".into(),
+    }))
+}
+
+/// One probe: connect, send a token, and wait for it on the listener.
+fn probe_once(listener: &TcpListener, probe: SocketAddr) -> std::io::Result<()> {
+    let token: [u8; 16] = token();
+    let mut client = TcpStream::connect_timeout(&probe, TIMEOUT)?;
+    client.write_all(&token)?;
     let deadline = Instant::now() + TIMEOUT;
-    loop {
+    while Instant::now() < deadline {
         match listener.accept() {
             Ok((mut accepted, _)) => {
                 let mut got = [0u8; 16];
-                accepted
+                let read = accepted
                     .set_nonblocking(false)
                     .and_then(|()| accepted.set_read_timeout(Some(TIMEOUT)))
-                    .and_then(|()| accepted.read_exact(&mut got))
-                    .map_err(|e| not_redirected(format!("reading the probe: {e}")))?;
-                if got == token {
+                    .and_then(|()| accepted.read_exact(&mut got));
+                if read.is_ok() && got == token {
                     return Ok(());
                 }
                 // Somebody else's connection: keep waiting for ours.
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(not_redirected(e.to_string())),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(e),
         }
-        if Instant::now() >= deadline {
-            return Err(not_redirected(
-                "the connection was made, but elsewhere: another redirect or a real peer answered".into(),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
+    Err(std::io::Error::new(
+        ErrorKind::TimedOut,
+        "the connection was made, but elsewhere: another redirect or a real peer answered",
+    ))
 }
 
 /// A token no other connection will send: the process id and the time.
-fn rand_token() -> [u8; 16] {
+fn token() -> [u8; 16] {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -116,4 +173,40 @@ fn rand_token() -> [u8; 16] {
     token[..4].copy_from_slice(&std::process::id().to_be_bytes());
     token[4..].copy_from_slice(&nanos.to_be_bytes()[4..]);
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Args;
+
+    fn config(cidrs: &str, ports: &str) -> Config {
+        Config::from_args(
+            Args {
+                skip_outbound_cidrs: Some(cidrs.into()),
+                skip_outbound_ports: Some(ports.into()),
+                ..Args::default()
+            },
+            |_| None,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn probes_avoid_what_the_pod_skips_and_an_all_skipping_pod_has_none() {
+        let shown = |c: &Config| {
+            probe_destinations(c)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(shown(&config("", "")), ["192.0.2.1:80", "[2001:db8::1]:80"]);
+        assert_eq!(
+            shown(&config("192.0.2.0/24", "80")),
+            ["198.51.100.1:443", "[2001:db8::1]:443"]
+        );
+        assert_eq!(shown(&config("0.0.0.0/0", "")), ["[2001:db8::1]:80"]);
+        assert!(probe_destinations(&config("0.0.0.0/0,::/0", "")).is_empty());
+        assert!(probe_destinations(&config("", "1-65535")).is_empty());
+    }
 }

@@ -81,6 +81,21 @@ fn apply_is_idempotent_and_cleanup_restores_the_namespace() {
     ];
     assert!(ns.init(&args).status.success());
     let once = ns.nat_rules();
+    // What strait-cni's CHECK compares: the rules as iptables-save prints them.
+    let config = strait_init::Config::from_args(
+        strait_init::Args {
+            skip_inbound_ports: Some("22".into()),
+            skip_outbound_cidrs: Some("10.0.0.0/8,fd00::/8".into()),
+            ..Default::default()
+        },
+        |_| None,
+    )
+    .unwrap();
+    for family in [strait_init::Family::V4, strait_init::Family::V6] {
+        let saved = ns.sh(&format!("{}-save -t nat", family.tool()));
+        let differences = strait_init::rules::differences(&config, family, &saved);
+        assert!(differences.is_empty(), "{family:?}: {differences:?}");
+    }
     assert!(ns.init(&args).status.success());
     assert_eq!(ns.nat_rules(), once, "a second run changed the rules");
     assert!(once.contains("-A STRAIT_OUTPUT -d 10.0.0.0/8 -j RETURN"), "{once}");

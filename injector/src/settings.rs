@@ -158,6 +158,19 @@ impl InjectSettings {
         let native_sidecar =
             Setting::new(env::NATIVE_SIDECAR, env(env::NATIVE_SIDECAR)).switch(true, "true", "false")?;
         let cni = Setting::new(env::CNI, env(env::CNI)).switch(false, "true", "false")?;
+        if cni && !native_sidecar {
+            // The plugin's redirects exist from the pod's first instant: the
+            // application's init containers, running before a non-native
+            // proxy, would have no outbound TCP at all.
+            return Err(SettingError::new(
+                env::CNI,
+                "true",
+                format!(
+                    "CNI mode needs the proxy as a native sidecar ({}=true, Kubernetes 1.29+)",
+                    env::NATIVE_SIDECAR
+                ),
+            ));
+        }
         let trust_anchors_pem = match env(env::TRUST_ANCHORS_FILE) {
             None => String::new(),
             Some(path) => std::fs::read_to_string(&path)

@@ -9,6 +9,12 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 pub const BRIDGE: &str = "strait0";
+/// The bridge's own MAC address (locally administered). Set once, it stays:
+/// a bridge without one takes the lowest of its ports' addresses, so adding
+/// a pod could change the node's MAC under every other pod, whose packets
+/// to the node (DNS, the API server) then went to the old one until their
+/// neighbour entries were probed again, seconds later.
+const BRIDGE_MAC: &str = "02:73:74:72:00:01";
 /// The node's address on the bridge: pods' gateway, API server and DNS.
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// Pod addresses come from 198.18.0.0/16, above the node's .0.x (the
@@ -96,6 +102,7 @@ pub fn setup_node() -> Result<(), NetError> {
         &format!(
             "link set lo up\n\
              link add {BRIDGE} type bridge\n\
+             link set {BRIDGE} address {BRIDGE_MAC}\n\
              addr add {NODE_IP}/16 dev {BRIDGE}\n\
              link set {BRIDGE} up\n\
              route add {SERVICE_BASE}/16 dev {BRIDGE}\n"

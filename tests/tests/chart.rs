@@ -152,16 +152,16 @@ fn rendered_objects_are_valid_with_default_and_other_values() {
             "proxy.limits.idleTimeout=10m",
             "clusterDomain=corp.example",
             "logFormat=json",
-            "cni.enabled=true",
-            "cni.confFile=10-calico.conflist",
         ],
     );
     validate(&validator, &others, "other values");
     assert!(others.contains("failurePolicy: Fail") && others.contains("cert-manager.io/inject-ca-from"));
     assert!(!others.contains("kind: PodDisruptionBudget"));
     assert!(others.contains("strait-identity.strait-system.svc.corp.example:8083"));
-    assert!(others.contains("kind: DaemonSet\n") && others.contains("\"--conf-file\",\"10-calico.conflist\""));
-    assert!(others.contains("name: STRAIT_CNI, value: \"true\""));
+    let cni = template(&helm, &["cni.enabled=true", "cni.confFile=10-calico.conflist"]);
+    validate(&validator, &cni, "CNI mode");
+    assert!(cni.contains("kind: DaemonSet\n") && cni.contains("\"--conf-file\",\"10-calico.conflist\""));
+    assert!(cni.contains("name: STRAIT_CNI, value: \"true\""));
     assert!(!defaults.contains("kind: DaemonSet\n"), "CNI mode is off by default");
     assert!(!others.contains("cluster.local:8083") && !others.contains("svc.cluster.local,"));
 
@@ -317,6 +317,7 @@ fn values_outside_the_schema_are_refused() {
         "injector.podDisruptionBudget.maxUnavailable=foo",
         "clusterDomain=Cluster_Local",
         "cni.binDir=opt/cni/bin",
+        "cni.enabled=true,proxy.nativeSidecar=false",
         "cni.confFile=../etc/passwd",
     ] {
         let out = run(&helm, &["template", "strait", chart.to_str().unwrap(), "--set", bad]);

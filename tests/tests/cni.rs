@@ -31,6 +31,7 @@ fn plugin(lab: &Lab, command: &str, pod: &str) -> Output {
     assert_eq!(conf["type"], "strait-cni", "strait-cni is chained last: {list}");
     conf["cniVersion"] = list["cniVersion"].clone();
     conf["name"] = list["name"].clone();
+    conf["prevResult"] = previous_result(lab, pod);
     let (namespace, name) = pod.split_once('/').unwrap();
     let bin = format!("/run/strait-lab/{}/cni/bin", lab.name);
     let mut child = Command::new("ip")
@@ -61,6 +62,15 @@ fn plugin(lab: &Lab, command: &str, pod: &str) -> Output {
         .write_all(conf.to_string().as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
+}
+
+/// The result the bridge plugin gave `pod`, as the runtime passes it on.
+fn previous_result(lab: &Lab, pod: &str) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "sandbox": format!("/run/netns/{}", lab.netns(pod))}],
+        "ips": [{"address": format!("{}/16", lab.pod_ip(pod)), "gateway": "198.18.0.1", "interface": 0}],
+    })
 }
 
 fn pod_nat(lab: &Lab, pod: &str) -> String {
@@ -216,6 +226,12 @@ fn in_cni_mode_a_restricted_namespace_admits_balances_and_secures_grpc_and_the_p
         "ADD: {}",
         String::from_utf8_lossy(&added.stdout)
     );
+    let passed: Value = serde_json::from_slice(&added.stdout).unwrap();
+    assert_eq!(
+        passed,
+        previous_result(&lab, &client),
+        "ADD passes the previous result through"
+    );
     assert_eq!(pod_nat(&lab, &client).matches(rule).count(), 1);
     assert!(plugin(&lab, "CHECK", &client).status.success());
     for _ in 0..2 {
@@ -230,18 +246,43 @@ fn a_pod_started_before_the_plugin_is_on_the_node_is_stopped_by_its_validator_an
     let Some(lab) = Lab::up_cni("cni-late", &["pod-security.yaml"]) else {
         return;
     };
+    let chained = |lab: &Lab| {
+        conflist(lab)["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["type"] == "strait-cni")
+    };
+    let binary = PathBuf::from(format!("/run/strait-lab/{}/cni/bin/strait-cni", lab.name));
+
+    // The installer's pod goes (an eviction, an upgrade) while its
+    // DaemonSet stays: the node stays set up for its successor (the files
+    // are the same ones, never removed and written again).
+    let conf_file = PathBuf::from(format!("/run/strait-lab/{}/cni/net.d/10-strait-lab.conflist", lab.name));
+    let inodes = || {
+        use std::os::unix::fs::MetadataExt;
+        [&binary, &conf_file].map(|f| std::fs::metadata(f).map(|m| m.ino()).ok())
+    };
+    let before = inodes();
+    let installer = lab.pod("strait-system", "strait-cni-");
+    let (_, name) = installer.split_once('/').unwrap();
+    lab.cli_ok(&["delete", &format!("/api/v1/namespaces/strait-system/pods/{name}")]);
+    eventually(Duration::from_secs(60), "a new installer pod is ready", || {
+        let pods = lab.pods("strait-system", "strait-cni-");
+        pods.len() == 1 && pods[0] != installer && lab.is_ready(&pods[0])
+    });
+    assert!(chained(&lab));
+    assert_eq!(inodes(), before, "the plugin left the node with its pod");
+
+    // The DaemonSet goes (an uninstall): the plugin leaves the node.
     let path = "/apis/apps/v1/namespaces/strait-system/daemonsets/strait-cni";
     let mut daemonset = lab.get(path);
     lab.cli_ok(&["delete", path]);
     // The installer, stopped, takes the plugin off the node.
     eventually(Duration::from_secs(60), "strait-cni leaves the conflist", || {
-        conflist(&lab)["plugins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|p| p["type"] != "strait-cni")
+        !chained(&lab)
     });
-    assert!(!PathBuf::from(format!("/run/strait-lab/{}/cni/bin/strait-cni", lab.name)).exists());
+    assert!(!binary.exists());
 
     let late = lab.cli(&[
         "up",

@@ -94,3 +94,37 @@ COMMIT
     );
     assert_eq!(render_cleanup("*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"), None);
 }
+
+#[test]
+fn differences_name_missing_rules_foreign_ones_and_jumps() {
+    let config = config(Args::default());
+    let applied = render(&config, Family::V4, &Jumps::default());
+    assert!(differences(&config, Family::V4, &applied).is_empty());
+    let redirect = "-A STRAIT_OUTPUT -p tcp -j REDIRECT --to-ports 4140";
+    let without = applied.replace(&format!("{redirect}\n"), "");
+    assert_eq!(differences(&config, Family::V4, &without), [redirect]);
+    let foreign = applied.replace(
+        "-A STRAIT_OUTPUT -d 127.0.0.0/8 -j RETURN\n",
+        "-A STRAIT_OUTPUT -d 127.0.0.0/8 -j RETURN\n-A STRAIT_OUTPUT -j RETURN\n",
+    );
+    let found = differences(&config, Family::V4, &foreign);
+    assert!(
+        found.len() == 1 && found[0].starts_with("STRAIT_OUTPUT holds ["),
+        "{found:?}"
+    );
+    let unjumped = applied.replace(&format!("{OUTPUT_JUMP}\n"), "");
+    assert_eq!(differences(&config, Family::V4, &unjumped), [OUTPUT_JUMP]);
+}
+
+#[test]
+fn a_skip_of_every_address_is_written_as_iptables_save_prints_it() {
+    let config = config(Args {
+        skip_outbound_cidrs: Some("0.0.0.0/0".into()),
+        ..Args::default()
+    });
+    let rendered = render(&config, Family::V4, &Jumps::default());
+    assert!(
+        rendered.contains("-A STRAIT_OUTPUT -j RETURN\n") && !rendered.contains("0.0.0.0/0"),
+        "{rendered}"
+    );
+}

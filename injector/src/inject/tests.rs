@@ -334,3 +334,33 @@ fn the_applications_own_scrape_annotations_are_kept() {
     let (plain, _) = injected(&pod(json!({})), &settings());
     assert_eq!(plain["metadata"]["annotations"]["prometheus.io/port"], "4191");
 }
+
+#[test]
+fn cni_mode_injects_the_unprivileged_validator_and_needs_native_sidecars() {
+    let settings = |pairs: &[(&str, &str)]| {
+        let pairs: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        InjectSettings::from_env(move |name| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()))
+    };
+    let cni = settings(&[
+        ("STRAIT_CNI", "true"),
+        ("STRAIT_CNI_IMAGE", "registry.example/strait-cni:1"),
+    ])
+    .unwrap();
+    let Decision::Inject { patch, .. } = decide(&pod(json!({})), "demo", true, &cni) else {
+        panic!("not injected")
+    };
+    let patch: json_patch::Patch = serde_json::from_value(json!(patch)).unwrap();
+    let mut injected = pod(json!({}));
+    json_patch::patch(&mut injected, &patch.0).unwrap();
+    let validator = &injected["spec"]["initContainers"][0];
+    assert_eq!(validator["name"], "strait-validate");
+    assert_eq!(validator["image"], "registry.example/strait-cni:1");
+    assert_eq!(validator["args"], json!(["validate"]));
+    assert_eq!(validator["securityContext"]["capabilities"], json!({"drop": ["ALL"]}));
+    assert!(validator.get("volumeMounts").is_none());
+
+    let error = settings(&[("STRAIT_CNI", "true"), ("STRAIT_NATIVE_SIDECAR", "false")])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("native sidecar"), "{error}");
+}

@@ -16,16 +16,10 @@ use crate::apiserver::store::{name_of, namespace_of, random_suffix};
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 
 pub async fn run(api: Arc<Api>) {
-    let store = api.store.clone();
-    super::run_controller(store, &["daemonsets", "pods"], || reconcile_all(&api)).await;
-}
-
-async fn reconcile_all(api: &Arc<Api>) {
-    for daemonset in api.store.list(Resource::named("daemonsets"), None).0 {
-        if let Err(error) = reconcile(api, &daemonset).await {
-            tracing::warn!(daemonset = %name_of(&daemonset), %error, "daemonset reconcile failed");
-        }
-    }
+    super::run_owner(api, "daemonsets", |api, daemonset| async move {
+        reconcile(&api, &daemonset).await
+    })
+    .await;
 }
 
 async fn reconcile(api: &Arc<Api>, daemonset: &Value) -> Result<(), String> {

@@ -14,17 +14,10 @@ use crate::apiserver::store::{name_of, namespace_of, random_suffix};
 pub const TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 
 pub async fn run(api: Arc<Api>) {
-    let store = api.store.clone();
-    super::run_controller(store, &["deployments", "pods"], || reconcile_all(&api)).await;
-}
-
-async fn reconcile_all(api: &Arc<Api>) {
-    let (deployments, _) = api.store.list(Resource::named("deployments"), None);
-    for deployment in deployments {
-        if let Err(error) = reconcile(api, &deployment).await {
-            tracing::warn!(deployment = %name_of(&deployment), %error, "deployment reconcile failed");
-        }
-    }
+    super::run_owner(api, "deployments", |api, deployment| async move {
+        reconcile(&api, &deployment).await
+    })
+    .await;
 }
 
 /// Resolves maxSurge / maxUnavailable: a count or a percentage of replicas.

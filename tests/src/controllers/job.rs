@@ -11,16 +11,7 @@ use crate::apiserver::resource::Resource;
 use crate::apiserver::store::{name_of, namespace_of, now_rfc3339, random_suffix};
 
 pub async fn run(api: Arc<Api>) {
-    let store = api.store.clone();
-    super::run_controller(store, &["jobs", "pods"], || reconcile_all(&api)).await;
-}
-
-async fn reconcile_all(api: &Arc<Api>) {
-    for job in api.store.list(Resource::named("jobs"), None).0 {
-        if let Err(error) = reconcile(api, &job).await {
-            tracing::warn!(job = %name_of(&job), %error, "job reconcile failed");
-        }
-    }
+    super::run_owner(api, "jobs", |api, job| async move { reconcile(&api, &job).await }).await;
 }
 
 fn phase(pod: &Value) -> &str {

@@ -15,7 +15,9 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 
-use crate::apiserver::store::Store;
+use crate::apiserver::Api;
+use crate::apiserver::resource::Resource;
+use crate::apiserver::store::{Store, name_of};
 
 const RESYNC: Duration = Duration::from_secs(5);
 
@@ -47,6 +49,26 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
         while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = events.try_recv() {}
     }
+}
+
+/// Runs the controller of a kind that owns pods: `reconcile` for every
+/// object of `kind` at start and after any change to one of them or to a
+/// pod; a failure is logged and retried at the next change or resync.
+pub async fn run_owner<F, Fut>(api: Arc<Api>, kind: &'static str, reconcile: F)
+where
+    F: Fn(Arc<Api>, Value) -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let store = api.store.clone();
+    run_controller(store, &[kind, "pods"], || async {
+        for object in api.store.list(Resource::named(kind), None).0 {
+            let name = name_of(&object).to_string();
+            if let Err(error) = reconcile(api.clone(), object).await {
+                tracing::warn!(kind, %name, %error, "reconcile failed");
+            }
+        }
+    })
+    .await;
 }
 
 /// A short stable hash in the alphabet Kubernetes uses for generated names.
