@@ -240,33 +240,7 @@ impl Tally {
 
 async fn connect(to: &str) -> anyhow::Result<Channel> {
     let endpoint = Endpoint::from_shared(format!("http://{to}"))?.connect_timeout(Duration::from_secs(5));
-    endpoint
-        .connect_with_connector(tower::service_fn(|uri: http::Uri| dial(uri)))
-        .await
-        .with_context(|| format!("connect to {to}"))
-}
-
-/// Opens the TCP connection under a channel. A name lookup that fails is
-/// tried again a few times, a second apart, as gRPC's DNS resolver
-/// re-resolves with back-off: one lost UDP answer makes glibc report a name
-/// as unknown (after its 5 s timeout), which is the cluster's DNS, not the
-/// mesh, failing. Each retry is said on stderr; a connection that is refused
-/// fails at once.
-async fn dial(uri: http::Uri) -> std::io::Result<hyper_util::rt::TokioIo<tokio::net::TcpStream>> {
-    use backon::{ConstantBuilder, Retryable};
-    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    let addresses = (|| tokio::net::lookup_host((host.clone(), port)))
-        .retry(
-            ConstantBuilder::default()
-                .with_delay(Duration::from_secs(1))
-                .with_max_times(3),
-        )
-        .notify(|error, _| eprintln!("lab-app: looking up {host}: {error}; trying again"))
-        .await?;
-    let stream = tokio::net::TcpStream::connect(addresses.collect::<Vec<_>>().as_slice()).await?;
-    stream.set_nodelay(true)?;
-    Ok(hyper_util::rt::TokioIo::new(stream))
+    endpoint.connect().await.with_context(|| format!("connect to {to}"))
 }
 
 fn client_of(channel: Channel) -> LabClient<Channel> {
