@@ -27,13 +27,15 @@ pub enum ApiError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("reading pod {pod} from the API server at {server} ({tries} tries): {source}")]
+    #[error(
+        "reading pod {pod} from the API server at {server} ({tries} tries): {}",
+        describe(error)
+    )]
     Get {
         pod: PodRef,
         server: String,
         tries: usize,
-        #[source]
-        source: Box<kube::Error>,
+        error: Box<kube::Error>,
     },
 }
 
@@ -41,7 +43,7 @@ impl ApiError {
     /// The HTTP status the API server answered with, if it answered.
     pub fn status(&self) -> Option<u16> {
         match self {
-            ApiError::Get { source, .. } => match &**source {
+            ApiError::Get { error, .. } => match &**error {
                 kube::Error::Api(status) => Some(status.code),
                 _ => None,
             },
@@ -65,21 +67,34 @@ pub fn get_pod(kubeconfig: &Path, pod: &PodRef) -> Result<Pod, ApiError> {
             source: Box::new(e),
         })?;
         let pods: Api<Pod> = Api::namespaced(client, &pod.namespace);
-        (|| pods.get(&pod.name))
-            .retry(
-                ExponentialBuilder::default()
-                    .with_min_delay(Duration::from_millis(200))
-                    .with_max_times(RETRIES),
-            )
-            .when(|e| !matches!(e, kube::Error::Api(status) if status.code < 500))
-            .await
-            .map_err(|source| ApiError::Get {
-                pod: pod.clone(),
-                server,
-                tries: RETRIES + 1,
-                source: Box::new(source),
-            })
+        let tries = std::sync::atomic::AtomicUsize::new(0);
+        (|| {
+            tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            pods.get(&pod.name)
+        })
+        .retry(
+            ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(200))
+                .with_max_times(RETRIES),
+        )
+        .when(|e| !matches!(e, kube::Error::Api(status) if status.code < 500))
+        .await
+        .map_err(|error| ApiError::Get {
+            pod: pod.clone(),
+            server,
+            tries: tries.load(std::sync::atomic::Ordering::Relaxed),
+            error: Box::new(error),
+        })
     })
+}
+
+/// A kube error as a person reads it: the API server's own message for its
+/// answers (not the whole Status object).
+fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{} {}: {}", status.code, status.reason, status.message),
+        other => strait_contract::Chain(other).to_string(),
+    }
 }
 
 async fn client_config(path: &Path) -> Result<Config, ApiError> {

@@ -4,15 +4,19 @@
 //!
 //! - the binary is copied to the node's CNI bin dir (`/opt/cni/bin`);
 //! - a kubeconfig and the ServiceAccount token it points at are written to
-//!   the node's CNI conf dir (mode 0600), the token again whenever the
-//!   kubelet rotates it;
+//!   the node's CNI conf dir (mode 0600), the token again when it changes.
+//!   The chart gives it a token Secret's token, which outlives the
+//!   installer's pods;
 //! - the plugin's entry is appended to the first configuration there (by
 //!   name, as runtimes pick it); a single-plugin `.conf` becomes a
 //!   `.conflist`. A primary CNI that rewrites its file gets the entry added
 //!   again;
 //! - on SIGTERM, when the DaemonSet itself is going (`helm uninstall`), the
-//!   entry, kubeconfig, token and binary are removed, so an uninstalled mesh
-//!   leaves the node's networking as it found it. When only the pod goes
+//!   entry, kubeconfig and token are removed, so new pods are set up as
+//!   before the mesh. The binary stays: runtimes tear a pod down with the
+//!   configuration it was set up with, and a pod of the meshed days could
+//!   not be removed (nor its address given back) without it; it does
+//!   nothing unless a configuration names it. When only the pod goes
 //!   (an upgrade, an eviction, a drain) the node stays set up: pods created
 //!   meanwhile still get their redirects.
 
@@ -177,6 +181,12 @@ impl Layout {
     pub fn write_credentials(&self, server: &str) -> Result<(), InstallError> {
         let token_source = self.service_account_dir.join("token");
         let token = fs::read(&token_source).map_err(io(&token_source))?;
+        if token.iter().all(u8::is_ascii_whitespace) {
+            return Err(InstallError::Io {
+                path: token_source.display().to_string(),
+                source: std::io::Error::other("the token is empty (is the token Secret filled yet?)"),
+            });
+        }
         let token_path = self.conf_dir.join(TOKEN_FILE);
         if fs::read(&token_path).ok().as_deref() != Some(token.as_slice()) {
             write_atomically(&token_path, &token, 0o600)?;
@@ -235,10 +245,9 @@ impl Layout {
     }
 
     /// Takes the entry out of every configuration in the conf dir, then
-    /// removes the credentials and the binary. A file that cannot be read
-    /// or written keeps its entry, and then the binary stays too (a chained
-    /// plugin that is gone would fail every pod's ADD and DEL): the error
-    /// names the file. Whatever is already gone is not an error.
+    /// removes the credentials (not the binary: see the module's docs). A
+    /// file that cannot be read or written keeps its entry, and the error
+    /// names it. Whatever is already gone is not an error.
     pub fn uninstall(&self) -> Result<(), InstallError> {
         let mut kept = None;
         for path in self.conf_files()? {
@@ -249,11 +258,7 @@ impl Layout {
         if let Some(error) = kept {
             return Err(error);
         }
-        for path in [
-            self.conf_dir.join(KUBECONFIG_FILE),
-            self.conf_dir.join(TOKEN_FILE),
-            self.bin_dir.join(names::CNI_PLUGIN),
-        ] {
+        for path in [self.conf_dir.join(KUBECONFIG_FILE), self.conf_dir.join(TOKEN_FILE)] {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -542,8 +547,9 @@ mod tests {
         assert_eq!(list["plugins"][1]["type"], "strait-cni");
         assert!(!layout.conf_dir.join("10-net.json").exists());
         fs::write(layout.bin_dir.join("strait-cni"), b"plugin").unwrap();
+        fs::write(layout.conf_dir.join(KUBECONFIG_FILE), b"k").unwrap();
 
-        // An entry left in a file that cannot be read keeps the binary.
+        // An entry left in a file that cannot be read is named.
         fs::write(
             layout.conf_dir.join("20-broken.conflist"),
             "{\"plugins\": [{\"type\": \"strait-cni\"",
@@ -551,7 +557,6 @@ mod tests {
         .unwrap();
         let error = layout.uninstall().unwrap_err().to_string();
         assert!(error.contains("20-broken.conflist"), "{error}");
-        assert!(layout.bin_dir.join("strait-cni").exists());
         let list: Value =
             serde_json::from_str(&fs::read_to_string(layout.conf_dir.join("10-net.conflist")).unwrap()).unwrap();
         assert_eq!(
@@ -562,7 +567,9 @@ mod tests {
 
         fs::remove_file(layout.conf_dir.join("20-broken.conflist")).unwrap();
         layout.uninstall().unwrap();
-        assert!(!layout.bin_dir.join("strait-cni").exists());
+        assert!(!layout.conf_dir.join(KUBECONFIG_FILE).exists());
+        // Pods set up with the plugin can still be torn down.
+        assert!(layout.bin_dir.join("strait-cni").exists());
         layout.uninstall().unwrap();
         let _ = fs::remove_dir_all(&dir);
     }

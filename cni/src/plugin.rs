@@ -85,15 +85,8 @@ fn decide(args: &Args, conf: &PluginConf) -> Result<Option<(PodRef, strait_init:
     }
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        text.push_str(": ");
-        text.push_str(&next.to_string());
-        cause = next.source();
-    }
-    text
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    strait_contract::Chain(error).to_string()
 }
 
 fn enter(args: &Args) -> Result<(), Error> {

@@ -43,7 +43,7 @@ pub enum ValidateError {
         port: u16,
         cause: String,
     },
-    #[error("cannot listen on the proxy's outbound port {port}: {source}")]
+    #[error("cannot listen on the proxy's outbound port {port} (is the proxy already running?)")]
     Listen { port: u16, source: std::io::Error },
 }
 
@@ -52,8 +52,8 @@ pub enum ValidateError {
 pub enum Validated {
     /// A connection to this address came back on the proxy's port.
     Redirected(SocketAddr),
-    /// The pod's skip rules leave no outbound TCP to redirect: nothing to
-    /// check.
+    /// The pod's skip rules (or its routes: an IPv4-only pod that skips all
+    /// of IPv4) leave no outbound TCP to redirect: nothing to check.
     NothingRedirected,
 }
 
@@ -110,29 +110,30 @@ fn listen(port: u16) -> Result<TcpListener, ValidateError> {
 /// Checks that outbound TCP of this network namespace is redirected to the
 /// proxy's outbound port, as `strait-init` or `strait-cni` writes it.
 pub fn validate(config: &Config) -> Result<Validated, ValidateError> {
-    let destinations = probe_destinations(config);
-    if destinations.is_empty() {
+    // A destination the pod has no route to is one it cannot reach with or
+    // without the mesh (IPv6 in an IPv4-only pod): not a probe.
+    let Some(probe) = probe_destinations(config).into_iter().find(|&probe| routable(probe)) else {
         return Ok(Validated::NothingRedirected);
-    }
+    };
     let port = config.outbound_port;
     let listener = listen(port)?;
-    let mut first_failure = None;
-    for probe in destinations {
-        let not_redirected = |cause: String| ValidateError::NotRedirected { probe, port, cause };
-        match probe_once(&listener, probe) {
-            Ok(()) => return Ok(Validated::Redirected(probe)),
-            // No route for this family (an IPv6-only pod): try the next.
-            Err(e) if matches!(e.kind(), ErrorKind::NetworkUnreachable | ErrorKind::AddrNotAvailable) => {
-                first_failure.get_or_insert(not_redirected(e.to_string()));
-            }
-            Err(e) => return Err(not_redirected(e.to_string())),
-        }
-    }
-    Err(first_failure.unwrap_or(ValidateError::NotRedirected {
-        probe: SocketAddr::new(PROBE_ADDRESSES[0], 0),
-        port,
-        cause: "no destination to probe".into(),
-    }))
+    probe_once(&listener, probe)
+        .map(|()| Validated::Redirected(probe))
+        .map_err(|e| ValidateError::NotRedirected {
+            probe,
+            port,
+            cause: e.to_string(),
+        })
+}
+
+/// Whether the namespace has a route to `destination`: connecting a UDP
+/// socket looks the route up and sends nothing.
+fn routable(destination: SocketAddr) -> bool {
+    let local: SocketAddr = match destination {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    std::net::UdpSocket::bind(local).is_ok_and(|socket| socket.connect(destination).is_ok())
 }
 
 /// One probe: connect, send a token, and wait for it on the listener.

@@ -84,6 +84,7 @@ pub async fn run(paths: LabPaths) -> anyhow::Result<()> {
         tokio::spawn(controllers::deployment::run(api.clone())).abort_handle(),
         tokio::spawn(controllers::job::run(api.clone())).abort_handle(),
         tokio::spawn(controllers::daemonset::run(api.clone())).abort_handle(),
+        tokio::spawn(controllers::tokens::run(api.clone(), pki.ca_pem.clone())).abort_handle(),
         tokio::spawn(controllers::gc::run(api.clone())).abort_handle(),
     ];
 

@@ -264,6 +264,9 @@ fn a_pod_started_before_the_plugin_is_on_the_node_is_stopped_by_its_validator_an
         [&binary, &conf_file].map(|f| std::fs::metadata(f).map(|m| m.ino()).ok())
     };
     let before = inodes();
+    // The node's token is the token Secret's, not the pod's: it outlives it.
+    let token_file = PathBuf::from(format!("/run/strait-lab/{}/cni/net.d/strait-cni.token", lab.name));
+    let token = std::fs::read(&token_file).unwrap();
     let installer = lab.pod("strait-system", "strait-cni-");
     let (_, name) = installer.split_once('/').unwrap();
     lab.cli_ok(&["delete", &format!("/api/v1/namespaces/strait-system/pods/{name}")]);
@@ -273,6 +276,11 @@ fn a_pod_started_before_the_plugin_is_on_the_node_is_stopped_by_its_validator_an
     });
     assert!(chained(&lab));
     assert_eq!(inodes(), before, "the plugin left the node with its pod");
+    assert_eq!(
+        std::fs::read(&token_file).unwrap(),
+        token,
+        "the node's token changed with the installer's pod"
+    );
 
     // The DaemonSet goes (an uninstall): the plugin leaves the node.
     let path = "/apis/apps/v1/namespaces/strait-system/daemonsets/strait-cni";
@@ -282,7 +290,10 @@ fn a_pod_started_before_the_plugin_is_on_the_node_is_stopped_by_its_validator_an
     eventually(Duration::from_secs(60), "strait-cni leaves the conflist", || {
         !chained(&lab)
     });
-    assert!(!binary.exists());
+    let kubeconfig = PathBuf::from(format!("/run/strait-lab/{}/cni/net.d/strait-cni.kubeconfig", lab.name));
+    assert!(!kubeconfig.exists(), "the node keeps the plugin's credentials");
+    // The binary stays, for pods set up with it to be torn down.
+    assert!(binary.exists());
 
     let late = lab.cli(&[
         "up",
@@ -332,4 +343,24 @@ fn a_pod_started_before_the_plugin_is_on_the_node_is_stopped_by_its_validator_an
     let web = lab.pod("late", "web-");
     assert_ne!(web, stopped);
     assert!(pod_nat(&lab, &web).contains("-A STRAIT_OUTPUT -p tcp -j REDIRECT --to-ports 4140"));
+
+    // Uninstalled again, a pod set up with the plugin is still torn down
+    // with it, and its address is given back.
+    lab.cli_ok(&["delete", path]);
+    eventually(Duration::from_secs(60), "strait-cni leaves the conflist again", || {
+        !chained(&lab)
+    });
+    let address = PathBuf::from(format!(
+        "/run/strait-lab/{}/cni/ipam/strait-lab/{}",
+        lab.name,
+        lab.pod_ip(&web)
+    ));
+    assert!(address.exists(), "host-local holds {}", address.display());
+    lab.cli_ok(&[
+        "delete",
+        &format!("/api/v1/namespaces/late/pods/{}", web.split_once('/').unwrap().1),
+    ]);
+    eventually(Duration::from_secs(60), "the pod's address is released", || {
+        !address.exists()
+    });
 }

@@ -3,7 +3,9 @@
 //! TokenReviews the way Kubernetes does.
 //!
 //! Tokens are opaque random strings bound to a pod: they stop being valid when
-//! they expire or when the pod is gone, like Kubernetes' bound tokens.
+//! they expire or when the pod is gone, like Kubernetes' bound tokens. The
+//! legacy kind, a ServiceAccount token Secret's, is bound to the Secret
+//! instead and lives as long as it does.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -14,6 +16,11 @@ use serde_json::{Value, json};
 
 /// The audience of tokens meant for the API server itself.
 pub const API_AUDIENCE: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// How a Secret-bound token's owner names its Secret (in `pod_uid`).
+const SECRET_BINDING: &str = "secret:";
+/// Legacy tokens do not expire; ten years stands for that.
+const SECRET_TOKEN_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TokenOwner {
@@ -83,6 +90,28 @@ impl Tokens {
         token
     }
 
+    /// Mints the long-lived token of a ServiceAccount token Secret (the
+    /// legacy kind): bound to the Secret, not to a pod.
+    pub fn mint_for_secret(&self, namespace: &str, service_account: &str, secret_uid: &str) -> String {
+        let owner = TokenOwner {
+            namespace: namespace.to_string(),
+            service_account: service_account.to_string(),
+            pod_name: String::new(),
+            pod_uid: format!("{SECRET_BINDING}{secret_uid}"),
+        };
+        self.mint(owner, vec![API_AUDIENCE.to_string()], SECRET_TOKEN_LIFETIME)
+    }
+
+    /// Invalidates the tokens of token Secrets whose uid is not in `live`.
+    pub fn revoke_secrets_except(&self, live: &std::collections::HashSet<String>) {
+        self.lock().retain(|_, t| {
+            t.owner
+                .pod_uid
+                .strip_prefix(SECRET_BINDING)
+                .is_none_or(|uid| live.contains(uid))
+        });
+    }
+
     /// Invalidates every token bound to a pod.
     pub fn revoke_pod(&self, pod_uid: &str) {
         self.lock().retain(|_, t| t.owner.pod_uid != pod_uid);
@@ -135,19 +164,19 @@ impl Tokens {
                     })
                 } else {
                     let owner = &found.owner;
-                    json!({
-                        "authenticated": true,
-                        "audiences": matched,
-                        "user": {
-                            "username": format!("system:serviceaccount:{}:{}", owner.namespace, owner.service_account),
-                            "uid": owner.pod_uid,
-                            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", owner.namespace), "system:authenticated"],
-                            "extra": {
-                                "authentication.kubernetes.io/pod-name": [owner.pod_name],
-                                "authentication.kubernetes.io/pod-uid": [owner.pod_uid],
-                            },
-                        },
-                    })
+                    let mut user = json!({
+                        "username": format!("system:serviceaccount:{}:{}", owner.namespace, owner.service_account),
+                        "uid": owner.pod_uid,
+                        "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", owner.namespace), "system:authenticated"],
+                    });
+                    // Only a pod-bound token names its pod.
+                    if !owner.pod_name.is_empty() {
+                        user["extra"] = json!({
+                            "authentication.kubernetes.io/pod-name": [owner.pod_name],
+                            "authentication.kubernetes.io/pod-uid": [owner.pod_uid],
+                        });
+                    }
+                    json!({"authenticated": true, "audiences": matched, "user": user})
                 }
             }
         };

@@ -6,6 +6,7 @@ pub mod deployment;
 pub mod endpointslice;
 pub mod gc;
 pub mod job;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -184,27 +184,41 @@ impl PodRunner {
     }
 
     pub async fn run(mut self) {
-        match self.start_sandbox().await {
-            Ok(()) => {
-                self.advance().await;
-                self.publish();
-                if let Some(outcome) = self.supervise().await {
-                    self.finish(outcome).await;
-                }
-            }
-            Err(problem) => {
-                tracing::warn!(pod = %self.name, namespace = %self.namespace, %problem, "pod cannot start");
-                self.problem = Some(("CreateContainerError".into(), problem));
-                self.phase = "Failed";
-                self.publish();
-                // Wait for the pod's deletion to clean up.
-                while let Some(message) = self.events.recv().await {
-                    if matches!(message, Message::Terminate { .. } | Message::Kill) {
-                        self.finish(Outcome::Removed).await;
-                        return;
+        // The sandbox is made again, with back-off, until it can be (a CNI
+        // plugin that says "try again later", a Secret not there yet), as
+        // the kubelet does: the pod stays Pending meanwhile.
+        let mut attempts = 0;
+        loop {
+            match self.start_sandbox().await {
+                Ok(()) => break,
+                Err(problem) => {
+                    tracing::warn!(pod = %self.name, namespace = %self.namespace, %problem, "pod sandbox cannot be made");
+                    self.release_sandbox().await;
+                    self.problem = Some(("FailedCreatePodSandBox".into(), problem));
+                    self.publish();
+                    let retry = tokio::time::sleep(backoff(attempts));
+                    attempts += 1;
+                    tokio::pin!(retry);
+                    loop {
+                        tokio::select! {
+                            () = &mut retry => break,
+                            message = self.events.recv() => match message {
+                                Some(Message::Terminate { .. } | Message::Kill) | None => {
+                                    self.finish(Outcome::Removed).await;
+                                    return;
+                                }
+                                Some(_) => {}
+                            },
+                        }
                     }
                 }
             }
+        }
+        self.problem = None;
+        self.advance().await;
+        self.publish();
+        if let Some(outcome) = self.supervise().await {
+            self.finish(outcome).await;
         }
     }
 
