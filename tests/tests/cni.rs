@@ -161,6 +161,7 @@ fn in_cni_mode_a_restricted_namespace_admits_balances_and_secures_grpc_and_the_p
         ],
     );
     support::assert_no_failed_calls(&result, "gRPC in a restricted namespace");
+    eprintln!("3000 calls on one connection, by pod: {}", result["by_pod"]);
     support::assert_even(&result["by_pod"], 3, 0.15, "3000 calls over one connection");
 
     // mTLS: every server counts inbound TLS connections from the client's identity.
