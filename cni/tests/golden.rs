@@ -10,10 +10,10 @@
 
 use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use strait_cni::pod::{Decision, decide};
-use strait_init::{Args, Config, Family, rules};
+use strait_init::{Family, rules};
 use strait_injector::InjectSettings;
 
 /// The golden cases that annotations can express.
@@ -64,23 +64,15 @@ fn golden(case: &str, family: Family) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// What strait-init does with its container: read the variables as its
-/// environment.
-fn as_strait_init(container: &Container) -> Config {
-    let env = container.env.clone().unwrap_or_default();
-    Config::from_args(Args::default(), |name| {
-        env.iter().find(|v| v.name == name).and_then(|v| v.value.clone())
-    })
-    .unwrap()
-}
-
 #[test]
 fn strait_init_and_strait_cni_render_the_shared_golden_rules_for_the_same_annotations() {
     for (case, annotations) in CASES {
         let classic = injected(annotations, false);
         let init = classic.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0].clone();
         assert_eq!(init.name, "strait-init", "{case}");
-        let by_init = as_strait_init(&init);
+        // strait-init reads these variables as its environment, through
+        // the same `Config::from_args` that `redirect_config` calls.
+        let by_init = strait_cni::pod::redirect_config(&init).unwrap();
 
         let cni_pod = injected(annotations, true);
         let validator = &cni_pod.spec.as_ref().unwrap().init_containers.as_ref().unwrap()[0];

@@ -81,16 +81,11 @@ pub fn probe_destinations(config: &Config) -> Vec<SocketAddr> {
     else {
         return Vec::new();
     };
-    let mut seen_v4 = false;
-    PROBE_ADDRESSES
+    // One address a family is enough: the others are there for skips.
+    let redirected = |a: &IpAddr| !config.skip_outbound_cidrs.iter().any(|c| c.contains(a));
+    [true, false]
         .into_iter()
-        .filter(|a| !config.skip_outbound_cidrs.iter().any(|c| c.contains(a)))
-        .filter(|a| {
-            // One IPv4 address is enough: the others are only for skips.
-            let first_v4 = a.is_ipv4() && !seen_v4;
-            seen_v4 |= a.is_ipv4();
-            first_v4 || a.is_ipv6()
-        })
+        .filter_map(|v4| PROBE_ADDRESSES.into_iter().find(|a| a.is_ipv4() == v4 && redirected(a)))
         .map(|a| SocketAddr::new(a, port))
         .collect()
 }

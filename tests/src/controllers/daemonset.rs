@@ -79,13 +79,5 @@ async fn reconcile(api: &Arc<Api>, daemonset: &Value) -> Result<(), String> {
         "numberMisscheduled": 0,
         "observedGeneration": daemonset.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),
     });
-    if daemonset.get("status") != Some(&status) {
-        api.store
-            .modify(Resource::named("daemonsets"), &namespace, name_of(daemonset), |d| {
-                d["status"] = status;
-                Ok(())
-            })
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    super::set_status(api, "daemonsets", daemonset, status)
 }

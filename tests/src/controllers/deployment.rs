@@ -136,13 +136,7 @@ async fn reconcile(api: &Arc<Api>, deployment: &Value) -> Result<(), String> {
             "reason": "MinimumReplicasAvailable",
         }],
     });
-    api.store
-        .modify(Resource::named("deployments"), &namespace, name_of(deployment), |d| {
-            d["status"] = status;
-            Ok(())
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    super::set_status(api, "deployments", deployment, status)
 }
 
 /// Which pods to remove first: not ready, then the newest.

@@ -85,13 +85,7 @@ async fn reconcile(api: &Arc<Api>, job: &Value) -> Result<(), String> {
             status["completionTime"] = json!(now);
         }
     }
-    api.store
-        .modify(Resource::named("jobs"), &namespace, name_of(job), |j| {
-            j["status"] = status;
-            Ok(())
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    super::set_status(api, "jobs", job, status)
 }
 
 fn pod_for(job: &Value) -> Value {

@@ -72,6 +72,22 @@ where
     .await;
 }
 
+/// Writes an object's `status` when it differs from what is stored (an
+/// unchanged write would only wake every watcher again).
+pub fn set_status(api: &Api, kind: &'static str, object: &Value, status: Value) -> Result<(), String> {
+    if object.get("status") == Some(&status) {
+        return Ok(());
+    }
+    let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+    api.store
+        .modify(Resource::named(kind), namespace, name_of(object), |o| {
+            o["status"] = status;
+            Ok(())
+        })
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// A short stable hash in the alphabet Kubernetes uses for generated names.
 pub fn short_hash(value: &Value, len: usize) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";

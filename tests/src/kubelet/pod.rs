@@ -262,7 +262,7 @@ impl PodRunner {
                 read_only: false,
             });
         }
-        let sandbox = Sandbox::create(&netns, ip, &self.name, &etc)
+        let sandbox = Sandbox::create(&netns, &self.name, &etc)
             .await
             .map_err(|e| e.to_string())?;
         self.etc = etc;

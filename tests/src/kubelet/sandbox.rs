@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
-use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -124,7 +123,6 @@ impl Holder {
 
 pub struct Sandbox {
     pub netns: String,
-    pub ip: Ipv4Addr,
     pod: Holder,
     containers: HashMap<String, Holder>,
 }
@@ -136,7 +134,7 @@ fn bind_args(mounts: &[BindMount]) -> impl Iterator<Item = String> + '_ {
 impl Sandbox {
     /// Starts the pod's holder in `netns`, which the runtime made and the
     /// CNI plugins wired; on failure the namespace is removed.
-    pub async fn create(netns: &str, ip: Ipv4Addr, hostname: &str, etc: &[BindMount]) -> Result<Sandbox, SandboxError> {
+    pub async fn create(netns: &str, hostname: &str, etc: &[BindMount]) -> Result<Sandbox, SandboxError> {
         let mut args = vec![
             "--netns".to_string(),
             netns.to_string(),
@@ -147,7 +145,6 @@ impl Sandbox {
         match Holder::start(&args).await {
             Ok(pod) => Ok(Sandbox {
                 netns: netns.to_string(),
-                ip,
                 pod,
                 containers: HashMap::new(),
             }),
