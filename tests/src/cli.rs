@@ -344,16 +344,35 @@ pub async fn ensure_running(paths: &LabPaths, client: &LabClient, cni: Option<bo
     }
     // Pods created before the webhook answers would start without the mesh.
     if std::env::var(crate::daemon::MESH_ENV).as_deref() != Ok("off") {
-        wait_ready(
-            client,
-            &[crate::controlplane::NAMESPACE.to_string()],
-            Duration::from_secs(120),
-        )
-        .await
-        .context("strait's control plane did not become ready")?;
-        wait_webhooks_reachable(client, Duration::from_secs(60)).await?;
+        let ready = async {
+            wait_ready(
+                client,
+                &[crate::controlplane::NAMESPACE.to_string()],
+                Duration::from_secs(120),
+            )
+            .await
+            .context("strait's control plane did not become ready")?;
+            wait_webhooks_reachable(client, Duration::from_secs(60)).await
+        };
+        if let Err(error) = ready.await {
+            return Err(error.context(daemon_fate(paths, &mut daemon)));
+        }
     }
     Ok(())
+}
+
+/// What became of a daemon this command started, for an error: its exit
+/// status if it has gone, and the end of its log.
+fn daemon_fate(paths: &LabPaths, daemon: &mut std::process::Child) -> String {
+    let status = match daemon.try_wait() {
+        Ok(Some(status)) => format!("the lab daemon (pid {}) has exited: {status}", daemon.id()),
+        Ok(None) => format!("the lab daemon (pid {}) still runs", daemon.id()),
+        Err(error) => format!("the lab daemon's state is unknown: {error}"),
+    };
+    let log = std::fs::read_to_string(paths.daemon_log()).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+    format!("{status}; the end of {}:\n{tail}", paths.daemon_log().display())
 }
 
 /// Waits until the API server can reach every webhook: the injector pod
@@ -651,6 +670,14 @@ async fn down(paths: &LabPaths, client: &LabClient) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether `pid` is still this lab's daemon: a pid file outlives its
+/// process, and the number may since have gone to another lab's daemon.
+fn is_daemon_of(pid: i32, paths: &LabPaths) -> bool {
+    let wanted = format!("{}={}", crate::paths::LAB_NAME_ENV, paths.name);
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|environ| environ.split(|&b| b == 0).any(|entry| entry == wanted.as_bytes()))
+}
+
 fn process_alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
 }
@@ -662,6 +689,7 @@ pub fn sweep(paths: &LabPaths) {
     if let Some(pid) = std::fs::read_to_string(paths.daemon_pid())
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|&pid| is_daemon_of(pid, paths))
     {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
     }

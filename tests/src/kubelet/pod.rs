@@ -66,7 +66,8 @@ struct ContainerState {
     role: Role,
     /// Bumped on every start, so messages about an earlier run are ignored.
     generation: u64,
-    pid: Option<u32>,
+    /// While it runs: its process, signalled through the task that reaps it.
+    run: Option<Running>,
     started_at: Option<(String, Instant)>,
     terminated: Option<(i32, String)>,
     waiting: Option<(String, String)>,
@@ -83,9 +84,18 @@ struct ContainerState {
     start_failures: u32,
 }
 
+/// A running container's process (the leader of its process group).
+struct Running {
+    pid: u32,
+    /// Signals for the whole group, sent by the task that waits for the
+    /// process: until it has reaped the leader, the group's id cannot be
+    /// given to another process, so a signal never reaches a stranger.
+    signals: mpsc::UnboundedSender<nix::sys::signal::Signal>,
+}
+
 impl ContainerState {
     fn running(&self) -> bool {
-        self.pid.is_some()
+        self.run.is_some()
     }
 }
 
@@ -553,7 +563,8 @@ impl PodRunner {
             kubelet.paths.container_pid(&self.namespace, &self.name, &spec.name),
             pid.to_string(),
         );
-        state.pid = Some(pid);
+        let (signals, mut signalled) = mpsc::unbounded_channel();
+        state.run = Some(Running { pid, signals });
         state.started_at = Some((now_rfc3339(), Instant::now()));
         state.terminated = None;
         state.waiting = None;
@@ -561,7 +572,15 @@ impl PodRunner {
         state.ready = spec.readiness_probe.is_none() && state.started;
         let messages = self.messages.clone();
         tokio::spawn(async move {
-            let code = match child.wait().await {
+            let status = loop {
+                tokio::select! {
+                    status = child.wait() => break status,
+                    Some(signal) = signalled.recv() => {
+                        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal);
+                    }
+                }
+            };
+            let code = match status {
                 Ok(status) => status
                     .code()
                     .unwrap_or_else(|| 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(9)),
@@ -685,7 +704,7 @@ impl PodRunner {
         for handle in state.probes.drain(..) {
             handle.abort();
         }
-        state.pid = None;
+        state.run = None;
         state.ready = false;
         let reason = if code == 0 { "Completed" } else { "Error" };
         state.terminated = Some((code, reason.into()));
@@ -774,8 +793,8 @@ impl PodRunner {
     }
 
     fn kill_container(&self, index: usize, signal: nix::sys::signal::Signal) {
-        if let Some(pid) = self.containers[index].pid {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal);
+        if let Some(run) = &self.containers[index].run {
+            let _ = run.signals.send(signal);
         }
     }
 
@@ -791,7 +810,7 @@ impl PodRunner {
                 })) => {
                     let state = &mut self.containers[index];
                     if state.generation == generation {
-                        state.pid = None;
+                        state.run = None;
                         state.ready = false;
                         state.terminated = Some((code, if code == 0 { "Completed".into() } else { "Error".into() }));
                     }
@@ -863,7 +882,7 @@ impl PodRunner {
     async fn release_sandbox(&mut self) {
         for index in 0..self.containers.len() {
             self.kill_container(index, nix::sys::signal::Signal::SIGKILL);
-            self.containers[index].pid = None;
+            self.containers[index].run = None;
         }
         let netns = self.kubelet.paths.pod_netns(&self.namespace, &self.name);
         if let Some(sandbox) = self.sandbox.take() {
@@ -927,7 +946,7 @@ impl PodRunner {
                 "name": state.spec.name,
                 "image": state.spec.image,
                 "imageID": state.image.as_ref().map(|image| image.id()).unwrap_or_default(),
-                "containerID": state.pid.map(|pid| format!("lab://{pid}")),
+                "containerID": state.run.as_ref().map(|run| format!("lab://{}", run.pid)),
                 "ready": state.ready,
                 "started": state.started && state.running(),
                 "restartCount": state.restarts.min(10_000),
@@ -978,7 +997,7 @@ impl ContainerState {
             spec,
             role,
             generation: 0,
-            pid: None,
+            run: None,
             started_at: None,
             terminated: None,
             waiting: None,

@@ -422,11 +422,20 @@ impl Streaming {
             }
             if let Some(status) = self.child.try_wait().unwrap() {
                 assert!(status.success(), "the command failed: {status}");
-                std::thread::sleep(Duration::from_millis(50));
-                while let Ok(line) = self.lines.try_recv() {
-                    last = line;
+                // Every line it wrote, up to the end of its output: the
+                // reader may still be behind the exit.
+                loop {
+                    match self
+                        .lines
+                        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    {
+                        Ok(line) => last = line,
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return last,
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                            panic!("the command's output did not end within {within:?}")
+                        }
+                    }
                 }
-                return last;
             }
             assert!(
                 Instant::now() < deadline,
