@@ -34,17 +34,28 @@ struct Since {
     trimmed: u64,
     /// At the last check.
     checked: u64,
+    /// The last trim came in a quiet second that still had connections
+    /// finishing: a lull inside a burst looks like its end, and what the
+    /// rest of the burst frees would be kept. The first idle second after
+    /// such a trim gives it back.
+    settle: bool,
 }
 
 impl Since {
     /// A trim is due once a burst of connections has come and gone: many
-    /// finished since the last trim, and hardly any in the last second.
+    /// finished since the last trim, and hardly any in the last second; or,
+    /// after a trim in a second that was quiet but not idle, at the first
+    /// idle second if any finished since. At most two trims a burst.
     fn should_trim(&mut self, finished: u64) -> bool {
         let lately = finished - self.checked;
         self.checked = finished;
-        let due = finished - self.trimmed >= BURST && lately < QUIET;
+        let since_trim = finished - self.trimmed;
+        let burst_over = since_trim >= BURST && lately < QUIET;
+        let settled = self.settle && lately == 0 && since_trim > 0;
+        let due = burst_over || settled;
         if due {
             self.trimmed = finished;
+            self.settle = lately > 0;
         }
         due
     }
@@ -77,5 +88,18 @@ mod tests {
         assert!(!since.should_trim(9_020), "nothing new to give back");
         assert!(!since.should_trim(10_100), "a second burst, still going");
         assert!(since.should_trim(10_110), "and over");
+    }
+
+    #[test]
+    fn a_lull_inside_a_burst_is_followed_by_a_trim_once_the_burst_has_ended() {
+        let mut since = Since::default();
+        assert!(!since.should_trim(6_000), "busy");
+        assert!(since.should_trim(6_030), "a lull looks like the end");
+        assert!(!since.should_trim(6_500), "the burst goes on");
+        assert!(!since.should_trim(6_600), "still going");
+        assert!(since.should_trim(6_600), "the rest of it is given back once idle");
+        assert!(!since.should_trim(6_600), "and nothing more after that");
+        assert!(!since.should_trim(6_610), "a trickle is not worth a trim");
+        assert!(!since.should_trim(6_610), "nor an idle second after it");
     }
 }
