@@ -84,6 +84,8 @@ pub mod env {
     pub const SERVICE_ACCOUNT: &str = "STRAIT_SERVICE_ACCOUNT";
     pub const IDENTITY: &str = "STRAIT_IDENTITY";
     pub const IDENTITY_ADDR: &str = "STRAIT_IDENTITY_ADDR";
+    /// The destination service, `host:port` (DESIGN.md: :8086).
+    pub const DESTINATION_ADDR: &str = "STRAIT_DESTINATION_ADDR";
     pub const IDENTITY_TOKEN: &str = "STRAIT_IDENTITY_TOKEN";
     pub const TRUST_DOMAIN: &str = "STRAIT_TRUST_DOMAIN";
     pub const TRUST_ANCHORS: &str = "STRAIT_TRUST_ANCHORS";

@@ -24,7 +24,6 @@ use crate::listener::ConnectionLimit;
 use crate::metrics::{Direction, Metrics, RouteLabels, TcpLabels};
 use crate::tcp::{Forwarder, TcpTarget};
 use crate::upstream::Target;
-use crate::workloads::{Workloads, peer_identity};
 use crate::{http, listener, transport};
 
 pub struct Outbound {
@@ -40,8 +39,6 @@ pub struct Outbound {
     /// One balancer per Service port in use, shared by every connection to
     /// it, so upstream connections and load estimates are shared too.
     balancers: Mutex<HashMap<(ServiceRef, u16), Arc<Balancer>>>,
-    /// Which pods are meshed, when this proxy has an identity.
-    workloads: Option<Arc<Workloads>>,
 }
 
 impl Outbound {
@@ -51,7 +48,6 @@ impl Outbound {
         forwarder: Forwarder,
         connector: Connector,
         metrics: Metrics,
-        workloads: Option<Arc<Workloads>>,
     ) -> Self {
         Outbound {
             resolve,
@@ -66,7 +62,6 @@ impl Outbound {
             no_endpoint_wait: config.no_endpoint_wait,
             limits: config.limits,
             balancers: Mutex::new(HashMap::new()),
-            workloads,
         }
     }
 
@@ -77,12 +72,8 @@ impl Outbound {
         labels
     }
 
-    /// The balancer of a Service port, made on first use. With mutual TLS
-    /// on, which of the Service's pods are meshed is known first.
-    async fn balancer(&self, target: &ServicePort) -> Arc<Balancer> {
-        if let Some(workloads) = &self.workloads {
-            workloads.ready(&target.service.namespace).await;
-        }
+    /// The balancer of a Service port, made on first use.
+    fn balancer(&self, target: &ServicePort) -> Arc<Balancer> {
         let key = (target.service.clone(), target.port);
         let mut balancers = self.balancers.lock().unwrap_or_else(PoisonError::into_inner);
         balancers
@@ -93,7 +84,6 @@ impl Outbound {
                     http_metrics: self.metrics.http.clone(),
                     discovery_metrics: self.metrics.discovery.clone(),
                     wait: self.no_endpoint_wait,
-                    workloads: self.workloads.clone(),
                 };
                 Arc::new(Balancer::new(target, Self::route_labels(target), context))
             })
@@ -114,15 +104,6 @@ impl Outbound {
         serde_json::json!({"destinations": views})
     }
 
-    /// Where a connection to a non-Service address goes: there, over mutual
-    /// TLS if it is a meshed pod.
-    async fn passthrough(&self, orig_dst: SocketAddr) -> Target {
-        let peer = match &self.workloads {
-            Some(workloads) => workloads.by_ip(orig_dst.ip()).await.as_ref().and_then(peer_identity),
-            None => None,
-        };
-        Target { addr: orig_dst, peer }
-    }
 }
 
 pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>, drain: Drain) {
@@ -147,16 +128,20 @@ async fn handle(outbound: Arc<Outbound>, mut stream: TcpStream, peer: SocketAddr
     let destination = outbound.resolve.resolve(orig_dst).await;
     let app_protocol = match &destination {
         Destination::Service(target) => target.app_protocol.as_deref(),
-        Destination::Passthrough => None,
+        Destination::Passthrough { .. } => None,
     };
     let mut labels = TcpLabels::new(Direction::Outbound);
     let tcp_target = match &destination {
         Destination::Service(target) => {
             labels.dst_namespace = target.service.namespace.clone();
             labels.dst_service = target.service.name.clone();
-            TcpTarget::Balanced(outbound.balancer(target).await)
+            TcpTarget::Balanced(outbound.balancer(target))
         }
-        Destination::Passthrough => TcpTarget::Fixed(outbound.passthrough(orig_dst).await),
+        // There, over mutual TLS if it is a meshed pod.
+        Destination::Passthrough { peer } => TcpTarget::Fixed(Target {
+            addr: orig_dst,
+            peer: peer.clone(),
+        }),
     };
     let forwarder = &outbound.forwarder;
     let opening = detect::open(

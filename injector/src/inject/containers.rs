@@ -183,6 +183,7 @@ pub fn proxy_container(
         env_vars.extend([
             var(env::IDENTITY, identity),
             var(env::IDENTITY_ADDR, settings.identity_addr.clone()),
+            var(env::DESTINATION_ADDR, settings.destination_addr.clone()),
             var(env::IDENTITY_TOKEN, format!("{}/token", names::IDENTITY_TOKEN_DIR)),
             var(env::TRUST_DOMAIN, settings.trust_domain.clone()),
             var(env::TRUST_ANCHORS, settings.trust_anchors_pem.clone()),

@@ -6,13 +6,14 @@
 //! large scale the ClusterIP → Service lookup may move to the control plane,
 //! and only this module would change.
 
+pub mod destination;
 pub mod endpoints;
-pub mod kube;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use strait_contract::SpiffeId;
 use tokio::sync::watch;
 
 pub use endpoints::{Endpoint, EndpointSet, TargetRef};
@@ -40,7 +41,11 @@ pub enum Destination {
     Service(ServicePort),
     /// Not a Service address (a pod IP, a headless Service's endpoint, or
     /// something outside the cluster): connect to it as addressed.
-    Passthrough,
+    Passthrough {
+        /// The SPIFFE ID to require there, when the address is a meshed
+        /// pod's.
+        peer: Option<SpiffeId>,
+    },
 }
 
 pub trait Resolve: Send + Sync + 'static {
@@ -53,6 +58,6 @@ pub struct NoDiscovery;
 
 impl Resolve for NoDiscovery {
     fn resolve(&self, _: SocketAddr) -> BoxFuture<'_, Destination> {
-        Box::pin(std::future::ready(Destination::Passthrough))
+        Box::pin(std::future::ready(Destination::Passthrough { peer: None }))
     }
 }
