@@ -8,13 +8,22 @@ use strait_lab::paths::LabPaths;
 
 #[allow(unsafe_code)]
 fn main() -> ExitCode {
-    // SAFETY: called first thing, before any other thread exists; it
-    // restores the default SIGPIPE action so `strait-lab status | head`
-    // ends quietly, as command-line tools do.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    // Commands that only print what they read get the default SIGPIPE
+    // action back, so `strait-lab status | head` ends quietly as
+    // command-line tools do. Everything that serves or waits keeps Rust's
+    // (ignored: a peer gone is an EPIPE error to handle): the daemon writes
+    // to sockets and plugin pipes whose readers may be gone, and with the
+    // default action one closed connection ended the whole lab.
+    if matches!(
+        cli.command,
+        Command::Status { .. } | Command::Get { .. } | Command::Logs { .. } | Command::Apiserver { .. }
+    ) {
+        // SAFETY: before any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // The sandbox changes namespaces, which needs a single-threaded process.
     if let Command::Sandbox(args) = cli.command {
         return sandbox_main(args);

@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::io::Write;
 use std::process::Command;
 
 use support::{Lab, require_root};
@@ -33,6 +34,25 @@ fn down_after_up_leaves_namespaces_links_and_processes_as_before() {
     let before = netns_and_links("t-lab-lifecycle");
     let lab = Lab::up("lab-lifecycle", &["tcp-echo.yaml"]).unwrap();
     assert!(netns_and_links(&lab.name).0.contains("t-lab-lifecycle_node"));
+
+    // Clients that hang up before their answers are written: the daemon
+    // then writes into closed sockets, which must be an error it handles,
+    // not a signal that ends the lab (SIGPIPE's default action did, and
+    // took down a lab in CI as it started).
+    let socket = format!("/run/strait-lab/{}/api.sock", lab.name);
+    for _ in 0..20 {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        stream
+            .write_all(b"GET /api/v1/pods HTTP/1.1\r\nHost: lab\r\n\r\n")
+            .unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let status = lab.cli(&["status"]);
+    assert!(
+        status.status.success(),
+        "the lab outlives clients that hang up: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     lab.down();
     assert_eq!(netns_and_links(&lab.name), before);
     assert!(!std::path::Path::new(&format!("/run/strait-lab/{}", lab.name)).exists());

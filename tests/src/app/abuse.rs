@@ -244,6 +244,7 @@ async fn slowloris(to: &str, limit: Duration) -> anyhow::Result<Value> {
 /// third at once, a third after half a request line, a third after a
 /// whole request whose answer is never read.
 async fn abandon(to: &str, total: usize, concurrency: usize) -> anyhow::Result<Value> {
+    let to = crate::tcp::resolve(to).await?;
     let mut tasks = tokio::task::JoinSet::new();
     let (mut opened, mut failed) = (0usize, 0usize);
     for i in 0..total {
@@ -253,9 +254,8 @@ async fn abandon(to: &str, total: usize, concurrency: usize) -> anyhow::Result<V
                 _ => failed += 1,
             }
         }
-        let to = to.to_string();
         tasks.spawn(async move {
-            let Ok(mut stream) = TcpStream::connect(&to).await else {
+            let Ok(mut stream) = TcpStream::connect(to).await else {
                 return false;
             };
             match i % 3 {
@@ -282,6 +282,7 @@ async fn abandon(to: &str, total: usize, concurrency: usize) -> anyhow::Result<V
 /// Opens `total` connections to an echo server, does one round trip on
 /// each, prints a line once all are open, and holds them for `seconds`.
 async fn hold(to: &str, total: usize, seconds: Duration) -> anyhow::Result<()> {
+    let to = crate::tcp::resolve(to).await?;
     let mut held = Vec::with_capacity(total);
     for _ in 0..total {
         let mut stream = TcpStream::connect(to)

@@ -168,13 +168,25 @@ pub struct ManyArgs {
     hold: bool,
 }
 
+/// `host:port`'s first address, looked up once for all the connections a
+/// kind makes: the connections are what is measured, not thousands of
+/// lookups at once (a burst of UDP queries can lose an answer).
+pub async fn resolve(to: &str) -> anyhow::Result<std::net::SocketAddr> {
+    tokio::net::lookup_host(to)
+        .await
+        .with_context(|| format!("look up {to}"))?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{to} has no address"))
+}
+
 pub async fn many(args: ManyArgs) -> anyhow::Result<()> {
+    let to = resolve(&args.to).await?;
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(if args.hold { args.connections } else { 1 }));
     let tasks: Vec<_> = (0..args.connections)
         .map(|i| {
-            let (to, bytes, barrier, hold) = (args.to.clone(), args.bytes, barrier.clone(), args.hold);
+            let (bytes, barrier, hold) = (args.bytes, barrier.clone(), args.hold);
             tokio::spawn(async move {
-                let mut stream = TcpStream::connect(&to).await?;
+                let mut stream = TcpStream::connect(to).await?;
                 if hold {
                     barrier.wait().await;
                 }
