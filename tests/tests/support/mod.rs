@@ -412,37 +412,26 @@ impl Streaming {
         self.lines.recv_timeout(within).ok()
     }
 
-    /// Waits for the command to end (at most `within`) and returns its last line.
+    /// Waits for the command to end (at most `within`) and returns its last
+    /// line: every line up to the end of its output, then its exit status.
     pub fn finish(mut self, within: Duration) -> Value {
         let deadline = Instant::now() + within;
         let mut last = Value::Null;
         loop {
-            while let Ok(line) = self.lines.try_recv() {
-                last = line;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "the command failed: {status}");
-                // Every line it wrote, up to the end of its output: the
-                // reader may still be behind the exit.
-                loop {
-                    match self
-                        .lines
-                        .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                    {
-                        Ok(line) => last = line,
-                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return last,
-                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                            panic!("the command's output did not end within {within:?}")
-                        }
-                    }
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => last = line,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("the command did not finish within {within:?}")
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "the command did not finish within {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
         }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the command failed: {status}");
+        last
     }
 }
 
