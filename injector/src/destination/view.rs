@@ -129,7 +129,7 @@ mod tests {
         assert_eq!(kinds(&messages), ["add", "remove"]);
         let Some(update::Kind::Add(add)) = &messages[0].kind else { unreachable!() };
         let added: Vec<(&str, bool)> = add.endpoints.iter().map(|e| (e.address.as_str(), e.ready)).collect();
-        assert_eq!(added, [("198.18.1.11:50051", true), ("198.18.1.3:50051", false)]);
+        assert_eq!(added, [("198.18.1.3:50051", false), ("198.18.1.11:50051", true)], "in address order");
         let Some(update::Kind::Remove(remove)) = &messages[1].kind else { unreachable!() };
         assert_eq!(remove.addresses, ["198.18.1.7:50051"]);
     }

@@ -76,6 +76,7 @@ fn observed_balancer(
                 namespace: "demo".into(),
                 name: pod.to_string(),
             }),
+            identity: None,
         })
         .collect();
     let (sender, receiver) = watch::channel(Arc::new(EndpointSet { endpoints }));
@@ -99,7 +100,6 @@ fn observed_balancer(
         http_metrics: metrics.http,
         discovery_metrics: metrics.discovery,
         wait: Duration::from_millis(200),
-        workloads: None,
     };
     let balancer = Balancer::new(&target, RouteLabels::new(Direction::Outbound), context);
     (balancer, sender, registry)

@@ -21,7 +21,7 @@ use strait_api::destination::v1::{self as api, GetDestination, update};
 use strait_contract::SpiffeId;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsConnector;
 use tonic::transport::Channel;
 
@@ -181,6 +181,8 @@ struct Followed {
     /// Whether a first snapshot has arrived.
     synced: watch::Receiver<bool>,
     used: Instant,
+    /// Dropped with the entry: its stream's task then ends.
+    _forgotten: oneshot::Sender<()>,
 }
 
 pub struct DestinationDiscovery {
@@ -216,6 +218,7 @@ impl DestinationDiscovery {
         let (known, known_rx) = watch::channel(Arc::new(Known::default()));
         let (endpoints, endpoints_rx) = watch::channel(Arc::new(EndpointSet::default()));
         let (synced_tx, synced) = watch::channel(false);
+        let (forgotten_tx, forgotten) = oneshot::channel();
         followed.insert(
             address,
             Followed {
@@ -223,6 +226,7 @@ impl DestinationDiscovery {
                 endpoints: endpoints.clone(),
                 synced: synced.clone(),
                 used: Instant::now(),
+                _forgotten: forgotten_tx,
             },
         );
         tokio::spawn(stream(
@@ -231,19 +235,24 @@ impl DestinationDiscovery {
             known,
             endpoints,
             synced_tx,
+            forgotten,
             self.metrics.clone(),
         ));
         (known_rx, endpoints_rx, synced)
     }
 }
 
-/// Keeps one destination's stream open until the destination is forgotten.
+/// Keeps one destination's stream open until the destination is forgotten
+/// (`forgotten` resolves when its entry, holding the sender, is dropped).
+/// Its receivers coming and going do not end it: a connection reads the
+/// state once and lets go.
 async fn stream(
     client: DestinationClient<Channel>,
     address: SocketAddr,
     known: watch::Sender<Arc<Known>>,
     endpoints: watch::Sender<Arc<EndpointSet>>,
     synced: watch::Sender<bool>,
+    mut forgotten: oneshot::Receiver<()>,
     metrics: DiscoveryMetrics,
 ) {
     let mut delays = crate::retry::delays(RETRY_FIRST, RETRY_MAX);
@@ -254,7 +263,7 @@ async fn stream(
         };
         let opened = tokio::select! {
             opened = client.get(request) => opened,
-            () = known.closed() => return,
+            _ = &mut forgotten => return,
         };
         match opened {
             Ok(response) => {
@@ -263,7 +272,7 @@ async fn stream(
                 loop {
                     let next = tokio::select! {
                         next = updates.next() => next,
-                        () = known.closed() => return,
+                        _ = &mut forgotten => return,
                     };
                     let problem = match next {
                         Some(Ok(message)) => match state.apply(message) {
@@ -292,7 +301,7 @@ async fn stream(
         let delay = delays.next().unwrap_or(RETRY_MAX);
         tokio::select! {
             () = tokio::time::sleep(delay) => {},
-            () = known.closed() => return,
+            _ = &mut forgotten => return,
         }
     }
 }
@@ -426,5 +435,73 @@ mod tests {
         assert!(refused.contains("\"web.mesh:80\""), "{refused}");
         assert_eq!(known, before);
         assert!(known.apply(api::Update { kind: None }).is_err());
+    }
+
+    /// A destination service in this process that answers every `Get` with
+    /// what the test sends on the returned channel.
+    async fn scripted_server() -> (Channel, tokio::sync::mpsc::Sender<api::Update>) {
+        use strait_api::destination::v1::destination_server::{Destination as Served, DestinationServer};
+        type Updates = futures::stream::BoxStream<'static, Result<api::Update, tonic::Status>>;
+        struct Scripted(Mutex<Option<tokio::sync::mpsc::Receiver<api::Update>>>);
+        #[tonic::async_trait]
+        impl Served for Scripted {
+            type GetStream = Updates;
+            async fn get(&self, _: tonic::Request<GetDestination>) -> Result<tonic::Response<Updates>, tonic::Status> {
+                let receiver = self.0.lock().expect("unpoisoned").take().ok_or_else(|| tonic::Status::unavailable("one stream only"))?;
+                let updates = futures::stream::unfold(receiver, |mut r| async move { Some((Ok(r.recv().await?), r)) });
+                Ok(tonic::Response::new(Box::pin(updates)))
+            }
+        }
+        let (sender, receiver) = tokio::sync::mpsc::channel(8);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let port = listener.local_addr().expect("bound").port();
+        let incoming = futures::stream::unfold(listener, |l| async move { Some((l.accept().await.map(|(s, _)| s), l)) });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(DestinationServer::new(Scripted(Mutex::new(Some(receiver)))))
+                .serve_with_incoming(incoming),
+        );
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("a URI")
+            .connect_lazy();
+        (channel, sender)
+    }
+
+    #[tokio::test]
+    async fn the_stream_outlives_the_connection_that_asked_and_later_changes_arrive() {
+        let (channel, server) = scripted_server().await;
+        let discovery = DestinationDiscovery::new(channel, DiscoveryMetrics::default());
+        let service = api::ServicePort {
+            namespace: "mesh".into(),
+            name: "grpc".into(),
+            port: 50051,
+            ..api::ServicePort::default()
+        };
+        server
+            .send(message(update::Kind::Snapshot(api::Snapshot {
+                service: Some(service),
+                endpoints: vec![endpoint("198.18.1.1:50051", None)],
+            })))
+            .await
+            .expect("sent");
+        let orig_dst: SocketAddr = "198.19.0.5:50051".parse().expect("an address");
+        let Destination::Service(port) = super::super::Resolve::resolve(&discovery, orig_dst).await else {
+            panic!("a Service port")
+        };
+        let mut endpoints = port.endpoints;
+        assert_eq!(endpoints.borrow_and_update().endpoints.len(), 1);
+        // The connection has its answer and lets go of all but the
+        // endpoints, as a balancer does; a scale-up comes later.
+        server
+            .send(message(update::Kind::Add(api::Add {
+                endpoints: vec![endpoint("198.18.1.2:50051", None)],
+            })))
+            .await
+            .expect("sent");
+        tokio::time::timeout(Duration::from_secs(10), endpoints.changed())
+            .await
+            .expect("the added endpoint arrives")
+            .expect("the destination is still followed");
+        assert_eq!(endpoints.borrow().endpoints.len(), 2);
     }
 }
