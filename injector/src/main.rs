@@ -11,7 +11,6 @@ use kube::Api;
 use strait_contract::logging::{self, LogFormat, TextStyle};
 use strait_injector::bootstrap::{self, OwnSecret, WebhookCert};
 use strait_injector::destination::{self, DestinationService};
-use strait_injector::identity::pods::PodIndex;
 use strait_injector::identity::review::KubeTokenReviewer;
 use strait_injector::identity::sign::Signer;
 use strait_injector::identity::{self, IdentityService};
@@ -223,19 +222,18 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let (chain, key) = signer.serving_certificate(&config.identity_names())?;
     let identity_tls = identity_tls(chain, key)?;
     let (chain, key) = signer.serving_certificate(&config.destination_names())?;
-    let destination_tls = destination::serve::server_config(chain, key, &pki::load_certs(&anchors, "the trust anchors")?)
-        .context("destination service TLS")?;
+    let destination_tls =
+        destination::serve::server_config(chain, key, &pki::load_certs(&anchors, "the trust anchors")?)
+            .context("destination service TLS")?;
     let index = Arc::new(destination::Index::default());
     let destinations_synced = destination::reflect::start(client.clone(), index.clone());
 
     let namespaces = NamespaceCache::start(client.clone());
-    let pods = PodIndex::start(client.clone());
     let mut registry = prometheus_client::registry::Registry::with_prefix("strait_control");
     let webhook_metrics = WebhookMetrics::register(&mut registry);
     let service = Arc::new(IdentityService::new(
         signer,
         Arc::new(KubeTokenReviewer::new(client)),
-        pods.clone(),
         config.inject.trust_domain.clone(),
         &mut registry,
     ));

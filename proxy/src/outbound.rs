@@ -103,7 +103,6 @@ impl Outbound {
         views.sort_by(|a, b| a["destination"].as_str().cmp(&b["destination"].as_str()));
         serde_json::json!({"destinations": views})
     }
-
 }
 
 pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>, drain: Drain) {

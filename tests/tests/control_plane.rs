@@ -182,9 +182,16 @@ fn the_lab_authorizes_with_rbac_and_enforces_pod_security_as_kubernetes_does() {
             .cloned()
             .collect::<Vec<_>>()
     };
-    assert_eq!(proxies(&stats), Vec::<String>::new(), "no proxy asks the API server: {stats:#}");
+    assert_eq!(
+        proxies(&stats),
+        Vec::<String>::new(),
+        "no proxy asks the API server: {stats:#}"
+    );
     let table = lab.cli_ok(&["apiserver", "stats"]);
-    assert!(table.contains("system:serviceaccount:strait-system:strait-injector"), "{table}");
+    assert!(
+        table.contains("system:serviceaccount:strait-system:strait-injector"),
+        "{table}"
+    );
 
     // More meshed pods: still no proxy asks, and the control plane holds
     // the same watches.
@@ -193,7 +200,9 @@ fn the_lab_authorizes_with_rbac_and_enforces_pod_security_as_kubernetes_does() {
     let stats = lab.get("/lab/v1/apiserver/stats");
     assert_eq!(proxies(&stats), Vec::<String>::new(), "{stats:#}");
     assert_eq!(
-        stats["system:serviceaccount:strait-system:strait-injector"]["openWatches"].as_u64().unwrap(),
+        stats["system:serviceaccount:strait-system:strait-injector"]["openWatches"]
+            .as_u64()
+            .unwrap(),
         watches,
         "{stats:#}"
     );

@@ -16,11 +16,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use strait_api::destination::v1::{Endpoint, ServicePort};
-use strait_contract::identity_api::Workload;
+use strait_contract::names::{MESHED_LABEL, annotations};
 use tokio::sync::watch;
 
 use super::view::View;
-use crate::identity::pods::workload;
 
 /// An object by namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -61,6 +60,50 @@ struct SliceEndpoint {
     terminating: bool,
     zone: String,
     pod: Option<ObjectKey>,
+}
+
+/// What the index keeps of a pod: its addresses, and whether and as whom
+/// it is meshed.
+#[derive(Clone, Debug, PartialEq)]
+struct Workload {
+    ips: Vec<IpAddr>,
+    /// It runs the proxy (it carries `strait.io/meshed=true`).
+    meshed: bool,
+    /// Its SPIFFE ID (the `strait.io/identity` annotation), when meshed.
+    identity: Option<String>,
+}
+
+fn workload(pod: &Pod) -> Workload {
+    let metadata = &pod.metadata;
+    let status = pod.status.as_ref();
+    let mut ips: Vec<IpAddr> = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip.ip.parse().ok())
+        .collect();
+    if ips.is_empty() {
+        ips.extend(
+            status
+                .and_then(|s| s.pod_ip.as_ref())
+                .and_then(|ip| ip.parse::<IpAddr>().ok()),
+        );
+    }
+    let meshed = metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(MESHED_LABEL))
+        .is_some_and(|v| v == "true");
+    Workload {
+        ips,
+        meshed,
+        identity: metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(annotations::IDENTITY))
+            .cloned()
+            .filter(|_| meshed),
+    }
 }
 
 /// What a followed destination's view was made from, to know when to make
@@ -117,13 +160,7 @@ impl Index {
         }
         let (view, depends) = state.view(address);
         let (sender, receiver) = watch::channel(Arc::new(view));
-        state.followed.insert(
-            address,
-            Followed {
-                view: sender,
-                depends,
-            },
-        );
+        state.followed.insert(address, Followed { view: sender, depends });
         receiver
     }
 
@@ -170,7 +207,10 @@ impl Index {
             touched.push(service);
         }
         for service in touched {
-            state.refresh(&Touched::Service { key: service, ips: Vec::new() });
+            state.refresh(&Touched::Service {
+                key: service,
+                ips: Vec::new(),
+            });
         }
     }
 
@@ -178,7 +218,10 @@ impl Index {
         let key = ObjectKey::of(&slice.metadata);
         let mut state = self.lock();
         for service in state.remove_slice(&key) {
-            state.refresh(&Touched::Service { key: service, ips: Vec::new() });
+            state.refresh(&Touched::Service {
+                key: service,
+                ips: Vec::new(),
+            });
         }
     }
 
@@ -187,7 +230,7 @@ impl Index {
         let workload = workload(pod);
         let mut state = self.lock();
         let mut ips = state.remove_pod(&key);
-        let new_ips: Vec<IpAddr> = workload.ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+        let new_ips = workload.ips.clone();
         for ip in &new_ips {
             state.pod_by_ip.insert(*ip, key.clone());
         }
@@ -247,8 +290,8 @@ impl Index {
         for pod in pods {
             let key = ObjectKey::of(&pod.metadata);
             let workload = workload(pod);
-            for ip in workload.ips.iter().filter_map(|ip| ip.parse().ok()) {
-                state.pod_by_ip.insert(ip, key.clone());
+            for ip in &workload.ips {
+                state.pod_by_ip.insert(*ip, key.clone());
             }
             state.pods.insert(key, workload);
         }
@@ -289,13 +332,12 @@ impl State {
         let Some(old) = self.pods.remove(key) else {
             return Vec::new();
         };
-        let ips: Vec<IpAddr> = old.ips.iter().filter_map(|ip| ip.parse().ok()).collect();
-        for ip in &ips {
+        for ip in &old.ips {
             if self.pod_by_ip.get(ip) == Some(key) {
                 self.pod_by_ip.remove(ip);
             }
         }
-        ips
+        old.ips
     }
 
     /// Makes again the views that `touched` can change; their subscribers
@@ -333,7 +375,12 @@ impl State {
     fn view(&self, address: SocketAddr) -> (View, Depends) {
         let mut depends = Depends::default();
         let service_port = self.by_cluster_ip.get(&address.ip()).and_then(|key| {
-            let port = self.services.get(key)?.ports.iter().find(|p| p.port == u32::from(address.port()))?;
+            let port = self
+                .services
+                .get(key)?
+                .ports
+                .iter()
+                .find(|p| p.port == u32::from(address.port()))?;
             Some((key, port))
         });
         let Some((key, port)) = service_port else {
@@ -511,7 +558,11 @@ mod tests {
     }
 
     fn pod(name: &str, ip: &str, meshed: bool) -> Pod {
-        let labels = if meshed { json!({"strait.io/meshed": "true"}) } else { json!({}) };
+        let labels = if meshed {
+            json!({"strait.io/meshed": "true"})
+        } else {
+            json!({})
+        };
         serde_json::from_value(json!({
             "metadata": {
                 "name": name, "namespace": "mesh", "labels": labels,
@@ -563,7 +614,12 @@ mod tests {
         let view = view.borrow().clone();
         let service = view.service.clone().expect("a Service port");
         assert_eq!(
-            (service.name.as_str(), service.port, service.port_name.as_str(), service.app_protocol.as_str()),
+            (
+                service.name.as_str(),
+                service.port,
+                service.port_name.as_str(),
+                service.app_protocol.as_str()
+            ),
             ("grpc", 50051, "grpc", "kubernetes.io/h2c")
         );
         assert_eq!(
@@ -614,7 +670,10 @@ mod tests {
         assert!(!b.has_changed().expect("open"));
 
         index.delete_slice(&slice("a-1", "a", ("", 8080), endpoints("198.18.1.1", "a-pod")));
-        assert_eq!(summary(&a.borrow_and_update()), ["198.18.1.3:8080 ready=true meshed=false a-pod-2 "]);
+        assert_eq!(
+            summary(&a.borrow_and_update()),
+            ["198.18.1.3:8080 ready=true meshed=false a-pod-2 "]
+        );
     }
 
     #[test]
@@ -624,7 +683,10 @@ mod tests {
         assert_eq!(*later.borrow_and_update().as_ref(), View::default());
         index.apply_service(&service("late", "198.19.0.9", json!([{"name": "https", "port": 443}])));
         assert!(later.has_changed().expect("open"));
-        assert_eq!(later.borrow_and_update().service.as_ref().map(|s| s.name.as_str()), Some("late"));
+        assert_eq!(
+            later.borrow_and_update().service.as_ref().map(|s| s.name.as_str()),
+            Some("late")
+        );
         index.delete_service(&service("late", "198.19.0.9", json!([])));
         assert_eq!(*later.borrow_and_update().as_ref(), View::default());
     }

@@ -17,7 +17,9 @@ use tokio::sync::watch;
 use super::index::Index;
 
 /// How one kind of object reaches the index.
-trait Kind: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static {
+trait Kind:
+    kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static
+{
     const PLURAL: &'static str;
     fn apply(index: &Index, object: &Self);
     fn delete(index: &Index, object: &Self);

@@ -62,7 +62,10 @@ impl tokio::io::AsyncWrite for Authenticated {
         std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.0).poll_flush(cx)
     }
 
@@ -76,14 +79,8 @@ impl tokio::io::AsyncWrite for Authenticated {
 
 /// The one SPIFFE ID (URI name) of a certificate, if it has exactly one.
 fn spiffe_id(certificate: &CertificateDer<'_>) -> Option<SpiffeId> {
-    let (_, parsed) = x509_parser::parse_x509_certificate(certificate).ok()?;
-    let names = parsed.subject_alternative_name().ok()??;
-    let mut ids = names.value.general_names.iter().filter_map(|name| match name {
-        x509_parser::extensions::GeneralName::URI(uri) => Some(uri.parse::<SpiffeId>().ok()),
-        _ => None,
-    });
-    match (ids.next(), ids.next()) {
-        (Some(id), None) => id,
+    match SpiffeId::all_in_certificate(certificate).as_slice() {
+        [id] => Some(id.clone()),
         _ => None,
     }
 }

@@ -75,7 +75,9 @@ impl Destination for DestinationService {
         let caller = self.authorize(&request)?;
         let text = &request.get_ref().address;
         let address: SocketAddr = text.parse().map_err(|_| {
-            Status::invalid_argument(format!("address {text:?} is not IP:port (198.18.0.10:80, [fd00::a]:80)"))
+            Status::invalid_argument(format!(
+                "address {text:?} is not IP:port (198.18.0.10:80, [fd00::a]:80)"
+            ))
         })?;
         let mut views = self.index.follow(address);
         let (sender, receiver) = mpsc::channel(BUFFERED);
@@ -169,10 +171,18 @@ mod tests {
             Some(tonic::Code::Unauthenticated)
         );
         assert_eq!(
-            code(service.get(request("198.19.0.5:80", Some("spiffe://other.domain/ns/a/sa/b"))).await),
+            code(
+                service
+                    .get(request("198.19.0.5:80", Some("spiffe://other.domain/ns/a/sa/b")))
+                    .await
+            ),
             Some(tonic::Code::PermissionDenied)
         );
-        let refused = service.get(request("web.mesh:80", Some(PROXY))).await.err().expect("refused");
+        let refused = service
+            .get(request("web.mesh:80", Some(PROXY)))
+            .await
+            .err()
+            .expect("refused");
         assert_eq!(refused.code(), tonic::Code::InvalidArgument);
         assert!(refused.message().contains("\"web.mesh:80\""), "{}", refused.message());
     }

@@ -121,16 +121,27 @@ mod tests {
         assert!(updates(&before, &before).is_empty(), "nothing changed, nothing sent");
 
         let mut after = before.clone();
-        after.endpoints.insert(endpoint("198.18.1.11:50051", true).0, endpoint("198.18.1.11:50051", true).1);
+        after.endpoints.insert(
+            endpoint("198.18.1.11:50051", true).0,
+            endpoint("198.18.1.11:50051", true).1,
+        );
         let (addr, readiness) = endpoint("198.18.1.3:50051", false);
         after.endpoints.insert(addr, readiness);
         after.endpoints.remove(&"198.18.1.7:50051".parse().expect("an address"));
         let messages = updates(&before, &after);
         assert_eq!(kinds(&messages), ["add", "remove"]);
-        let Some(update::Kind::Add(add)) = &messages[0].kind else { unreachable!() };
+        let Some(update::Kind::Add(add)) = &messages[0].kind else {
+            unreachable!()
+        };
         let added: Vec<(&str, bool)> = add.endpoints.iter().map(|e| (e.address.as_str(), e.ready)).collect();
-        assert_eq!(added, [("198.18.1.3:50051", false), ("198.18.1.11:50051", true)], "in address order");
-        let Some(update::Kind::Remove(remove)) = &messages[1].kind else { unreachable!() };
+        assert_eq!(
+            added,
+            [("198.18.1.3:50051", false), ("198.18.1.11:50051", true)],
+            "in address order"
+        );
+        let Some(update::Kind::Remove(remove)) = &messages[1].kind else {
+            unreachable!()
+        };
         assert_eq!(remove.addresses, ["198.18.1.7:50051"]);
     }
 
@@ -148,8 +159,23 @@ mod tests {
 
     #[test]
     fn applying_the_updates_to_the_old_state_gives_the_new_one() {
-        let before = view(80, &[("198.18.1.1:80", true), ("198.18.1.2:80", true), ("198.18.1.3:80", true)]);
-        let after = view(80, &[("198.18.1.1:80", true), ("198.18.1.2:80", false), ("198.18.1.3:80", true), ("198.18.1.4:80", true)]);
+        let before = view(
+            80,
+            &[
+                ("198.18.1.1:80", true),
+                ("198.18.1.2:80", true),
+                ("198.18.1.3:80", true),
+            ],
+        );
+        let after = view(
+            80,
+            &[
+                ("198.18.1.1:80", true),
+                ("198.18.1.2:80", false),
+                ("198.18.1.3:80", true),
+                ("198.18.1.4:80", true),
+            ],
+        );
         let mut held = before.clone();
         for message in updates(&before, &after) {
             match message.kind.expect("a kind") {

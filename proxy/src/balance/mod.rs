@@ -216,7 +216,8 @@ impl Balancer {
             }
         }
         let mut backends = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
-        let targets: HashMap<SocketAddr, Target> = current.endpoints.iter().map(|e| (e.addr, Self::target(e))).collect();
+        let targets: HashMap<SocketAddr, Target> =
+            current.endpoints.iter().map(|e| (e.addr, Self::target(e))).collect();
         // Endpoints not ready now keep their connections for when they are.
         backends.retain(|target, _| targets.get(&target.addr) == Some(target));
         let level = mean(backends.values().map(|b| b.recent.get()));
@@ -233,10 +234,7 @@ impl Balancer {
             })
             .collect();
         self.record_states(&current);
-        *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) = Snapshot {
-            set: current,
-            usable,
-        };
+        *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) = Snapshot { set: current, usable };
     }
 
     fn backend(&self, endpoint: &discovery::Endpoint, target: Target, recent: f64) -> Arc<Backend> {

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use rustls::pki_types::ServerName;
 use strait_api::destination::v1::destination_client::DestinationClient;
 use strait_api::destination::v1::{self as api, GetDestination, update};
 use strait_contract::SpiffeId;
-use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsConnector;
@@ -59,7 +59,10 @@ impl Known {
                 .parse::<SocketAddr>()
                 .map_err(|_| format!("the destination service sent the address {address:?}"))
         };
-        match message.kind.ok_or("the destination service sent an update without a kind")? {
+        match message
+            .kind
+            .ok_or("the destination service sent an update without a kind")?
+        {
             update::Kind::Snapshot(snapshot) => {
                 let mut endpoints = HashMap::new();
                 for endpoint in snapshot.endpoints {
@@ -112,10 +115,7 @@ impl Known {
 
 /// The identity to require of an endpoint: its SPIFFE ID when it is meshed.
 fn peer_identity(endpoint: &api::Endpoint) -> Option<SpiffeId> {
-    endpoint
-        .meshed
-        .then(|| endpoint.identity.parse().ok())
-        .flatten()
+    endpoint.meshed.then(|| endpoint.identity.parse().ok()).flatten()
 }
 
 /// Why the destination service cannot be reached at all (as opposed to
@@ -148,7 +148,9 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// # Errors
 /// [`ChannelError`] when `addr` is not `host:port`.
 pub fn channel(addr: &str, mesh: Arc<MeshTls>) -> Result<Channel, ChannelError> {
-    let (host, _) = addr.rsplit_once(':').ok_or_else(|| ChannelError::Address { addr: addr.to_string() })?;
+    let (host, _) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| ChannelError::Address { addr: addr.to_string() })?;
     let server_name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
         .map_err(|_| ChannelError::Address { addr: addr.to_string() })?;
     // The scheme is http: TLS is the connector's, not tonic's.
@@ -209,11 +211,22 @@ impl DestinationDiscovery {
     }
 
     /// The destination's state, following it from the first call.
-    fn follow(self: &Arc<Self>, address: SocketAddr) -> (watch::Receiver<Arc<Known>>, watch::Receiver<Arc<EndpointSet>>, watch::Receiver<bool>) {
+    fn follow(
+        self: &Arc<Self>,
+        address: SocketAddr,
+    ) -> (
+        watch::Receiver<Arc<Known>>,
+        watch::Receiver<Arc<EndpointSet>>,
+        watch::Receiver<bool>,
+    ) {
         let mut followed = self.lock();
         if let Some(existing) = followed.get_mut(&address) {
             existing.used = Instant::now();
-            return (existing.known.subscribe(), existing.endpoints.subscribe(), existing.synced.clone());
+            return (
+                existing.known.subscribe(),
+                existing.endpoints.subscribe(),
+                existing.synced.clone(),
+            );
         }
         let (known, known_rx) = watch::channel(Arc::new(Known::default()));
         let (endpoints, endpoints_rx) = watch::channel(Arc::new(EndpointSet::default()));
@@ -390,7 +403,10 @@ mod tests {
         known
             .apply(message(update::Kind::Snapshot(api::Snapshot {
                 service: None,
-                endpoints: vec![endpoint("198.18.1.1:80", Some("spiffe://cluster.local/ns/mesh/sa/web")), endpoint("198.18.1.2:80", None)],
+                endpoints: vec![
+                    endpoint("198.18.1.1:80", Some("spiffe://cluster.local/ns/mesh/sa/web")),
+                    endpoint("198.18.1.2:80", None),
+                ],
             })))
             .expect("applied");
         known
@@ -412,7 +428,10 @@ mod tests {
         assert_eq!(
             summary,
             [
-                ("198.18.1.1:80".to_string(), Some("spiffe://cluster.local/ns/mesh/sa/web".to_string())),
+                (
+                    "198.18.1.1:80".to_string(),
+                    Some("spiffe://cluster.local/ns/mesh/sa/web".to_string())
+                ),
                 ("198.18.1.3:80".to_string(), None)
             ]
         );
@@ -447,7 +466,12 @@ mod tests {
         impl Served for Scripted {
             type GetStream = Updates;
             async fn get(&self, _: tonic::Request<GetDestination>) -> Result<tonic::Response<Updates>, tonic::Status> {
-                let receiver = self.0.lock().expect("unpoisoned").take().ok_or_else(|| tonic::Status::unavailable("one stream only"))?;
+                let receiver = self
+                    .0
+                    .lock()
+                    .expect("unpoisoned")
+                    .take()
+                    .ok_or_else(|| tonic::Status::unavailable("one stream only"))?;
                 let updates = futures::stream::unfold(receiver, |mut r| async move { Some((Ok(r.recv().await?), r)) });
                 Ok(tonic::Response::new(Box::pin(updates)))
             }
@@ -455,7 +479,8 @@ mod tests {
         let (sender, receiver) = tokio::sync::mpsc::channel(8);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a port");
         let port = listener.local_addr().expect("bound").port();
-        let incoming = futures::stream::unfold(listener, |l| async move { Some((l.accept().await.map(|(s, _)| s), l)) });
+        let incoming =
+            futures::stream::unfold(listener, |l| async move { Some((l.accept().await.map(|(s, _)| s), l)) });
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(DestinationServer::new(Scripted(Mutex::new(Some(receiver)))))
