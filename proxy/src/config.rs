@@ -59,8 +59,12 @@ pub struct Config {
     pub metrics: bool,
     pub pod_name: String,
     pub pod_namespace: String,
-    /// Mutual TLS: this workload's identity and where to get certificates.
+    /// This workload's identity and where to get certificates.
     pub identity: Option<IdentityConfig>,
+    /// Whether the identity also secures traffic between pods (`STRAIT_MTLS=
+    /// enabled|disabled`, default enabled); disabled, it serves only to reach
+    /// the control plane (the destination service).
+    pub mtls: bool,
     /// Strict refuses plaintext inbound connections (the kubelet's, from
     /// the host, excepted); permissive accepts them.
     pub inbound_strict: bool,
@@ -125,6 +129,7 @@ impl Config {
             pod_namespace: env(env::POD_NAMESPACE).unwrap_or_default(),
             identity: identity(&env)?,
             destination: destination(&env)?,
+            mtls: setting(env::MTLS).switch(true, "enabled", "disabled")?,
             inbound_strict: setting(env::INBOUND_MODE).switch(false, "strict", "permissive")?,
             host_ip: setting(env::HOST_IP).parse(None, parse_ip)?,
             pod_ip: setting(env::POD_IP).parse(None, parse_ip)?,
@@ -284,6 +289,15 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.destination.as_deref(), Some("dst:8086"));
+    }
+
+    #[test]
+    fn mutual_tls_between_pods_is_on_unless_disabled() {
+        assert!(from(&[]).unwrap().mtls);
+        assert!(from(&[("STRAIT_MTLS", "enabled")]).unwrap().mtls);
+        assert!(!from(&[("STRAIT_MTLS", "disabled")]).unwrap().mtls);
+        let error = from(&[("STRAIT_MTLS", "off")]).unwrap_err();
+        assert_eq!(error.name, "STRAIT_MTLS");
     }
 
     #[test]

@@ -202,11 +202,13 @@ impl Bound {
             drain,
             identity,
         } = proxy;
-        let mesh = identity.as_ref().map(|identity| identity.tls.clone());
+        let control_plane_tls = identity.as_ref().map(|identity| identity.tls.clone());
         if let Some(identity) = identity {
             tokio::spawn(identity.run(readiness.clone()));
         }
-        let resolve: Arc<dyn Resolve> = match (&config.destination, &mesh) {
+        // Between pods, mutual TLS only where the pod has not opted out.
+        let mesh = control_plane_tls.clone().filter(|_| config.mtls);
+        let resolve: Arc<dyn Resolve> = match (&config.destination, &control_plane_tls) {
             (Some(addr), Some(mesh)) => match discovery::destination::channel(addr, mesh.clone()) {
                 Ok(channel) => Arc::new(DestinationDiscovery::new(channel, metrics.discovery.clone())),
                 Err(error) => {

@@ -140,6 +140,23 @@ fn the_control_planes_own_cas_outlive_reapplies_and_an_upgrade_under_load_meshes
     // The new value reached the control plane and, through it, new proxies:
     // their logs are JSON lines.
     let newest = scale_and_find_new(&lab, "grpc", 7, &servers);
+    // The new replicas serve discovery: the client's proxy, which followed
+    // the old one, hears of the seventh server.
+    eventually(Duration::from_secs(60), "calls reach all seven servers", || {
+        let result = lab.app(
+            &client,
+            &[
+                "grpc-client",
+                "--to",
+                "grpc.mesh:50051",
+                "--calls",
+                "700",
+                "--concurrency",
+                "4",
+            ],
+        );
+        result["by_pod"].as_object().unwrap().len() == 7
+    });
     let injector = lab.pods("strait-system", "strait-injector-")[0].clone();
     for (pod, container) in [(&newest, "strait-proxy"), (&injector, "injector")] {
         let logs = lab.cli_ok(&["logs", pod, "-c", container]);

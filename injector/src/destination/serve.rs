@@ -25,6 +25,10 @@ use crate::tls::{Stop, stopped};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshaken connections waiting for the gRPC server to take them.
 const ACCEPTED: usize = 64;
+/// Streams one connection (one proxy) may have open: the destinations a
+/// proxy follows at once (it forgets those unused for 5 minutes). Beyond
+/// it, a proxy's new stream waits for another to end.
+pub const MAX_STREAMS_PER_PROXY: u32 = 4096;
 
 /// A mutually authenticated connection.
 pub struct Authenticated(TlsStream<TcpStream>);
@@ -137,6 +141,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, servic
         }
     });
     let result = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_PROXY))
         .add_service(DestinationServer::new(service))
         .serve_with_incoming_shutdown(ReceiverStream::new(accepted), stopped(stop))
         .await;

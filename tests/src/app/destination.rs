@@ -47,7 +47,11 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let mut config = config;
     config.alpn_protocols = vec![b"h2".to_vec()];
     let config = Arc::new(config);
-    let host = args.to.rsplit_once(':').map(|(h, _)| h.to_string()).context("--to is host:port")?;
+    let host = args
+        .to
+        .rsplit_once(':')
+        .map(|(h, _)| h.to_string())
+        .context("--to is host:port")?;
     let server_name = ServerName::try_from(host)?;
     let to = args.to.clone();
     let connector = tower::service_fn(move |_: http::Uri| {
