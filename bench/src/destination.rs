@@ -33,6 +33,8 @@ const NAMESPACE: &str = "bench-dst";
 /// Where the many Services of the proxy-memory comparison go.
 const MANY: &str = "bench-many";
 const DESTINATION: &str = "strait-destination.strait-system.svc.cluster.local:8086";
+/// The control plane's own trust anchor and issuer.
+pub const IDENTITY_SECRET: &str = "strait-system/strait-identity-generated";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/bench/sa/default";
 
 /// How big a run is.
@@ -67,11 +69,14 @@ impl Size {
 pub fn destination(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value)> {
     let lab = &cluster.lab;
     let size = Size::of(effort);
-    let work = lab.state().join("bench-destination");
+    // Containers have a /tmp and /run of their own but see the rest of the
+    // host: the simulated proxies read their addresses and identity files
+    // from here.
+    let work = work_dir();
     std::fs::create_dir_all(&work)?;
 
     // A meshed proxy's memory with the lab's own few Services...
-    let proxy_pid = lab.container_pid(&cluster.client, "strait-proxy")?;
+    let proxy_pid = lab.container_pid(&cluster.client_mtls, "strait-proxy")?;
     let services_before = count(lab, "/api/v1/services")?;
     let proxy_rss_few = usage(&[proxy_pid]).rss_bytes;
 
@@ -107,8 +112,10 @@ pub fn destination(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, 
     let api_before = api_stats(lab)?;
     let proxies = size.proxies.to_string();
     let changes = size.changes.to_string();
+    // From the unmeshed client: the simulated proxies' connections, like a
+    // proxy's own, are not redirected through a proxy.
     let mut subscribers = lab.spawn_exec(
-        &cluster.client_plaintext,
+        &cluster.client,
         &[
             "strait-bench",
             "subscribe",
@@ -174,6 +181,7 @@ pub fn destination(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, 
     let services_after = count(lab, "/api/v1/services")?;
     let proxy_rss_many = usage(&[proxy_pid]).rss_bytes;
 
+    let _ = std::fs::remove_dir_all(&work);
     fan_out_ms.sort_by(f64::total_cmp);
     let subscriptions = storm["storm"]["subscriptions"].as_u64().unwrap_or_default() as f64;
     let per_thousand = |value: f64| value * 1000.0 / subscriptions.max(1.0);
@@ -259,6 +267,10 @@ pub fn destination(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, 
     Ok((table, raw))
 }
 
+fn work_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from("/var/tmp").join(format!("strait-bench-destination-{}", std::process::id()))
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
@@ -312,7 +324,7 @@ fn slice_yaml(namespace: &str, service: &str, addresses: &[String]) -> String {
 fn write_hot_endpoints(lab: &Lab, third: usize, upto: usize) -> anyhow::Result<u128> {
     let mut addresses = endpoints(200, 0, 2);
     addresses.extend((1..=upto).map(|k| format!("198.18.{third}.{k}")));
-    let file = lab.state().join("bench-destination").join("hot.yaml");
+    let file = work_dir().join("hot.yaml");
     std::fs::write(&file, slice_yaml(NAMESPACE, "svc-0", &addresses))?;
     let written = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
     lab.up(&file, &[])?;
@@ -369,21 +381,7 @@ struct IdentityFiles {
 /// The control plane's own trust anchor and issuer, from its Secret, as
 /// files the simulated proxies read.
 fn identity_files(lab: &Lab, work: &Path) -> anyhow::Result<IdentityFiles> {
-    use base64::Engine;
-    let secret = api_get(
-        lab,
-        "/api/v1/namespaces/strait-system/secrets/strait-identity-generated",
-    )?;
-    let file = |key: &str| -> anyhow::Result<String> {
-        let pem = base64::engine::general_purpose::STANDARD.decode(
-            secret["data"][key]
-                .as_str()
-                .with_context(|| format!("the Secret has no {key}"))?,
-        )?;
-        let path = work.join(key);
-        std::fs::write(&path, pem)?;
-        Ok(path.display().to_string())
-    };
+    let file = |key: &str| lab.secret_file(IDENTITY_SECRET, key, &work.join(key));
     Ok(IdentityFiles {
         anchors: file("ca.crt")?,
         issuer_cert: file("tls.crt")?,
