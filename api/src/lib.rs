@@ -4,6 +4,9 @@
 //! - [`destination::v1`]: the destination service (DESIGN.md: gRPC over
 //!   mutual TLS on port 8086): one stream of endpoint updates per original
 //!   destination.
+//! - [`client`]: reaching such an API over TLS of the caller's choosing.
+
+pub mod client;
 
 /// `strait.destination.v1`.
 pub mod destination {

@@ -22,13 +22,12 @@ use anyhow::Context;
 use futures::StreamExt;
 use rcgen::{CertificateParams, Issuer, KeyPair, SanType};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
+use strait_api::client::Target;
 use strait_api::destination::v1::destination_client::DestinationClient;
 use strait_api::destination::v1::{GetDestination, update};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_rustls::TlsConnector;
 use tonic::transport::Channel;
 
 #[derive(Debug, clap::Args)]
@@ -87,12 +86,7 @@ enum Event {
 pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
     raise_open_files_limit();
     let tls = Arc::new(client_config(&args)?);
-    let host = args
-        .to
-        .rsplit_once(':')
-        .map(|(h, _)| h.to_string())
-        .context("--to is host:port")?;
-    let server_name = ServerName::try_from(host)?;
+    let target = Target::parse(&args.to)?;
     let addresses: Vec<String> = std::fs::read_to_string(&args.addresses)
         .with_context(|| format!("read {}", args.addresses.display()))?
         .lines()
@@ -106,7 +100,7 @@ pub async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
     let (events, mut received) = mpsc::unbounded_channel();
     let started = Instant::now();
     for proxy in 0..args.proxies {
-        let channel = channel(&args.to, tls.clone(), server_name.clone())?;
+        let channel = channel(&target, tls.clone())?;
         let own = addresses[proxy % addresses.len()].clone();
         tokio::spawn(follow(
             channel.clone(),
@@ -285,19 +279,11 @@ fn client_config(args: &SubscribeArgs) -> anyhow::Result<rustls::ClientConfig> {
 }
 
 /// One lazily made connection to the service over mutual TLS.
-fn channel(to: &str, tls: Arc<rustls::ClientConfig>, server_name: ServerName<'static>) -> anyhow::Result<Channel> {
-    let target = to.to_string();
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let (tls, server_name, target) = (tls.clone(), server_name.clone(), target.clone());
-        async move {
-            let tcp = TcpStream::connect(&target).await?;
-            let stream = TlsConnector::from(tls).connect(server_name, tcp).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-        }
-    });
-    Ok(tonic::transport::Endpoint::from_shared(format!("http://{to}"))?
+fn channel(target: &Target, tls: Arc<rustls::ClientConfig>) -> anyhow::Result<Channel> {
+    Ok(target
+        .endpoint()?
         .connect_timeout(Duration::from_secs(30))
-        .connect_with_connector_lazy(connector))
+        .connect_with_connector_lazy(target.connector(move || Ok(tls.clone()))))
 }
 
 /// A thousand connections need more descriptors than the usual soft limit.

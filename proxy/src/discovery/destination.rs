@@ -16,13 +16,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use rustls::pki_types::ServerName;
+use strait_api::client::{Target, TargetError};
 use strait_api::destination::v1::destination_client::DestinationClient;
 use strait_api::destination::v1::{self as api, GetDestination, update};
 use strait_contract::SpiffeId;
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
-use tokio_rustls::TlsConnector;
 use tonic::transport::Channel;
 
 use super::{Destination, Endpoint, EndpointSet, ServicePort, ServiceRef, TargetRef};
@@ -118,20 +116,6 @@ fn peer_identity(endpoint: &api::Endpoint) -> Option<SpiffeId> {
     endpoint.meshed.then(|| endpoint.identity.parse().ok()).flatten()
 }
 
-/// Why the destination service cannot be reached at all (as opposed to
-/// not now: that is retried).
-#[derive(Debug, thiserror::Error)]
-pub enum ChannelError {
-    #[error("the destination service's address {addr:?} is not host:port")]
-    Address { addr: String },
-    #[error("the destination service's address {addr:?}: {source}")]
-    Uri {
-        addr: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
-}
-
 /// How long a connection to the destination service may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 pings on the connection, so a replica that vanished without
@@ -146,35 +130,18 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// no restart. A broken connection is made again on the next call.
 ///
 /// # Errors
-/// [`ChannelError`] when `addr` is not `host:port`.
-pub fn channel(addr: &str, mesh: Arc<MeshTls>) -> Result<Channel, ChannelError> {
-    let (host, _) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| ChannelError::Address { addr: addr.to_string() })?;
-    let server_name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
-        .map_err(|_| ChannelError::Address { addr: addr.to_string() })?;
-    // The scheme is http: TLS is the connector's, not tonic's.
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|source| ChannelError::Uri {
-            addr: addr.to_string(),
-            source,
-        })?
+/// [`TargetError`] when `addr` is not `host:port`.
+pub fn channel(addr: &str, mesh: Arc<MeshTls>) -> Result<Channel, TargetError> {
+    let target = Target::parse(addr)?;
+    let endpoint = target
+        .endpoint()?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
-    let addr = addr.to_string();
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let (addr, mesh, server_name) = (addr.clone(), mesh.clone(), server_name.clone());
-        async move {
-            let config = mesh.control_plane_client().map_err(std::io::Error::other)?;
-            let tcp = TcpStream::connect(&addr).await?;
-            let tls = TlsConnector::from(config).connect(server_name, tcp).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    });
-    Ok(endpoint.connect_with_connector_lazy(connector))
+    let config = move || mesh.control_plane_client().map_err(std::io::Error::other);
+    Ok(endpoint.connect_with_connector_lazy(target.connector(config)))
 }
 
 struct Followed {

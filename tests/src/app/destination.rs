@@ -7,14 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use futures::StreamExt;
-use rustls::pki_types::ServerName;
 use serde_json::json;
+use strait_api::client::Target;
 use strait_api::destination::v1::destination_client::DestinationClient;
 use strait_api::destination::v1::{GetDestination, update};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use super::mesh::{CertificateArgs, any_server, client_certificate};
 
@@ -47,23 +44,11 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
     let mut config = config;
     config.alpn_protocols = vec![b"h2".to_vec()];
     let config = Arc::new(config);
-    let host = args
-        .to
-        .rsplit_once(':')
-        .map(|(h, _)| h.to_string())
-        .context("--to is host:port")?;
-    let server_name = ServerName::try_from(host)?;
-    let to = args.to.clone();
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let (config, server_name, to) = (config.clone(), server_name.clone(), to.clone());
-        async move {
-            let tcp = TcpStream::connect(&to).await?;
-            let tls = TlsConnector::from(config).connect(server_name, tcp).await?;
-            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-        }
-    });
+    let target = Target::parse(&args.to)?;
+    let connector = target.connector(move || Ok(config.clone()));
     let ask = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", args.to))?
+        let channel = target
+            .endpoint()?
             .connect_with_connector(connector)
             .await
             .map_err(|e| anyhow::anyhow!("connect: {}", error_chain(&e)))?;
