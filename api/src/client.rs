@@ -100,6 +100,8 @@ impl Target {
             async move {
                 let config = config()?;
                 let tcp = TcpStream::connect(&target.addr).await?;
+                // Small messages, not to be held back for more.
+                tcp.set_nodelay(true)?;
                 let tls = TlsConnector::from(config).connect(target.server_name, tcp).await?;
                 Ok(TokioIo::new(tls))
             }

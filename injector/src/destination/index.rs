@@ -9,6 +9,7 @@
 //! addresses once, plus one view per followed destination (its endpoints),
 //! whatever the number of subscribers.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -16,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use strait_api::destination::v1::{Endpoint, ServicePort};
+use strait_contract::PortSet;
 use strait_contract::names::{MESHED_LABEL, annotations};
 use tokio::sync::watch;
 
@@ -40,6 +42,7 @@ impl ObjectKey {
 /// What a Service contributes: its ClusterIPs and TCP ports.
 #[derive(Clone, Debug, PartialEq)]
 struct ServiceInfo {
+    uid: Option<String>,
     ips: Vec<IpAddr>,
     ports: Vec<ServicePort>,
 }
@@ -47,6 +50,10 @@ struct ServiceInfo {
 /// One EndpointSlice, reduced to what views are made of.
 #[derive(Clone, Debug, PartialEq)]
 struct SliceInfo {
+    /// The UID of the Service that owns it (its controller reference), when
+    /// it has one: a slice of a Service deleted and made again under the
+    /// same name lingers until garbage collection, and is not the new one's.
+    owner: Option<String>,
     /// Port name → port number.
     ports: Vec<(String, u16)>,
     endpoints: Vec<SliceEndpoint>,
@@ -76,6 +83,14 @@ struct Workload {
 fn workload(pod: &Pod) -> Workload {
     let metadata = &pod.metadata;
     let status = pod.status.as_ref();
+    // A finished pod (a Job's) keeps its `podIP` in status though the
+    // address has gone back to the node's pool and may be a new pod's; a
+    // host-network pod's address is its node's, shared by many. Neither
+    // says who is at the address.
+    let finished = status
+        .and_then(|s| s.phase.as_deref())
+        .is_some_and(|phase| phase == "Succeeded" || phase == "Failed");
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
     let mut ips: Vec<IpAddr> = status
         .and_then(|s| s.pod_ips.as_ref())
         .into_iter()
@@ -94,6 +109,9 @@ fn workload(pod: &Pod) -> Workload {
         .as_ref()
         .and_then(|l| l.get(MESHED_LABEL))
         .is_some_and(|v| v == "true");
+    if finished || host_network {
+        ips.clear();
+    }
     Workload {
         ips,
         meshed,
@@ -229,6 +247,11 @@ impl Index {
         let key = ObjectKey::of(&pod.metadata);
         let workload = workload(pod);
         let mut state = self.lock();
+        // Most pod updates are status changes that leave its addresses and
+        // identity as they were: no view changes then.
+        if state.pods.get(&key) == Some(&workload) {
+            return;
+        }
         let mut ips = state.remove_pod(&key);
         let new_ips = workload.ips.clone();
         for ip in &new_ips {
@@ -375,15 +398,11 @@ impl State {
     fn view(&self, address: SocketAddr) -> (View, Depends) {
         let mut depends = Depends::default();
         let service_port = self.by_cluster_ip.get(&address.ip()).and_then(|key| {
-            let port = self
-                .services
-                .get(key)?
-                .ports
-                .iter()
-                .find(|p| p.port == u32::from(address.port()))?;
-            Some((key, port))
+            let service = self.services.get(key)?;
+            let port = service.ports.iter().find(|p| p.port == u32::from(address.port()))?;
+            Some((key, service.uid.as_ref(), port))
         });
-        let Some((key, port)) = service_port else {
+        let Some((key, uid, port)) = service_port else {
             // Not a Service port: a pod IP is that pod; anything else has
             // nothing to tell.
             let mut view = View::default();
@@ -401,7 +420,17 @@ impl State {
         };
         depends.service = Some(key.clone());
         let mut endpoints = BTreeMap::new();
-        for slice in self.slices.get(key).into_iter().flat_map(HashMap::values) {
+        let current = |slice: &&SliceInfo| match (&slice.owner, uid) {
+            (Some(owner), Some(uid)) => owner == uid,
+            _ => true,
+        };
+        for slice in self
+            .slices
+            .get(key)
+            .into_iter()
+            .flat_map(HashMap::values)
+            .filter(current)
+        {
             let Some(number) = slice
                 .ports
                 .iter()
@@ -418,16 +447,32 @@ impl State {
                     }
                     None => Endpoint::default(),
                 };
-                for ip in &endpoint.ips {
+                // A dual-stack Service has a slice per family; a ClusterIP
+                // of one family is served by endpoints of that family, as
+                // kube-proxy does.
+                for ip in endpoint.ips.iter().filter(|ip| ip.is_ipv4() == address.is_ipv4()) {
                     let addr = SocketAddr::new(*ip, number);
-                    endpoints.entry(addr).or_insert_with(|| Endpoint {
+                    let candidate = Endpoint {
                         address: addr.to_string(),
                         ready: endpoint.ready,
                         serving: endpoint.serving,
                         terminating: endpoint.terminating,
                         zone: endpoint.zone.clone(),
                         ..of_pod.clone()
-                    });
+                    };
+                    // An endpoint can stand in two slices for a while (the
+                    // controller moving it): the most usable copy wins,
+                    // whatever order the slices are read in.
+                    match endpoints.entry(addr) {
+                        Entry::Vacant(entry) => {
+                            entry.insert(candidate);
+                        }
+                        Entry::Occupied(mut entry) => {
+                            if usability(&candidate) > usability(entry.get()) {
+                                entry.insert(candidate);
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -454,6 +499,19 @@ impl State {
     }
 }
 
+/// How usable an endpoint's conditions make it, for choosing between two
+/// copies of one address: ready, then serving, then not terminating, then
+/// (for a stable choice) the pod's name.
+fn usability(endpoint: &Endpoint) -> (bool, bool, bool, &str, &str) {
+    (
+        endpoint.ready,
+        endpoint.serving,
+        !endpoint.terminating,
+        &endpoint.pod_namespace,
+        &endpoint.pod_name,
+    )
+}
+
 /// A Service's ClusterIPs and TCP ports; `None` for one without a
 /// ClusterIP (headless, ExternalName): its addresses are its pods'.
 fn service_info(service: &Service) -> Option<ServiceInfo> {
@@ -471,6 +529,7 @@ fn service_info(service: &Service) -> Option<ServiceInfo> {
         return None;
     }
     let key = ObjectKey::of(&service.metadata);
+    let opaque = opaque_ports(service, &key);
     let ports = spec
         .ports
         .iter()
@@ -483,10 +542,38 @@ fn service_info(service: &Service) -> Option<ServiceInfo> {
                 port: u32::from(u16::try_from(p.port).ok().filter(|&n| n != 0)?),
                 port_name: p.name.clone().unwrap_or_default(),
                 app_protocol: p.app_protocol.clone().unwrap_or_default(),
+                opaque: u16::try_from(p.port).is_ok_and(|n| opaque.contains(n)),
             })
         })
         .collect();
-    Some(ServiceInfo { ips, ports })
+    Some(ServiceInfo {
+        uid: service.metadata.uid.clone(),
+        ips,
+        ports,
+    })
+}
+
+/// The ports a Service declares opaque (annotation `strait.io/opaque-ports`,
+/// the pods' syntax). One that cannot be read declares none, and says why.
+fn opaque_ports(service: &Service, key: &ObjectKey) -> PortSet {
+    let Some(value) = service
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::OPAQUE_PORTS))
+    else {
+        return PortSet::default();
+    };
+    PortSet::parse(value).unwrap_or_else(|error| {
+        tracing::warn!(
+            service = %format!("{}/{}", key.namespace, key.name),
+            annotation = annotations::OPAQUE_PORTS,
+            %value,
+            %error,
+            "ignoring the Service's opaque ports: not a comma list of ports and ranges a-b"
+        );
+        PortSet::default()
+    })
 }
 
 /// The Service a slice belongs to (label `kubernetes.io/service-name`).
@@ -530,7 +617,18 @@ fn slice_info(slice: &EndpointSlice) -> SliceInfo {
             }
         })
         .collect();
-    SliceInfo { ports, endpoints }
+    let owner = slice
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|owner| owner.kind == "Service" && owner.controller == Some(true))
+        .map(|owner| owner.uid.clone());
+    SliceInfo {
+        owner,
+        ports,
+        endpoints,
+    }
 }
 
 #[cfg(test)]
@@ -701,5 +799,141 @@ mod tests {
         assert_eq!(index.followed(), 1);
         drop(second);
         assert_eq!(index.followed(), 0);
+    }
+
+    #[test]
+    fn a_finished_or_host_network_pod_does_not_claim_an_address() {
+        let index = Index::default();
+        let finished = |name: &str, ip: &str, extra: serde_json::Value| -> Pod {
+            let mut pod = json!({
+                "metadata": {"name": name, "namespace": "mesh"},
+                "status": {"phase": "Succeeded", "podIP": ip, "podIPs": [{"ip": ip}]},
+            });
+            if let Some(spec) = extra.get("spec") {
+                pod["spec"] = spec.clone();
+                pod["status"]["phase"] = json!("Running");
+            }
+            serde_json::from_value(pod).expect("a Pod")
+        };
+        let direct = index.follow(addr("198.18.1.5:8080"));
+        index.apply_pod(&pod("new", "198.18.1.5", true));
+        // The Job's pod that had the address before is updated (or relisted)
+        // after the new pod: the address is still the new pod's.
+        index.apply_pod(&finished("job-1", "198.18.1.5", json!({})));
+        index.apply_pod(&finished(
+            "node-agent",
+            "198.18.1.5",
+            json!({"spec": {"hostNetwork": true, "containers": []}}),
+        ));
+        let expected = ["198.18.1.5:8080 ready=true meshed=true new spiffe://cluster.local/ns/mesh/sa/default"];
+        assert_eq!(summary(&direct.borrow()), expected);
+        index.delete_pod(&finished("job-1", "198.18.1.5", json!({})));
+        assert_eq!(summary(&direct.borrow()), expected);
+        index.replace_pods(&[
+            pod("new", "198.18.1.5", true),
+            finished("job-1", "198.18.1.5", json!({})),
+        ]);
+        assert_eq!(summary(&direct.borrow()), expected);
+    }
+
+    #[test]
+    fn an_endpoint_in_two_slices_is_its_most_usable_copy_whatever_the_order() {
+        for order in [["a", "b"], ["b", "a"]] {
+            let index = Index::default();
+            index.apply_service(&service("web", "198.19.0.12", json!([{"name": "http", "port": 80}])));
+            let view = index.follow(addr("198.19.0.12:80"));
+            for name in order {
+                let ready = name == "b";
+                index.apply_slice(&slice(
+                    &format!("web-{name}"),
+                    "web",
+                    ("http", 8080),
+                    json!([{"addresses": ["198.18.1.7"], "conditions": {"ready": ready, "serving": ready}}]),
+                ));
+            }
+            assert_eq!(
+                summary(&view.borrow()),
+                ["198.18.1.7:8080 ready=true meshed=false  "],
+                "{order:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cluster_ip_is_served_by_endpoints_of_its_own_family() {
+        let index = Index::default();
+        index.apply_service(
+            &serde_json::from_value(json!({
+                "metadata": {"name": "dual", "namespace": "mesh"},
+                "spec": {"clusterIP": "198.19.0.13", "clusterIPs": ["198.19.0.13", "fd00:19::13"],
+                         "ports": [{"name": "http", "port": 80}]},
+            }))
+            .expect("a Service"),
+        );
+        index.apply_slice(&slice(
+            "dual-v4",
+            "dual",
+            ("http", 8080),
+            json!([{"addresses": ["198.18.1.8"]}]),
+        ));
+        let mut v6: EndpointSlice = slice(
+            "dual-v6",
+            "dual",
+            ("http", 8080),
+            json!([{"addresses": ["fd00:18::8"]}]),
+        );
+        v6.address_type = "IPv6".into();
+        index.apply_slice(&v6);
+        let v4 = index.follow(addr("198.19.0.13:80"));
+        assert_eq!(summary(&v4.borrow()), ["198.18.1.8:8080 ready=true meshed=false  "]);
+        let v6 = index.follow(addr("[fd00:19::13]:80"));
+        assert_eq!(summary(&v6.borrow()), ["[fd00:18::8]:8080 ready=true meshed=false  "]);
+    }
+
+    #[test]
+    fn a_service_declares_its_opaque_ports_by_annotation_and_a_bad_one_declares_none() {
+        let index = Index::default();
+        let annotated = |name: &str, ip: &str, value: &str| -> Service {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "mesh", "annotations": {"strait.io/opaque-ports": value}},
+                "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"port": 80}, {"port": 9001}]},
+            }))
+            .expect("a Service")
+        };
+        index.apply_service(&annotated("db", "198.19.0.14", "3306,9000-9001"));
+        index.apply_service(&annotated("odd", "198.19.0.15", "9001,lots"));
+        let opaque = |address: &str| {
+            let view = index.follow(addr(address));
+            let view = view.borrow();
+            view.service.as_ref().expect("a Service port").opaque
+        };
+        assert!(opaque("198.19.0.14:9001"));
+        assert!(!opaque("198.19.0.14:80"));
+        assert!(
+            !opaque("198.19.0.15:9001"),
+            "an annotation that cannot be read declares nothing"
+        );
+    }
+
+    #[test]
+    fn a_service_made_again_under_its_name_is_not_served_by_its_predecessors_slices() {
+        let index = Index::default();
+        let owned = |name: &str, uid: &str, ip: &str| -> EndpointSlice {
+            let mut slice = slice(name, "web", ("http", 8080), json!([{"addresses": [ip]}]));
+            slice.metadata.owner_references = Some(vec![
+                serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Service", "name": "web", "uid": uid, "controller": true,
+                }))
+                .expect("an owner reference"),
+            ]);
+            slice
+        };
+        let mut web = service("web", "198.19.0.16", json!([{"name": "http", "port": 80}]));
+        web.metadata.uid = Some("second".into());
+        index.apply_service(&web);
+        index.apply_slice(&owned("web-old", "first", "198.18.1.9"));
+        index.apply_slice(&owned("web-new", "second", "198.18.1.10"));
+        let view = index.follow(addr("198.19.0.16:80"));
+        assert_eq!(summary(&view.borrow()), ["198.18.1.10:8080 ready=true meshed=false  "]);
     }
 }

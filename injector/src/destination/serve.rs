@@ -113,6 +113,11 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// How often the server pings each proxy's connection, and how long it
+/// waits for the answer before closing it.
+const KEEPALIVE: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `service` on `listener` until `stop`: then open streams end (the
 /// proxies reconnect to another replica).
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, service: DestinationService, stop: Stop) {
@@ -128,6 +133,8 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, servic
                     continue;
                 }
             };
+            // Updates are small and must not wait for more to fill a packet.
+            let _ = tcp.set_nodelay(true);
             let (acceptor, sender) = (acceptor.clone(), sender.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -142,6 +149,10 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, servic
     });
     let result = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(MAX_STREAMS_PER_PROXY))
+        // A proxy that vanished without closing (its node gone) is noticed
+        // by its unanswered pings, and its streams' tasks end.
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(DestinationServer::new(service))
         .serve_with_incoming_shutdown(ReceiverStream::new(accepted), stopped(stop))
         .await;

@@ -311,6 +311,20 @@ impl Balancer {
         .inspect(|chosen| chosen.recent.add())
     }
 
+    /// Whether this balancer is the one for `target`: the same Service port
+    /// and the same endpoint stream (discovery hands out a new stream when
+    /// the address came to mean another Service, or was forgotten and
+    /// followed again).
+    pub fn follows(&self, target: &discovery::ServicePort) -> bool {
+        self.service == target.service && self.port == target.port && self.endpoints.same_channel(&target.endpoints)
+    }
+
+    /// Whether discovery still updates this balancer's endpoints (false once
+    /// it has forgotten the destination).
+    pub fn is_followed(&self) -> bool {
+        self.endpoints.has_changed().is_ok()
+    }
+
     /// The balancer as the admin server's `/endpoints` shows it: the
     /// destination (`namespace/service:port`) and, per endpoint discovery
     /// knows, its state (`ready`, `backoff` after a failed connect,

@@ -87,6 +87,7 @@ fn observed_balancer(
         },
         port: 80,
         app_protocol: None,
+        opaque: false,
         endpoints: receiver,
     };
     let mut registry = crate::metrics::registry();

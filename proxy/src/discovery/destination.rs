@@ -30,6 +30,10 @@ use crate::tls::MeshTls;
 /// How long a connection waits for a destination's first snapshot before it
 /// is passed through as addressed.
 const FIRST_SYNC_WAIT: Duration = Duration::from_secs(3);
+/// The largest update accepted: a snapshot of about 100,000 endpoints
+/// (tonic's default, 4 MiB, would refuse a Service of some 30,000 and leave
+/// the proxy reconnecting forever without its endpoints).
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// A destination no connection has asked about for this long is forgotten.
 pub const IDLE: Duration = Duration::from_secs(300);
 /// Back-off between attempts to open a stream again.
@@ -165,7 +169,7 @@ impl DestinationDiscovery {
     /// destination service, over mutual TLS).
     pub fn new(channel: Channel, metrics: DiscoveryMetrics) -> Arc<Self> {
         let discovery = Arc::new(DestinationDiscovery {
-            client: DestinationClient::new(channel),
+            client: DestinationClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES),
             followed: Mutex::new(HashMap::new()),
             metrics,
         });
@@ -333,6 +337,7 @@ impl super::Resolve for Arc<DestinationDiscovery> {
                     },
                     port: u16::try_from(port.port).unwrap_or_default(),
                     app_protocol: (!port.app_protocol.is_empty()).then(|| port.app_protocol.clone()),
+                    opaque: port.opaque,
                     endpoints,
                 }),
                 None => Destination::Passthrough {

@@ -2,9 +2,9 @@
 //! goes in, and either a Service port with a live endpoint set, or
 //! "passthrough" (not a Service: go where the client asked), comes out.
 //!
-//! The source today is the Kubernetes API (Services and EndpointSlices); at
-//! large scale the ClusterIP → Service lookup may move to the control plane,
-//! and only this module would change.
+//! The source is the control plane's destination service ([`destination`]),
+//! which watches the Kubernetes API once for every proxy; the proxy itself
+//! never talks to the API server.
 
 pub mod destination;
 pub mod endpoints;
@@ -32,6 +32,9 @@ pub struct ServicePort {
     pub port: u16,
     /// The port's `appProtocol`, such as `kubernetes.io/h2c` or `tcp`.
     pub app_protocol: Option<String>,
+    /// The Service declares the port opaque (its `strait.io/opaque-ports`
+    /// annotation): no protocol detection, bytes relayed as they come.
+    pub opaque: bool,
     /// The port's endpoints, updated as EndpointSlices change.
     pub endpoints: watch::Receiver<Arc<EndpointSet>>,
 }
