@@ -114,18 +114,7 @@ fn grpc_calls_on_one_connection_spread_over_pods_and_follow_scaling() {
     let new_ip = cluster_ip(&lab);
     assert_ne!(new_ip, old_ip, "a Service made again has a new ClusterIP");
     let client = lab.pod("mesh", "client-");
-    let result = lab.app(
-        &client,
-        &[
-            "grpc-client",
-            "--to",
-            "grpc.mesh:50051",
-            "--calls",
-            "600",
-            "--concurrency",
-            "4",
-        ],
-    );
+    let result = lab.grpc_calls(&client, "grpc.mesh:50051", 600);
     assert_eq!(result["ok"], 600, "{result}");
     assert!(result["by_pod"].as_object().unwrap().len() >= 3, "{result}");
 }

@@ -143,18 +143,7 @@ fn the_control_planes_own_cas_outlive_reapplies_and_an_upgrade_under_load_meshes
     // The new replicas serve discovery: the client's proxy, which followed
     // the old one, hears of the seventh server.
     eventually(Duration::from_secs(60), "calls reach all seven servers", || {
-        let result = lab.app(
-            &client,
-            &[
-                "grpc-client",
-                "--to",
-                "grpc.mesh:50051",
-                "--calls",
-                "700",
-                "--concurrency",
-                "4",
-            ],
-        );
+        let result = lab.grpc_calls(&client, "grpc.mesh:50051", 700);
         result["by_pod"].as_object().unwrap().len() == 7
     });
     let injector = lab.pods("strait-system", "strait-injector-")[0].clone();

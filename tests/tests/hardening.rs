@@ -290,18 +290,7 @@ fn the_api_server_gone_for_a_minute_under_grpc_load_loses_no_call() {
 
 /// Whether a run of calls from `client` reaches `pods` gRPC pods.
 fn calls_reach(lab: &Lab, client: &str, pods: usize) -> bool {
-    let result = lab.app(
-        client,
-        &[
-            "grpc-client",
-            "--to",
-            "grpc.mesh:50051",
-            "--calls",
-            "300",
-            "--concurrency",
-            "4",
-        ],
-    );
+    let result = lab.grpc_calls(client, "grpc.mesh:50051", 300);
     result["by_pod"].as_object().unwrap().len() == pods
 }
 
