@@ -113,6 +113,20 @@ impl Lab {
         last_json(&out).with_context(|| format!("{command:?} printed {out:?}"))
     }
 
+    /// Writes one key of a Secret to `path` (decoded) and returns the
+    /// path as text.
+    pub fn secret_file(&self, secret: &str, key: &str, path: &Path) -> anyhow::Result<String> {
+        use base64::Engine;
+        let (namespace, name) = secret.split_once('/').context("NAMESPACE/SECRET")?;
+        let object: Value =
+            serde_json::from_str(&self.run(&["get", &format!("/api/v1/namespaces/{namespace}/secrets/{name}")])?)?;
+        let encoded = object["data"][key]
+            .as_str()
+            .with_context(|| format!("the Secret {secret} has no {key}"))?;
+        std::fs::write(path, base64::engine::general_purpose::STANDARD.decode(encoded)?)?;
+        Ok(path.display().to_string())
+    }
+
     /// The pid of a container's main process.
     pub fn container_pid(&self, pod: &str, container: &str) -> anyhow::Result<u32> {
         let (namespace, name) = pod.split_once('/').context("NAMESPACE/POD")?;

@@ -3,12 +3,14 @@
 //! `run` drives everything from the host; `load`, `connect` and `startup`
 //! are the measuring tools it runs inside the lab's pods.
 
+mod destination;
 mod lab;
 mod load;
 mod plot;
 mod report;
 mod scenarios;
 mod setup;
+mod subscribe;
 mod tools;
 
 use std::path::{Path, PathBuf};
@@ -51,6 +53,8 @@ enum Command {
     Connect(tools::ConnectArgs),
     /// strait-proxy start to ready (runs in a pod).
     Startup(tools::StartupArgs),
+    /// Simulated proxies following Services on the destination service (runs in a pod).
+    Subscribe(subscribe::SubscribeArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
         Command::Load(args) => runtime().and_then(|rt| rt.block_on(load::run(args))),
         Command::Connect(args) => runtime().and_then(|rt| rt.block_on(tools::connect(args))),
         Command::Startup(args) => runtime().and_then(|rt| rt.block_on(tools::startup(args))),
+        Command::Subscribe(args) => runtime().and_then(|rt| rt.block_on(subscribe::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

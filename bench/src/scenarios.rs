@@ -1007,7 +1007,7 @@ pub fn h2load(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value
 }
 
 /// Every scenario, by name, in report order.
-pub const ALL: [&str; 13] = [
+pub const ALL: [&str; 14] = [
     "images",
     "memory",
     "held-connections",
@@ -1021,6 +1021,7 @@ pub const ALL: [&str; 13] = [
     "startup",
     "metrics-cost",
     "h2load",
+    "destination",
 ];
 
 pub fn by_name(name: &str, cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value)> {
@@ -1038,6 +1039,7 @@ pub fn by_name(name: &str, cluster: &Cluster, effort: Effort) -> anyhow::Result<
         "startup" => startup(cluster, effort),
         "metrics-cost" => metrics_cost(cluster, effort),
         "h2load" => h2load(cluster, effort),
+        "destination" => crate::destination::destination(cluster, effort),
         other => anyhow::bail!("no scenario {other:?}; the scenarios are {}", ALL.join(", ")),
     }
 }

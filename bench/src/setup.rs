@@ -141,7 +141,7 @@ fn peer(name: &str, file: &str, config: &str, command: Value) -> Vec<Value> {
 /// The client whose proxy records no metrics: the same Deployment as
 /// `client-plaintext`, injected offline by `strait-injector inject` (as a
 /// user without the webhook would) with `STRAIT_METRICS=off` added.
-fn client_without_metrics(bin_dir: &Path) -> anyhow::Result<Vec<Value>> {
+fn client_without_metrics(bin_dir: &Path, trust_anchors: &str) -> anyhow::Result<Vec<Value>> {
     let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "client-nometrics", "namespace": "bench"},
         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "client-nometrics"}},
@@ -149,7 +149,7 @@ fn client_without_metrics(bin_dir: &Path) -> anyhow::Result<Vec<Value>> {
                                     "annotations": {"strait.io/mtls": "disabled"}},
             "spec": {"containers": [{"name": "client", "image": "lab-app", "command": ["sleep", "infinity"]}]}}}});
     let mut child = Command::new(bin_dir.join("strait-injector"))
-        .args(["inject", "-f", "-"])
+        .args(["inject", "-f", "-", "--trust-anchors", trust_anchors])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -195,7 +195,12 @@ pub fn cluster(lab: &Lab, bin_dir: &Path, work: &Path) -> anyhow::Result<(String
         &nginx,
         json!(["nginx", "-c", "/run/strait-bench/config/nginx.conf"]),
     ));
-    objects.extend(client_without_metrics(bin_dir)?);
+    let anchors = lab.secret_file(
+        crate::destination::IDENTITY_SECRET,
+        "ca.crt",
+        &work.join("trust-anchors.pem"),
+    )?;
+    objects.extend(client_without_metrics(bin_dir, &anchors)?);
     let text: String = objects
         .iter()
         .map(|o| serde_yaml::to_string(o).map(|y| format!("---\n{y}")))

@@ -26,6 +26,28 @@ impl SpiffeId {
 }
 
 impl SpiffeId {
+    /// The SPIFFE IDs among the URI names of an X.509 certificate (DER), in
+    /// the order they appear; none for a certificate that does not parse or
+    /// has no subjectAltName. SPIFFE X.509-SVIDs carry exactly one: callers
+    /// that authenticate with it must refuse a certificate with several.
+    pub fn all_in_certificate(der: &[u8]) -> Vec<SpiffeId> {
+        let Ok((_, parsed)) = x509_parser::parse_x509_certificate(der) else {
+            return Vec::new();
+        };
+        let Ok(Some(names)) = parsed.subject_alternative_name() else {
+            return Vec::new();
+        };
+        names
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                x509_parser::extensions::GeneralName::URI(uri) => uri.parse().ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The TLS server name (SNI) a client uses to reach this identity, and
     /// by which an inbound proxy recognises a connection meant for it.
     pub fn server_name(&self) -> String {

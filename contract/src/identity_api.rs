@@ -7,9 +7,6 @@ use serde::{Deserialize, Serialize};
 
 /// `POST /v1/certificates`: a CSR for the workload's own identity.
 pub const CERTIFICATES_PATH: &str = "/v1/certificates";
-/// `GET /v1/workloads?namespace=NS`: a stream of which pods of a namespace
-/// are meshed and as whom, one JSON `WorkloadEvent` per line.
-pub const WORKLOADS_PATH: &str = "/v1/workloads";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertificateRequest {
@@ -39,32 +36,4 @@ pub struct CertificateResponse {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorResponse {
     pub error: String,
-}
-
-/// What the mesh knows of one pod.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Workload {
-    pub namespace: String,
-    pub name: String,
-    pub ips: Vec<String>,
-    /// Whether the pod runs the proxy (it carries `strait.io/meshed`).
-    pub meshed: bool,
-    /// Its SPIFFE ID (the `strait.io/identity` annotation), when meshed.
-    pub identity: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum WorkloadEvent {
-    /// Every pod of the namespace; sent first, and again after a resync.
-    Snapshot {
-        workloads: Vec<Workload>,
-    },
-    Update {
-        workload: Workload,
-    },
-    Delete {
-        namespace: String,
-        name: String,
-    },
 }

@@ -84,6 +84,13 @@ pub mod env {
     pub const SERVICE_ACCOUNT: &str = "STRAIT_SERVICE_ACCOUNT";
     pub const IDENTITY: &str = "STRAIT_IDENTITY";
     pub const IDENTITY_ADDR: &str = "STRAIT_IDENTITY_ADDR";
+    /// `enabled` (the default) or `disabled`: with `disabled` (the pod's
+    /// `strait.io/mtls: disabled`), the proxy's certificate serves only to
+    /// reach the control plane; its traffic to and from other pods is
+    /// plaintext.
+    pub const MTLS: &str = "STRAIT_MTLS";
+    /// The destination service, `host:port` (DESIGN.md: :8086).
+    pub const DESTINATION_ADDR: &str = "STRAIT_DESTINATION_ADDR";
     pub const IDENTITY_TOKEN: &str = "STRAIT_IDENTITY_TOKEN";
     pub const TRUST_DOMAIN: &str = "STRAIT_TRUST_DOMAIN";
     pub const TRUST_ANCHORS: &str = "STRAIT_TRUST_ANCHORS";

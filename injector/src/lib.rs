@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod bootstrap;
+pub mod destination;
 pub mod identity;
 pub mod inject;
 pub mod namespaces;

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use strait_contract::logging::{self, LogFormat, TextStyle};
 use strait_injector::bootstrap::{self, OwnSecret, WebhookCert};
-use strait_injector::identity::pods::PodIndex;
+use strait_injector::destination::{self, DestinationService};
 use strait_injector::identity::review::KubeTokenReviewer;
 use strait_injector::identity::sign::Signer;
 use strait_injector::identity::{self, IdentityService};
@@ -221,15 +221,19 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let signer = Signer::load(&issuer_cert, &issuer_key, config.cert_lifetime)?.trusting(&anchors)?;
     let (chain, key) = signer.serving_certificate(&config.identity_names())?;
     let identity_tls = identity_tls(chain, key)?;
+    let (chain, key) = signer.serving_certificate(&config.destination_names())?;
+    let destination_tls =
+        destination::serve::server_config(chain, key, &pki::load_certs(&anchors, "the trust anchors")?)
+            .context("destination service TLS")?;
+    let index = Arc::new(destination::Index::default());
+    let destinations_synced = destination::reflect::start(client.clone(), index.clone());
 
     let namespaces = NamespaceCache::start(client.clone());
-    let pods = PodIndex::start(client.clone());
     let mut registry = prometheus_client::registry::Registry::with_prefix("strait_control");
     let webhook_metrics = WebhookMetrics::register(&mut registry);
     let service = Arc::new(IdentityService::new(
         signer,
         Arc::new(KubeTokenReviewer::new(client)),
-        pods.clone(),
         config.inject.trust_domain.clone(),
         &mut registry,
     ));
@@ -238,8 +242,9 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("listen on {addr}"))
     };
-    let (identity_listener, webhook, admin_listener) = (
+    let (identity_listener, destination_listener, webhook, admin_listener) = (
         listen(config.identity_listen).await?,
+        listen(config.destination_listen).await?,
         listen(config.webhook_addr).await?,
         listen(config.admin_addr).await?,
     );
@@ -249,7 +254,7 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
         let (namespaces, draining) = (namespaces.clone(), draining.clone());
         Arc::new(move || {
             let mut pending = Vec::new();
-            if !namespaces.is_synced() {
+            if !namespaces.is_synced() || !*destinations_synced.borrow() {
                 pending.push("caches not synced");
             }
             if !*in_step.borrow() {
@@ -264,6 +269,13 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
     tokio::spawn(admin::serve(admin_listener, Arc::new(registry), pending));
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(identity::serve(identity_listener, identity_tls, service, stop.clone()));
+    let destinations = DestinationService::new(index, &config.inject.trust_domain, stop.clone());
+    servers.spawn(destination::serve::serve(
+        destination_listener,
+        destination_tls,
+        destinations,
+        stop.clone(),
+    ));
     let mut inject = config.inject.clone();
     inject.trust_anchors_pem = anchors;
     servers.spawn(serve_webhook(

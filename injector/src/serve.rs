@@ -27,6 +27,7 @@ pub const WEBHOOK_CERT: &str = "STRAIT_WEBHOOK_CERT";
 pub const WEBHOOK_KEY: &str = "STRAIT_WEBHOOK_KEY";
 pub const ADMIN_ADDR: &str = "STRAIT_ADMIN_ADDR";
 pub const IDENTITY_LISTEN: &str = "STRAIT_IDENTITY_LISTEN";
+pub const DESTINATION_LISTEN: &str = "STRAIT_DESTINATION_LISTEN";
 pub const ISSUER_CERT: &str = "STRAIT_ISSUER_CERT";
 pub const ISSUER_KEY: &str = "STRAIT_ISSUER_KEY";
 pub const CERT_LIFETIME: &str = "STRAIT_CERT_LIFETIME";
@@ -82,6 +83,7 @@ pub struct ServeConfig {
     pub admin_addr: SocketAddr,
     pub inject: InjectSettings,
     pub identity_listen: SocketAddr,
+    pub destination_listen: SocketAddr,
     pub issuer: IssuerSource,
     /// How long the certificates the identity service signs are valid.
     pub cert_lifetime: Duration,
@@ -91,24 +93,31 @@ pub struct ServeConfig {
 
 impl ServeConfig {
     /// The DNS names the identity service is reached by, for its own
-    /// serving certificate: the configured host and its shorter forms.
+    /// serving certificate.
     pub fn identity_names(&self) -> Vec<String> {
-        let host = self
-            .inject
-            .identity_addr
-            .rsplit_once(':')
-            .map_or(self.inject.identity_addr.as_str(), |(h, _)| h);
-        // `name.namespace.svc.<cluster domain>`, then `name.namespace.svc`
-        // and `name.namespace`, whatever the cluster's domain.
-        let mut names = vec![host.to_string()];
-        if let Some((service, _domain)) = host.split_once(".svc.") {
-            names.push(format!("{service}.svc"));
-        }
-        if let Some(service) = names.last().and_then(|n| n.strip_suffix(".svc")).map(str::to_string) {
-            names.push(service);
-        }
-        names
+        service_names(&self.inject.identity_addr)
     }
+
+    /// The DNS names the destination service is reached by, for its own
+    /// serving certificate.
+    pub fn destination_names(&self) -> Vec<String> {
+        service_names(&self.inject.destination_addr)
+    }
+}
+
+/// The host of `addr` (host:port) and its shorter forms:
+/// `name.namespace.svc.<cluster domain>`, then `name.namespace.svc` and
+/// `name.namespace`, whatever the cluster's domain.
+fn service_names(addr: &str) -> Vec<String> {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let mut names = vec![host.to_string()];
+    if let Some((service, _domain)) = host.split_once(".svc.") {
+        names.push(format!("{service}.svc"));
+    }
+    if let Some(service) = names.last().and_then(|n| n.strip_suffix(".svc")).map(str::to_string) {
+        names.push(service);
+    }
+    names
 }
 
 impl ServeConfig {
@@ -167,6 +176,7 @@ impl ServeConfig {
             webhook_cert,
             admin_addr: addr(ADMIN_ADDR, "0.0.0.0:9990")?,
             identity_listen: addr(IDENTITY_LISTEN, "0.0.0.0:8083")?,
+            destination_listen: addr(DESTINATION_LISTEN, "0.0.0.0:8086")?,
             issuer,
             cert_lifetime: Setting::new(CERT_LIFETIME, env(CERT_LIFETIME)).duration(Duration::from_secs(24 * 3600))?,
             shutdown_delay: Setting::new(SHUTDOWN_DELAY, env(SHUTDOWN_DELAY)).duration(Duration::from_secs(5))?,

@@ -68,6 +68,9 @@ pub struct InjectSettings {
     pub log_format: LogFormat,
     /// host:port of the identity service.
     pub identity_addr: String,
+    /// host:port of the destination service, which proxies ask about
+    /// their destinations.
+    pub destination_addr: String,
     pub trust_domain: String,
     /// PEM of the trust anchors proxies verify peers against.
     pub trust_anchors_pem: String,
@@ -102,6 +105,7 @@ impl Default for InjectSettings {
             log_level: "info".into(),
             log_format: LogFormat::Text,
             identity_addr: "strait-identity.strait-system.svc.cluster.local:8083".into(),
+            destination_addr: "strait-destination.strait-system.svc.cluster.local:8086".into(),
             trust_domain: names::DEFAULT_TRUST_DOMAIN.into(),
             trust_anchors_pem: String::new(),
             inbound_mode: "permissive".into(),
@@ -132,6 +136,7 @@ pub mod env {
     pub const PROXY_INBOUND_MODE: &str = "STRAIT_PROXY_INBOUND_MODE";
     /// host:port of the identity service, as proxies reach it.
     pub const IDENTITY_SERVICE: &str = "STRAIT_IDENTITY_SERVICE";
+    pub const DESTINATION_SERVICE: &str = "STRAIT_DESTINATION_SERVICE";
     pub const TRUST_DOMAIN: &str = "STRAIT_TRUST_DOMAIN";
     /// A file holding the trust anchors' PEM.
     pub const TRUST_ANCHORS_FILE: &str = "STRAIT_TRUST_ANCHORS_FILE";
@@ -223,6 +228,7 @@ impl InjectSettings {
             log_format: Setting::new(env::PROXY_LOG_FORMAT, env(env::PROXY_LOG_FORMAT))
                 .parse(defaults.log_format, LogFormat::parse)?,
             identity_addr: text(env::IDENTITY_SERVICE, defaults.identity_addr.clone()),
+            destination_addr: text(env::DESTINATION_SERVICE, defaults.destination_addr.clone()),
             trust_domain: text(env::TRUST_DOMAIN, defaults.trust_domain.clone()),
             trust_anchors_pem,
             inbound_mode: text(env::PROXY_INBOUND_MODE, defaults.inbound_mode.clone()),

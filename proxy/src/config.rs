@@ -21,12 +21,9 @@ pub const ADMIN_ADDR: &str = "STRAIT_ADMIN_ADDR";
 pub const SHUTDOWN_GRACE: &str = "STRAIT_SHUTDOWN_GRACE";
 pub const LOG_LEVEL: &str = env::LOG_LEVEL;
 pub const NO_ENDPOINT_WAIT: &str = "STRAIT_NO_ENDPOINT_WAIT";
-pub const DISCOVERY: &str = "STRAIT_DISCOVERY";
 /// `off` stops recording metrics, to measure what they cost.
 pub const METRICS: &str = "STRAIT_METRICS";
 pub const WORKER_THREADS: &str = "STRAIT_WORKER_THREADS";
-/// Set in every pod by Kubernetes; its presence means in-cluster discovery.
-pub const KUBERNETES_SERVICE_HOST: &str = "KUBERNETES_SERVICE_HOST";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -54,14 +51,20 @@ pub struct Config {
     pub opaque_ports: PortSet,
     /// How long a request waits for a Service to have a ready endpoint.
     pub no_endpoint_wait: Duration,
-    /// Whether to discover Services from the Kubernetes API.
-    pub discovery: bool,
+    /// The destination service (`host:port`) that discovery asks; without
+    /// it every destination is passed through as addressed. It needs the
+    /// identity: the service answers only clients with a mesh certificate.
+    pub destination: Option<String>,
     /// Whether to record metrics (`STRAIT_METRICS=on|off`, default on).
     pub metrics: bool,
     pub pod_name: String,
     pub pod_namespace: String,
-    /// Mutual TLS: this workload's identity and where to get certificates.
+    /// This workload's identity and where to get certificates.
     pub identity: Option<IdentityConfig>,
+    /// Whether the identity also secures traffic between pods (`STRAIT_MTLS=
+    /// enabled|disabled`, default enabled); disabled, it serves only to reach
+    /// the control plane (the destination service).
+    pub mtls: bool,
     /// Strict refuses plaintext inbound connections (the kubelet's, from
     /// the host, excepted); permissive accepts them.
     pub inbound_strict: bool,
@@ -121,11 +124,12 @@ impl Config {
                 })?,
             ),
             no_endpoint_wait: setting(NO_ENDPOINT_WAIT).duration(Duration::from_secs(2))?,
-            discovery: setting(DISCOVERY).switch(env(KUBERNETES_SERVICE_HOST).is_some(), "kubernetes", "off")?,
             metrics: setting(METRICS).switch(true, "on", "off")?,
             pod_name: env(env::POD_NAME).unwrap_or_default(),
             pod_namespace: env(env::POD_NAMESPACE).unwrap_or_default(),
             identity: identity(&env)?,
+            destination: destination(&env)?,
+            mtls: setting(env::MTLS).switch(true, "enabled", "disabled")?,
             inbound_strict: setting(env::INBOUND_MODE).switch(false, "strict", "permissive")?,
             host_ip: setting(env::HOST_IP).parse(None, parse_ip)?,
             pod_ip: setting(env::POD_IP).parse(None, parse_ip)?,
@@ -150,7 +154,7 @@ impl Config {
             self.log_level,
             self.opaque_ports,
             format_duration(self.no_endpoint_wait),
-            if self.discovery { "kubernetes" } else { "off" },
+            self.destination.as_deref().unwrap_or("off"),
             self.identity
                 .as_ref()
                 .map_or("off".to_string(), |i| format!("{}@{}", i.id, i.service)),
@@ -177,6 +181,24 @@ fn parse_ip(text: &str) -> Result<Option<IpAddr>, String> {
 
 fn list(addrs: &[SocketAddr]) -> String {
     addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// The destination service's address, which needs the identity to be on.
+fn destination(env: &impl Fn(&str) -> Option<String>) -> Result<Option<String>, SettingError> {
+    let Some(service) = env(env::DESTINATION_ADDR).filter(|s| !s.trim().is_empty()) else {
+        return Ok(None);
+    };
+    if env(env::IDENTITY_ADDR).is_none_or(|s| s.trim().is_empty()) {
+        return Err(SettingError::new(
+            env::DESTINATION_ADDR,
+            service,
+            format!(
+                "needs {}: the destination service answers only proxies with a mesh certificate",
+                env::IDENTITY_ADDR
+            ),
+        ));
+    }
+    Ok(Some(service.trim().to_string()))
 }
 
 /// Identity is on when the identity service's address is set; then the
@@ -249,21 +271,33 @@ mod tests {
     }
 
     #[test]
-    fn opaque_ports_add_to_the_defaults_and_discovery_follows_the_cluster() {
+    fn opaque_ports_add_to_the_defaults_and_discovery_needs_the_identity() {
         let config = from(&[("STRAIT_OPAQUE_PORTS", "7000-7010,9999")]).unwrap();
         assert!(
             config.opaque_ports.contains(3306)
                 && config.opaque_ports.contains(7005)
                 && config.opaque_ports.contains(9999)
         );
-        assert!(!from(&[]).unwrap().discovery);
-        assert!(from(&[(KUBERNETES_SERVICE_HOST, "198.19.0.1")]).unwrap().discovery);
-        assert!(
-            !from(&[(KUBERNETES_SERVICE_HOST, "198.19.0.1"), (DISCOVERY, "off")])
-                .unwrap()
-                .discovery
-        );
-        assert!(from(&[(DISCOVERY, "dns")]).is_err());
+        assert_eq!(from(&[]).unwrap().destination, None);
+        let error = from(&[("STRAIT_DESTINATION_ADDR", "dst:8086")]).unwrap_err();
+        assert!(error.to_string().contains("STRAIT_IDENTITY_ADDR"), "{error}");
+        let config = from(&[
+            ("STRAIT_DESTINATION_ADDR", "dst:8086"),
+            ("STRAIT_IDENTITY_ADDR", "id:8083"),
+            ("STRAIT_IDENTITY", "spiffe://cluster.local/ns/demo/sa/web"),
+            ("STRAIT_TRUST_ANCHORS", "PEM"),
+        ])
+        .unwrap();
+        assert_eq!(config.destination.as_deref(), Some("dst:8086"));
+    }
+
+    #[test]
+    fn mutual_tls_between_pods_is_on_unless_disabled() {
+        assert!(from(&[]).unwrap().mtls);
+        assert!(from(&[("STRAIT_MTLS", "enabled")]).unwrap().mtls);
+        assert!(!from(&[("STRAIT_MTLS", "disabled")]).unwrap().mtls);
+        let error = from(&[("STRAIT_MTLS", "off")]).unwrap_err();
+        assert_eq!(error.name, "STRAIT_MTLS");
     }
 
     #[test]

@@ -141,16 +141,17 @@ pub enum Opening<U, E> {
     Unreachable { prefix: Bytes, error: E },
 }
 
-/// Decides a connection's protocol. Declared opaque ports and a Service
-/// port's `appProtocol` (`tcp`, `kubernetes.io/h2c`) are taken as they are,
+/// Decides a connection's protocol. A port declared opaque (`opaque_port`:
+/// the proxy's own opaque ports, or the destination's Service saying so)
+/// and a Service port's `appProtocol` (`tcp`, `kubernetes.io/h2c`) are
+/// taken as they are,
 /// without reading; otherwise the first bytes decide. A client that stays
 /// silent has `connect` run alongside: if the server then speaks first, the
 /// connection is opaque at once; if it cannot be reached, the client is told
 /// without waiting for the detect timeout.
 pub async fn open<S, U, E, F>(
     stream: &mut S,
-    port: u16,
-    opaque_ports: &strait_contract::PortSet,
+    opaque_port: bool,
     app_protocol: Option<&str>,
     timeout: Duration,
     max_bytes: usize,
@@ -167,7 +168,7 @@ where
         how,
         upstream: None,
     };
-    if opaque_ports.contains(port) {
+    if opaque_port {
         return Ok(decided(Protocol::Opaque, Decided::OpaquePort));
     }
     match app_protocol {
@@ -343,8 +344,7 @@ mod tests {
         client.write_all(b"GET /slo").await.unwrap();
         let opening = open(
             &mut server,
-            80,
-            &strait_contract::PortSet::default(),
+            false,
             None,
             Duration::from_secs(1),
             8192,

@@ -276,8 +276,7 @@ async fn proxy<C: ClientStream + 'static>(
     let target = TcpTarget::Fixed(Target { addr: app, peer: None });
     let opening = detect::open(
         &mut stream,
-        app.port(),
-        &inbound.opaque_ports,
+        inbound.opaque_ports.contains(app.port()),
         None,
         inbound.limits.detect_timeout,
         inbound.limits.detect_buffer,

@@ -27,7 +27,6 @@ pub mod throttle;
 pub mod tls;
 pub mod transport;
 pub mod upstream;
-pub mod workloads;
 
 use std::future::Future;
 use std::io;
@@ -42,6 +41,7 @@ pub use config::Config;
 
 use admin::{Admin, AppProbes, Readiness};
 use app::Application;
+use discovery::destination::DestinationDiscovery;
 use discovery::{NoDiscovery, Resolve};
 use drain::Drain;
 use http::client::Connector;
@@ -50,7 +50,6 @@ use inbound::Inbound;
 use metrics::Metrics;
 use outbound::Outbound;
 use tcp::Forwarder;
-use workloads::Workloads;
 
 /// A proxy that is configured but not yet listening.
 pub struct Proxy {
@@ -59,16 +58,12 @@ pub struct Proxy {
     metrics: Metrics,
     readiness: Readiness,
     drain: Drain,
-    /// The Kubernetes client for discovery, when in a cluster.
-    kube: Option<kube::Config>,
     /// This workload's identity, when mutual TLS is on.
     identity: Option<Arc<LocalIdentity>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("in-cluster Kubernetes configuration: {0}")]
-    Kube(#[from] kube::config::InClusterError),
     #[error("identity: {0}")]
     Identity(#[from] identity::SetupError),
 }
@@ -108,18 +103,12 @@ impl Proxy {
                 Some(local)
             }
         };
-        let kube = if config.discovery {
-            Some(kube::Config::incluster()?)
-        } else {
-            None
-        };
         Ok(Proxy {
             config,
             registry,
             metrics,
             readiness,
             drain: Drain::new(),
-            kube,
             identity,
         })
     }
@@ -211,23 +200,23 @@ impl Bound {
             metrics,
             readiness,
             drain,
-            kube,
             identity,
         } = proxy;
-        let mesh = identity.as_ref().map(|identity| identity.tls.clone());
-        let workloads = identity
-            .as_ref()
-            .map(|identity| Workloads::new(identity.client().clone()));
+        let control_plane_tls = identity.as_ref().map(|identity| identity.tls.clone());
         if let Some(identity) = identity {
             tokio::spawn(identity.run(readiness.clone()));
         }
-        let resolve: Arc<dyn Resolve> = match kube.map(kube::Client::try_from) {
-            Some(Ok(client)) => Arc::new(discovery::kube::KubeDiscovery::start(client, metrics.discovery.clone())),
-            Some(Err(error)) => {
-                tracing::error!(%error, "cannot create the Kubernetes client; passing every destination through");
-                Arc::new(NoDiscovery)
-            }
-            None => Arc::new(NoDiscovery),
+        // Between pods, mutual TLS only where the pod has not opted out.
+        let mesh = control_plane_tls.clone().filter(|_| config.mtls);
+        let resolve: Arc<dyn Resolve> = match (&config.destination, &control_plane_tls) {
+            (Some(addr), Some(mesh)) => match discovery::destination::channel(addr, mesh.clone()) {
+                Ok(channel) => Arc::new(DestinationDiscovery::new(channel, metrics.discovery.clone())),
+                Err(error) => {
+                    tracing::error!(%error, "cannot reach the destination service; passing every destination through");
+                    Arc::new(NoDiscovery)
+                }
+            },
+            _ => Arc::new(NoDiscovery),
         };
         let forwarder = Forwarder {
             connect_timeout: config.limits.connect_timeout,
@@ -247,7 +236,6 @@ impl Bound {
             forwarder.clone(),
             connector.clone(),
             metrics.clone(),
-            workloads,
         ));
         let inbound_proxy = Arc::new(Inbound::new(&config, forwarder, connector, metrics, mesh));
         let balancers = outbound_proxy.clone();

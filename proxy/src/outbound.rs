@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use strait_contract::PortSet;
 use tokio::net::{TcpListener, TcpStream};
@@ -16,7 +16,8 @@ use crate::balance::{Backend, Balancer, BalancerContext};
 use crate::config::{Config, Limits};
 use crate::counted::Counted;
 use crate::detect::{self, Opening, Prefixed, Protocol};
-use crate::discovery::{Destination, Resolve, ServicePort, ServiceRef};
+use crate::discovery::destination::IDLE;
+use crate::discovery::{Destination, Resolve, ServicePort};
 use crate::drain::Drain;
 use crate::http::client::{Connector, Endpoint};
 use crate::http::route::{Router, Target as RouteTarget};
@@ -24,7 +25,6 @@ use crate::listener::ConnectionLimit;
 use crate::metrics::{Direction, Metrics, RouteLabels, TcpLabels};
 use crate::tcp::{Forwarder, TcpTarget};
 use crate::upstream::Target;
-use crate::workloads::{Workloads, peer_identity};
 use crate::{http, listener, transport};
 
 pub struct Outbound {
@@ -39,9 +39,9 @@ pub struct Outbound {
     pub connections: ConnectionLimit,
     /// One balancer per Service port in use, shared by every connection to
     /// it, so upstream connections and load estimates are shared too.
-    balancers: Mutex<HashMap<(ServiceRef, u16), Arc<Balancer>>>,
-    /// Which pods are meshed, when this proxy has an identity.
-    workloads: Option<Arc<Workloads>>,
+    /// By original destination (ClusterIP:port): a ClusterIP means one
+    /// Service port at a time, but a Service made again gets a new one.
+    balancers: Mutex<HashMap<SocketAddr, Kept>>,
 }
 
 impl Outbound {
@@ -51,7 +51,6 @@ impl Outbound {
         forwarder: Forwarder,
         connector: Connector,
         metrics: Metrics,
-        workloads: Option<Arc<Workloads>>,
     ) -> Self {
         Outbound {
             resolve,
@@ -66,7 +65,6 @@ impl Outbound {
             no_endpoint_wait: config.no_endpoint_wait,
             limits: config.limits,
             balancers: Mutex::new(HashMap::new()),
-            workloads,
         }
     }
 
@@ -77,27 +75,36 @@ impl Outbound {
         labels
     }
 
-    /// The balancer of a Service port, made on first use. With mutual TLS
-    /// on, which of the Service's pods are meshed is known first.
-    async fn balancer(&self, target: &ServicePort) -> Arc<Balancer> {
-        if let Some(workloads) = &self.workloads {
-            workloads.ready(&target.service.namespace).await;
-        }
-        let key = (target.service.clone(), target.port);
+    /// The balancer for connections to `orig_dst`, which discovery says is
+    /// `target`: made on first use, and made anew when the address has come
+    /// to mean another Service port or another endpoint stream. When one is
+    /// made, those no connection has used for [`IDLE`] and none holds, or
+    /// whose destination discovery has forgotten, are dropped (letting
+    /// discovery forget their destinations in turn).
+    fn balancer(&self, orig_dst: SocketAddr, target: &ServicePort) -> Arc<Balancer> {
         let mut balancers = self.balancers.lock().unwrap_or_else(PoisonError::into_inner);
-        balancers
-            .entry(key)
-            .or_insert_with(|| {
-                let context = BalancerContext {
-                    connector: self.connector.clone(),
-                    http_metrics: self.metrics.http.clone(),
-                    discovery_metrics: self.metrics.discovery.clone(),
-                    wait: self.no_endpoint_wait,
-                    workloads: self.workloads.clone(),
-                };
-                Arc::new(Balancer::new(target, Self::route_labels(target), context))
-            })
-            .clone()
+        if let Some(kept) = balancers.get_mut(&orig_dst)
+            && kept.balancer.follows(target)
+        {
+            kept.used = Instant::now();
+            return kept.balancer.clone();
+        }
+        balancers.retain(|_, kept| kept.balancer.is_followed() && !kept.is_idle());
+        let context = BalancerContext {
+            connector: self.connector.clone(),
+            http_metrics: self.metrics.http.clone(),
+            discovery_metrics: self.metrics.discovery.clone(),
+            wait: self.no_endpoint_wait,
+        };
+        let balancer = Arc::new(Balancer::new(target, Self::route_labels(target), context));
+        balancers.insert(
+            orig_dst,
+            Kept {
+                balancer: balancer.clone(),
+                used: Instant::now(),
+            },
+        );
+        balancer
     }
 
     /// Every balancer's view (see `Balancer::view`), by destination.
@@ -107,21 +114,24 @@ impl Outbound {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
-            .cloned()
+            .map(|kept| kept.balancer.clone())
             .collect();
         let mut views: Vec<serde_json::Value> = balancers.iter().map(|b| b.view()).collect();
         views.sort_by(|a, b| a["destination"].as_str().cmp(&b["destination"].as_str()));
         serde_json::json!({"destinations": views})
     }
+}
 
-    /// Where a connection to a non-Service address goes: there, over mutual
-    /// TLS if it is a meshed pod.
-    async fn passthrough(&self, orig_dst: SocketAddr) -> Target {
-        let peer = match &self.workloads {
-            Some(workloads) => workloads.by_ip(orig_dst.ip()).await.as_ref().and_then(peer_identity),
-            None => None,
-        };
-        Target { addr: orig_dst, peer }
+/// A balancer and when a connection last asked for it.
+struct Kept {
+    balancer: Arc<Balancer>,
+    used: Instant,
+}
+
+impl Kept {
+    /// Unused for [`IDLE`] and held by no connection.
+    fn is_idle(&self) -> bool {
+        self.used.elapsed() >= IDLE && Arc::strong_count(&self.balancer) == 1
     }
 }
 
@@ -145,24 +155,27 @@ async fn handle(outbound: Arc<Outbound>, mut stream: TcpStream, peer: SocketAddr
         }
     };
     let destination = outbound.resolve.resolve(orig_dst).await;
-    let app_protocol = match &destination {
-        Destination::Service(target) => target.app_protocol.as_deref(),
-        Destination::Passthrough => None,
+    let (app_protocol, opaque_service_port) = match &destination {
+        Destination::Service(target) => (target.app_protocol.as_deref(), target.opaque),
+        Destination::Passthrough { .. } => (None, false),
     };
     let mut labels = TcpLabels::new(Direction::Outbound);
     let tcp_target = match &destination {
         Destination::Service(target) => {
             labels.dst_namespace = target.service.namespace.clone();
             labels.dst_service = target.service.name.clone();
-            TcpTarget::Balanced(outbound.balancer(target).await)
+            TcpTarget::Balanced(outbound.balancer(orig_dst, target))
         }
-        Destination::Passthrough => TcpTarget::Fixed(outbound.passthrough(orig_dst).await),
+        // There, over mutual TLS if it is a meshed pod.
+        Destination::Passthrough { peer } => TcpTarget::Fixed(Target {
+            addr: orig_dst,
+            peer: peer.clone(),
+        }),
     };
     let forwarder = &outbound.forwarder;
     let opening = detect::open(
         &mut stream,
-        orig_dst.port(),
-        &outbound.opaque_ports,
+        opaque_service_port || outbound.opaque_ports.contains(orig_dst.port()),
         app_protocol,
         outbound.limits.detect_timeout,
         outbound.limits.detect_buffer,

@@ -76,7 +76,10 @@ fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
         SocketAddr::V6(_) => {
             let raw = getsockopt(stream, sockopt::Ip6tOriginalDst)?;
             let ip = Ipv6Addr::from(raw.sin6_addr.s6_addr);
-            Ok(SocketAddrV6::new(ip, u16::from_be(raw.sin6_port), raw.sin6_flowinfo, raw.sin6_scope_id).into())
+            // The flow label is the packet's, not the destination's: left
+            // in, the same address would compare unequal between connections
+            // (and miss discovery's and the balancers' maps).
+            Ok(SocketAddrV6::new(ip, u16::from_be(raw.sin6_port), 0, raw.sin6_scope_id).into())
         }
     }
 }

@@ -103,6 +103,20 @@ fn grpc_calls_on_one_connection_spread_over_pods_and_follow_scaling() {
     );
     assert_eq!(result["ok"], 300);
     assert_eq!(result["by_pod"].as_object().unwrap().len(), 1, "unmeshed: {result}");
+
+    // The Service deleted and made again gets a new ClusterIP, as in
+    // Kubernetes: the meshed client's calls to it reach every pod again
+    // (the proxy's balancer for the name's old address must not stand in).
+    let cluster_ip = |lab: &Lab| lab.get("/api/v1/namespaces/mesh/services/grpc")["spec"]["clusterIP"].clone();
+    let old_ip = cluster_ip(&lab);
+    lab.cli_ok(&["delete", "/api/v1/namespaces/mesh/services/grpc"]);
+    lab.apply("grpc.yaml");
+    let new_ip = cluster_ip(&lab);
+    assert_ne!(new_ip, old_ip, "a Service made again has a new ClusterIP");
+    let client = lab.pod("mesh", "client-");
+    let result = lab.grpc_calls(&client, "grpc.mesh:50051", 600);
+    assert_eq!(result["ok"], 600, "{result}");
+    assert!(result["by_pod"].as_object().unwrap().len() >= 3, "{result}");
 }
 
 #[test]

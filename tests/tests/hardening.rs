@@ -285,22 +285,70 @@ fn the_api_server_gone_for_a_minute_under_grpc_load_loses_no_call() {
     support::assert_no_failed_calls(&calls.finish(Duration::from_secs(120)), "gRPC through a 60 s outage");
 
     // The watches resumed: a new pod gets traffic.
-    lab.cli_ok(&["scale", "mesh/grpc", "3"]);
-    eventually(Duration::from_secs(30), "the new pod takes calls", || {
-        let result = lab.app(
-            &client,
-            &[
-                "grpc-client",
-                "--to",
-                "grpc.mesh:50051",
-                "--calls",
-                "300",
-                "--concurrency",
-                "4",
-            ],
-        );
-        result["by_pod"].as_object().unwrap().len() == 3
+    scale_and_reach(&lab, &client, 3);
+}
+
+/// Whether a run of calls from `client` reaches `pods` gRPC pods.
+fn calls_reach(lab: &Lab, client: &str, pods: usize) -> bool {
+    let result = lab.grpc_calls(client, "grpc.mesh:50051", 300);
+    result["by_pod"].as_object().unwrap().len() == pods
+}
+
+/// Scales mesh/grpc to `replicas` and waits until calls reach them all:
+/// the change went from the API server through the destination service to
+/// the client's proxy.
+fn scale_and_reach(lab: &Lab, client: &str, replicas: usize) {
+    lab.cli_ok(&["scale", "mesh/grpc", &replicas.to_string()]);
+    eventually(Duration::from_secs(60), &format!("calls reach {replicas} pods"), || {
+        calls_reach(lab, client, replicas)
     });
+}
+
+/// The destination service (two control-plane replicas) crashed under gRPC
+/// load, one replica and then both at once: proxies keep their last known
+/// endpoints, follow from the replica left or from the new ones once they
+/// are up (jittered back-off), and no call fails; after each crash a
+/// scale-up reaches the client's proxy.
+#[test]
+fn the_destination_service_killed_under_grpc_load_loses_no_call_and_updates_resume() {
+    let Some(lab) = Lab::up_with(
+        "hard-destination",
+        &["hardening.yaml"],
+        &[("STRAIT_LAB_CHART_VALUES", "injector.replicas=2")],
+    ) else {
+        return;
+    };
+    let client = lab.pod("mesh", "client-");
+    let calls = support::steady_grpc(&lab, &client, "grpc.mesh:50051", 90);
+    std::thread::sleep(Duration::from_secs(3));
+    let ready_injectors = |not: &[String]| {
+        let pods = lab.pods("strait-system", "strait-injector-");
+        pods.len() == 2 && pods.iter().all(|p| !not.contains(p) && lab.is_ready(p))
+    };
+    let first = lab.pods("strait-system", "strait-injector-");
+    assert_eq!(first.len(), 2, "two replicas: {first:?}");
+
+    lab.cli_ok(&["kill", &first[0]]);
+    scale_and_reach(&lab, &client, 3);
+
+    eventually(Duration::from_secs(60), "two replicas ready again", || {
+        ready_injectors(&[])
+    });
+    let both = lab.pods("strait-system", "strait-injector-");
+    for pod in &both {
+        lab.cli_ok(&["kill", pod]);
+    }
+    // No replica answers for a while: calls go on over the known endpoints.
+    std::thread::sleep(Duration::from_secs(3));
+    eventually(Duration::from_secs(60), "two new replicas ready", || {
+        ready_injectors(&both)
+    });
+    scale_and_reach(&lab, &client, 4);
+
+    support::assert_no_failed_calls(
+        &calls.finish(Duration::from_secs(150)),
+        "gRPC while the destination service was killed",
+    );
 }
 
 #[test]

@@ -21,6 +21,7 @@ const STRICT: &str = "strict.secure.svc.cluster.local:7000";
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/secure/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/secure/sa/server";
 const TOKEN: &str = "/var/run/secrets/tokens/strait-identity/token";
+const DESTINATION: &str = "strait-destination.strait-system.svc.cluster.local:8086";
 
 /// tcpdump on a pod's eth0, writing to a file until stopped.
 struct Capture {
@@ -326,6 +327,62 @@ fn peers_that_cannot_prove_their_identity_are_refused() {
     assert_eq!(foreign["accepted"], false, "a certificate from another CA: {foreign}");
     let expired = handshake(&[&issuer[..], &["--expired"]].concat());
     assert_eq!(expired["accepted"], false, "an expired certificate: {expired}");
+
+    // The destination service tells only the mesh's own proxies where
+    // things are: a certificate from the mesh issuer naming an identity of
+    // its trust domain. The same probe, with other certificates or none,
+    // learns nothing.
+    let service = lab.get("/api/v1/namespaces/secure/services/server");
+    let address = format!("{}:50051", service["spec"]["clusterIP"].as_str().unwrap());
+    let destination = |certificate: &[&str]| -> Value {
+        let mut args = vec!["destination-get", "--to", DESTINATION, "--address", &address];
+        args.extend_from_slice(certificate);
+        lab.debug_app(&injector, "injector", &args)
+    };
+    let proxy = destination(&[&issuer[..], &["--client-id", CLIENT_ID]].concat());
+    assert_eq!(proxy["code"], "Ok", "a proxy's certificate: {proxy}");
+    assert_eq!(proxy["first"], "snapshot", "{proxy}");
+    assert_eq!(proxy["service"], "secure/server:50051", "{proxy}");
+    assert_eq!(
+        proxy["endpoints"],
+        serde_json::json!([format!("{}:50051", lab.pod_ip(&server))]),
+        "{proxy}"
+    );
+    let other_domain = destination(
+        &[
+            &issuer[..],
+            &["--client-id", "spiffe://other.example/ns/secure/sa/client"],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        other_domain["code"], "PermissionDenied",
+        "another trust domain: {other_domain}"
+    );
+    let not_spiffe = destination(&[&issuer[..], &["--client-id", "https://secure.example/client"]].concat());
+    assert_eq!(
+        not_spiffe["code"], "Unauthenticated",
+        "a URI that is no SPIFFE ID: {not_spiffe}"
+    );
+    let refused_in_tls = [
+        (
+            "a certificate from another CA",
+            destination(&["--client-id", CLIENT_ID]),
+        ),
+        (
+            "an expired certificate",
+            destination(&[&issuer[..], &["--client-id", CLIENT_ID, "--expired"]].concat()),
+        ),
+        ("no certificate", destination(&["--anonymous"])),
+    ];
+    for (what, answer) in &refused_in_tls {
+        assert!(answer["code"] != "Ok" && answer["first"].is_null(), "{what}: {answer}");
+    }
+    let injector_log = lab.cli_ok(&["logs", &injector, "-c", "injector"]);
+    assert!(
+        injector_log.matches("destination service: connection refused").count() >= refused_in_tls.len(),
+        "the destination service logs each refused handshake: {injector_log}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
     let refusals = lab.metric(
         &server,

@@ -24,6 +24,7 @@ app.kubernetes.io/component: control-plane
 
 {{- define "strait.webhookService" -}}strait-injector{{- end -}}
 {{- define "strait.identityService" -}}strait-identity{{- end -}}
+{{- define "strait.destinationService" -}}strait-destination{{- end -}}
 {{- define "strait.webhookSecret" -}}strait-injector-webhook-tls{{- end -}}
 {{- define "strait.identitySecret" -}}strait-identity-issuer{{- end -}}
 {{- define "strait.webhookCaSecret" -}}strait-injector-webhook-ca{{- end -}}

@@ -1,33 +1,27 @@
 //! The identity service (TLS :8083). It signs each proxy a certificate for
-//! the ServiceAccount its token proves, and tells proxies which pods are
-//! meshed and as whom.
+//! the ServiceAccount its token proves. Which pods are meshed, and as whom,
+//! proxies learn from the destination service (`crate::destination`).
 
-pub mod pods;
 pub mod review;
 pub mod sign;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use strait_contract::SpiffeId;
-use strait_contract::identity_api::{
-    CERTIFICATES_PATH, CertificateRequest, CertificateResponse, ErrorResponse, WORKLOADS_PATH, WorkloadEvent,
-};
+use strait_contract::identity_api::{CERTIFICATES_PATH, CertificateRequest, CertificateResponse, ErrorResponse};
 use tokio::net::TcpListener;
-use tokio::sync::broadcast;
 
-use pods::PodIndex;
 use review::{ReviewError, ServiceAccount, TokenReviewer};
 use sign::{SignError, Signer};
 
@@ -44,7 +38,6 @@ struct OutcomeLabels {
 pub struct IdentityService {
     pub signer: Signer,
     pub reviewer: Arc<dyn TokenReviewer>,
-    pub pods: Arc<PodIndex>,
     pub trust_domain: String,
     certificates: Family<OutcomeLabels, Counter>,
 }
@@ -118,7 +111,6 @@ impl IdentityService {
     pub fn new(
         signer: Signer,
         reviewer: Arc<dyn TokenReviewer>,
-        pods: Arc<PodIndex>,
         trust_domain: String,
         registry: &mut Registry,
     ) -> Self {
@@ -131,7 +123,6 @@ impl IdentityService {
         IdentityService {
             signer,
             reviewer,
-            pods,
             trust_domain,
             certificates,
         }
@@ -151,12 +142,8 @@ impl IdentityService {
                     }
                 }
             }
-            (Method::GET, WORKLOADS_PATH) => match self.workloads(request).await {
-                Ok(response) => response,
-                Err(refusal) => refused(&refusal),
-            },
             _ => refused(&Refusal::BadRequest(format!(
-                "no such call; use POST {CERTIFICATES_PATH} or GET {WORKLOADS_PATH}?namespace=NS"
+                "no such call; use POST {CERTIFICATES_PATH}"
             ))),
         }
     }
@@ -170,91 +157,6 @@ impl IdentityService {
             .to_bytes();
         let account = self.reviewer.review(&token).await?;
         issue(&self.signer, &self.trust_domain, &account, &body)
-    }
-
-    /// A stream of one namespace's workloads: a snapshot, then changes.
-    async fn workloads(&self, request: Request<Incoming>) -> Result<Response<Body>, Refusal> {
-        let token = bearer(&request)?;
-        self.reviewer.review(&token).await?;
-        let query: HashMap<String, String> = request
-            .uri()
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-            .collect();
-        let scope = match (
-            query.get("namespace").filter(|n| !n.is_empty()),
-            query.get("ip").filter(|i| !i.is_empty()),
-        ) {
-            (Some(namespace), _) => Scope::Namespace(namespace.clone()),
-            (None, Some(ip)) => Scope::Ip(ip.clone()),
-            (None, None) => return Err(Refusal::BadRequest("give namespace=NS or ip=IP".into())),
-        };
-        self.pods.synced().await;
-        let changes = self.pods.subscribe();
-        let snapshot = WorkloadEvent::Snapshot {
-            workloads: scope.snapshot(&self.pods),
-        };
-        let pods = self.pods.clone();
-        let line = |event: &WorkloadEvent| {
-            let mut bytes = serde_json::to_vec(event).unwrap_or_default();
-            bytes.push(b'\n');
-            Ok::<_, Infallible>(Frame::data(Bytes::from(bytes)))
-        };
-        let first = futures::stream::once(std::future::ready(line(&snapshot)));
-        let rest = futures::stream::unfold((changes, scope), move |(mut changes, scope)| {
-            let pods = pods.clone();
-            async move {
-                loop {
-                    match changes.recv().await {
-                        Ok((namespace, event)) if scope.covers(&namespace, &event) => {
-                            return Some((event, (changes, scope)));
-                        }
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            let workloads = scope.snapshot(&pods);
-                            return Some((WorkloadEvent::Snapshot { workloads }, (changes, scope)));
-                        }
-                        Err(broadcast::error::RecvError::Closed) => return None,
-                    }
-                }
-            }
-        });
-        let body = StreamBody::new(futures::StreamExt::chain(
-            first,
-            futures::StreamExt::map(rest, move |event| line(&event)),
-        ));
-        let mut response = Response::new(body.boxed_unsync());
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/x-ndjson"),
-        );
-        Ok(response)
-    }
-}
-
-/// Which workloads a stream follows.
-enum Scope {
-    Namespace(String),
-    /// The pod with this IP, whatever its namespace.
-    Ip(String),
-}
-
-impl Scope {
-    fn snapshot(&self, pods: &PodIndex) -> Vec<strait_contract::identity_api::Workload> {
-        match self {
-            Scope::Namespace(namespace) => pods.snapshot(namespace),
-            Scope::Ip(ip) => pods.with_ip(ip),
-        }
-    }
-
-    fn covers(&self, namespace: &str, event: &WorkloadEvent) -> bool {
-        match (self, event) {
-            (Scope::Namespace(wanted), _) => wanted == namespace,
-            (Scope::Ip(ip), WorkloadEvent::Update { workload }) => workload.ips.contains(ip),
-            (Scope::Ip(_), _) => false,
-        }
     }
 }
 

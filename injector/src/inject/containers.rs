@@ -148,14 +148,16 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-/// The proxy sidecar for a pod whose identity is `identity` (`None` when
-/// the pod opted out of mutual TLS), which answers the application's
+/// The proxy sidecar for a pod whose identity is `identity`, securing its
+/// traffic with it unless `mtls` is false (the pod opted out: the identity
+/// then only reaches the control plane), which answers the application's
 /// rewritten TCP probes on `app_probe_ports` (see [`super::probes`]).
 pub fn proxy_container(
     settings: &InjectSettings,
     overrides: &Overrides,
     resources: &Resources,
-    identity: Option<&str>,
+    identity: &str,
+    mtls: bool,
     app_probe_ports: &PortSet,
 ) -> Container {
     let mut env_vars = vec![
@@ -179,14 +181,16 @@ pub fn proxy_container(
         field(env::HOST_IP, "status.hostIP"),
         field(env::SERVICE_ACCOUNT, "spec.serviceAccountName"),
     ];
-    if let Some(identity) = identity {
-        env_vars.extend([
-            var(env::IDENTITY, identity),
-            var(env::IDENTITY_ADDR, settings.identity_addr.clone()),
-            var(env::IDENTITY_TOKEN, format!("{}/token", names::IDENTITY_TOKEN_DIR)),
-            var(env::TRUST_DOMAIN, settings.trust_domain.clone()),
-            var(env::TRUST_ANCHORS, settings.trust_anchors_pem.clone()),
-        ]);
+    env_vars.extend([
+        var(env::IDENTITY, identity),
+        var(env::IDENTITY_ADDR, settings.identity_addr.clone()),
+        var(env::DESTINATION_ADDR, settings.destination_addr.clone()),
+        var(env::IDENTITY_TOKEN, format!("{}/token", names::IDENTITY_TOKEN_DIR)),
+        var(env::TRUST_DOMAIN, settings.trust_domain.clone()),
+        var(env::TRUST_ANCHORS, settings.trust_anchors_pem.clone()),
+    ]);
+    if !mtls {
+        env_vars.push(var(env::MTLS, "disabled"));
     }
     if let Some(opaque) = &overrides.opaque_ports {
         env_vars.push(var(env::OPAQUE_PORTS, opaque.clone()));
@@ -242,14 +246,12 @@ pub fn proxy_container(
         startup_probe: Some(http_probe("/ready", 1, 120)),
         readiness_probe: Some(http_probe("/ready", 2, 3)),
         liveness_probe: Some(http_probe("/live", 10, 3)),
-        volume_mounts: identity.map(|_| {
-            vec![VolumeMount {
-                name: TOKEN_VOLUME.into(),
-                mount_path: names::IDENTITY_TOKEN_DIR.into(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            }]
-        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TOKEN_VOLUME.into(),
+            mount_path: names::IDENTITY_TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
         ..Container::default()
     };
     if settings.native_sidecar {
@@ -275,11 +277,10 @@ pub fn proxy_container(
     container
 }
 
-/// The projected ServiceAccount token the proxy shows the identity service
-/// (when it has an identity), and the writable /run the init container's
-/// iptables needs.
-pub fn volumes(with_identity: bool) -> Vec<Volume> {
-    let mut volumes = vec![
+/// The projected ServiceAccount token the proxy shows the identity service,
+/// and the writable /run the init container's iptables needs.
+pub fn volumes() -> Vec<Volume> {
+    vec![
         Volume {
             name: TOKEN_VOLUME.into(),
             projected: Some(ProjectedVolumeSource {
@@ -300,9 +301,5 @@ pub fn volumes(with_identity: bool) -> Vec<Volume> {
             empty_dir: Some(Default::default()),
             ..Volume::default()
         },
-    ];
-    if !with_identity {
-        volumes.retain(|v| v.name != TOKEN_VOLUME);
-    }
-    volumes
+    ]
 }

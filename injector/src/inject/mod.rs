@@ -102,8 +102,11 @@ pub fn decide(pod: &Value, namespace: &str, namespace_enabled: bool, settings: &
         .pointer("/spec/serviceAccountName")
         .and_then(Value::as_str)
         .unwrap_or("default");
+    // Every proxy has an identity, to reach the control plane; a pod that
+    // opted out of mutual TLS does not announce it (no `strait.io/identity`
+    // annotation), so its peers talk to it in plaintext.
     let identity = SpiffeId::new(&settings.trust_domain, namespace, service_account).to_string();
-    let identity = (!overrides.mtls_disabled()).then_some(identity);
+    let mtls = !overrides.mtls_disabled();
 
     let skip_inbound = overrides
         .skip_inbound_ports
@@ -113,13 +116,7 @@ pub fn decide(pod: &Value, namespace: &str, namespace_enabled: bool, settings: &
     let probes = probes::rewrite(pod, &skip_inbound);
 
     let init = serde_json::to_value(containers::init_container(settings, &overrides)).unwrap_or_default();
-    let proxy = containers::proxy_container(
-        settings,
-        &overrides,
-        &proxy_resources,
-        identity.as_deref(),
-        &probes.ports,
-    );
+    let proxy = containers::proxy_container(settings, &overrides, &proxy_resources, &identity, mtls, &probes.ports);
     let proxy = serde_json::to_value(proxy).unwrap_or_default();
     // The probe rewrites name containers by their index as submitted, so
     // they come before the proxy is inserted among them.
@@ -154,7 +151,7 @@ pub fn decide(pod: &Value, namespace: &str, namespace_enabled: bool, settings: &
     if !settings.native_sidecar {
         add("/spec/containers/0".into(), proxy);
     }
-    let volumes: Vec<Value> = containers::volumes(identity.is_some())
+    let volumes: Vec<Value> = containers::volumes()
         .into_iter()
         .filter_map(|v| serde_json::to_value(v).ok())
         .collect();
@@ -183,7 +180,7 @@ pub fn decide(pod: &Value, namespace: &str, namespace_enabled: bool, settings: &
             .zip(["true", "4191", "/metrics"])
             .collect()
     };
-    if let Some(identity) = &identity {
+    if mtls {
         annotated.insert(0, (key::IDENTITY, identity.as_str()));
     }
     // With the proxy first, `kubectl exec` and `logs` should still default

@@ -27,7 +27,6 @@ use crate::http::replay::{self, Replayable};
 use crate::metrics::discovery::EndpointStateLabels;
 use crate::metrics::{DiscoveryMetrics, HttpMetrics, RouteLabels, RouteMetrics, TurnedAway};
 use crate::upstream::Target;
-use crate::workloads::{Workloads, peer_identity};
 
 /// An endpoint's latency until measured: about a hop inside a cluster, so a
 /// new pod competes at once; its first response replaces the guess, and the
@@ -143,8 +142,6 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
 /// The balancer's view of one endpoint set.
 struct Snapshot {
     set: Arc<EndpointSet>,
-    /// The workloads' generation the targets were computed at.
-    workloads: u64,
     usable: Vec<Arc<Backend>>,
 }
 
@@ -160,8 +157,6 @@ pub struct Balancer {
     discovery_metrics: DiscoveryMetrics,
     /// How long a request waits for a ready endpoint before 503.
     wait: Duration,
-    /// Which endpoints are meshed, when this proxy has an identity.
-    workloads: Option<Arc<Workloads>>,
 }
 
 /// What a balancer needs besides its Service port.
@@ -170,7 +165,6 @@ pub struct BalancerContext {
     pub http_metrics: HttpMetrics,
     pub discovery_metrics: DiscoveryMetrics,
     pub wait: Duration,
-    pub workloads: Option<Arc<Workloads>>,
 }
 
 impl Balancer {
@@ -180,7 +174,6 @@ impl Balancer {
             http_metrics,
             discovery_metrics,
             wait,
-            workloads,
         } = context;
         Balancer {
             service: target.service.clone(),
@@ -188,7 +181,6 @@ impl Balancer {
             endpoints: target.endpoints.clone(),
             snapshot: RwLock::new(Snapshot {
                 set: Arc::new(EndpointSet::default()),
-                workloads: 0,
                 usable: Vec::new(),
             }),
             backends: Mutex::new(HashMap::new()),
@@ -197,23 +189,15 @@ impl Balancer {
             http_metrics,
             discovery_metrics,
             wait,
-            workloads,
         }
     }
 
     /// Where to connect for an endpoint: its address and, if its pod is
     /// meshed, the identity to expect there.
-    fn target(&self, endpoint: &discovery::Endpoint) -> Target {
-        let peer = match (&self.workloads, &endpoint.target) {
-            (Some(workloads), Some(pod)) => workloads
-                .pod(&pod.namespace, &pod.name)
-                .as_ref()
-                .and_then(peer_identity),
-            _ => None,
-        };
+    fn target(endpoint: &discovery::Endpoint) -> Target {
         Target {
             addr: endpoint.addr,
-            peer,
+            peer: endpoint.identity.clone(),
         }
     }
 
@@ -225,15 +209,15 @@ impl Balancer {
     /// are meshed, reusing backends whose target is unchanged.
     fn refresh(&self) {
         let current = self.endpoints.borrow().clone();
-        let workloads = self.workloads.as_ref().map_or(0, |w| w.generation());
         {
             let snapshot = self.snapshot.read().unwrap_or_else(PoisonError::into_inner);
-            if Arc::ptr_eq(&current, &snapshot.set) && snapshot.workloads == workloads {
+            if Arc::ptr_eq(&current, &snapshot.set) {
                 return;
             }
         }
         let mut backends = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
-        let targets: HashMap<SocketAddr, Target> = current.endpoints.iter().map(|e| (e.addr, self.target(e))).collect();
+        let targets: HashMap<SocketAddr, Target> =
+            current.endpoints.iter().map(|e| (e.addr, Self::target(e))).collect();
         // Endpoints not ready now keep their connections for when they are.
         backends.retain(|target, _| targets.get(&target.addr) == Some(target));
         let level = mean(backends.values().map(|b| b.recent.get()));
@@ -250,11 +234,7 @@ impl Balancer {
             })
             .collect();
         self.record_states(&current);
-        *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) = Snapshot {
-            set: current,
-            workloads,
-            usable,
-        };
+        *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) = Snapshot { set: current, usable };
     }
 
     fn backend(&self, endpoint: &discovery::Endpoint, target: Target, recent: f64) -> Arc<Backend> {
@@ -329,6 +309,20 @@ impl Balancer {
             }
         }
         .inspect(|chosen| chosen.recent.add())
+    }
+
+    /// Whether this balancer is the one for `target`: the same Service port
+    /// and the same endpoint stream (discovery hands out a new stream when
+    /// the address came to mean another Service, or was forgotten and
+    /// followed again).
+    pub fn follows(&self, target: &discovery::ServicePort) -> bool {
+        self.service == target.service && self.port == target.port && self.endpoints.same_channel(&target.endpoints)
+    }
+
+    /// Whether discovery still updates this balancer's endpoints (false once
+    /// it has forgotten the destination).
+    pub fn is_followed(&self) -> bool {
+        self.endpoints.has_changed().is_ok()
     }
 
     /// The balancer as the admin server's `/endpoints` shows it: the

@@ -76,6 +76,7 @@ fn observed_balancer(
                 namespace: "demo".into(),
                 name: pod.to_string(),
             }),
+            identity: None,
         })
         .collect();
     let (sender, receiver) = watch::channel(Arc::new(EndpointSet { endpoints }));
@@ -86,6 +87,7 @@ fn observed_balancer(
         },
         port: 80,
         app_protocol: None,
+        opaque: false,
         endpoints: receiver,
     };
     let mut registry = crate::metrics::registry();
@@ -99,7 +101,6 @@ fn observed_balancer(
         http_metrics: metrics.http,
         discovery_metrics: metrics.discovery,
         wait: Duration::from_millis(200),
-        workloads: None,
     };
     let balancer = Balancer::new(&target, RouteLabels::new(Direction::Outbound), context);
     (balancer, sender, registry)

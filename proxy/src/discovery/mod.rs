@@ -2,17 +2,18 @@
 //! goes in, and either a Service port with a live endpoint set, or
 //! "passthrough" (not a Service: go where the client asked), comes out.
 //!
-//! The source today is the Kubernetes API (Services and EndpointSlices); at
-//! large scale the ClusterIP → Service lookup may move to the control plane,
-//! and only this module would change.
+//! The source is the control plane's destination service ([`destination`]),
+//! which watches the Kubernetes API once for every proxy; the proxy itself
+//! never talks to the API server.
 
+pub mod destination;
 pub mod endpoints;
-pub mod kube;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
+use strait_contract::SpiffeId;
 use tokio::sync::watch;
 
 pub use endpoints::{Endpoint, EndpointSet, TargetRef};
@@ -31,6 +32,9 @@ pub struct ServicePort {
     pub port: u16,
     /// The port's `appProtocol`, such as `kubernetes.io/h2c` or `tcp`.
     pub app_protocol: Option<String>,
+    /// The Service declares the port opaque (its `strait.io/opaque-ports`
+    /// annotation): no protocol detection, bytes relayed as they come.
+    pub opaque: bool,
     /// The port's endpoints, updated as EndpointSlices change.
     pub endpoints: watch::Receiver<Arc<EndpointSet>>,
 }
@@ -40,7 +44,11 @@ pub enum Destination {
     Service(ServicePort),
     /// Not a Service address (a pod IP, a headless Service's endpoint, or
     /// something outside the cluster): connect to it as addressed.
-    Passthrough,
+    Passthrough {
+        /// The SPIFFE ID to require there, when the address is a meshed
+        /// pod's.
+        peer: Option<SpiffeId>,
+    },
 }
 
 pub trait Resolve: Send + Sync + 'static {
@@ -53,6 +61,6 @@ pub struct NoDiscovery;
 
 impl Resolve for NoDiscovery {
     fn resolve(&self, _: SocketAddr) -> BoxFuture<'_, Destination> {
-        Box::pin(std::future::ready(Destination::Passthrough))
+        Box::pin(std::future::ready(Destination::Passthrough { peer: None }))
     }
 }

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures::Stream;
+use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -15,9 +14,7 @@ use hyper_util::rt::TokioIo;
 use rustls::RootCertStore;
 use rustls::pki_types::ServerName;
 use strait_contract::SpiffeId;
-use strait_contract::identity_api::{
-    CERTIFICATES_PATH, CertificateRequest, CertificateResponse, ErrorResponse, WORKLOADS_PATH, WorkloadEvent,
-};
+use strait_contract::identity_api::{CERTIFICATES_PATH, CertificateRequest, CertificateResponse, ErrorResponse};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -150,37 +147,5 @@ impl IdentityClient {
             .map_err(|e| self.unreachable(e))?
             .to_bytes();
         serde_json::from_slice(&body).map_err(|e| IdentityError::Protocol(e.to_string()))
-    }
-
-    /// Follows which pods are meshed: `selector` is `namespace=NS` or `ip=IP`.
-    pub async fn workloads(
-        &self,
-        selector: &str,
-    ) -> Result<impl Stream<Item = Result<WorkloadEvent, IdentityError>> + use<>, IdentityError> {
-        let response = self
-            .send(self.request("GET", &format!("{WORKLOADS_PATH}?{selector}"), Bytes::new())?)
-            .await?;
-        let body = response.into_body();
-        Ok(futures::stream::unfold(
-            (body, BytesMut::new()),
-            |(mut body, mut pending)| async move {
-                loop {
-                    if let Some(end) = pending.iter().position(|b| *b == b'\n') {
-                        let line = pending.split_to(end + 1);
-                        let event =
-                            serde_json::from_slice(&line[..end]).map_err(|e| IdentityError::Protocol(e.to_string()));
-                        return Some((event, (body, pending)));
-                    }
-                    match body.frame().await? {
-                        Ok(frame) => {
-                            if let Ok(data) = frame.into_data() {
-                                pending.extend_from_slice(&data);
-                            }
-                        }
-                        Err(error) => return Some((Err(IdentityError::Protocol(error.to_string())), (body, pending))),
-                    }
-                }
-            },
-        ))
     }
 }

@@ -33,12 +33,12 @@ impl DiscoveryMetrics {
         let discovery = registry.sub_registry_with_prefix("discovery");
         discovery.register(
             "watch_healthy",
-            "1 while the last event of a watch was a success, 0 while it is failing",
+            "1 while the last message of a discovery stream (resource=destinations: from the destination service) was a success, 0 while it is failing",
             metrics.watch_healthy.clone(),
         );
         discovery.register(
             "watch_errors",
-            "Failed watch attempts against the API server",
+            "Failed or broken discovery streams (resource=destinations: to the destination service)",
             metrics.watch_errors.clone(),
         );
         registry.register(

@@ -217,6 +217,22 @@ impl MeshTls {
     pub fn roots(&self) -> Arc<RootCertStore> {
         self.trust().roots.clone()
     }
+
+    /// The client configuration for the control plane's gRPC services (the
+    /// destination service): the server is verified by its DNS name against
+    /// the trust anchors in use now, and this workload's certificate is
+    /// presented (none until it has one, which the server refuses).
+    ///
+    /// # Errors
+    /// When rustls cannot build the configuration.
+    pub fn control_plane_client(&self) -> Result<Arc<ClientConfig>, TlsError> {
+        let mut config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_root_certificates(self.roots())
+            .with_client_cert_resolver(Arc::new(ClientCert(self.current.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
 }
 
 #[cfg(test)]

@@ -15,21 +15,7 @@ use webpki::{EndEntityCert, KeyUsage};
 
 /// The SPIFFE IDs (URI names) a certificate carries.
 pub fn spiffe_ids(certificate: &CertificateDer<'_>) -> Vec<SpiffeId> {
-    let Ok((_, parsed)) = x509_parser::parse_x509_certificate(certificate) else {
-        return Vec::new();
-    };
-    let Ok(Some(names)) = parsed.subject_alternative_name() else {
-        return Vec::new();
-    };
-    names
-        .value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::URI(uri) => uri.parse().ok(),
-            _ => None,
-        })
-        .collect()
+    SpiffeId::all_in_certificate(certificate)
 }
 
 /// The mesh's trust anchors and signature algorithms.

@@ -28,24 +28,39 @@ pub trait PodMutator: Send + Sync {
     fn mutate<'a>(&'a self, pod: Value, namespace: &'a Value) -> BoxFuture<'a, Result<Mutated, ApiError>>;
 }
 
-/// Hands out ClusterIPs from the service range.
+/// Hands out ClusterIPs from the service range. Like Kubernetes, an address
+/// just released is not handed out again at once (Kubernetes picks at
+/// random; the lab goes round the range), so a Service deleted and made
+/// again gets a new ClusterIP, as clients must expect.
 pub struct ClusterIps {
     base: Ipv4Addr,
-    used: Mutex<BTreeSet<u32>>,
+    used: Mutex<Allocations>,
 }
+
+#[derive(Default)]
+struct Allocations {
+    offsets: BTreeSet<u32>,
+    /// The offset handed out last; the next search starts after it.
+    last: u32,
+}
+
+/// Offsets in the range: .1 is the kubernetes Service, .10 the cluster DNS,
+/// by convention; dynamic ones start at .11.
+const FIRST_DYNAMIC: u32 = 11;
+const RANGE: u32 = 65_536;
 
 impl ClusterIps {
     pub fn new(base: Ipv4Addr) -> Self {
         ClusterIps {
             base,
-            used: Mutex::new(BTreeSet::new()),
+            used: Mutex::new(Allocations::default()),
         }
     }
 
     /// Reserves a given address (one a manifest asked for).
     fn reserve(&self, ip: Ipv4Addr) -> Result<(), ApiError> {
         let offset = u32::from(ip).wrapping_sub(u32::from(self.base));
-        if offset == 0 || offset >= 65_536 {
+        if offset == 0 || offset >= RANGE {
             return Err(ApiError::invalid(
                 "Service",
                 "",
@@ -56,7 +71,7 @@ impl ClusterIps {
             ));
         }
         let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-        if !used.insert(offset) {
+        if !used.offsets.insert(offset) {
             return Err(ApiError::invalid(
                 "Service",
                 "",
@@ -68,18 +83,24 @@ impl ClusterIps {
 
     fn allocate(&self) -> Result<Ipv4Addr, ApiError> {
         let mut used = self.used.lock().unwrap_or_else(PoisonError::into_inner);
-        // .1 is the kubernetes Service; .10 the cluster DNS, by convention.
-        let offset = (11..65_535)
-            .find(|o| !used.contains(o))
+        let start = used.last.max(FIRST_DYNAMIC - 1);
+        let offset = (start + 1..RANGE - 1)
+            .chain(FIRST_DYNAMIC..=start)
+            .find(|o| !used.offsets.contains(o))
             .ok_or_else(|| ApiError::internal("service range exhausted"))?;
-        used.insert(offset);
+        used.offsets.insert(offset);
+        used.last = offset;
         Ok(Ipv4Addr::from(u32::from(self.base) + offset))
     }
 
     pub fn release(&self, ip: &str) {
         if let Ok(ip) = ip.parse::<Ipv4Addr>() {
             let offset = u32::from(ip).wrapping_sub(u32::from(self.base));
-            self.used.lock().unwrap_or_else(PoisonError::into_inner).remove(&offset);
+            self.used
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .offsets
+                .remove(&offset);
         }
     }
 }
@@ -299,5 +320,24 @@ mod tests {
         let moved = json!({"metadata": {"name": "web"}, "spec": {"clusterIP": "198.19.9.9", "ports": []}});
         let error = admission.update(services, &created, moved).unwrap_err();
         assert!(format!("{error:?}").contains("field is immutable"), "{error:?}");
+    }
+
+    #[test]
+    fn a_released_cluster_ip_is_not_handed_out_again_at_once() {
+        let ips = ClusterIps::new(Ipv4Addr::new(198, 19, 0, 0));
+        let first = ips.allocate().unwrap();
+        assert_eq!(first, Ipv4Addr::new(198, 19, 0, 11));
+        ips.release(&first.to_string());
+        let second = ips.allocate().unwrap();
+        assert_ne!(second, first, "a Service made again gets a new ClusterIP");
+        ips.reserve(Ipv4Addr::new(198, 19, 0, 13)).unwrap();
+        assert_eq!(
+            ips.allocate().unwrap(),
+            Ipv4Addr::new(198, 19, 0, 14),
+            "reserved ones are skipped"
+        );
+        // Round the range: the freed first address comes back only then.
+        ips.used.lock().unwrap().last = RANGE - 2;
+        assert_eq!(ips.allocate().unwrap(), first);
     }
 }

@@ -3,6 +3,7 @@
 //! printing what it measured as JSON so tests can check it.
 
 mod abuse;
+mod destination;
 mod grpc;
 mod http;
 mod identity;
@@ -44,6 +45,8 @@ enum Command {
     IdentityRequest(identity::RequestArgs),
     /// Probe a peer proxy's mesh port with a client certificate of one's choosing.
     MeshHandshake(mesh::HandshakeArgs),
+    /// Ask the destination service about an address, with a client certificate of one's choosing or none.
+    DestinationGet(destination::GetArgs),
     /// A gRPC server (tonic) whose replies name its pod.
     GrpcServer(grpc::ServerArgs),
     /// gRPC calls over one connection, counted by the pod that answered.
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
             Command::TcpRaw(args) => tcp::raw(args).await,
             Command::IdentityRequest(args) => identity::request(args).await,
             Command::MeshHandshake(args) => mesh::handshake(args).await,
+            Command::DestinationGet(args) => destination::get(args).await,
             Command::GrpcServer(args) => grpc::server(args).await,
             Command::GrpcClient(args) => grpc::client(args).await,
             Command::HttpServer(args) => http::server(args).await,

@@ -29,7 +29,20 @@ pub struct HandshakeArgs {
     /// The peer's SPIFFE ID; the TLS server name is made from it.
     #[arg(long)]
     server_id: String,
-    /// The SPIFFE ID the client certificate names.
+    #[command(flatten)]
+    certificate: CertificateArgs,
+    /// The application port named in the mesh header.
+    #[arg(long)]
+    port: u16,
+    /// What to send after the header; an echo server should send it back.
+    #[arg(long, default_value = "ping")]
+    send: String,
+}
+
+/// The client certificate a probe presents.
+#[derive(Debug, clap::Args)]
+pub struct CertificateArgs {
+    /// The SPIFFE ID (URI name) the client certificate names.
     #[arg(long)]
     client_id: String,
     /// Sign with this issuer certificate (PEM)…
@@ -41,24 +54,13 @@ pub struct HandshakeArgs {
     /// Give the certificate a validity that ended in 2020.
     #[arg(long)]
     expired: bool,
-    /// The application port named in the mesh header.
-    #[arg(long)]
-    port: u16,
-    /// What to send after the header; an echo server should send it back.
-    #[arg(long, default_value = "ping")]
-    send: String,
 }
 
 /// Prints `{"accepted", "answer", "error"}`.
 pub async fn handshake(args: HandshakeArgs) -> anyhow::Result<()> {
     let server: SpiffeId = args.server_id.parse().context("--server-id")?;
-    let (chain, key) = client_certificate(&args)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
-        .with_client_auth_cert(chain, key)?;
+    let (chain, key) = client_certificate(&args.certificate)?;
+    let mut config = any_server()?.with_client_auth_cert(chain, key)?;
     config.alpn_protocols = vec![mesh::ALPN.to_vec()];
     let exchange = async {
         let stream = TcpStream::connect(&args.to).await?;
@@ -82,7 +84,21 @@ pub async fn handshake(args: HandshakeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn client_certificate(args: &HandshakeArgs) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+/// A TLS 1.3 client configuration that accepts any server (signatures are
+/// still checked), still to be given its client authentication.
+pub fn any_server() -> anyhow::Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer(provider))))
+}
+
+/// A leaf for `args.client_id`, signed by the issuer given or by a CA made
+/// up on the spot; the chain is leaf first, then the issuer.
+pub fn client_certificate(
+    args: &CertificateArgs,
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
     let (issuer_pem, issuer_key) = match (&args.issuer_cert, &args.issuer_key) {
         (Some(cert), Some(key)) => (
             std::fs::read_to_string(cert).with_context(|| format!("read {}", cert.display()))?,

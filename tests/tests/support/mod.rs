@@ -197,6 +197,17 @@ impl Lab {
         last_json(&self.exec_ok(pod, &command), args)
     }
 
+    /// `calls` gRPC calls from `pod` to `to` (`host:port`) on one
+    /// connection, four at a time: lab-app grpc-client's summary (`ok`,
+    /// `by_pod`, `by_status`, ...).
+    pub fn grpc_calls(&self, pod: &str, to: &str, calls: usize) -> Value {
+        let calls = calls.to_string();
+        self.app(
+            pod,
+            &["grpc-client", "--to", to, "--calls", &calls, "--concurrency", "4"],
+        )
+    }
+
     /// Starts a lab-app command in a pod without waiting: its JSON lines
     /// can be read as they come.
     pub fn spawn_app(&self, pod: &str, args: &[&str]) -> Streaming {

@@ -1,0 +1,107 @@
+//! The watches behind the destination service's index: one each of
+//! Services, EndpointSlices and Pods, cluster-wide, however many proxies
+//! subscribe. Each retries with back-off and keeps the last known state
+//! while the API server is away; a relist (a new watch, or 410 Gone)
+//! replaces that kind's state as a whole.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tokio::sync::watch;
+
+use super::index::Index;
+
+/// How one kind of object reaches the index.
+trait Kind:
+    kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static
+{
+    const PLURAL: &'static str;
+    fn apply(index: &Index, object: &Self);
+    fn delete(index: &Index, object: &Self);
+    fn replace(index: &Index, objects: &[Self]);
+}
+
+impl Kind for Service {
+    const PLURAL: &'static str = "services";
+    fn apply(index: &Index, object: &Self) {
+        index.apply_service(object);
+    }
+    fn delete(index: &Index, object: &Self) {
+        index.delete_service(object);
+    }
+    fn replace(index: &Index, objects: &[Self]) {
+        index.replace_services(objects);
+    }
+}
+
+impl Kind for EndpointSlice {
+    const PLURAL: &'static str = "endpointslices";
+    fn apply(index: &Index, object: &Self) {
+        index.apply_slice(object);
+    }
+    fn delete(index: &Index, object: &Self) {
+        index.delete_slice(object);
+    }
+    fn replace(index: &Index, objects: &[Self]) {
+        index.replace_slices(objects);
+    }
+}
+
+impl Kind for Pod {
+    const PLURAL: &'static str = "pods";
+    fn apply(index: &Index, object: &Self) {
+        index.apply_pod(object);
+    }
+    fn delete(index: &Index, object: &Self) {
+        index.delete_pod(object);
+    }
+    fn replace(index: &Index, objects: &[Self]) {
+        index.replace_pods(objects);
+    }
+}
+
+/// Starts the three watches; the receiver turns true once each has listed
+/// once (before that, views would be missing what is merely not yet read).
+pub fn start(client: kube::Client, index: Arc<Index>) -> watch::Receiver<bool> {
+    let (synced_tx, synced) = watch::channel(false);
+    let listed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = move || {
+        if listed.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 3 {
+            let _ = synced_tx.send(true);
+        }
+    };
+    let done = Arc::new(done);
+    tokio::spawn(follow::<Service>(client.clone(), index.clone(), done.clone()));
+    tokio::spawn(follow::<EndpointSlice>(client.clone(), index.clone(), done.clone()));
+    tokio::spawn(follow::<Pod>(client, index, done));
+    synced
+}
+
+async fn follow<K: Kind>(client: kube::Client, index: Arc<Index>, listed: Arc<dyn Fn() + Send + Sync>) {
+    let stream = watcher::watcher(Api::<K>::all(client), watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    let mut pending: Vec<K> = Vec::new();
+    let mut first = true;
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Init) => pending.clear(),
+            Ok(Event::InitApply(object)) => pending.push(object),
+            Ok(Event::InitDone) => {
+                K::replace(&index, &std::mem::take(&mut pending));
+                if std::mem::take(&mut first) {
+                    listed();
+                }
+            }
+            Ok(Event::Apply(object)) => K::apply(&index, &object),
+            Ok(Event::Delete(object)) => K::delete(&index, &object),
+            Err(error) => {
+                tracing::warn!(kind = K::PLURAL, %error, "watch failed; keeping the last known state and retrying");
+            }
+        }
+    }
+}
