@@ -225,7 +225,7 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
     let destination_tls =
         destination::serve::server_config(chain, key, &pki::load_certs(&anchors, "the trust anchors")?)
             .context("destination service TLS")?;
-    let index = Arc::new(destination::Index::default());
+    let index = Arc::new(destination::Index::new(&config.inject.trust_domain));
     let destinations_synced = destination::reflect::start(client.clone(), index.clone());
 
     let namespaces = NamespaceCache::start(client.clone());

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use strait_api::destination::v1::{Endpoint, ServicePort};
-use strait_contract::PortSet;
 use strait_contract::names::{MESHED_LABEL, annotations};
+use strait_contract::{PortSet, SpiffeId};
 use tokio::sync::watch;
 
 use super::view::View;
@@ -80,7 +80,12 @@ struct Workload {
     identity: Option<String>,
 }
 
-fn workload(pod: &Pod) -> Workload {
+/// What the index keeps of `pod`. Its identity is the SPIFFE ID of its
+/// ServiceAccount, the one the identity service issues it certificates for;
+/// the `strait.io/identity` annotation says only that its proxy has one
+/// (a pod with mutual TLS disabled has none), since whoever can edit the pod
+/// can edit the annotation.
+fn workload(pod: &Pod, trust_domain: &str) -> Workload {
     let metadata = &pod.metadata;
     let status = pod.status.as_ref();
     // A finished pod (a Job's) keeps its `podIP` in status though the
@@ -118,8 +123,15 @@ fn workload(pod: &Pod) -> Workload {
         identity: metadata
             .annotations
             .as_ref()
-            .and_then(|a| a.get(annotations::IDENTITY))
-            .cloned()
+            .is_some_and(|a| a.contains_key(annotations::IDENTITY))
+            .then(|| {
+                let account = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.as_deref())
+                    .unwrap_or("default");
+                SpiffeId::new(trust_domain, metadata.namespace.as_deref().unwrap_or_default(), account).to_string()
+            })
             .filter(|_| meshed),
     }
 }
@@ -130,6 +142,9 @@ fn workload(pod: &Pod) -> Workload {
 struct Depends {
     service: Option<ObjectKey>,
     pods: HashSet<ObjectKey>,
+    /// Endpoint addresses whose slice names no pod: whichever pod comes to
+    /// have one is that endpoint's.
+    addresses: HashSet<IpAddr>,
 }
 
 struct Followed {
@@ -151,9 +166,10 @@ struct State {
 }
 
 /// The destination service's picture of the cluster.
-#[derive(Default)]
 pub struct Index {
     state: Mutex<State>,
+    /// The mesh's trust domain, in the SPIFFE IDs of meshed pods.
+    trust_domain: String,
 }
 
 /// What changed, for deciding which followed destinations to recompute.
@@ -164,6 +180,14 @@ enum Touched {
 }
 
 impl Index {
+    /// An empty picture, for a mesh of `trust_domain`.
+    pub fn new(trust_domain: &str) -> Self {
+        Index {
+            state: Mutex::new(State::default()),
+            trust_domain: trust_domain.to_string(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -245,7 +269,7 @@ impl Index {
 
     pub fn apply_pod(&self, pod: &Pod) {
         let key = ObjectKey::of(&pod.metadata);
-        let workload = workload(pod);
+        let workload = workload(pod, &self.trust_domain);
         let mut state = self.lock();
         // Most pod updates are status changes that leave its addresses and
         // identity as they were: no view changes then.
@@ -312,7 +336,7 @@ impl Index {
         state.pod_by_ip.clear();
         for pod in pods {
             let key = ObjectKey::of(&pod.metadata);
-            let workload = workload(pod);
+            let workload = workload(pod, &self.trust_domain);
             for ip in &workload.ips {
                 state.pod_by_ip.insert(*ip, key.clone());
             }
@@ -375,7 +399,12 @@ impl State {
                 Touched::Service { key, ips } => {
                     followed.depends.service.as_ref() == Some(key) || ips.contains(&address.ip())
                 }
-                Touched::Pod { key, ips } => followed.depends.pods.contains(key) || ips.contains(&address.ip()),
+                Touched::Pod { key, ips } => {
+                    followed.depends.pods.contains(key)
+                        || ips
+                            .iter()
+                            .any(|ip| *ip == address.ip() || followed.depends.addresses.contains(ip))
+                }
             })
             .map(|(address, _)| *address)
             .collect();
@@ -440,7 +469,16 @@ impl State {
                 continue;
             };
             for endpoint in &slice.endpoints {
-                let of_pod = match &endpoint.pod {
+                // A slice written by hand (a Service without a selector) may
+                // name no pod; an address that is a pod's is still that pod.
+                if endpoint.pod.is_none() {
+                    depends.addresses.extend(endpoint.ips.iter().copied());
+                }
+                let pod = endpoint
+                    .pod
+                    .clone()
+                    .or_else(|| endpoint.ips.iter().find_map(|ip| self.pod_by_ip.get(ip).cloned()));
+                let of_pod = match &pod {
                     Some(pod) => {
                         depends.pods.insert(pod.clone());
                         self.pod_endpoint(pod)
@@ -689,7 +727,7 @@ mod tests {
 
     #[test]
     fn a_service_port_is_its_slices_endpoints_with_their_pods_identities() {
-        let index = Index::default();
+        let index = Index::new("cluster.local");
         index.apply_service(&service(
             "grpc",
             "198.19.0.10",
@@ -742,7 +780,7 @@ mod tests {
 
     #[test]
     fn a_change_wakes_only_the_destinations_it_touches() {
-        let index = Index::default();
+        let index = Index::new("cluster.local");
         index.apply_service(&service("a", "198.19.0.1", json!([{"port": 80}])));
         index.apply_service(&service("b", "198.19.0.2", json!([{"port": 80}])));
         let endpoints = |ip: &str, pod: &str| json!([{"addresses": [ip], "targetRef": {"kind": "Pod", "namespace": "mesh", "name": pod}}]);
@@ -776,7 +814,7 @@ mod tests {
 
     #[test]
     fn a_service_that_appears_later_or_goes_is_followed_by_its_address() {
-        let index = Index::default();
+        let index = Index::new("cluster.local");
         let mut later = index.follow(addr("198.19.0.9:443"));
         assert_eq!(*later.borrow_and_update().as_ref(), View::default());
         index.apply_service(&service("late", "198.19.0.9", json!([{"name": "https", "port": 443}])));
@@ -791,7 +829,7 @@ mod tests {
 
     #[test]
     fn destinations_nobody_follows_are_forgotten() {
-        let index = Index::default();
+        let index = Index::new("cluster.local");
         let first = index.follow(addr("198.19.0.1:80"));
         let second = index.follow(addr("198.19.0.1:80"));
         assert_eq!(index.followed(), 1, "one view, however many subscribers");
@@ -803,7 +841,7 @@ mod tests {
 
     #[test]
     fn a_finished_or_host_network_pod_does_not_claim_an_address() {
-        let index = Index::default();
+        let index = Index::new("cluster.local");
         let finished = |name: &str, ip: &str, extra: serde_json::Value| -> Pod {
             let mut pod = json!({
                 "metadata": {"name": name, "namespace": "mesh"},
@@ -839,7 +877,7 @@ mod tests {
     #[test]
     fn an_endpoint_in_two_slices_is_its_most_usable_copy_whatever_the_order() {
         for order in [["a", "b"], ["b", "a"]] {
-            let index = Index::default();
+            let index = Index::new("cluster.local");
             index.apply_service(&service("web", "198.19.0.12", json!([{"name": "http", "port": 80}])));
             let view = index.follow(addr("198.19.0.12:80"));
             for name in order {
@@ -861,7 +899,7 @@ mod tests {
 
     #[test]
     fn a_cluster_ip_is_served_by_endpoints_of_its_own_family() {
-        let index = Index::default();
+        let index = Index::new("cluster.local");
         index.apply_service(
             &serde_json::from_value(json!({
                 "metadata": {"name": "dual", "namespace": "mesh"},
@@ -892,7 +930,7 @@ mod tests {
 
     #[test]
     fn a_service_declares_its_opaque_ports_by_annotation_and_a_bad_one_declares_none() {
-        let index = Index::default();
+        let index = Index::new("cluster.local");
         let annotated = |name: &str, ip: &str, value: &str| -> Service {
             serde_json::from_value(json!({
                 "metadata": {"name": name, "namespace": "mesh", "annotations": {"strait.io/opaque-ports": value}},
@@ -917,7 +955,7 @@ mod tests {
 
     #[test]
     fn a_service_made_again_under_its_name_is_not_served_by_its_predecessors_slices() {
-        let index = Index::default();
+        let index = Index::new("cluster.local");
         let owned = |name: &str, uid: &str, ip: &str| -> EndpointSlice {
             let mut slice = slice(name, "web", ("http", 8080), json!([{"addresses": [ip]}]));
             slice.metadata.owner_references = Some(vec![
@@ -935,5 +973,46 @@ mod tests {
         index.apply_slice(&owned("web-new", "second", "198.18.1.10"));
         let view = index.follow(addr("198.19.0.16:80"));
         assert_eq!(summary(&view.borrow()), ["198.18.1.10:8080 ready=true meshed=false  "]);
+    }
+
+    #[test]
+    fn a_meshed_pods_identity_is_its_service_accounts_whatever_its_annotation_says() {
+        let index = Index::new("cluster.local");
+        let mut web: Pod = pod("web-1", "198.18.1.11", true);
+        web.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("strait.io/identity".into(), "garbage".into());
+        web.spec =
+            Some(serde_json::from_value(json!({"serviceAccountName": "web", "containers": []})).expect("a spec"));
+        index.apply_pod(&web);
+        let view = index.follow(addr("198.18.1.11:8080"));
+        assert_eq!(
+            summary(&view.borrow()),
+            ["198.18.1.11:8080 ready=true meshed=true web-1 spiffe://cluster.local/ns/mesh/sa/web"]
+        );
+    }
+
+    #[test]
+    fn an_address_in_a_hand_written_slice_is_the_pod_that_has_it_even_one_seen_later() {
+        let index = Index::new("cluster.local");
+        index.apply_service(&service(
+            "manual",
+            "198.19.0.17",
+            json!([{"name": "grpc", "port": 50051}]),
+        ));
+        index.apply_slice(&slice(
+            "manual-1",
+            "manual",
+            ("grpc", 50051),
+            json!([{"addresses": ["198.18.1.13"]}]),
+        ));
+        let view = index.follow(addr("198.19.0.17:50051"));
+        assert_eq!(summary(&view.borrow()), ["198.18.1.13:50051 ready=true meshed=false  "]);
+        index.apply_pod(&pod("grpc-9", "198.18.1.13", true));
+        assert_eq!(
+            summary(&view.borrow()),
+            ["198.18.1.13:50051 ready=true meshed=true grpc-9 spiffe://cluster.local/ns/mesh/sa/default"]
+        );
     }
 }

@@ -13,7 +13,7 @@ use futures::Stream;
 use strait_api::destination::v1::destination_server::Destination;
 use strait_api::destination::v1::{GetDestination, Update};
 use strait_contract::SpiffeId;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -31,8 +31,21 @@ pub struct Caller(pub Option<SpiffeId>);
 /// one diff from the state it last got.
 const BUFFERED: usize = 4;
 
+/// The most streams one replica serves at once, over all its connections
+/// (each connection is also held to `serve::MAX_STREAMS_PER_PROXY`). A
+/// stream costs about 29 KiB here (bench `destination`), so 10,000 stay
+/// well within the chart's memory limit; beyond it a proxy is told
+/// RESOURCE_EXHAUSTED and tries again, perhaps on another replica
+/// (`injector.replicas` sets how many serve).
+pub const MAX_STREAMS: usize = 10_000;
+
+/// The longest part of a caller's address said back in an error.
+const ADDRESS_IN_ERRORS: usize = 64;
+
 pub struct DestinationService {
     index: Arc<Index>,
+    /// One permit per open stream.
+    streams: Arc<Semaphore>,
     trust_domain: String,
     /// Once it turns true every stream ends, so a replica stopping lets its
     /// proxies move to another at once (a graceful shutdown would otherwise
@@ -44,6 +57,7 @@ impl DestinationService {
     pub fn new(index: Arc<Index>, trust_domain: &str, stop: Stop) -> Self {
         DestinationService {
             index,
+            streams: Arc::new(Semaphore::new(MAX_STREAMS)),
             trust_domain: trust_domain.to_string(),
             stop,
         }
@@ -51,11 +65,13 @@ impl DestinationService {
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<SpiffeId, Status> {
         let Some(Caller(Some(id))) = request.extensions().get::<Caller>() else {
+            tracing::info!(client = ?request.remote_addr(), "destination service: a client without a workload SPIFFE ID refused");
             return Err(Status::unauthenticated(
-                "a client certificate with a SPIFFE ID of the mesh is required",
+                "a client certificate naming a workload SPIFFE ID (spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT) is required",
             ));
         };
         if id.trust_domain != self.trust_domain {
+            tracing::info!(%id, trust_domain = %self.trust_domain, "destination service: a client of another trust domain refused");
             return Err(Status::permission_denied(format!(
                 "{id} is not of the trust domain {}",
                 self.trust_domain
@@ -74,9 +90,21 @@ impl Destination for DestinationService {
     async fn get(&self, request: Request<GetDestination>) -> Result<Response<Updates>, Status> {
         let caller = self.authorize(&request)?;
         let text = &request.get_ref().address;
-        let address: SocketAddr = text.parse().map_err(|_| {
-            Status::invalid_argument(format!(
-                "address {text:?} is not IP:port (198.18.0.10:80, [fd00::a]:80)"
+        let address: SocketAddr = text
+            .parse()
+            .ok()
+            .filter(|a: &SocketAddr| a.port() != 0)
+            .ok_or_else(|| {
+                let shown: String = text.chars().take(ADDRESS_IN_ERRORS).collect();
+                let more = if shown.len() < text.len() { "..." } else { "" };
+                Status::invalid_argument(format!(
+                    "address {shown:?}{more} is not IP:port with a port 1..65535 (198.18.0.10:80, [fd00::a]:80)"
+                ))
+            })?;
+        let permit = self.streams.clone().try_acquire_owned().map_err(|_| {
+            tracing::warn!(%caller, limit = MAX_STREAMS, "destination service: at its most streams; refusing one");
+            Status::resource_exhausted(format!(
+                "this destination service replica serves its most streams ({MAX_STREAMS}); try again later"
             ))
         })?;
         let mut views = self.index.follow(address);
@@ -84,6 +112,7 @@ impl Destination for DestinationService {
         tracing::debug!(%caller, %address, "destination followed");
         let stop = self.stop.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             tokio::select! {
                 () = follow(&mut views, &sender) => {},
                 () = stopped(stop) => {},
@@ -139,7 +168,7 @@ mod tests {
     }
 
     fn service() -> DestinationService {
-        let index = Arc::new(Index::default());
+        let index = Arc::new(Index::new("cluster.local"));
         let svc: Service = serde_json::from_value(json!({
             "metadata": {"name": "web", "namespace": "mesh"},
             "spec": {"clusterIP": "198.19.0.5", "ports": [{"port": 80}]},
@@ -185,6 +214,49 @@ mod tests {
             .expect("refused");
         assert_eq!(refused.code(), tonic::Code::InvalidArgument);
         assert!(refused.message().contains("\"web.mesh:80\""), "{}", refused.message());
+        assert_eq!(
+            code(service.get(request("198.19.0.5:0", Some(PROXY))).await),
+            Some(tonic::Code::InvalidArgument),
+            "port 0 is no port"
+        );
+        // An address of any length is said back in a bounded message, which
+        // fits the client's header limit.
+        let long = "1".repeat(100_000);
+        let refused = service.get(request(&long, Some(PROXY))).await.err().expect("refused");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().len() < 200, "{}", refused.message());
+    }
+
+    #[tokio::test]
+    async fn a_replica_at_its_most_streams_refuses_more_until_one_ends() {
+        let mut service = service();
+        service.streams = Arc::new(Semaphore::new(2));
+        let first = service
+            .get(request("198.19.0.5:80", Some(PROXY)))
+            .await
+            .expect("served");
+        let _second = service
+            .get(request("198.19.0.5:80", Some(PROXY)))
+            .await
+            .expect("served");
+        let refused = service
+            .get(request("198.19.0.5:80", Some(PROXY)))
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{}", refused.message());
+        drop(first);
+        // The stream's task lets its permit go once it sees its reader gone.
+        let mut served = None;
+        for _ in 0..100 {
+            if let Ok(stream) = service.get(request("198.19.0.5:80", Some(PROXY))).await {
+                served = Some(stream);
+                break;
+            }
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(served.is_some(), "a permit came back when a stream ended");
     }
 
     #[tokio::test]

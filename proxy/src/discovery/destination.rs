@@ -25,6 +25,7 @@ use tonic::transport::Channel;
 
 use super::{Destination, Endpoint, EndpointSet, ServicePort, ServiceRef, TargetRef};
 use crate::metrics::DiscoveryMetrics;
+use crate::throttle::LogThrottle;
 use crate::tls::MeshTls;
 
 /// How long a connection waits for a destination's first snapshot before it
@@ -93,21 +94,34 @@ impl Known {
         Ok(())
     }
 
-    /// The endpoint set the balancer uses, sorted by address.
+    /// The endpoint set the balancer uses, sorted by address. A meshed
+    /// endpoint whose identity cannot be read is left out (and said so):
+    /// traffic to a meshed pod is mutual TLS or nothing.
     pub fn endpoint_set(&self) -> EndpointSet {
         let mut endpoints: Vec<Endpoint> = self
             .endpoints
             .iter()
-            .map(|(addr, e)| Endpoint {
-                addr: *addr,
-                ready: e.ready,
-                serving: e.serving,
-                terminating: e.terminating,
-                target: (!e.pod_name.is_empty()).then(|| TargetRef {
-                    namespace: e.pod_namespace.clone(),
-                    name: e.pod_name.clone(),
-                }),
-                identity: peer_identity(e),
+            .filter_map(|(addr, e)| {
+                let identity = match peer_identity(e) {
+                    Ok(identity) => identity,
+                    Err(()) => {
+                        if let Some(suppressed) = UNREADABLE_IDENTITIES.allow() {
+                            tracing::warn!(endpoint = %addr, identity = %e.identity, suppressed, "leaving out a meshed endpoint whose SPIFFE ID cannot be read");
+                        }
+                        return None;
+                    }
+                };
+                Some(Endpoint {
+                    addr: *addr,
+                    ready: e.ready,
+                    serving: e.serving,
+                    terminating: e.terminating,
+                    target: (!e.pod_name.is_empty()).then(|| TargetRef {
+                        namespace: e.pod_namespace.clone(),
+                        name: e.pod_name.clone(),
+                    }),
+                    identity,
+                })
             })
             .collect();
         endpoints.sort_by_key(|e| e.addr);
@@ -116,9 +130,15 @@ impl Known {
 }
 
 /// The identity to require of an endpoint: its SPIFFE ID when it is meshed.
-fn peer_identity(endpoint: &api::Endpoint) -> Option<SpiffeId> {
-    endpoint.meshed.then(|| endpoint.identity.parse().ok()).flatten()
+/// `Err` when it is meshed with an identity that is not a SPIFFE ID.
+fn peer_identity(endpoint: &api::Endpoint) -> Result<Option<SpiffeId>, ()> {
+    if !endpoint.meshed || endpoint.identity.is_empty() {
+        return Ok(None);
+    }
+    endpoint.identity.parse().map(Some).map_err(|_| ())
 }
+
+static UNREADABLE_IDENTITIES: LogThrottle = LogThrottle::new(5);
 
 /// How long a connection to the destination service may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -341,7 +361,11 @@ impl super::Resolve for Arc<DestinationDiscovery> {
                     endpoints,
                 }),
                 None => Destination::Passthrough {
-                    peer: known.endpoints.get(&orig_dst).and_then(peer_identity),
+                    peer: known
+                        .endpoints
+                        .get(&orig_dst)
+                        .and_then(|e| peer_identity(e).ok())
+                        .flatten(),
                 },
             }
         })
@@ -407,6 +431,28 @@ mod tests {
                 ("198.18.1.3:80".to_string(), None)
             ]
         );
+    }
+
+    #[test]
+    fn a_meshed_endpoint_whose_identity_cannot_be_read_is_left_out_not_reached_in_plaintext() {
+        let mut known = Known::default();
+        let mut garbled = endpoint("198.18.1.5:80", Some("garbage"));
+        garbled.meshed = true;
+        let mut opted_out = endpoint("198.18.1.6:80", None);
+        opted_out.meshed = true;
+        known
+            .apply(message(update::Kind::Snapshot(api::Snapshot {
+                service: None,
+                endpoints: vec![garbled, opted_out, endpoint("198.18.1.7:80", None)],
+            })))
+            .expect("applied");
+        let addresses: Vec<String> = known
+            .endpoint_set()
+            .endpoints
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect();
+        assert_eq!(addresses, ["198.18.1.6:80", "198.18.1.7:80"]);
     }
 
     #[test]
