@@ -38,6 +38,9 @@ const KUBECONFIG_FILE: &str = "strait-cni.kubeconfig";
 const TOKEN_FILE: &str = "strait-cni.token";
 /// How often the conflist and the token are looked at again.
 const RECHECK: Duration = Duration::from_secs(2);
+/// How long a stopping installer waits to learn whether its DaemonSet
+/// stays; half the pod's termination grace period.
+const STAYS_CHECK: Duration = Duration::from_secs(5);
 
 /// Where things are, as the installer's container sees them and as the node
 /// (and so the plugin) sees them.
@@ -468,7 +471,13 @@ pub async fn run(args: InstallArgs) -> Result<(), InstallError> {
         }
     }
     if let (Some(namespace), Some(name)) = (&args.pod_namespace, &args.pod_name) {
-        match daemonset_remains(namespace, name).await {
+        // Within the pod's grace period (10 s): a slow or absent API server
+        // must not keep the installer asking until it is killed with the
+        // node still set up after an uninstall.
+        let remains = tokio::time::timeout(STAYS_CHECK, daemonset_remains(namespace, name))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer from the API server within {STAYS_CHECK:?}")));
+        match remains {
             Ok(Some(daemonset)) => {
                 eprintln!(
                     "strait-cni: stopping while the DaemonSet {namespace}/{daemonset} stays (an upgrade or an eviction): the node stays set up"

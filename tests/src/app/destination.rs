@@ -68,13 +68,16 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                     Some(update::Kind::Snapshot(s)) => (
                         "snapshot",
                         s.service.map(|p| format!("{}/{}:{}", p.namespace, p.name, p.port)),
-                        s.endpoints.into_iter().map(|e| e.address).collect(),
+                        s.endpoints,
                     ),
                     Some(update::Kind::Add(_)) => ("add", None, Vec::new()),
                     Some(update::Kind::Remove(_)) => ("remove", None, Vec::new()),
                     None => ("none", None, Vec::new()),
                 };
-                json!({"code": "Ok", "message": null, "first": first, "service": service, "endpoints": endpoints})
+                let identities: Vec<&str> = endpoints.iter().map(|e| e.identity.as_str()).collect();
+                let endpoints: Vec<&str> = endpoints.iter().map(|e| e.address.as_str()).collect();
+                json!({"code": "Ok", "message": null, "first": first, "service": service,
+                       "endpoints": endpoints, "identities": identities})
             }
             Some(Err(status)) => refused(&status),
             None => json!({"code": "Ok", "message": "the stream ended with no message", "first": null}),
