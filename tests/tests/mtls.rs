@@ -334,11 +334,12 @@ fn peers_that_cannot_prove_their_identity_are_refused() {
     // learns nothing.
     let service = lab.get("/api/v1/namespaces/secure/services/server");
     let address = format!("{}:50051", service["spec"]["clusterIP"].as_str().unwrap());
-    let destination = |certificate: &[&str]| -> Value {
-        let mut args = vec!["destination-get", "--to", DESTINATION, "--address", &address];
+    let destination_of = |address: &str, certificate: &[&str]| -> Value {
+        let mut args = vec!["destination-get", "--to", DESTINATION, "--address", address];
         args.extend_from_slice(certificate);
         lab.debug_app(&injector, "injector", &args)
     };
+    let destination = |certificate: &[&str]| destination_of(&address, certificate);
     let proxy = destination(&[&issuer[..], &["--client-id", CLIENT_ID]].concat());
     assert_eq!(proxy["code"], "Ok", "a proxy's certificate: {proxy}");
     assert_eq!(proxy["first"], "snapshot", "{proxy}");
@@ -397,6 +398,19 @@ fn peers_that_cannot_prove_their_identity_are_refused() {
     // `a_meshed_pods_identity_is_its_service_accounts_whatever_its_annotation_says`.)
     let other = "spiffe://cluster.local/ns/secure/sa/other";
     lab.cli_ok(&["annotate", &server, &format!("strait.io/identity={other}")]);
+    // The destination service reads pod events in order: once a later
+    // change to another pod shows (the client's proxy no longer says it has
+    // an identity), the server's new annotation has been read too.
+    lab.cli_ok(&["annotate", &client, "strait.io/identity-"]);
+    let client_address = format!("{}:8080", lab.pod_ip(&client));
+    eventually(
+        Duration::from_secs(10),
+        "the destination service reads the pods' changes",
+        || {
+            destination_of(&client_address, &[&issuer[..], &["--client-id", CLIENT_ID]].concat())["identities"]
+                == serde_json::json!([""])
+        },
+    );
     let snapshot = destination(&[&issuer[..], &["--client-id", CLIENT_ID]].concat());
     assert_eq!(
         snapshot["identities"],

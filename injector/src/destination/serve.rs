@@ -37,13 +37,14 @@ impl Connected for Authenticated {
     type ConnectInfo = Caller;
 
     fn connect_info(&self) -> Caller {
-        let (_, session) = self.0.get_ref();
-        Caller(
-            session
+        let (tcp, session) = self.0.get_ref();
+        Caller {
+            id: session
                 .peer_certificates()
                 .and_then(<[CertificateDer<'_>]>::first)
                 .and_then(spiffe_id),
-        )
+            peer: tcp.peer_addr().ok(),
+        }
     }
 }
 

@@ -21,10 +21,15 @@ use super::index::Index;
 use super::view::{View, updates};
 use crate::tls::{Stop, stopped};
 
-/// Who is on the other end of a connection: the SPIFFE ID of its verified
-/// client certificate, `None` when it has none or not exactly one.
+/// Who is on the other end of a connection.
 #[derive(Clone, Debug)]
-pub struct Caller(pub Option<SpiffeId>);
+pub struct Caller {
+    /// The SPIFFE ID of its verified client certificate, `None` when it
+    /// names no workload SPIFFE ID.
+    pub id: Option<SpiffeId>,
+    /// Its address, for the log line of a refusal.
+    pub peer: Option<SocketAddr>,
+}
 
 /// Messages a subscriber may have written but not yet sent: a slow reader
 /// holds up only its own stream, and what it misses meanwhile arrives as
@@ -64,14 +69,15 @@ impl DestinationService {
     }
 
     fn authorize<T>(&self, request: &Request<T>) -> Result<SpiffeId, Status> {
-        let Some(Caller(Some(id))) = request.extensions().get::<Caller>() else {
-            tracing::info!(client = ?request.remote_addr(), "destination service: a client without a workload SPIFFE ID refused");
+        let caller = request.extensions().get::<Caller>();
+        let Some(id) = caller.and_then(|c| c.id.as_ref()) else {
+            tracing::info!(client = ?caller.and_then(|c| c.peer), "destination service: a client without a workload SPIFFE ID refused");
             return Err(Status::unauthenticated(
                 "a client certificate naming a workload SPIFFE ID (spiffe://TRUST-DOMAIN/ns/NAMESPACE/sa/ACCOUNT) is required",
             ));
         };
         if id.trust_domain != self.trust_domain {
-            tracing::info!(%id, trust_domain = %self.trust_domain, "destination service: a client of another trust domain refused");
+            tracing::info!(client = ?caller.and_then(|c| c.peer), %id, trust_domain = %self.trust_domain, "destination service: a client of another trust domain refused");
             return Err(Status::permission_denied(format!(
                 "{id} is not of the trust domain {}",
                 self.trust_domain
@@ -161,9 +167,10 @@ mod tests {
         let mut request = Request::new(GetDestination {
             address: address.to_string(),
         });
-        request
-            .extensions_mut()
-            .insert(Caller(caller.map(|id| id.parse().expect("a SPIFFE ID"))));
+        request.extensions_mut().insert(Caller {
+            id: caller.map(|id| id.parse().expect("a SPIFFE ID")),
+            peer: None,
+        });
         request
     }
 

@@ -160,7 +160,6 @@ pub fn channel(addr: &str, mesh: Arc<MeshTls>) -> Result<Channel, TargetError> {
     let endpoint = target
         .endpoint()?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true);
