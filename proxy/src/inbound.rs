@@ -22,7 +22,7 @@ use crate::config::{Config, Limits};
 use crate::counted::Counted;
 use crate::detect::{self, Opening, Prefixed, Protocol};
 use crate::drain::Drain;
-use crate::http::client::{Connector, Endpoint};
+use crate::endpoint::{Connector, Endpoint};
 use crate::http::route::{Router, Target as RouteTarget};
 use crate::listener::ConnectionLimit;
 use crate::metrics::{Direction, Metrics, RouteLabels, TcpLabels};

@@ -19,7 +19,7 @@ use crate::detect::{self, Opening, Prefixed, Protocol};
 use crate::discovery::destination::IDLE;
 use crate::discovery::{Destination, Resolve, ServicePort};
 use crate::drain::Drain;
-use crate::http::client::{Connector, Endpoint};
+use crate::endpoint::{Connector, Endpoint};
 use crate::http::route::{Router, Target as RouteTarget};
 use crate::listener::ConnectionLimit;
 use crate::metrics::{Direction, Metrics, RouteLabels, TcpLabels};

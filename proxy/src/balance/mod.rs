@@ -20,13 +20,13 @@ use load::{CLEARLY_CHEAPER, InFlight, PeakEwma, Recent};
 use tokio::sync::watch;
 
 use crate::discovery::{self, EndpointSet, ServiceRef};
-use crate::http::Body;
-use crate::http::client::{Connector, Endpoint, SendError, StreamSlot};
-use crate::http::errors::ProxyError;
-use crate::http::replay::{self, Replayable};
+use crate::endpoint::replay::{self, Replayable};
+use crate::endpoint::{Connector, Endpoint, SendError, StreamSlot};
 use crate::metrics::discovery::EndpointStateLabels;
 use crate::metrics::{DiscoveryMetrics, HttpMetrics, RouteLabels, RouteMetrics, TurnedAway};
+use crate::transport::ConnectError;
 use crate::upstream::Target;
+use crate::wire::Body;
 
 /// An endpoint's latency until measured: about a hop inside a cluster, so a
 /// new pod competes at once; its first response replaces the guess, and the
@@ -43,6 +43,39 @@ const DECAY: Duration = Duration::from_millis(1000);
 /// that does not test the application, or none), the request waits for one
 /// to take it rather than failing at once.
 const MAX_ATTEMPTS: usize = 8;
+
+/// Why a request reached no application, or failed on its way back.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    /// No endpoint of the Service was ready within the wait.
+    #[error("no ready endpoint for {target} after waiting {wait:?}")]
+    NoEndpoints { target: String, wait: Duration },
+    /// Every endpoint tried (or the one fixed address) refused the
+    /// connection; nothing was sent. `source` is the last refusal.
+    #[error("no endpoint of {target} could be reached")]
+    Unreachable {
+        target: String,
+        #[source]
+        source: ConnectError,
+    },
+    /// The endpoint failed the request after it was sent.
+    #[error("upstream {endpoint} failed")]
+    Upstream {
+        endpoint: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl DispatchError {
+    /// Whether nothing of the request was sent anywhere.
+    pub fn is_unprocessed(&self) -> bool {
+        matches!(
+            self,
+            DispatchError::NoEndpoints { .. } | DispatchError::Unreachable { .. }
+        )
+    }
+}
 
 /// A response with the endpoint's in-flight count held until its body ends.
 pub struct Tracked {
@@ -131,6 +164,22 @@ impl Backend {
             }
         }
         unreachable!("the loop returns on its second attempt")
+    }
+}
+
+impl Backend {
+    /// Sends a request to this one endpoint (a fixed address: the original
+    /// destination, or the local application), with [`Backend::send`]'s
+    /// fresh tries; errors as [`Balancer::dispatch`] gives them.
+    pub async fn dispatch(self: &Arc<Self>, request: Request<Body>) -> Result<(Arc<Backend>, Tracked), DispatchError> {
+        match self.send(request).await {
+            Ok(tracked) => Ok((self.clone(), tracked)),
+            Err(SendError::NotSent { error, .. }) => Err(DispatchError::Unreachable {
+                target: self.endpoint.addr.to_string(),
+                source: error,
+            }),
+            Err(SendError::Failed(source) | SendError::IdleClosed(source)) => Err(upstream_failed(self, source)),
+        }
     }
 }
 
@@ -387,7 +436,7 @@ impl Balancer {
     /// Sends a request to the chosen endpoint; a request that could not be
     /// sent, or that the endpoint turned away before its application saw
     /// it, is tried on another one.
-    pub async fn dispatch(&self, request: Request<Body>) -> Result<(Arc<Backend>, Tracked), ProxyError> {
+    pub async fn dispatch(&self, request: Request<Body>) -> Result<(Arc<Backend>, Tracked), DispatchError> {
         let deadline = Instant::now() + self.wait;
         let mut last_error = None;
         let mut turned_away = None;
@@ -436,11 +485,14 @@ impl Balancer {
             return refusal.into_result(backend);
         }
         Err(match last_error {
-            Some(last) => ProxyError::Unreachable {
+            Some(source) => DispatchError::Unreachable {
                 target: self.name(),
-                last,
+                source,
             },
-            None => ProxyError::NoEndpoints(self.name(), self.wait),
+            None => DispatchError::NoEndpoints {
+                target: self.name(),
+                wait: self.wait,
+            },
         })
     }
 }
@@ -462,7 +514,7 @@ impl Refusal {
     }
 
     /// What the client gets when the request goes nowhere else.
-    fn into_result(self, backend: Arc<Backend>) -> Result<(Arc<Backend>, Tracked), ProxyError> {
+    fn into_result(self, backend: Arc<Backend>) -> Result<(Arc<Backend>, Tracked), DispatchError> {
         match self {
             Refusal::Answered(tracked) => Ok((backend, *tracked)),
             Refusal::Refused(source) => Err(upstream_failed(&backend, source)),
@@ -470,9 +522,9 @@ impl Refusal {
     }
 }
 
-fn upstream_failed(backend: &Backend, source: hyper::Error) -> ProxyError {
-    ProxyError::Upstream {
-        endpoint: backend.endpoint.addr.to_string(),
+fn upstream_failed(backend: &Backend, source: hyper::Error) -> DispatchError {
+    DispatchError::Upstream {
+        endpoint: backend.endpoint.addr,
         source,
     }
 }

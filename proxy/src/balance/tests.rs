@@ -106,7 +106,7 @@ fn observed_balancer(
     (balancer, sender, registry)
 }
 
-async fn call(balancer: &Balancer, version: http::Version) -> Result<String, ProxyError> {
+async fn call(balancer: &Balancer, version: http::Version) -> Result<String, DispatchError> {
     let request = Request::builder()
         .uri("http://web.demo:80/")
         .version(version)
@@ -199,7 +199,7 @@ async fn no_endpoint_is_a_bounded_wait_then_unavailable() {
     let (balancer, _updates) = balancer(&[]);
     let started = Instant::now();
     let error = call(&balancer, http::Version::HTTP_2).await.unwrap_err();
-    assert!(matches!(error, ProxyError::NoEndpoints(..)), "{error}");
+    assert!(matches!(error, DispatchError::NoEndpoints { .. }), "{error}");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
@@ -470,7 +470,7 @@ async fn idempotent_requests_on_an_idle_connection_the_server_closed_are_sent_ag
         )
         .unwrap();
     let error = balancer.dispatch(post).await.map(|_| ()).unwrap_err();
-    assert!(matches!(error, ProxyError::Upstream { .. }), "{error}");
+    assert!(matches!(error, DispatchError::Upstream { .. }), "{error}");
 }
 
 /// A proxy whose application is still starting: it answers its first

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use crate::balance::load::InFlight;
-use crate::http::client::StreamSlot;
+use crate::endpoint::StreamSlot;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use hyper::body::{Body, Frame, Incoming, SizeHint};

@@ -8,22 +8,16 @@ use http_body_util::{BodyExt, Full};
 use strait_contract::Chain;
 
 use super::Body;
-use crate::transport::ConnectError;
+use crate::balance::DispatchError;
 
 /// The header that says an answer came from the proxy, not the application.
 pub const PROXY_ERROR_HEADER: HeaderName = HeaderName::from_static("strait-proxy-error");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    /// No endpoint of the Service was ready within the wait.
-    #[error("no ready endpoint for {0} after waiting {1:?}")]
-    NoEndpoints(String, std::time::Duration),
-    /// Every endpoint tried refused the connection; nothing was sent.
-    #[error("no endpoint of {target} could be reached: {last}")]
-    Unreachable { target: String, last: ConnectError },
-    /// The upstream failed after the request was sent.
-    #[error("upstream {endpoint} failed: {}", Chain(.source))]
-    Upstream { endpoint: String, source: hyper::Error },
+    /// No endpoint took the request, or the one that did failed it.
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
     /// The request was not valid HTTP for this hop.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -38,9 +32,15 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::NoEndpoints(..) | ProxyError::Unreachable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Upstream { source, .. } if source.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Upstream { .. } | ProxyError::ResponseHeadersTooLarge { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Dispatch(DispatchError::NoEndpoints { .. } | DispatchError::Unreachable { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Dispatch(DispatchError::Upstream { source, .. }) if source.is_timeout() => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Dispatch(DispatchError::Upstream { .. }) | ProxyError::ResponseHeadersTooLarge { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
@@ -48,7 +48,7 @@ impl ProxyError {
 
     /// Whether nothing of the request was sent anywhere.
     pub fn is_unprocessed(&self) -> bool {
-        matches!(self, ProxyError::NoEndpoints(..) | ProxyError::Unreachable { .. })
+        matches!(self, ProxyError::Dispatch(error) if error.is_unprocessed())
     }
 
     /// The gRPC status code: UNAVAILABLE for what a retry may fix,
@@ -63,9 +63,10 @@ impl ProxyError {
     }
 }
 
-/// The response the proxy sends for an error.
+/// The response the proxy sends for an error: its message is the error's
+/// whole chain of causes.
 pub fn respond(error: &ProxyError, grpc: bool) -> Response<Body> {
-    let message = error.to_string();
+    let message = Chain(error).to_string();
     let header =
         HeaderValue::from_str(&message.replace(['\r', '\n'], " ")).unwrap_or(HeaderValue::from_static("proxy error"));
     let body = |text: String| {
@@ -113,7 +114,10 @@ mod tests {
 
     #[test]
     fn errors_become_the_right_status_for_each_protocol() {
-        let none = ProxyError::NoEndpoints("demo/web:80".into(), std::time::Duration::from_secs(1));
+        let none = ProxyError::Dispatch(DispatchError::NoEndpoints {
+            target: "demo/web:80".into(),
+            wait: std::time::Duration::from_secs(1),
+        });
         let http = respond(&none, false);
         assert_eq!(http.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(http.headers().contains_key(PROXY_ERROR_HEADER));

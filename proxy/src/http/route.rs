@@ -10,16 +10,17 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use strait_contract::Chain;
 
 use super::body::{Completion, Observed, grpc_status};
-use super::client::{SendError, switches_protocols};
 use super::errors::{ProxyError, respond};
 use super::headers::{field_list_size, strip_hop_by_hop, wants_upgrade};
-use super::replay;
 use super::upgrade::relay_upgraded;
 use super::{Body, is_grpc};
-use crate::balance::{Backend, Balancer, Tracked};
+use crate::balance::{Backend, Balancer, DispatchError, Tracked};
 use crate::config::Limits;
+use crate::endpoint::replay;
+use crate::endpoint::switches_protocols;
 use crate::metrics::{Direction, RouteMetrics};
 use crate::relay::ByteCounters;
 
@@ -140,14 +141,17 @@ impl Router {
             })
         } else {
             match prepare_uri(&mut request, &self.fallback_authority()) {
-                Ok(()) => self.dispatch(request.map(|body| body.boxed_unsync())).await,
+                Ok(()) => self
+                    .dispatch(request.map(|body| body.boxed_unsync()))
+                    .await
+                    .map_err(ProxyError::from),
                 Err(error) => Err(error),
             }
         };
         let (backend, tracked) = match result {
             Ok(sent) => sent,
             Err(error) => {
-                tracing::debug!(%error, "request failed in the proxy");
+                tracing::debug!(error = %Chain(&error), "request failed in the proxy");
                 self.unrouted.request();
                 let mut response = respond(&error, grpc);
                 if inbound && error.is_unprocessed() {
@@ -223,20 +227,10 @@ impl Router {
         }
     }
 
-    async fn dispatch(&self, request: Request<Body>) -> Result<(Arc<Backend>, Tracked), ProxyError> {
+    async fn dispatch(&self, request: Request<Body>) -> Result<(Arc<Backend>, Tracked), DispatchError> {
         match &self.target {
             Target::Balanced(balancer) => balancer.dispatch(request).await,
-            Target::Fixed(backend) => match backend.send(request).await {
-                Ok(tracked) => Ok((backend.clone(), tracked)),
-                Err(SendError::NotSent { error, .. }) => Err(ProxyError::Unreachable {
-                    target: backend.endpoint.addr.to_string(),
-                    last: error,
-                }),
-                Err(SendError::Failed(source) | SendError::IdleClosed(source)) => Err(ProxyError::Upstream {
-                    endpoint: backend.endpoint.addr.to_string(),
-                    source,
-                }),
-            },
+            Target::Fixed(backend) => backend.dispatch(request).await,
         }
     }
 }

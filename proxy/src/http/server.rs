@@ -37,11 +37,11 @@ where
         Protocol::Http2 => {
             let connection = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .initial_stream_window_size(super::STREAM_WINDOW)
-                .initial_connection_window_size(super::connection_window(limits.max_concurrent_streams))
+                .initial_stream_window_size(crate::wire::STREAM_WINDOW)
+                .initial_connection_window_size(crate::wire::connection_window(limits.max_concurrent_streams))
                 .max_concurrent_streams(limits.max_concurrent_streams)
                 .max_header_list_size(
-                    u32::try_from(super::header_read_limit(limits.max_header_bytes)).unwrap_or(u32::MAX),
+                    u32::try_from(crate::wire::header_read_limit(limits.max_header_bytes)).unwrap_or(u32::MAX),
                 )
                 .keep_alive_interval(Duration::from_secs(20))
                 // A sidecar adds no header the application did not send.
@@ -66,10 +66,10 @@ where
                 // half-closes after its request still gets its answer.
                 .preserve_header_case(true)
                 .auto_date_header(false)
-                .max_headers(super::max_header_fields(limits.max_header_bytes))
+                .max_headers(crate::wire::max_header_fields(limits.max_header_bytes))
                 .half_close(true)
                 .header_read_timeout(limits.header_timeout)
-                .max_buf_size(super::header_read_limit(limits.max_header_bytes))
+                .max_buf_size(crate::wire::header_read_limit(limits.max_header_bytes))
                 .serve_connection(io, service)
                 .with_upgrades();
             let mut connection = std::pin::pin!(connection);

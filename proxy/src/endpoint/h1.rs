@@ -9,8 +9,8 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 use super::{Endpoint, connect_failed};
-use crate::http::Body;
 use crate::transport::ConnectError;
+use crate::wire::Body;
 
 /// Idle HTTP/1 connections kept per endpoint.
 const MAX_IDLE_HTTP1: usize = 32;
@@ -66,7 +66,7 @@ impl Endpoint {
             return Ok((sender, true));
         }
         let io = TokioIo::new(self.connect_io().await?);
-        let fields = crate::http::max_header_fields(self.connector.max_header_bytes);
+        let fields = crate::wire::max_header_fields(self.connector.max_header_bytes);
         let (sender, connection) = http1::Builder::new()
             .preserve_header_case(true)
             .max_headers(fields)

@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, V
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, BodyStream, StreamBody};
 
-use super::Body;
+use crate::wire::Body;
 
 /// The response header by which an inbound proxy says the request never
 /// reached its application. It is for the client's proxy only, which

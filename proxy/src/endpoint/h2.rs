@@ -17,11 +17,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::io::InspectReader;
 
 use super::{Endpoint, connect_failed};
-use crate::http::Body;
 use crate::transport::ConnectError;
+use crate::wire::Body;
 
 /// Streams the proxy opens on one HTTP/2 connection to an endpoint at most.
-const STREAMS_PER_CONNECTION: usize = crate::http::ISOLATED_STREAMS as usize;
+const STREAMS_PER_CONNECTION: usize = crate::wire::ISOLATED_STREAMS as usize;
 /// HTTP/2 connections to one endpoint at most; beyond, requests queue on
 /// the least busy one.
 const MAX_H2_CONNECTIONS: usize = 16;
@@ -109,8 +109,8 @@ impl Endpoint {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
-            .initial_stream_window_size(crate::http::STREAM_WINDOW)
-            .initial_connection_window_size(crate::http::connection_window(crate::http::ISOLATED_STREAMS))
+            .initial_stream_window_size(crate::wire::STREAM_WINDOW)
+            .initial_connection_window_size(crate::wire::connection_window(crate::wire::ISOLATED_STREAMS))
             .max_header_list_size(u32::try_from(self.header_read_limit()).unwrap_or(u32::MAX));
         if self.is_meshed() {
             builder

@@ -1,4 +1,5 @@
-//! Connections to one upstream endpoint: a few multiplexed HTTP/2
+//! One upstream endpoint, the bottom of a request's way through the proxy
+//! (`http` → `balance` → `endpoint`): its connections, a few multiplexed HTTP/2
 //! connections (`h2`) and a pool of HTTP/1 connections reused across
 //! requests (`h1`).
 //!
@@ -11,6 +12,7 @@
 
 mod h1;
 mod h2;
+pub mod replay;
 
 use h1::{H1_IDLE, H1_IDLE_MESHED, IdlePool, keep_alive_timeout, reuse_when_ready};
 use h2::H2Connection;
@@ -24,11 +26,11 @@ use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 
-use super::Body;
 use crate::metrics::RouteLabels;
 use crate::tls::MeshTls;
 use crate::transport::ConnectError;
 use crate::upstream::{self, Io, Target};
+use crate::wire::Body;
 
 /// How long an endpoint that refused a connection is left out.
 const FAILURE_BACKOFF: Duration = Duration::from_millis(500);
@@ -170,7 +172,7 @@ impl Endpoint {
     }
 
     fn header_read_limit(&self) -> usize {
-        super::header_read_limit(self.connector.max_header_bytes)
+        crate::wire::header_read_limit(self.connector.max_header_bytes)
     }
 }
 
