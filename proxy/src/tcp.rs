@@ -12,12 +12,14 @@ use crate::balance::Balancer;
 use crate::detect::{Prefixed, Readable};
 use crate::metrics::{TcpLabels, TcpMetrics};
 use crate::relay::{RelayError, relay};
+use crate::retry::Policy;
 use crate::tls::MeshTls;
 use crate::transport::{self, ConnectError};
 use crate::upstream::{self, Io, Target};
 
-/// Connection attempts on distinct endpoints of a Service.
-const MAX_ATTEMPTS: usize = 3;
+/// Connection attempts on endpoints of a Service (one that refused is in
+/// back-off, so the next pick is another).
+const CONNECT: Policy = Policy::Immediate(3);
 
 /// Where an opaque connection goes.
 #[derive(Clone)]
@@ -109,7 +111,7 @@ impl Forwarder {
         };
         let deadline = Instant::now() + self.no_endpoint_wait;
         let mut last = None;
-        for _ in 0..MAX_ATTEMPTS {
+        for _ in CONNECT.attempts() {
             let Some(backend) = balancer.pick_or_wait(deadline).await else {
                 break;
             };

@@ -24,6 +24,7 @@ use crate::endpoint::replay::{self, Replayable};
 use crate::endpoint::{Connector, Endpoint, SendError, StreamSlot};
 use crate::metrics::discovery::EndpointStateLabels;
 use crate::metrics::{DiscoveryMetrics, HttpMetrics, RouteLabels, RouteMetrics, TurnedAway};
+use crate::retry::Policy;
 use crate::transport::ConnectError;
 use crate::upstream::Target;
 use crate::wire::Body;
@@ -42,7 +43,11 @@ const DECAY: Duration = Duration::from_millis(1000);
 /// when the applications of Ready pods are still binding (a readiness probe
 /// that does not test the application, or none), the request waits for one
 /// to take it rather than failing at once.
-const MAX_ATTEMPTS: usize = 8;
+const DISPATCH: Policy = Policy::Immediate(8);
+/// Sends on one endpoint: a connection found closed before the request was
+/// written, or a reused idle HTTP/1 connection the server closed as the
+/// request arrived, gets one fresh try.
+const SEND: Policy = Policy::Immediate(2);
 
 /// Why a request reached no application, or failed on its way back.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +129,7 @@ impl Backend {
     pub async fn send(&self, request: Request<Body>) -> Result<Tracked, SendError> {
         let mut request = request;
         let mut fresh = false;
-        for attempt in 0..2 {
+        for attempt in SEND.attempts() {
             let connection = match self.endpoint.connection(request.version(), fresh).await {
                 Ok(connection) => connection,
                 Err(error) => {
@@ -163,7 +168,7 @@ impl Backend {
                 Err(error) => return Err(error),
             }
         }
-        unreachable!("the loop returns on its second attempt")
+        unreachable!("the loop returns on its last attempt")
     }
 }
 
@@ -441,7 +446,7 @@ impl Balancer {
         let mut last_error = None;
         let mut turned_away = None;
         let (mut request, mut replayable) = (request, None);
-        for attempt in 0..MAX_ATTEMPTS {
+        for attempt in DISPATCH.attempts() {
             let Some(backend) = self.pick_or_wait(deadline).await else {
                 break;
             };

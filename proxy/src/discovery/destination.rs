@@ -25,6 +25,7 @@ use tonic::transport::Channel;
 
 use super::{Destination, Endpoint, EndpointSet, ServicePort, ServiceRef, TargetRef};
 use crate::metrics::DiscoveryMetrics;
+use crate::retry::Policy;
 use crate::throttle::LogThrottle;
 use crate::tls::MeshTls;
 
@@ -38,8 +39,10 @@ const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// A destination no connection has asked about for this long is forgotten.
 pub const IDLE: Duration = Duration::from_secs(300);
 /// Back-off between attempts to open a stream again.
-const RETRY_FIRST: Duration = Duration::from_millis(200);
-const RETRY_MAX: Duration = Duration::from_secs(10);
+const RETRY: Policy = Policy::Backoff {
+    first: Duration::from_millis(200),
+    max: Duration::from_secs(10),
+};
 
 /// What the proxy knows of one destination.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -258,7 +261,7 @@ async fn stream(
     mut forgotten: oneshot::Receiver<()>,
     metrics: DiscoveryMetrics,
 ) {
-    let mut delays = crate::retry::delays(RETRY_FIRST, RETRY_MAX);
+    let mut delays = RETRY.delays();
     loop {
         let mut client = client.clone();
         let request = GetDestination {
@@ -281,7 +284,7 @@ async fn stream(
                         Some(Ok(message)) => match state.apply(message) {
                             Ok(()) => {
                                 metrics.watch_ok("destinations");
-                                delays = crate::retry::delays(RETRY_FIRST, RETRY_MAX);
+                                delays = RETRY.delays();
                                 publish(&known, &endpoints, &state);
                                 let _ = synced.send(true);
                                 continue;
@@ -301,7 +304,7 @@ async fn stream(
                 metrics.watch_failed("destinations");
             }
         }
-        let delay = delays.next().unwrap_or(RETRY_MAX);
+        let delay = delays.next().unwrap_or(RETRY.max_delay());
         tokio::select! {
             () = tokio::time::sleep(delay) => {},
             _ = &mut forgotten => return,

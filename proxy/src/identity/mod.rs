@@ -22,6 +22,7 @@ use rustls::sign::CertifiedKey;
 use strait_contract::SpiffeId;
 
 use crate::admin::Readiness;
+use crate::retry::Policy;
 use crate::tls::{CurrentCert, MeshTls};
 use client::{IdentityClient, IdentityError};
 
@@ -31,7 +32,11 @@ pub const READY_CONDITION: &str = "identity";
 const RENEW_AT: f64 = 0.7;
 /// Renewal happens up to this much of the lifetime earlier, at random.
 const RENEW_JITTER: f64 = 0.1;
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Retries while no certificate comes: from 100 ms, up to 10 s apart.
+const RETRY: Policy = Policy::Backoff {
+    first: Duration::from_millis(100),
+    max: Duration::from_secs(10),
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
@@ -162,14 +167,13 @@ impl LocalIdentity {
 
     /// Obtains and renews the certificate for as long as the proxy runs.
     pub async fn run(self: Arc<Self>, readiness: Readiness) {
-        let first = Duration::from_millis(100);
-        let mut delays = crate::retry::delays(first, MAX_BACKOFF);
+        let mut delays = RETRY.delays();
         loop {
             match self.obtain().await {
                 Ok(lifetime) => {
                     self.requests.get_or_create(&OutcomeLabels { outcome: "issued" }).inc();
                     readiness.met(READY_CONDITION);
-                    delays = crate::retry::delays(first, MAX_BACKOFF);
+                    delays = RETRY.delays();
                     tracing::debug!(?lifetime, "renewing at 60 to 70% of the lifetime");
                     // Renewals of a fleet's proxies spread out rather than
                     // arriving at the identity service together.
@@ -180,7 +184,7 @@ impl LocalIdentity {
                     // The certificate in use, if any, stays until it expires;
                     // retries back off, with jitter so that proxies waiting
                     // for a returning identity service do not retry in step.
-                    let wait = delays.next().unwrap_or(MAX_BACKOFF);
+                    let wait = delays.next().unwrap_or(RETRY.max_delay());
                     tracing::warn!(%error, retry_in = ?wait, "no certificate yet");
                     tokio::time::sleep(wait).await;
                 }
