@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
-use strait_contract::{PortSet, exposition, process};
+use strait_contract::{Chain, PortSet, exposition, process};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::drain::Drain;
@@ -106,7 +106,7 @@ pub async fn serve(listener: TcpListener, admin: Admin) {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
-                tracing::warn!(%error, "admin accept failed");
+                tracing::warn!(error = %Chain(&error), "admin accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }

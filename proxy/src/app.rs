@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 use std::time::Duration;
+use strait_contract::Chain;
 
 use tokio::time::Instant;
 
@@ -71,7 +72,7 @@ impl Application {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
             Err(error) => {
                 if let Some(suppressed) = UNREADABLE.allow() {
-                    tracing::warn!(table, %error, suppressed, "cannot read the socket table");
+                    tracing::warn!(table, error = %Chain(&error), suppressed, "cannot read the socket table");
                 }
                 false
             }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use ::http::HeaderValue;
 use rustls::server::{Acceptor, ClientHello};
-use strait_contract::{PortSet, SpiffeId};
+use strait_contract::{Chain, PortSet, SpiffeId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
@@ -73,10 +73,10 @@ pub enum Refusal {
     NotForThisPod(Option<String>),
     #[error("TLS ClientHello without the mesh protocol (ALPN strait.io/mesh/1)")]
     NotMesh,
-    #[error("mutual TLS handshake failed: {0}")]
-    Handshake(std::io::Error),
-    #[error("bad mesh header: {0}")]
-    Header(std::io::Error),
+    #[error("mutual TLS handshake failed")]
+    Handshake(#[source] std::io::Error),
+    #[error("bad mesh header")]
+    Header(#[source] std::io::Error),
     #[error("peer took longer than {0:?} to complete the handshake")]
     Timeout(Duration),
 }
@@ -230,13 +230,13 @@ async fn handle(inbound: Arc<Inbound>, stream: TcpStream, peer: SocketAddr, drai
     let arrival = match inbound.arrival(&stream) {
         Ok(arrival) => arrival,
         Err(error) => {
-            tracing::warn!(client = %peer, %error, "closing inbound connection");
+            tracing::warn!(client = %peer, error = %Chain(&error), "closing inbound connection");
             return;
         }
     };
     let refused = |refusal: Refusal| {
         if let Some(suppressed) = REFUSALS.allow() {
-            tracing::info!(client = %peer, error = %refusal, suppressed, "refusing inbound connection");
+            tracing::info!(client = %peer, error = %Chain(&refusal), suppressed, "refusing inbound connection");
         }
         inbound.metrics.tcp.refused_inbound(refusal.reason());
     };
@@ -285,7 +285,7 @@ async fn proxy<C: ClientStream + 'static>(
     .await;
     let (protocol, io) = match opening {
         Err(error) => {
-            tracing::debug!(client = %peer, %error, "client went away during protocol detection");
+            tracing::debug!(client = %peer, error = %Chain(&error), "client went away during protocol detection");
             return;
         }
         Ok(Opening::Unreachable { prefix, error }) => {

@@ -34,6 +34,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use strait_contract::Chain;
 
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpSocket};
@@ -64,9 +65,12 @@ pub struct Proxy {
     identity: Option<Arc<LocalIdentity>>,
 }
 
+/// Why a proxy cannot be built from its configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("identity: {0}")]
+    /// This workload's identity cannot be set up (its key, the trust
+    /// anchors, TLS for the identity service).
+    #[error("identity")]
     Identity(#[from] identity::SetupError),
 }
 
@@ -78,11 +82,14 @@ pub struct Addrs {
     pub admin: SocketAddr,
 }
 
+/// A listener that cannot be bound: which one (`outbound`, `inbound`,
+/// `admin`), its address, and the socket error.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr} ({what}): {source}")]
+#[error("cannot listen on {addr} ({what})")]
 pub struct BindError {
     what: &'static str,
     addr: SocketAddr,
+    #[source]
     source: io::Error,
 }
 
@@ -214,7 +221,7 @@ impl Bound {
             (Some(addr), Some(mesh)) => match discovery::destination::channel(addr, mesh.clone()) {
                 Ok(channel) => Arc::new(DestinationDiscovery::new(channel, metrics.discovery.clone())),
                 Err(error) => {
-                    tracing::error!(%error, "cannot reach the destination service; passing every destination through");
+                    tracing::error!(error = %Chain(&error), "cannot reach the destination service; passing every destination through");
                     Arc::new(NoDiscovery)
                 }
             },

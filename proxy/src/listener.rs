@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use strait_contract::Chain;
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
@@ -83,7 +84,7 @@ where
                 }
             },
             Err(error) => {
-                tracing::warn!(?local, %error, "accept failed");
+                tracing::warn!(?local, error = %Chain(&error), "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

@@ -1,6 +1,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use strait_contract::Chain;
 use strait_contract::logging::{self, TextStyle};
 use strait_proxy::{Config, Proxy};
 use tokio::signal::unix::{SignalKind, signal};
@@ -47,8 +48,8 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
-        let built = Proxy::build(config).map_err(|e| e.to_string());
-        let bound = match built.and_then(|proxy| proxy.bind().map_err(|e| e.to_string())) {
+        let built = Proxy::build(config).map_err(|e| Chain(&e).to_string());
+        let bound = match built.and_then(|proxy| proxy.bind().map_err(|e| Chain(&e).to_string())) {
             Ok(bound) => bound,
             Err(error) => {
                 eprintln!("strait-proxy: {error}");

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use strait_contract::Chain;
 use strait_contract::PortSet;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -150,7 +151,7 @@ async fn handle(outbound: Arc<Outbound>, mut stream: TcpStream, peer: SocketAddr
     let orig_dst = match transport::redirected_dst(&stream) {
         Ok(orig_dst) => orig_dst,
         Err(error) => {
-            tracing::warn!(client = %peer, %error, "closing outbound connection");
+            tracing::warn!(client = %peer, error = %Chain(&error), "closing outbound connection");
             return;
         }
     };
@@ -184,7 +185,7 @@ async fn handle(outbound: Arc<Outbound>, mut stream: TcpStream, peer: SocketAddr
     .await;
     let (protocol, io) = match opening {
         Err(error) => {
-            tracing::debug!(client = %peer, %error, "client went away during protocol detection");
+            tracing::debug!(client = %peer, error = %Chain(&error), "client went away during protocol detection");
             return;
         }
         Ok(Opening::Unreachable { prefix, error }) => {

@@ -28,10 +28,13 @@ const BULK_BUFFER: usize = 64 * 1024;
 /// the fault was ours to report.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("client side: {0}")]
-    Downstream(io::Error),
-    #[error("server side: {0}")]
-    Upstream(io::Error),
+    /// Reading from or writing to the client failed.
+    #[error("client side")]
+    Downstream(#[source] io::Error),
+    /// Reading from or writing to the upstream failed.
+    #[error("server side")]
+    Upstream(#[source] io::Error),
+    /// Neither side sent anything for this long.
     #[error("idle for {0:?}")]
     Idle(Duration),
 }

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strait_contract::Chain;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -163,7 +164,7 @@ impl Forwarder {
         labels: TcpLabels,
         error: &ConnectError,
     ) {
-        tracing::debug!(client = %client_addr, %error, "upstream connect failed");
+        tracing::debug!(client = %client_addr, error = %Chain(error), "upstream connect failed");
         let mut guard = self.metrics.opened(labels);
         guard.connect_failed();
         if let Some(tcp) = client.into_inner().into_tcp() {
@@ -180,7 +181,7 @@ impl Forwarder {
         match relay(&mut client, &mut server, self.idle_timeout, counters).await {
             Ok(moved) => tracing::trace!(client = %client_addr, ?moved, "connection closed"),
             Err(error) => {
-                tracing::debug!(client = %client_addr, %error, "connection ended");
+                tracing::debug!(client = %client_addr, error = %Chain(&error), "connection ended");
                 guard.failed(&error);
                 // A side that failed (a reset, most often) is passed on as a
                 // reset, so each peer sees what it would without the proxy

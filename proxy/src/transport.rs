@@ -9,22 +9,35 @@ use std::time::Duration;
 use socket2::SockRef;
 use tokio::net::{TcpSocket, TcpStream};
 
-/// Why an upstream connection could not be made; also the metric label.
+/// Why an upstream connection could not be made; [`ConnectError::reason`]
+/// is its metric label. Causes are kept as `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The endpoint answered with a reset (nothing listens there).
     #[error("connection to {addr} refused")]
     Refused { addr: SocketAddr },
+    /// No connection (or mutual TLS handshake) within `timeout`.
     #[error("connection to {addr} timed out after {timeout:?}")]
     Timeout { addr: SocketAddr, timeout: Duration },
-    #[error("connection to {addr} failed: {source}")]
-    Other { addr: SocketAddr, source: io::Error },
+    /// Any other socket error.
+    #[error("connection to {addr} failed")]
+    Other {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// A Service port had no ready endpoint within the wait.
     #[error("{target} has no ready endpoint")]
     NoEndpoints { target: String },
-    #[error("mutual TLS with {peer} at {addr} failed: {error}")]
+    /// The connection to the peer proxy of the meshed endpoint `addr` was
+    /// made, but mutual TLS with `peer` (its SPIFFE ID) or the mesh header
+    /// after it failed.
+    #[error("mutual TLS with {peer} at {addr} failed")]
     Tls {
         addr: SocketAddr,
         peer: String,
-        error: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -47,7 +60,7 @@ impl ConnectError {
 /// Why a connection has no usable original destination.
 #[derive(Debug, thiserror::Error)]
 pub enum OrigDstError {
-    #[error("cannot read the original destination: {0}")]
+    #[error("cannot read the original destination")]
     Unreadable(#[from] io::Error),
     /// The connection was made straight to the listener, not redirected to
     /// it; forwarding it to its "original destination" would loop.

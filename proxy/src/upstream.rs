@@ -59,22 +59,22 @@ pub async fn connect(target: &Target, mesh_tls: Option<&Arc<MeshTls>>, timeout: 
     };
     let addr = target.addr;
     let proxy = SocketAddr::new(addr.ip(), INBOUND_PORT);
-    let tls_error = |error: String| ConnectError::Tls {
+    let tls_error = |source: Box<dyn std::error::Error + Send + Sync>| ConnectError::Tls {
         addr,
         peer: peer.to_string(),
-        error,
+        source,
     };
     let handshake = async {
         let stream = transport::connect(proxy, timeout).await?;
-        let config = mesh_tls.client(peer).map_err(|e| tls_error(e.to_string()))?;
-        let name = ServerName::try_from(peer.server_name()).map_err(|e| tls_error(e.to_string()))?;
+        let config = mesh_tls.client(peer).map_err(|e| tls_error(e.into()))?;
+        let name = ServerName::try_from(peer.server_name()).map_err(|e| tls_error(e.into()))?;
         let mut stream = TlsConnector::from(config)
             .connect(name, stream)
             .await
-            .map_err(|e| tls_error(e.to_string()))?;
+            .map_err(|e| tls_error(e.into()))?;
         mesh::write_header(&mut stream, addr.port())
             .await
-            .map_err(|e| tls_error(e.to_string()))?;
+            .map_err(|e| tls_error(e.into()))?;
         Ok(Io::Tls(Box::new(stream)))
     };
     match tokio::time::timeout(timeout, handshake).await {

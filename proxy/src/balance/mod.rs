@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
+use strait_contract::Chain;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -159,7 +160,7 @@ impl Backend {
                 }
                 Err(SendError::IdleClosed(error)) => match replayable.and_then(Replayable::into_request) {
                     Some(again) => {
-                        tracing::debug!(endpoint = %self.endpoint.addr, %error, "sending again on a fresh connection");
+                        tracing::debug!(endpoint = %self.endpoint.addr, error = %Chain(&error), "sending again on a fresh connection");
                         request = again;
                         fresh = true;
                     }
@@ -466,7 +467,7 @@ impl Balancer {
                     }
                 }
                 Err(SendError::NotSent { request: unsent, error }) => {
-                    tracing::debug!(endpoint = %backend.endpoint.addr, %error, "connect failed; trying another endpoint");
+                    tracing::debug!(endpoint = %backend.endpoint.addr, error = %Chain(&error), "connect failed; trying another endpoint");
                     backend.metrics.turned_away(TurnedAway::ConnectFailed);
                     request = *unsent;
                     last_error = Some(error);

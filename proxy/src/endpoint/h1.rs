@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+use strait_contract::Chain;
 
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -77,7 +78,7 @@ impl Endpoint {
         let addr = self.addr;
         tokio::spawn(async move {
             if let Err(error) = connection.with_upgrades().await {
-                tracing::debug!(endpoint = %addr, %error, "HTTP/1 connection ended");
+                tracing::debug!(endpoint = %addr, error = %Chain(&error), "HTTP/1 connection ended");
             }
         });
         Ok((sender, false))

@@ -11,6 +11,7 @@ use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use strait_contract::Chain;
 
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -145,7 +146,7 @@ impl Endpoint {
             })
             .await;
             if let Err(error) = ended {
-                tracing::debug!(endpoint = %addr, %error, "HTTP/2 connection ended");
+                tracing::debug!(endpoint = %addr, error = %Chain(&error), "HTTP/2 connection ended");
             }
         });
         Ok(H2Connection {

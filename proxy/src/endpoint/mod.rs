@@ -38,20 +38,21 @@ const FAILURE_BACKOFF: Duration = Duration::from_millis(500);
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// Nothing was sent; the request is returned for another endpoint.
-    #[error("could not connect: {error}")]
+    #[error("could not connect")]
     NotSent {
         request: Box<Request<Body>>,
+        #[source]
         error: ConnectError,
     },
     /// The request went out on a reused idle HTTP/1 connection, which the
     /// server closed before answering anything: it closed the idle
     /// connection as the request arrived. An idempotent request may be sent
     /// again on a fresh connection (RFC 9110 §9.2.2).
-    #[error("the server closed a reused idle connection without answering: {0}")]
-    IdleClosed(hyper::Error),
+    #[error("the server closed a reused idle connection without answering")]
+    IdleClosed(#[source] hyper::Error),
     /// The request was, or may have been, sent.
-    #[error("{0}")]
-    Failed(hyper::Error),
+    #[error("the request failed")]
+    Failed(#[source] hyper::Error),
 }
 
 /// How the proxy opens connections to upstreams.

@@ -172,7 +172,7 @@ impl Router {
                 size,
                 limit: self.limits.max_header_bytes,
             };
-            tracing::debug!(%error, "response refused");
+            tracing::debug!(error = %Chain(&error), "response refused");
             backend.metrics.request();
             let response = respond(&error, grpc);
             let status = if grpc { 200 } else { response.status().as_u16() };

@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use strait_contract::Chain;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -85,6 +86,6 @@ where
     if let Err(error) = result
         && let Some(suppressed) = CONNECTION_ERRORS.allow()
     {
-        tracing::info!(%error, suppressed, "client connection ended with an error");
+        tracing::info!(error = %Chain(&error), suppressed, "client connection ended with an error");
     }
 }

@@ -2,6 +2,7 @@
 //! answers 101, both connections are handed over and relayed as raw bytes.
 
 use std::time::Duration;
+use strait_contract::Chain;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -14,13 +15,13 @@ pub fn relay_upgraded(downstream: OnUpgrade, upstream: OnUpgrade, idle_timeout: 
         let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
             Ok(both) => both,
             Err(error) => {
-                tracing::debug!(%error, "upgrade did not complete");
+                tracing::debug!(error = %Chain(&error), "upgrade did not complete");
                 return;
             }
         };
         let (mut client, mut server) = (TokioIo::new(downstream), TokioIo::new(upstream));
         if let Err(error) = relay(&mut client, &mut server, idle_timeout, counters).await {
-            tracing::debug!(%error, "upgraded connection ended");
+            tracing::debug!(error = %Chain(&error), "upgraded connection ended");
         }
     });
 }

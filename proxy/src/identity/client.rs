@@ -20,16 +20,50 @@ use tokio_rustls::TlsConnector;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Any error, as a cause kept in a chain.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why no certificate came from the identity service. Each variant keeps
+/// its cause as `source`; log it with `strait_contract::Chain`.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error("cannot reach the identity service at {addr}: {problem}")]
-    Unreachable { addr: String, problem: String },
-    #[error("cannot read the token {path}: {source}")]
-    Token { path: String, source: std::io::Error },
+    /// No answer: connecting, the TLS handshake, sending or reading failed,
+    /// or nothing came back within 10 s.
+    #[error("cannot reach the identity service at {addr}")]
+    Unreachable {
+        addr: String,
+        #[source]
+        source: BoxError,
+    },
+    /// The projected ServiceAccount token cannot be read.
+    #[error("cannot read the token {path}")]
+    Token {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The service answered with an error status and this message.
     #[error("the identity service refused ({status}): {message}")]
     Refused { status: StatusCode, message: String },
-    #[error("the identity service's answer is not understood: {0}")]
-    Protocol(String),
+    /// The service's answer is not a certificate this proxy can use;
+    /// `what` says which part.
+    #[error("the identity service's answer is not understood: {what}")]
+    Protocol {
+        what: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// This proxy could not make its own request (its SPIFFE ID as a SAN,
+    /// its CSR, the request itself).
+    #[error("cannot make the certificate request: {what}")]
+    Local {
+        what: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    /// The trust anchors it handed out cannot be used; those in use stay.
+    #[error("the trust anchors the identity service handed out")]
+    Anchors(#[source] BoxError),
 }
 
 #[derive(Clone, Debug)]
@@ -74,10 +108,10 @@ impl IdentityClient {
         Ok(())
     }
 
-    fn unreachable(&self, problem: impl ToString) -> IdentityError {
+    fn unreachable(&self, source: impl Into<BoxError>) -> IdentityError {
         IdentityError::Unreachable {
             addr: self.addr.clone(),
-            problem: problem.to_string(),
+            source: source.into(),
         }
     }
 
@@ -127,7 +161,10 @@ impl IdentityClient {
             .header(header::AUTHORIZATION, format!("Bearer {}", token.trim()))
             .header(header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
-            .map_err(|e| IdentityError::Protocol(e.to_string()))
+            .map_err(|e| IdentityError::Local {
+                what: "the request",
+                source: e.into(),
+            })
     }
 
     /// Asks for a certificate for `identity` with this CSR.
@@ -136,7 +173,10 @@ impl IdentityClient {
             identity: identity.to_string(),
             csr,
         })
-        .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        .map_err(|e| IdentityError::Local {
+            what: "the request body",
+            source: e.into(),
+        })?;
         let response = self
             .send(self.request("POST", CERTIFICATES_PATH, Bytes::from(body))?)
             .await?;
@@ -146,6 +186,9 @@ impl IdentityClient {
             .await
             .map_err(|e| self.unreachable(e))?
             .to_bytes();
-        serde_json::from_slice(&body).map_err(|e| IdentityError::Protocol(e.to_string()))
+        serde_json::from_slice(&body).map_err(|e| IdentityError::Protocol {
+            what: "the response body",
+            source: e.into(),
+        })
     }
 }

@@ -19,7 +19,7 @@ use rcgen::{CertificateParams, KeyPair, SanType};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
-use strait_contract::SpiffeId;
+use strait_contract::{Chain, SpiffeId};
 
 use crate::admin::Readiness;
 use crate::retry::Policy;
@@ -54,11 +54,11 @@ pub struct LocalIdentity {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("cannot make a key: {0}")]
+    #[error("cannot make a key")]
     Key(#[from] rcgen::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
-    #[error("TLS for the identity service: {0}")]
+    #[error("TLS for the identity service")]
     Client(#[from] rustls::Error),
 }
 
@@ -110,30 +110,39 @@ impl LocalIdentity {
     async fn obtain(&self) -> Result<Duration, IdentityError> {
         let id = &self.tls.identity;
         let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::URI(
-            id.to_string()
-                .try_into()
-                .map_err(|e: rcgen::Error| IdentityError::Protocol(e.to_string()))?,
-        )];
+        params.subject_alt_names = vec![SanType::URI(id.to_string().try_into().map_err(|e: rcgen::Error| {
+            IdentityError::Local {
+                what: "this workload's SPIFFE ID as a SAN",
+                source: e.into(),
+            }
+        })?)];
         let csr = params
             .serialize_request(&self.key)
             .and_then(|csr| csr.pem())
-            .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+            .map_err(|e| IdentityError::Local {
+                what: "the CSR",
+                source: e.into(),
+            })?;
         let issued = self.client.certify(id, csr).await?;
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(format!("{}\n{}", issued.certificate, issued.chain).as_bytes())
                 .collect::<Result<_, _>>()
-                .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+                .map_err(|e| IdentityError::Protocol {
+                    what: "the certificate chain's PEM",
+                    source: e.into(),
+                })?;
         let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()));
-        let signer = rustls::crypto::ring::sign::any_supported_type(&private)
-            .map_err(|e| IdentityError::Protocol(e.to_string()))?;
+        let signer = rustls::crypto::ring::sign::any_supported_type(&private).map_err(|e| IdentityError::Local {
+            what: "this workload's signing key",
+            source: e.into(),
+        })?;
         // The anchors first: the new certificate may chain to an anchor
         // that peers learn of only now, as this proxy does. Anchors it cannot
         // read never cost it the certificate: it keeps those in use.
         if !issued.trust_anchors.is_empty()
             && let Err(error) = self.trust(&issued.trust_anchors)
         {
-            tracing::warn!(%error, "keeping the trust anchors in use");
+            tracing::warn!(error = %Chain(&error), "keeping the trust anchors in use");
         }
         let issuer = chain
             .first()
@@ -153,11 +162,14 @@ impl LocalIdentity {
     /// Trusts the anchors the identity service handed out, for peers and
     /// for the identity service itself.
     fn trust(&self, anchors_pem: &str) -> Result<(), IdentityError> {
-        let refused = |e: String| IdentityError::Protocol(format!("the trust anchors: {e}"));
-        if self.tls.set_anchors(anchors_pem).map_err(|e| refused(e.to_string()))? {
+        if self
+            .tls
+            .set_anchors(anchors_pem)
+            .map_err(|e| IdentityError::Anchors(e.into()))?
+        {
             self.client
                 .trust(self.tls.roots())
-                .map_err(|e| refused(e.to_string()))?;
+                .map_err(|e| IdentityError::Anchors(e.into()))?;
             let names = self.tls.anchor_names();
             self.anchors.set(names.len() as i64);
             tracing::info!(anchors = ?names, "trust anchors changed");
@@ -185,7 +197,7 @@ impl LocalIdentity {
                     // retries back off, with jitter so that proxies waiting
                     // for a returning identity service do not retry in step.
                     let wait = delays.next().unwrap_or(RETRY.max_delay());
-                    tracing::warn!(%error, retry_in = ?wait, "no certificate yet");
+                    tracing::warn!(error = %Chain(&error), retry_in = ?wait, "no certificate yet");
                     tokio::time::sleep(wait).await;
                 }
             }

@@ -86,10 +86,26 @@ pub struct MeshTls {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("trust anchors: {0}")]
-    Anchors(String),
-    #[error("TLS configuration: {0}")]
+    /// The trust anchors' PEM holds no certificate.
+    #[error("no certificate in the trust anchors")]
+    NoAnchors,
+    /// The trust anchors cannot be read or used; `what` says how far it got.
+    #[error("trust anchors: {what}")]
+    Anchors {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration")]
     Config(#[from] rustls::Error),
+}
+
+fn anchors_error(what: &'static str, source: impl std::error::Error + Send + Sync + 'static) -> TlsError {
+    TlsError::Anchors {
+        what,
+        source: Box::new(source),
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -102,21 +118,22 @@ impl Trust {
         use rustls::pki_types::pem::PemObject;
         let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem.as_bytes())
             .collect::<Result<_, _>>()
-            .map_err(|e| TlsError::Anchors(e.to_string()))?;
+            .map_err(|e| anchors_error("cannot read the PEM", e))?;
         if certificates.is_empty() {
-            return Err(TlsError::Anchors("no certificate in the trust anchors".into()));
+            return Err(TlsError::NoAnchors);
         }
         let mut roots = RootCertStore::empty();
         for certificate in &certificates {
             roots
                 .add(certificate.clone())
-                .map_err(|e| TlsError::Anchors(e.to_string()))?;
+                .map_err(|e| anchors_error("a certificate is not a trust anchor", e))?;
         }
         let roots = Arc::new(roots);
-        let anchors = Arc::new(Anchors::new(&certificates).map_err(|e| TlsError::Anchors(e.to_string()))?);
+        let anchors =
+            Arc::new(Anchors::new(&certificates).map_err(|e| anchors_error("a certificate is not a trust anchor", e))?);
         let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
-            .map_err(|e| TlsError::Anchors(e.to_string()))?;
+            .map_err(|e| anchors_error("cannot verify clients with them", e))?;
         let mut server = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(client_verifier)
@@ -146,7 +163,7 @@ impl MeshTls {
     /// `anchors_pem`: one or more PEM certificates.
     ///
     /// # Errors
-    /// [`TlsError::Anchors`] when they cannot be read or there are none.
+    /// [`TlsError::Anchors`] when they cannot be read, [`TlsError::NoAnchors`] when there are none.
     pub fn new(identity: SpiffeId, anchors_pem: &str, current: Arc<CurrentCert>) -> Result<Self, TlsError> {
         let trust = Trust::new(anchors_pem, &identity, &current)?;
         Ok(MeshTls {
