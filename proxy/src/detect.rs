@@ -17,7 +17,7 @@ const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Protocol {
     Http1,
     Http2,
@@ -25,6 +25,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The metric label value: `http1`, `http2` or `opaque`.
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Http1 => "http1",
@@ -93,7 +94,7 @@ fn classify(bytes: &[u8], max: usize) -> Verdict {
 }
 
 /// How a connection's protocol was decided, for the detection metric.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Decided {
     /// From the first bytes.
     Detected,
@@ -109,6 +110,7 @@ pub enum Decided {
 }
 
 impl Decided {
+    /// The metric label value.
     pub fn as_str(self) -> &'static str {
         match self {
             Decided::Detected => "detected",

@@ -11,38 +11,34 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use ::http::HeaderValue;
 use rustls::server::{Acceptor, ClientHello};
 use strait_contract::{Chain, PortSet, SpiffeId};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
-use crate::balance::Backend;
-use crate::config::{Config, Limits};
-use crate::counted::Counted;
-use crate::detect::{self, Opening, Prefixed, Protocol};
+use crate::balance::{Backend, Target};
+use crate::config::Config;
+use crate::connection::{Accepted, Declared, Pipeline};
 use crate::drain::Drain;
 use crate::endpoint::{Connector, Endpoint};
-use crate::http::route::{Router, Target as RouteTarget};
 use crate::listener::ConnectionLimit;
 use crate::metrics::{Direction, Metrics, RouteLabels, TcpLabels};
-use crate::tcp::{ClientStream, Forwarder, TcpTarget};
+use crate::tcp::{ClientStream, Forwarder};
 use crate::throttle::LogThrottle;
 use crate::tls::{MESH_ALPN, MeshTls, verify};
 use crate::transport::{self, OrigDstError};
-use crate::upstream::Target;
-use crate::{http, listener, mesh};
+use crate::upstream::Address;
+use crate::{listener, mesh};
 
+/// The inbound proxy: what its listeners share.
 pub struct Inbound {
-    pub forwarder: Forwarder,
-    pub connector: Connector,
-    pub metrics: Metrics,
-    pub opaque_ports: PortSet,
-    pub limits: Limits,
+    connector: Connector,
+    pipeline: Pipeline,
+    opaque_ports: PortSet,
     /// Connections from clients, across the listeners.
     pub connections: ConnectionLimit,
-    pub pod_namespace: String,
-    pub pod_name: String,
+    pod_namespace: String,
+    pod_name: String,
     /// Accepts mesh connections, when this proxy has an identity.
     mesh: Option<Arc<MeshTls>>,
     /// Refuse plaintext from anywhere but the node.
@@ -53,8 +49,11 @@ pub struct Inbound {
     /// One connection pool per application port, shared by all clients.
     apps: Mutex<HashMap<SocketAddr, Arc<Endpoint>>>,
     /// The pool seen through each client identity's metrics.
-    backends: Mutex<HashMap<(SocketAddr, String), Arc<Backend>>>,
+    backends: Mutex<HashMap<AppClient, Arc<Backend>>>,
 }
+
+/// An application port, and the client identity its requests come from.
+type AppClient = (SocketAddr, Option<SpiffeId>);
 
 /// How a connection reached the inbound listener.
 enum Arrival {
@@ -94,6 +93,8 @@ impl Refusal {
 }
 
 impl Inbound {
+    /// The inbound side of a proxy configured so; `mesh` accepts peer
+    /// proxies' mutual TLS when this workload has an identity.
     pub fn new(
         config: &Config,
         forwarder: Forwarder,
@@ -102,15 +103,18 @@ impl Inbound {
         mesh: Option<Arc<MeshTls>>,
     ) -> Self {
         Inbound {
-            forwarder,
             connector,
             connections: ConnectionLimit::new(
                 config.limits.max_connections,
                 metrics.tcp.limit_refusals(Direction::Inbound),
             ),
-            metrics,
+            pipeline: Pipeline {
+                direction: Direction::Inbound,
+                forwarder,
+                metrics,
+                limits: config.limits,
+            },
             opaque_ports: config.opaque_ports.clone(),
-            limits: config.limits,
             pod_namespace: config.pod_namespace.clone(),
             pod_name: config.pod_name.clone(),
             mesh,
@@ -122,29 +126,28 @@ impl Inbound {
         }
     }
 
-    fn route_labels(&self, client_id: &str) -> RouteLabels {
-        let mut labels = RouteLabels::new(Direction::Inbound);
-        labels.dst_namespace = self.pod_namespace.clone();
-        labels.dst_pod = self.pod_name.clone();
-        labels.client_id = client_id.to_string();
-        labels.tls = !client_id.is_empty();
-        labels
+    /// The labels of a connection to this pod from `client_id`.
+    fn labels(&self, client_id: Option<&SpiffeId>) -> TcpLabels {
+        TcpLabels::inbound(&self.pod_namespace, &self.pod_name, client_id)
     }
 
-    fn app(&self, addr: SocketAddr, client_id: &str) -> Arc<Backend> {
+    /// The application at `addr` as `client_id`'s requests reach it: one
+    /// connection pool per port, its metrics per client identity.
+    fn app(&self, addr: SocketAddr, client_id: Option<&SpiffeId>) -> Arc<Backend> {
         let mut backends = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
         backends
-            .entry((addr, client_id.to_string()))
+            .entry((addr, client_id.cloned()))
             .or_insert_with(|| {
                 let mut apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
                 let endpoint = apps
                     .entry(addr)
-                    .or_insert_with(|| Arc::new(Endpoint::new(Target { addr, peer: None }, self.connector.clone())))
+                    .or_insert_with(|| Arc::new(Endpoint::new(Address { addr, peer: None }, self.connector.clone())))
                     .clone();
-                Arc::new(Backend::new(
+                Arc::new(Backend::fixed(
                     endpoint,
                     self.pod_name.clone(),
-                    self.metrics.http.route(self.route_labels(client_id)),
+                    self.pipeline.metrics.http.clone(),
+                    RouteLabels::from(&self.labels(client_id)),
                 ))
             })
             .clone()
@@ -215,6 +218,7 @@ pub fn admit_hello(hello: &ClientHello<'_>, expected: &str) -> Result<(), Refusa
 
 static REFUSALS: LogThrottle = LogThrottle::new(5);
 
+/// Accepts on `listener` until `drain` starts, serving each connection.
 pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>, drain: Drain) {
     let connection_drain = drain.clone();
     let limit = inbound.connections.clone();
@@ -238,7 +242,7 @@ async fn handle(inbound: Arc<Inbound>, stream: TcpStream, peer: SocketAddr, drai
         if let Some(suppressed) = REFUSALS.allow() {
             tracing::info!(client = %peer, error = %Chain(&refusal), suppressed, "refusing inbound connection");
         }
-        inbound.metrics.tcp.refused_inbound(refusal.reason());
+        inbound.pipeline.metrics.tcp.refused_inbound(refusal.reason());
     };
     match (arrival, &inbound.mesh) {
         (Arrival::Redirected(orig_dst), _) => match inbound.admits_plaintext(peer) {
@@ -256,72 +260,25 @@ async fn handle(inbound: Arc<Inbound>, stream: TcpStream, peer: SocketAddr, drai
     }
 }
 
-/// Takes a connection for the application at `app` through protocol
-/// detection to the application.
+/// Takes a connection for the application at `app` through the pipeline.
 async fn proxy<C: ClientStream + 'static>(
     inbound: &Inbound,
-    mut stream: C,
+    stream: C,
     peer: SocketAddr,
     app: SocketAddr,
     client_id: Option<SpiffeId>,
     drain: Drain,
 ) {
-    let client_id = client_id.map(|id| id.to_string()).unwrap_or_default();
-    let mut labels = TcpLabels::new(Direction::Inbound);
-    labels.dst_namespace = inbound.pod_namespace.clone();
-    labels.dst_pod = inbound.pod_name.clone();
-    labels.client_id = client_id.clone();
-    labels.tls = !client_id.is_empty();
-    let forwarder = &inbound.forwarder;
-    let target = TcpTarget::Fixed(Target { addr: app, peer: None });
-    let opening = detect::open(
-        &mut stream,
-        inbound.opaque_ports.contains(app.port()),
-        None,
-        inbound.limits.detect_timeout,
-        inbound.limits.detect_buffer,
-        || forwarder.connect(&target, labels.clone()),
-    )
-    .await;
-    let (protocol, io) = match opening {
-        Err(error) => {
-            tracing::debug!(client = %peer, error = %Chain(&error), "client went away during protocol detection");
-            return;
-        }
-        Ok(Opening::Unreachable { prefix, error }) => {
-            forwarder.refuse(Prefixed::new(prefix, stream), peer, labels, &error);
-            return;
-        }
-        Ok(Opening::Decided {
-            protocol,
-            prefix,
-            how,
-            upstream,
-        }) => {
-            inbound
-                .metrics
-                .tcp
-                .detected(Direction::Inbound, protocol.as_str(), how.as_str());
-            let io = Prefixed::new(prefix, stream);
-            if protocol == Protocol::Opaque {
-                match upstream {
-                    Some(upstream) => forwarder.relay(io, peer, upstream).await,
-                    None => forwarder.forward(io, peer, target, labels).await,
-                }
-                return;
-            }
-            (protocol, io)
-        }
+    let accepted = Accepted {
+        stream,
+        peer,
+        target: Target::Fixed(inbound.app(app, client_id.as_ref())),
+        declared: Declared {
+            opaque: inbound.opaque_ports.contains(app.port()),
+            app_protocol: None,
+        },
+        labels: inbound.labels(client_id.as_ref()),
+        client_id,
     };
-    let router = Router {
-        target: RouteTarget::Fixed(inbound.app(app, &client_id)),
-        unrouted: inbound.metrics.http.route(inbound.route_labels(&client_id)),
-        client_id: HeaderValue::from_str(&client_id).ok().filter(|_| !client_id.is_empty()),
-        direction: Direction::Inbound,
-        limits: inbound.limits,
-        upgrade_bytes: inbound.metrics.tcp.byte_counters(&labels),
-    };
-    let _guard = inbound.metrics.tcp.opened(labels.clone());
-    let io = Counted::new(io, inbound.metrics.tcp.byte_counters(&labels));
-    http::server::serve(io, protocol, Arc::new(router), &inbound.limits, drain).await;
+    inbound.pipeline.serve(accepted, drain).await;
 }

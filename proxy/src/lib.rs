@@ -8,6 +8,7 @@ pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod config;
+pub mod connection;
 pub mod counted;
 pub mod detect;
 pub mod discovery;

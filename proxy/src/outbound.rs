@@ -9,33 +9,32 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use strait_contract::Chain;
-use strait_contract::PortSet;
+use strait_contract::{Chain, PortSet};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::balance::{Backend, Balancer, BalancerContext};
-use crate::config::{Config, Limits};
-use crate::counted::Counted;
-use crate::detect::{self, Opening, Prefixed, Protocol};
+use crate::balance::{Backend, Balancer, BalancerContext, Target};
+use crate::config::Config;
+use crate::connection::{Accepted, Declared, Pipeline};
 use crate::discovery::destination::IDLE;
 use crate::discovery::{Destination, Resolve, ServicePort};
 use crate::drain::Drain;
 use crate::endpoint::{Connector, Endpoint};
-use crate::http::route::{Router, Target as RouteTarget};
+use crate::listener;
 use crate::listener::ConnectionLimit;
 use crate::metrics::{Direction, Metrics, RouteLabels, TcpLabels};
-use crate::tcp::{Forwarder, TcpTarget};
-use crate::upstream::Target;
-use crate::{http, listener, transport};
+use crate::tcp::Forwarder;
+use crate::transport::{self, OrigDstError};
+use crate::upstream::Address;
 
+/// The outbound proxy: what its listeners share.
 pub struct Outbound {
-    pub resolve: Arc<dyn Resolve>,
-    pub forwarder: Forwarder,
-    pub connector: Connector,
-    pub metrics: Metrics,
-    pub opaque_ports: PortSet,
-    pub no_endpoint_wait: Duration,
-    pub limits: Limits,
+    /// What each address means: a Service port, or an address to pass
+    /// through.
+    resolve: Arc<dyn Resolve>,
+    connector: Connector,
+    pipeline: Pipeline,
+    opaque_ports: PortSet,
+    no_endpoint_wait: Duration,
     /// The application's connections out, across the listeners.
     pub connections: ConnectionLimit,
     /// One balancer per Service port in use, shared by every connection to
@@ -43,9 +42,15 @@ pub struct Outbound {
     /// By original destination (ClusterIP:port): a ClusterIP means one
     /// Service port at a time, but a Service made again gets a new one.
     balancers: Mutex<HashMap<SocketAddr, Kept>>,
+    /// In tests without iptables, the original destination of every
+    /// connection.
+    #[cfg(test)]
+    pub original_dst: Option<SocketAddr>,
 }
 
 impl Outbound {
+    /// The outbound side of a proxy configured so: `resolve` says what
+    /// each destination is, `forwarder` and `connector` reach it.
     pub fn new(
         config: &Config,
         resolve: Arc<dyn Resolve>,
@@ -55,25 +60,32 @@ impl Outbound {
     ) -> Self {
         Outbound {
             resolve,
-            forwarder,
             connector,
             connections: ConnectionLimit::new(
                 config.limits.max_connections,
                 metrics.tcp.limit_refusals(Direction::Outbound),
             ),
-            metrics,
+            pipeline: Pipeline {
+                direction: Direction::Outbound,
+                forwarder,
+                metrics,
+                limits: config.limits,
+            },
             opaque_ports: config.opaque_ports.clone(),
             no_endpoint_wait: config.no_endpoint_wait,
-            limits: config.limits,
             balancers: Mutex::new(HashMap::new()),
+            #[cfg(test)]
+            original_dst: None,
         }
     }
 
-    fn route_labels(target: &ServicePort) -> RouteLabels {
-        let mut labels = RouteLabels::new(Direction::Outbound);
-        labels.dst_namespace = target.service.namespace.clone();
-        labels.dst_service = target.service.name.clone();
-        labels
+    /// Where the application meant the connection to go.
+    fn original_dst(&self, stream: &TcpStream) -> Result<SocketAddr, OrigDstError> {
+        #[cfg(test)]
+        if let Some(orig_dst) = self.original_dst {
+            return Ok(orig_dst);
+        }
+        transport::redirected_dst(stream)
     }
 
     /// The balancer for connections to `orig_dst`, which discovery says is
@@ -93,11 +105,11 @@ impl Outbound {
         balancers.retain(|_, kept| kept.balancer.is_followed() && !kept.is_idle());
         let context = BalancerContext {
             connector: self.connector.clone(),
-            http_metrics: self.metrics.http.clone(),
-            discovery_metrics: self.metrics.discovery.clone(),
+            http_metrics: self.pipeline.metrics.http.clone(),
+            discovery_metrics: self.pipeline.metrics.discovery.clone(),
             wait: self.no_endpoint_wait,
         };
-        let balancer = Arc::new(Balancer::new(target, Self::route_labels(target), context));
+        let balancer = Arc::new(Balancer::new(target, context));
         balancers.insert(
             orig_dst,
             Kept {
@@ -136,6 +148,7 @@ impl Kept {
     }
 }
 
+/// Accepts on `listener` until `drain` starts, serving each connection.
 pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>, drain: Drain) {
     let connection_drain = drain.clone();
     let limit = outbound.connections.clone();
@@ -146,99 +159,49 @@ pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>, drain: Drain)
     .await;
 }
 
-async fn handle(outbound: Arc<Outbound>, mut stream: TcpStream, peer: SocketAddr, drain: Drain) {
+async fn handle(outbound: Arc<Outbound>, stream: TcpStream, peer: SocketAddr, drain: Drain) {
     transport::tune(&stream);
-    let orig_dst = match transport::redirected_dst(&stream) {
+    let orig_dst = match outbound.original_dst(&stream) {
         Ok(orig_dst) => orig_dst,
         Err(error) => {
             tracing::warn!(client = %peer, error = %Chain(&error), "closing outbound connection");
             return;
         }
     };
-    let destination = outbound.resolve.resolve(orig_dst).await;
-    let (app_protocol, opaque_service_port) = match &destination {
-        Destination::Service(target) => (target.app_protocol.as_deref(), target.opaque),
-        Destination::Passthrough { .. } => (None, false),
-    };
-    let mut labels = TcpLabels::new(Direction::Outbound);
-    let tcp_target = match &destination {
-        Destination::Service(target) => {
-            labels.dst_namespace = target.service.namespace.clone();
-            labels.dst_service = target.service.name.clone();
-            TcpTarget::Balanced(outbound.balancer(orig_dst, target))
-        }
+    let accepted = match outbound.resolve.resolve(orig_dst).await {
+        Destination::Service(service_port) => Accepted {
+            stream,
+            peer,
+            declared: Declared {
+                opaque: service_port.opaque || outbound.opaque_ports.contains(orig_dst.port()),
+                app_protocol: service_port.app_protocol.clone(),
+            },
+            labels: TcpLabels::outbound(&service_port.service.namespace, &service_port.service.name),
+            target: Target::Balanced(outbound.balancer(orig_dst, &service_port)),
+            client_id: None,
+        },
         // There, over mutual TLS if it is a meshed pod.
-        Destination::Passthrough { peer } => TcpTarget::Fixed(Target {
-            addr: orig_dst,
-            peer: peer.clone(),
-        }),
-    };
-    let forwarder = &outbound.forwarder;
-    let opening = detect::open(
-        &mut stream,
-        opaque_service_port || outbound.opaque_ports.contains(orig_dst.port()),
-        app_protocol,
-        outbound.limits.detect_timeout,
-        outbound.limits.detect_buffer,
-        || forwarder.connect(&tcp_target, labels.clone()),
-    )
-    .await;
-    let (protocol, io) = match opening {
-        Err(error) => {
-            tracing::debug!(client = %peer, error = %Chain(&error), "client went away during protocol detection");
-            return;
-        }
-        Ok(Opening::Unreachable { prefix, error }) => {
-            forwarder.refuse(Prefixed::new(prefix, stream), peer, labels, &error);
-            return;
-        }
-        Ok(Opening::Decided {
-            protocol,
-            prefix,
-            how,
-            upstream,
-        }) => {
-            outbound
-                .metrics
-                .tcp
-                .detected(Direction::Outbound, protocol.as_str(), how.as_str());
-            let io = Prefixed::new(prefix, stream);
-            if protocol == Protocol::Opaque {
-                match upstream {
-                    Some(upstream) => forwarder.relay(io, peer, upstream).await,
-                    None => forwarder.forward(io, peer, tcp_target, labels).await,
-                }
-                return;
+        Destination::Passthrough { peer: identity } => {
+            let labels = TcpLabels::outbound("", "");
+            let address = Address {
+                addr: orig_dst,
+                peer: identity,
+            };
+            let endpoint = Arc::new(Endpoint::new(address, outbound.connector.clone()));
+            let route = endpoint.labelled(RouteLabels::from(&labels));
+            let backend = Backend::fixed(endpoint, String::new(), outbound.pipeline.metrics.http.clone(), route);
+            Accepted {
+                stream,
+                peer,
+                declared: Declared {
+                    opaque: outbound.opaque_ports.contains(orig_dst.port()),
+                    app_protocol: None,
+                },
+                labels,
+                target: Target::Fixed(Arc::new(backend)),
+                client_id: None,
             }
-            (protocol, io)
         }
     };
-    let (target, unrouted) = match tcp_target {
-        TcpTarget::Balanced(balancer) => {
-            let mut route = RouteLabels::new(Direction::Outbound);
-            route.dst_namespace = balancer.service.namespace.clone();
-            route.dst_service = balancer.service.name.clone();
-            (RouteTarget::Balanced(balancer), outbound.metrics.http.route(route))
-        }
-        TcpTarget::Fixed(fixed) => {
-            let endpoint = Arc::new(Endpoint::new(fixed, outbound.connector.clone()));
-            let route = endpoint.labelled(RouteLabels::new(Direction::Outbound));
-            let metrics = outbound.metrics.http.route(route);
-            (
-                RouteTarget::Fixed(Arc::new(Backend::new(endpoint, String::new(), metrics.clone()))),
-                metrics,
-            )
-        }
-    };
-    let router = Router {
-        target,
-        unrouted,
-        client_id: None,
-        direction: Direction::Outbound,
-        limits: outbound.limits,
-        upgrade_bytes: outbound.metrics.tcp.byte_counters(&labels),
-    };
-    let _guard = outbound.metrics.tcp.opened(labels.clone());
-    let io = Counted::new(io, outbound.metrics.tcp.byte_counters(&labels));
-    http::server::serve(io, protocol, Arc::new(router), &outbound.limits, drain).await;
+    outbound.pipeline.serve(accepted, drain).await;
 }

@@ -9,28 +9,18 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::balance::Balancer;
+use crate::balance::{Backend, Target};
 use crate::detect::{Prefixed, Readable};
 use crate::metrics::{TcpLabels, TcpMetrics};
 use crate::relay::{RelayError, relay};
 use crate::retry::Policy;
 use crate::tls::MeshTls;
 use crate::transport::{self, ConnectError};
-use crate::upstream::{self, Io, Target};
+use crate::upstream::{self, Io};
 
 /// Connection attempts on endpoints of a Service (one that refused is in
 /// back-off, so the next pick is another).
 const CONNECT: Policy = Policy::Immediate(3);
-
-/// Where an opaque connection goes.
-#[derive(Clone)]
-pub enum TcpTarget {
-    /// One address: the original destination or the local application.
-    Fixed(Target),
-    /// One endpoint of a Service, picked by the balancer; a refused
-    /// connection is tried on another endpoint.
-    Balanced(Arc<Balancer>),
-}
 
 /// An upstream connection and the labels that describe it.
 pub struct Upstream {
@@ -86,29 +76,29 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
-    async fn connect_to(&self, target: &Target, labels: &mut TcpLabels) -> Result<Io, ConnectError> {
-        let io = upstream::connect(target, self.mesh.as_ref(), self.connect_timeout).await?;
-        // Inbound, the client side may already be mutual TLS.
-        labels.tls |= matches!(io, Io::Tls(_));
-        Ok(io)
+    /// Connects to one endpoint, its labels completed with its pod and TLS.
+    async fn connect_to(&self, backend: &Backend, labels: &TcpLabels) -> Result<Upstream, ConnectError> {
+        let io = upstream::connect(&backend.endpoint.target, self.mesh.as_ref(), self.connect_timeout).await?;
+        let labels = labels.reached(&backend.pod, matches!(io, Io::Tls(_)));
+        Ok(Upstream {
+            io,
+            early: Bytes::new(),
+            labels,
+        })
     }
 
     /// Connects to the target; for a Service, to the endpoint the balancer
-    /// picks, trying others when one refuses.
-    pub async fn connect(&self, target: &TcpTarget, mut labels: TcpLabels) -> Result<Upstream, ConnectError> {
+    /// picks, trying others when one refuses ([`CONNECT`]).
+    pub async fn connect(&self, target: &Target, labels: TcpLabels) -> Result<Upstream, ConnectError> {
         let balancer = match target {
-            TcpTarget::Fixed(target) => {
-                let connected = self.connect_to(target, &mut labels).await;
+            Target::Fixed(backend) => {
+                let connected = self.connect_to(backend, &labels).await;
                 if let Err(error) = &connected {
                     self.metrics.connect_failed(labels.direction, error);
                 }
-                return connected.map(|io| Upstream {
-                    io,
-                    early: Bytes::new(),
-                    labels,
-                });
+                return connected;
             }
-            TcpTarget::Balanced(balancer) => balancer,
+            Target::Balanced(balancer) => balancer,
         };
         let deadline = Instant::now() + self.no_endpoint_wait;
         let mut last = None;
@@ -116,15 +106,8 @@ impl Forwarder {
             let Some(backend) = balancer.pick_or_wait(deadline).await else {
                 break;
             };
-            match self.connect_to(&backend.endpoint.target, &mut labels).await {
-                Ok(io) => {
-                    labels.dst_pod = backend.pod.clone();
-                    return Ok(Upstream {
-                        io,
-                        early: Bytes::new(),
-                        labels,
-                    });
-                }
+            match self.connect_to(&backend, &labels).await {
+                Ok(upstream) => return Ok(upstream),
                 Err(error) => {
                     backend.endpoint.mark_failed();
                     self.metrics.connect_failed(labels.direction, &error);
@@ -146,7 +129,7 @@ impl Forwarder {
         &self,
         client: Prefixed<C>,
         client_addr: SocketAddr,
-        target: TcpTarget,
+        target: Target,
         labels: TcpLabels,
     ) {
         match self.connect(&target, labels.clone()).await {

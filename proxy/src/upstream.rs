@@ -46,14 +46,14 @@ impl Io {
 /// Where to connect: an address, and the identity to expect there when the
 /// endpoint is meshed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Target {
+pub struct Address {
     pub addr: SocketAddr,
     pub peer: Option<SpiffeId>,
 }
 
 /// Connects, with mutual TLS when the target is meshed and this proxy has
 /// an identity, all within `timeout`.
-pub async fn connect(target: &Target, mesh_tls: Option<&Arc<MeshTls>>, timeout: Duration) -> Result<Io, ConnectError> {
+pub async fn connect(target: &Address, mesh_tls: Option<&Arc<MeshTls>>, timeout: Duration) -> Result<Io, ConnectError> {
     let (Some(peer), Some(mesh_tls)) = (&target.peer, mesh_tls) else {
         return transport::connect(target.addr, timeout).await.map(Io::Plain);
     };

@@ -11,7 +11,7 @@ pub mod load;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use strait_contract::Chain;
 
@@ -24,10 +24,10 @@ use crate::discovery::{self, EndpointSet, ServiceRef};
 use crate::endpoint::replay::{self, Replayable};
 use crate::endpoint::{Connector, Endpoint, SendError, StreamSlot};
 use crate::metrics::discovery::EndpointStateLabels;
-use crate::metrics::{DiscoveryMetrics, HttpMetrics, RouteLabels, RouteMetrics, TurnedAway};
+use crate::metrics::{DiscoveryMetrics, HttpMetrics, RouteLabels, RouteMetrics, TcpLabels, TurnedAway};
 use crate::retry::Policy;
 use crate::transport::ConnectError;
-use crate::upstream::Target;
+use crate::upstream::Address;
 use crate::wire::Body;
 
 /// An endpoint's latency until measured: about a hop inside a cluster, so a
@@ -91,6 +91,51 @@ pub struct Tracked {
     pub stream: Option<StreamSlot>,
 }
 
+/// Where a connection goes, and its requests: the one target type of the
+/// proxy's pipeline, opaque and HTTP alike.
+#[derive(Clone)]
+pub enum Target {
+    /// A Service port: each connection, and each request, to the endpoint
+    /// the balancer picks.
+    Balanced(Arc<Balancer>),
+    /// One address: the original destination, or the local application.
+    Fixed(Arc<Backend>),
+}
+
+impl Target {
+    /// The metrics of requests that reached no endpoint: the Service
+    /// port's (with no `dst_pod`), or the one address's own.
+    pub fn unrouted(&self) -> RouteMetrics {
+        match self {
+            Target::Balanced(balancer) => balancer
+                .unrouted
+                .get_or_init(|| balancer.http_metrics.route(balancer.route.clone()))
+                .clone(),
+            Target::Fixed(backend) => backend.metrics().clone(),
+        }
+    }
+
+    /// The authority for an HTTP/2 request that names none:
+    /// `name.namespace.svc:port` for a Service, else the address.
+    pub fn authority(&self) -> String {
+        match self {
+            Target::Balanced(balancer) => format!(
+                "{}.{}.svc:{}",
+                balancer.service.name, balancer.service.namespace, balancer.port
+            ),
+            Target::Fixed(backend) => backend.endpoint.addr.to_string(),
+        }
+    }
+
+    /// Sends a request: see [`Balancer::dispatch`] and [`Backend::dispatch`].
+    pub async fn dispatch(&self, request: Request<Body>) -> Result<(Arc<Backend>, Tracked), DispatchError> {
+        match self {
+            Target::Balanced(balancer) => balancer.dispatch(request).await,
+            Target::Fixed(backend) => backend.dispatch(request).await,
+        }
+    }
+}
+
 /// One endpoint, kept across endpoint-set updates so its connections, load
 /// estimate and metric handles survive them.
 pub struct Backend {
@@ -99,23 +144,50 @@ pub struct Backend {
     pub pod: String,
     load: Arc<PeakEwma>,
     recent: Recent,
-    pub metrics: RouteMetrics,
+    metrics: OnceLock<RouteMetrics>,
+    /// Where `metrics` come from when first asked for, for a backend that
+    /// may never see a request (a connection that turns out opaque).
+    route: Option<(HttpMetrics, RouteLabels)>,
 }
 
 impl Backend {
-    pub fn new(endpoint: Arc<Endpoint>, pod: String, metrics: RouteMetrics) -> Self {
-        Self::with_recent(endpoint, pod, metrics, 0.0)
+    /// A backend whose request metrics exist from the start.
+    fn new(endpoint: Arc<Endpoint>, pod: String, metrics: RouteMetrics, recent: f64) -> Self {
+        let backend = Self::with_route(endpoint, pod, None, recent);
+        let _ = backend.metrics.set(metrics);
+        backend
+    }
+
+    /// The backend of one address (the original destination, or the local
+    /// application), its requests labelled `route`; its request metrics
+    /// are looked up on first use (a connection may turn out opaque).
+    pub fn fixed(endpoint: Arc<Endpoint>, pod: String, http: HttpMetrics, route: RouteLabels) -> Self {
+        Self::with_route(endpoint, pod, Some((http, route)), 0.0)
     }
 
     /// A backend that starts as if it had been given `recent` requests lately.
-    fn with_recent(endpoint: Arc<Endpoint>, pod: String, metrics: RouteMetrics, recent: f64) -> Self {
+    fn with_route(
+        endpoint: Arc<Endpoint>,
+        pod: String,
+        route: Option<(HttpMetrics, RouteLabels)>,
+        recent: f64,
+    ) -> Self {
         Backend {
             endpoint,
             pod,
             load: PeakEwma::new(DEFAULT_RTT, DECAY),
             recent: Recent::new(recent, DECAY),
-            metrics,
+            metrics: OnceLock::new(),
+            route,
         }
+    }
+
+    /// This endpoint's request metrics.
+    pub fn metrics(&self) -> &RouteMetrics {
+        self.metrics.get_or_init(|| {
+            let (http, labels) = self.route.as_ref().expect("a backend has metrics or their labels");
+            http.route(labels.clone())
+        })
     }
 
     fn cost(&self) -> f64 {
@@ -205,9 +277,11 @@ pub struct Balancer {
     pub port: u16,
     endpoints: watch::Receiver<Arc<EndpointSet>>,
     snapshot: RwLock<Snapshot>,
-    backends: Mutex<HashMap<Target, Arc<Backend>>>,
+    backends: Mutex<HashMap<Address, Arc<Backend>>>,
     connector: Connector,
     route: RouteLabels,
+    /// Requests that reached no endpoint (no `dst_pod`), on first use.
+    unrouted: OnceLock<RouteMetrics>,
     http_metrics: HttpMetrics,
     discovery_metrics: DiscoveryMetrics,
     /// How long a request waits for a ready endpoint before 503.
@@ -223,7 +297,9 @@ pub struct BalancerContext {
 }
 
 impl Balancer {
-    pub fn new(target: &discovery::ServicePort, route: RouteLabels, context: BalancerContext) -> Self {
+    /// The balancer of one Service port, following its endpoints.
+    pub fn new(target: &discovery::ServicePort, context: BalancerContext) -> Self {
+        let route = RouteLabels::from(&TcpLabels::outbound(&target.service.namespace, &target.service.name));
         let BalancerContext {
             connector,
             http_metrics,
@@ -240,6 +316,7 @@ impl Balancer {
             }),
             backends: Mutex::new(HashMap::new()),
             connector,
+            unrouted: OnceLock::new(),
             route,
             http_metrics,
             discovery_metrics,
@@ -249,8 +326,8 @@ impl Balancer {
 
     /// Where to connect for an endpoint: its address and, if its pod is
     /// meshed, the identity to expect there.
-    fn target(endpoint: &discovery::Endpoint) -> Target {
-        Target {
+    fn target(endpoint: &discovery::Endpoint) -> Address {
+        Address {
             addr: endpoint.addr,
             peer: endpoint.identity.clone(),
         }
@@ -271,7 +348,7 @@ impl Balancer {
             }
         }
         let mut backends = self.backends.lock().unwrap_or_else(PoisonError::into_inner);
-        let targets: HashMap<SocketAddr, Target> =
+        let targets: HashMap<SocketAddr, Address> =
             current.endpoints.iter().map(|e| (e.addr, Self::target(e))).collect();
         // Endpoints not ready now keep their connections for when they are.
         backends.retain(|target, _| targets.get(&target.addr) == Some(target));
@@ -292,11 +369,11 @@ impl Balancer {
         *self.snapshot.write().unwrap_or_else(PoisonError::into_inner) = Snapshot { set: current, usable };
     }
 
-    fn backend(&self, endpoint: &discovery::Endpoint, target: Target, recent: f64) -> Arc<Backend> {
+    fn backend(&self, endpoint: &discovery::Endpoint, target: Address, recent: f64) -> Arc<Backend> {
         let connection = Arc::new(Endpoint::new(target, self.connector.clone()));
         let mut labels = connection.labelled(self.route.clone());
         labels.dst_pod = endpoint.target.as_ref().map(|t| t.name.clone()).unwrap_or_default();
-        Arc::new(Backend::with_recent(
+        Arc::new(Backend::new(
             connection,
             labels.dst_pod.clone(),
             self.http_metrics.route(labels),
@@ -468,7 +545,7 @@ impl Balancer {
                 }
                 Err(SendError::NotSent { request: unsent, error }) => {
                     tracing::debug!(endpoint = %backend.endpoint.addr, error = %Chain(&error), "connect failed; trying another endpoint");
-                    backend.metrics.turned_away(TurnedAway::ConnectFailed);
+                    backend.metrics().turned_away(TurnedAway::ConnectFailed);
                     request = *unsent;
                     last_error = Some(error);
                     continue;
@@ -478,7 +555,7 @@ impl Balancer {
                     return Err(upstream_failed(&backend, source));
                 }
             };
-            backend.metrics.turned_away(refusal.reason());
+            backend.metrics().turned_away(refusal.reason());
             let Some(again) = replayable.take().and_then(Replayable::into_request) else {
                 return refusal.into_result(backend);
             };

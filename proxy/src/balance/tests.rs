@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 
 use super::*;
 use crate::discovery::{Endpoint as DiscoveredEndpoint, ServicePort, TargetRef};
-use crate::metrics::{Direction, Metrics};
+use crate::metrics::Metrics;
 
 /// An HTTP/1 and HTTP/2 server that gives every request `answer`.
 async fn serve<F, Fut>(answer: F) -> SocketAddr
@@ -102,7 +102,7 @@ fn observed_balancer(
         discovery_metrics: metrics.discovery,
         wait: Duration::from_millis(200),
     };
-    let balancer = Balancer::new(&target, RouteLabels::new(Direction::Outbound), context);
+    let balancer = Balancer::new(&target, context);
     (balancer, sender, registry)
 }
 

@@ -29,7 +29,7 @@ use hyper::client::conn::{http1, http2};
 use crate::metrics::RouteLabels;
 use crate::tls::MeshTls;
 use crate::transport::ConnectError;
-use crate::upstream::{self, Io, Target};
+use crate::upstream::{self, Address, Io};
 use crate::wire::Body;
 
 /// How long an endpoint that refused a connection is left out.
@@ -71,7 +71,7 @@ pub struct Endpoint {
     /// The application's address.
     pub addr: SocketAddr,
     /// How to reach it: the address and, when meshed, the identity there.
-    pub target: Target,
+    pub target: Address,
     connector: Connector,
     /// The HTTP/2 connections; the lock is held while connecting so
     /// concurrent requests wait for one new connection instead of making many.
@@ -102,7 +102,7 @@ pub fn switches_protocols(method: &Method, status: StatusCode) -> bool {
 }
 
 impl Endpoint {
-    pub fn new(target: Target, connector: Connector) -> Self {
+    pub fn new(target: Address, connector: Connector) -> Self {
         Endpoint {
             addr: target.addr,
             target,

@@ -17,21 +17,12 @@ use super::errors::{ProxyError, respond};
 use super::headers::{field_list_size, strip_hop_by_hop, wants_upgrade};
 use super::upgrade::relay_upgraded;
 use super::{Body, is_grpc};
-use crate::balance::{Backend, Balancer, DispatchError, Tracked};
+use crate::balance::{Backend, DispatchError, Target, Tracked};
 use crate::config::Limits;
 use crate::endpoint::replay;
 use crate::endpoint::switches_protocols;
 use crate::metrics::{Direction, RouteMetrics};
 use crate::relay::ByteCounters;
-
-/// Where a connection's requests go.
-#[derive(Clone)]
-pub enum Target {
-    /// A Service port: each request to the endpoint the balancer picks.
-    Balanced(Arc<Balancer>),
-    /// One address: the original destination, or the local application.
-    Fixed(Arc<Backend>),
-}
 
 /// The request header that carries a verified client identity to the
 /// application; from anywhere else it is removed.
@@ -140,7 +131,7 @@ impl Router {
                 limit: self.limits.max_header_bytes,
             })
         } else {
-            match prepare_uri(&mut request, &self.fallback_authority()) {
+            match prepare_uri(&mut request, &self.target.authority()) {
                 Ok(()) => self
                     .dispatch(request.map(|body| body.boxed_unsync()))
                     .await
@@ -173,15 +164,15 @@ impl Router {
                 limit: self.limits.max_header_bytes,
             };
             tracing::debug!(error = %Chain(&error), "response refused");
-            backend.metrics.request();
+            backend.metrics().request();
             let response = respond(&error, grpc);
             let status = if grpc { 200 } else { response.status().as_u16() };
             backend
-                .metrics
+                .metrics()
                 .response(status, grpc.then_some(error.grpc_status()), started.elapsed());
             return response;
         }
-        backend.metrics.request();
+        backend.metrics().request();
         let Tracked {
             mut response,
             load,
@@ -205,7 +196,7 @@ impl Router {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         strip_hop_by_hop(response.headers_mut(), switching);
         let completion = Completion {
-            metrics: backend.metrics.clone(),
+            metrics: backend.metrics().clone(),
             status: response.status().as_u16(),
             grpc,
             grpc_status: grpc_status(response.headers()),
@@ -217,20 +208,7 @@ impl Router {
         response.map(|body| Observed::new(body, completion, limit).boxed_unsync())
     }
 
-    fn fallback_authority(&self) -> String {
-        match &self.target {
-            Target::Balanced(balancer) => format!(
-                "{}.{}.svc:{}",
-                balancer.service.name, balancer.service.namespace, balancer.port
-            ),
-            Target::Fixed(backend) => backend.endpoint.addr.to_string(),
-        }
-    }
-
     async fn dispatch(&self, request: Request<Body>) -> Result<(Arc<Backend>, Tracked), DispatchError> {
-        match &self.target {
-            Target::Balanced(balancer) => balancer.dispatch(request).await,
-            Target::Fixed(backend) => backend.dispatch(request).await,
-        }
+        self.target.dispatch(request).await
     }
 }

@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::Direction;
+use super::{Direction, TcpLabels};
 
 /// Latency buckets from 100 µs to 30 s: sub-millisecond proxy hops and slow
 /// calls both resolve.
@@ -34,16 +34,18 @@ pub struct RouteLabels {
     pub tls: bool,
 }
 
-impl RouteLabels {
-    pub fn new(direction: Direction) -> Self {
+impl From<&TcpLabels> for RouteLabels {
+    /// The requests of a connection labelled so, before an endpoint is
+    /// picked (its `server_id` is added then: [`crate::endpoint::Endpoint::labelled`]).
+    fn from(tcp: &TcpLabels) -> Self {
         RouteLabels {
-            direction,
-            dst_namespace: String::new(),
-            dst_service: String::new(),
-            dst_pod: String::new(),
-            client_id: String::new(),
+            direction: tcp.direction,
+            dst_namespace: tcp.dst_namespace.clone(),
+            dst_service: tcp.dst_service.clone(),
+            dst_pod: tcp.dst_pod.clone(),
+            client_id: tcp.client_id.clone(),
             server_id: String::new(),
-            tls: false,
+            tls: tcp.tls,
         }
     }
 }

@@ -1,50 +1,129 @@
 //! TCP connection metrics: `strait_tcp_*`.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use strait_contract::SpiffeId;
 
 use super::Direction;
 
+use crate::detect::{Decided, Protocol};
 use crate::relay::{ByteCounters, RelayError};
 use crate::transport::ConnectError;
 
+/// A connection's labels: where it goes and who it is from. Built only by
+/// [`TcpLabels::outbound`], [`TcpLabels::inbound`] and
+/// [`TcpLabels::reached`], from typed values; an unknown part is `""`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
     pub direction: Direction,
+    /// The Service's namespace (outbound) or this pod's (inbound).
     pub dst_namespace: String,
+    /// The Service, outbound to a Service port.
     pub dst_service: String,
+    /// The endpoint's pod once one is connected (outbound), or this pod
+    /// (inbound).
     pub dst_pod: String,
     /// The verified identity of the client, for inbound mutual TLS.
     pub client_id: String,
+    /// Whether the connection is mutual TLS on the mesh's side.
     pub tls: bool,
 }
 
 impl TcpLabels {
-    pub fn new(direction: Direction) -> Self {
+    /// An outbound connection to a port of the Service `namespace/service`
+    /// (both `""` for an address that is no Service).
+    pub fn outbound(namespace: &str, service: &str) -> Self {
         TcpLabels {
-            direction,
-            dst_namespace: String::new(),
-            dst_service: String::new(),
+            direction: Direction::Outbound,
+            dst_namespace: namespace.to_string(),
+            dst_service: service.to_string(),
             dst_pod: String::new(),
             client_id: String::new(),
             tls: false,
         }
+    }
+
+    /// An inbound connection to this pod (`namespace`/`pod`), over mutual
+    /// TLS from `client` when the client proved an identity.
+    pub fn inbound(namespace: &str, pod: &str, client: Option<&SpiffeId>) -> Self {
+        TcpLabels {
+            direction: Direction::Inbound,
+            dst_namespace: namespace.to_string(),
+            dst_service: String::new(),
+            dst_pod: pod.to_string(),
+            client_id: client.map(SpiffeId::to_string).unwrap_or_default(),
+            tls: client.is_some(),
+        }
+    }
+
+    /// These labels once connected to `pod` (`""` when the endpoint has
+    /// none, or the target is one address), over mutual TLS if `tls`.
+    pub fn reached(&self, pod: &str, tls: bool) -> Self {
+        let mut labels = self.clone();
+        if !pod.is_empty() {
+            labels.dst_pod = pod.to_string();
+        }
+        // Inbound, the client side may already be mutual TLS.
+        labels.tls |= tls;
+        labels
+    }
+}
+
+/// How a connection ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Outcome {
+    /// Both sides closed in order.
+    Ok,
+    /// Reading from or writing to the client failed.
+    ClientError,
+    /// Reading from or writing to the upstream failed.
+    ServerError,
+    /// Neither side sent anything for the idle timeout.
+    IdleTimeout,
+    /// No upstream connection could be made.
+    ConnectError,
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(match self {
+            Outcome::Ok => "ok",
+            Outcome::ClientError => "client_error",
+            Outcome::ServerError => "server_error",
+            Outcome::IdleTimeout => "idle_timeout",
+            Outcome::ConnectError => "connect_error",
+        })
+    }
+}
+
+impl EncodeLabelValue for Protocol {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for Decided {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(self.as_str())
     }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CloseLabels {
     direction: Direction,
-    /// `ok`, `client_error`, `server_error` or `idle_timeout`.
-    outcome: &'static str,
+    outcome: Outcome,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnectErrorLabels {
     direction: Direction,
+    /// [`ConnectError::reason`]: `refused`, `timeout`, `unreachable`,
+    /// `tls`, `no_endpoints` or `other`.
     reason: &'static str,
 }
 
@@ -81,10 +160,11 @@ struct RefusalLabels {
 struct DetectLabels {
     direction: Direction,
     /// `http1`, `http2` or `opaque`.
-    protocol: &'static str,
+    protocol: Protocol,
     /// How it was decided: `detected`, `timeout` (no bytes in time),
-    /// `opaque_port` or `app_protocol` (no detection at all).
-    reason: &'static str,
+    /// `server_first` (the server spoke first), `opaque_port` or
+    /// `app_protocol` (no detection at all).
+    reason: Decided,
 }
 
 impl TcpMetrics {
@@ -152,7 +232,7 @@ impl TcpMetrics {
         ConnectionGuard {
             metrics: self.clone(),
             labels,
-            outcome: "ok",
+            outcome: Outcome::Ok,
         }
     }
 
@@ -166,7 +246,8 @@ impl TcpMetrics {
         }
     }
 
-    pub fn detected(&self, direction: Direction, protocol: &'static str, reason: &'static str) {
+    /// Counts a connection whose protocol was decided, and how.
+    pub fn detected(&self, direction: Direction, protocol: Protocol, reason: Decided) {
         if !self.recording {
             return;
         }
@@ -194,20 +275,22 @@ impl TcpMetrics {
 pub struct ConnectionGuard {
     metrics: TcpMetrics,
     labels: TcpLabels,
-    outcome: &'static str,
+    outcome: Outcome,
 }
 
 impl ConnectionGuard {
+    /// The relay ended with `error`.
     pub fn failed(&mut self, error: &RelayError) {
         self.outcome = match error {
-            RelayError::Downstream(_) => "client_error",
-            RelayError::Upstream(_) => "server_error",
-            RelayError::Idle(_) => "idle_timeout",
+            RelayError::Downstream(_) => Outcome::ClientError,
+            RelayError::Upstream(_) => Outcome::ServerError,
+            RelayError::Idle(_) => Outcome::IdleTimeout,
         };
     }
 
+    /// No upstream connection could be made.
     pub fn connect_failed(&mut self) {
-        self.outcome = "connect_error";
+        self.outcome = Outcome::ConnectError;
     }
 }
 
