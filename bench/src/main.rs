@@ -46,6 +46,11 @@ enum Command {
         /// Where the report goes.
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
+        /// An older `strait-proxy` binary (say, main's, built with
+        /// `scripts/baseline.sh`) to measure this build against in the same
+        /// run: adds the `baseline` scenario.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
     /// The load generator (runs in a pod).
     Load(load::LoadArgs),
@@ -60,7 +65,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { quick, only, out } => run(quick, &only, &out),
+        Command::Run {
+            quick,
+            only,
+            out,
+            baseline,
+        } => run(quick, &only, &out, baseline.as_deref()),
         Command::Load(args) => runtime().and_then(|rt| rt.block_on(load::run(args))),
         Command::Connect(args) => runtime().and_then(|rt| rt.block_on(tools::connect(args))),
         Command::Startup(args) => runtime().and_then(|rt| rt.block_on(tools::startup(args))),
@@ -122,7 +132,22 @@ fn require(bin_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(quick: bool, only: &[String], out: &Path) -> anyhow::Result<()> {
+/// Copies the baseline proxy where its pods mount it from: a directory of
+/// its own that the proxy's user (not root) can read.
+fn baseline_binary(binary: &Path, work: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = work.join("baseline");
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("strait-proxy");
+    std::fs::copy(binary, &copy).with_context(|| format!("the baseline proxy {}", binary.display()))?;
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))?;
+    for path in [work, dir.as_path()] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(dir)
+}
+
+fn run(quick: bool, only: &[String], out: &Path, baseline: Option<&Path>) -> anyhow::Result<()> {
     let bin_dir = std::env::current_exe()?
         .parent()
         .context("strait-bench's directory")?
@@ -132,6 +157,8 @@ fn run(quick: bool, only: &[String], out: &Path) -> anyhow::Result<()> {
         .iter()
         .copied()
         .filter(|s| only.is_empty() || only.iter().any(|o| o == s))
+        // Without a baseline, "everything" leaves out what compares with one.
+        .filter(|s| *s != "baseline" || baseline.is_some() || !only.is_empty())
         .collect();
     if let Some(unknown) = only.iter().find(|o| !scenarios::ALL.contains(&o.as_str())) {
         bail!(
@@ -161,7 +188,11 @@ fn run(quick: bool, only: &[String], out: &Path) -> anyhow::Result<()> {
     lab.down();
     let guard = LabGuard(&lab);
     eprintln!("strait-bench: bringing up the lab {:?}", lab.name);
-    let (haproxy, nginx) = setup::cluster(&lab, &bin_dir, &work)?;
+    let baseline_dir = match baseline {
+        Some(binary) => Some(baseline_binary(binary, &work)?),
+        None => None,
+    };
+    let (haproxy, nginx) = setup::cluster(&lab, &bin_dir, &work, baseline_dir.as_deref())?;
     let cluster = Cluster::find(Lab::new(&lab.name, &bin_dir))?;
     let mut sections = Vec::new();
     let mut failed = Vec::new();

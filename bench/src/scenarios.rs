@@ -35,6 +35,9 @@ pub struct Cluster {
     pub nginx: String,
     pub nginx_ip: String,
     pub iperf_ip: String,
+    /// With `--baseline`: the pods whose proxies run the baseline binary
+    /// (client, backend).
+    pub baseline: Option<(String, String)>,
 }
 
 const SVC: &str = "bench.svc.cluster.local";
@@ -59,6 +62,10 @@ impl Cluster {
             haproxy_ip: lab.pod_ip(&haproxy)?,
             nginx_ip: lab.pod_ip(&nginx)?,
             iperf_ip: lab.pod_ip(&one("iperf")?)?,
+            baseline: match deployment_pods(&lab, "client-baseline")?.first() {
+                Some(client) => Some((client.clone(), one("backend-baseline")?)),
+                None => None,
+            },
             haproxy,
             nginx,
             lab,
@@ -359,6 +366,120 @@ pub fn throughput(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, V
                 if proxied { fmt(cpu_per_request, 1) } else { "–".into() },
                 if proxied { fmt(per_core, 0) } else { "–".into() },
                 if proxied { fmt(peak, 1) } else { "–".into() },
+            ]);
+            raw.push(json!({"system": path.system, "shape": shape, "runs": results[i].iter().map(|m| json!({"load": m.load, "proxy_cpu_seconds": m.proxy_cpu_seconds})).collect::<Vec<_>>()}));
+        }
+    }
+    Ok((table, Value::Array(raw)))
+}
+
+/// This build's proxy against a baseline build (`--baseline`), in the same
+/// run: one hop (the client's sidecar to an unmeshed backend) and the
+/// mutual-TLS pair, each measured closed loop in the throughput scenario's
+/// shapes, rounds interleaved. The figure to watch is proxy CPU per request,
+/// as this ÷ baseline.
+pub fn baseline(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value)> {
+    let (client, backend) = cluster
+        .baseline
+        .clone()
+        .context("the baseline scenario needs a baseline proxy: strait-bench run --baseline <strait-proxy binary>")?;
+    let path = |system, client: &str, to: String, proxies: Vec<&str>| Path {
+        system,
+        client: client.to_string(),
+        to,
+        proxies: proxies
+            .into_iter()
+            .map(|p| (p.to_string(), PROXY.to_string()))
+            .collect(),
+    };
+    let paths = vec![
+        path(
+            "strait",
+            &cluster.client_mtls,
+            format!("backend.{SVC}:50051"),
+            vec![&cluster.client_mtls],
+        ),
+        path(
+            "strait (baseline)",
+            &client,
+            format!("backend.{SVC}:50051"),
+            vec![&client],
+        ),
+        path(
+            "strait pair mTLS",
+            &cluster.client_mtls,
+            format!("backend-mtls.{SVC}:50051"),
+            vec![&cluster.client_mtls, &cluster.backend_mtls],
+        ),
+        path(
+            "strait pair mTLS (baseline)",
+            &client,
+            format!("backend-baseline.{SVC}:50051"),
+            vec![&client, &backend],
+        ),
+    ];
+    let mut table = Table::new(
+        "This build against the baseline proxy (same run, closed loop)",
+        &[
+            "system",
+            "shape",
+            "requests/s",
+            "proxy CPU µs/request",
+            "CPU ÷ baseline",
+            "requests/s ÷ baseline",
+        ],
+    );
+    let mut raw = Vec::new();
+    for (shape, connections, concurrency) in [
+        ("1 conn × 100 streams", "1", "100"),
+        ("64 conns × 2 streams", "64", "128"),
+    ] {
+        let duration = format!("{}s", effort.seconds);
+        let results = rounds(&paths, effort, |path| {
+            measure(
+                cluster,
+                path,
+                &[
+                    "--connections",
+                    connections,
+                    "--concurrency",
+                    concurrency,
+                    "--duration",
+                    &duration,
+                ],
+            )
+        })?;
+        let rps: Vec<f64> = results
+            .iter()
+            .map(|r| median(r.iter().map(|m| num(&m.load["rps"])).collect()))
+            .collect();
+        let cpu: Vec<f64> = results
+            .iter()
+            .map(|r| {
+                median(
+                    r.iter()
+                        .map(|m| m.proxy_cpu_seconds / num(&m.load["ok"]).max(1.0) * 1e6)
+                        .collect(),
+                )
+            })
+            .collect();
+        for (i, path) in paths.iter().enumerate() {
+            // Each system is followed by its baseline.
+            let base = i - i % 2 + 1;
+            let ratio = |values: &[f64]| {
+                if i == base {
+                    "–".to_string()
+                } else {
+                    fmt(values[i] / values[base], 3)
+                }
+            };
+            table.row(vec![
+                path.system.into(),
+                shape.into(),
+                fmt(rps[i], 0),
+                fmt(cpu[i], 1),
+                ratio(&cpu),
+                ratio(&rps),
             ]);
             raw.push(json!({"system": path.system, "shape": shape, "runs": results[i].iter().map(|m| json!({"load": m.load, "proxy_cpu_seconds": m.proxy_cpu_seconds})).collect::<Vec<_>>()}));
         }
@@ -1007,7 +1128,7 @@ pub fn h2load(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value
 }
 
 /// Every scenario, by name, in report order.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 15] = [
     "images",
     "memory",
     "held-connections",
@@ -1022,10 +1143,12 @@ pub const ALL: [&str; 14] = [
     "metrics-cost",
     "h2load",
     "destination",
+    "baseline",
 ];
 
 pub fn by_name(name: &str, cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value)> {
     match name {
+        "baseline" => baseline(cluster, effort),
         "images" => images(cluster, effort),
         "latency" => latency(cluster, effort),
         "throughput" => throughput(cluster, effort),

@@ -138,16 +138,15 @@ fn peer(name: &str, file: &str, config: &str, command: Value) -> Vec<Value> {
     ]
 }
 
-/// The client whose proxy records no metrics: the same Deployment as
-/// `client-plaintext`, injected offline by `strait-injector inject` (as a
-/// user without the webhook would) with `STRAIT_METRICS=off` added.
-fn client_without_metrics(bin_dir: &Path, trust_anchors: &str) -> anyhow::Result<Vec<Value>> {
-    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": "client-nometrics", "namespace": "bench"},
-        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "client-nometrics"}},
-          "template": {"metadata": {"labels": {"app": "client-nometrics"},
-                                    "annotations": {"strait.io/mtls": "disabled"}},
-            "spec": {"containers": [{"name": "client", "image": "lab-app", "command": ["sleep", "infinity"]}]}}}});
+/// `deployment` injected offline by `strait-injector inject` (as a user
+/// without the webhook would), then its proxy container (and the pod spec
+/// around it) changed by `edit`.
+fn injected(
+    bin_dir: &Path,
+    trust_anchors: &str,
+    deployment: Value,
+    edit: impl FnOnce(&mut Value) -> anyhow::Result<()>,
+) -> anyhow::Result<Value> {
     let mut child = Command::new(bin_dir.join("strait-injector"))
         .args(["inject", "-f", "-", "--trust-anchors", trust_anchors])
         .stdin(Stdio::piped())
@@ -164,20 +163,106 @@ fn client_without_metrics(bin_dir: &Path, trust_anchors: &str) -> anyhow::Result
         bail!("strait-injector inject failed");
     }
     let mut injected: Value = serde_yaml::from_slice(&out.stdout)?;
-    let proxy = injected
-        .pointer_mut("/spec/template/spec/initContainers")
+    let spec = injected
+        .pointer_mut("/spec/template/spec")
+        .context("the injected Deployment has no pod spec")?;
+    edit(spec)?;
+    Ok(injected)
+}
+
+/// The proxy container of an injected pod spec.
+fn proxy_container(spec: &mut Value) -> anyhow::Result<&mut Value> {
+    spec.pointer_mut("/initContainers")
         .and_then(Value::as_array_mut)
         .and_then(|containers| containers.iter_mut().find(|c| c["name"] == "strait-proxy"))
-        .context("the injected Deployment has no strait-proxy")?;
-    proxy["env"]
-        .as_array_mut()
-        .context("the proxy has no env")?
-        .push(json!({"name": "STRAIT_METRICS", "value": "off"}));
+        .context("the injected Deployment has no strait-proxy")
+}
+
+/// A bench Deployment of one pod running `containers`.
+fn deployment(name: &str, annotations: Value, containers: Value) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "bench"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+          "template": {"metadata": {"labels": {"app": name}, "annotations": annotations},
+            "spec": {"containers": containers}}}})
+}
+
+/// The client whose proxy records no metrics: the same Deployment as
+/// `client-plaintext`, injected offline with `STRAIT_METRICS=off` added.
+fn client_without_metrics(bin_dir: &Path, trust_anchors: &str) -> anyhow::Result<Vec<Value>> {
+    let client = deployment(
+        "client-nometrics",
+        json!({"strait.io/mtls": "disabled"}),
+        json!([{"name": "client", "image": "lab-app", "command": ["sleep", "infinity"]}]),
+    );
+    let injected = injected(bin_dir, trust_anchors, client, |spec| {
+        proxy_container(spec)?["env"]
+            .as_array_mut()
+            .context("the proxy has no env")?
+            .push(json!({"name": "STRAIT_METRICS", "value": "off"}));
+        Ok(())
+    })?;
     Ok(vec![injected])
 }
 
-/// Brings the lab up with everything the scenarios use.
-pub fn cluster(lab: &Lab, bin_dir: &Path, work: &Path) -> anyhow::Result<(String, String)> {
+/// Where a baseline proxy binary is mounted in its pods (the lab makes
+/// mount points only under /run).
+const BASELINE_MOUNT: &str = "/run/strait-baseline";
+
+/// The same-run A/B pair for `--baseline`: `client-baseline` and
+/// `backend-baseline` (Service `backend-baseline`), shaped as `client-mtls`
+/// and `backend-mtls`, whose proxies run the binary in `baseline_dir`
+/// (`strait-proxy`, mounted from the host) instead of the image's.
+fn baseline_pair(bin_dir: &Path, trust_anchors: &str, baseline_dir: &Path) -> anyhow::Result<Vec<Value>> {
+    let use_baseline = |spec: &mut Value| -> anyhow::Result<()> {
+        let proxy = proxy_container(spec)?;
+        proxy["command"] = json!([format!("{BASELINE_MOUNT}/strait-proxy")]);
+        let mounts = proxy
+            .as_object_mut()
+            .context("the proxy container is no object")?
+            .entry("volumeMounts")
+            .or_insert_with(|| json!([]));
+        mounts
+            .as_array_mut()
+            .context("volumeMounts is no list")?
+            .push(json!({"name": "strait-baseline", "mountPath": BASELINE_MOUNT, "readOnly": true}));
+        let volumes = spec
+            .as_object_mut()
+            .context("the pod spec is no object")?
+            .entry("volumes")
+            .or_insert_with(|| json!([]));
+        volumes
+            .as_array_mut()
+            .context("volumes is no list")?
+            .push(json!({"name": "strait-baseline", "hostPath": {"path": baseline_dir, "type": "Directory"}}));
+        Ok(())
+    };
+    let client = deployment(
+        "client-baseline",
+        json!({}),
+        json!([{"name": "client", "image": "lab-app", "command": ["sleep", "infinity"]}]),
+    );
+    let backend = deployment(
+        "backend-baseline",
+        json!({}),
+        json!([{"name": "grpc", "image": "lab-app", "command": ["lab-app", "grpc-server", "--port", "50051"],
+                "ports": [{"name": "grpc", "containerPort": 50051}],
+                "readinessProbe": {"tcpSocket": {"port": "grpc"}, "periodSeconds": 1}}]),
+    );
+    let service = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "backend-baseline", "namespace": "bench"},
+        "spec": {"selector": {"app": "backend-baseline"},
+                 "ports": [{"name": "grpc", "port": 50051, "targetPort": "grpc"}]}});
+    Ok(vec![
+        injected(bin_dir, trust_anchors, client, use_baseline)?,
+        injected(bin_dir, trust_anchors, backend, use_baseline)?,
+        service,
+    ])
+}
+
+/// Brings the lab up with everything the scenarios use; with `baseline` (a
+/// directory holding an older `strait-proxy`), also the baseline pair.
+pub fn cluster(lab: &Lab, bin_dir: &Path, work: &Path, baseline: Option<&Path>) -> anyhow::Result<(String, String)> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("manifests/bench.yaml");
     lab.up(&manifest, &[])?;
     let backends = Backends::find(lab)?;
@@ -201,6 +286,9 @@ pub fn cluster(lab: &Lab, bin_dir: &Path, work: &Path) -> anyhow::Result<(String
         &work.join("trust-anchors.pem"),
     )?;
     objects.extend(client_without_metrics(bin_dir, &anchors)?);
+    if let Some(baseline) = baseline {
+        objects.extend(baseline_pair(bin_dir, &anchors, baseline)?);
+    }
     let text: String = objects
         .iter()
         .map(|o| serde_yaml::to_string(o).map(|y| format!("---\n{y}")))

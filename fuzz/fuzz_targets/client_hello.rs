@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use rustls::server::Acceptor;
-use strait_proxy::inbound::admit_hello;
+use strait_proxy::admit_hello;
 
 const EXPECTED: &str = "web.demo.serviceaccount.identity.cluster.local";
 

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use strait_proxy::detect::decide;
+use strait_proxy::decide;
 
 const MAX: usize = 512;
 

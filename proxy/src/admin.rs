@@ -33,6 +33,8 @@ impl Readiness {
         self.lock().insert(condition);
     }
 
+    /// Marks `condition` as met, so `/ready` no longer waits for it; a condition
+    /// never required is ignored.
     pub fn met(&self, condition: &'static str) {
         self.lock().remove(condition);
     }
@@ -59,9 +61,13 @@ pub type EndpointsView = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 /// (the admin port probes no others).
 #[derive(Clone, Debug)]
 pub struct AppProbes {
+    /// The ports the application's probes name (`STRAIT_APP_PROBE_PORTS`, written
+    /// by the injector); any other port is answered 404.
     pub ports: PortSet,
     /// The pod's address, where the kubelet's probe would connect.
     pub ip: IpAddr,
+    /// How long the connection to the application's port may take to open
+    /// before the probe is answered 503.
     pub timeout: std::time::Duration,
 }
 
@@ -92,15 +98,26 @@ impl AppProbes {
     }
 }
 
+/// What the admin server answers from; each connection gets a clone.
 #[derive(Clone)]
 pub struct Admin {
+    /// The proxy's `strait_*` metrics, encoded for `/metrics` ahead of the
+    /// `process_*` series.
     pub registry: Arc<Registry>,
+    /// The conditions `/ready` waits for.
     pub readiness: Readiness,
+    /// The proxy's drain: `/ready` answers 503 once the stop is announced,
+    /// and a `POST /shutdown` from localhost starts the drain.
     pub drain: Drain,
+    /// Renders the balancers' view of each destination for `/endpoints`.
     pub endpoints: EndpointsView,
+    /// Answers `/app-probe/tcp/<port>`.
     pub app_probes: AppProbes,
 }
 
+/// Serves the admin API over HTTP/1.1 on `listener` until the task is
+/// aborted. A failed accept is logged and retried after 50 ms; a client has
+/// 10 seconds to send its request headers.
 pub async fn serve(listener: TcpListener, admin: Admin) {
     loop {
         let (stream, peer) = match listener.accept().await {

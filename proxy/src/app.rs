@@ -27,6 +27,8 @@ const LISTEN: &str = "0A";
 
 static UNREADABLE: LogThrottle = LogThrottle::new(1);
 
+/// The application as seen from the pod's network namespace: its listening
+/// sockets in `/proc/net/tcp{,6}` and its open outbound connections.
 pub struct Application {
     /// The proxy's own listening ports, which are not the application's.
     own_ports: HashSet<u16>,
@@ -35,6 +37,9 @@ pub struct Application {
 }
 
 impl Application {
+    /// The application beside a proxy that listens on `own_ports` (which are
+    /// therefore not the application's); `outbound` counts the application's
+    /// connections out through the proxy.
     pub fn new(own_ports: impl IntoIterator<Item = u16>, outbound: ConnectionLimit) -> Self {
         Application {
             own_ports: own_ports.into_iter().collect(),

@@ -15,16 +15,25 @@ use strait_contract::logging::{self, LogFormat};
 use strait_contract::names::{self, env};
 use strait_contract::{PortSet, Setting, SettingError, SpiffeId, format_duration};
 
+/// The outbound listeners' addresses, comma-separated `ip:port`.
 pub const OUTBOUND_ADDRS: &str = "STRAIT_OUTBOUND_ADDRS";
+/// The inbound listeners' addresses, comma-separated `ip:port`.
 pub const INBOUND_ADDRS: &str = "STRAIT_INBOUND_ADDRS";
+/// The admin server's `ip:port`.
 pub const ADMIN_ADDR: &str = "STRAIT_ADMIN_ADDR";
+/// A duration (`30s`): how long open connections may finish after SIGTERM.
 pub const SHUTDOWN_GRACE: &str = "STRAIT_SHUTDOWN_GRACE";
+/// A tracing filter directive.
 pub const LOG_LEVEL: &str = env::LOG_LEVEL;
+/// A duration: how long a request waits for a Service's ready endpoint.
 pub const NO_ENDPOINT_WAIT: &str = "STRAIT_NO_ENDPOINT_WAIT";
 /// `off` stops recording metrics, to measure what they cost.
 pub const METRICS: &str = "STRAIT_METRICS";
+/// A count of threads serving traffic (default 1).
 pub const WORKER_THREADS: &str = "STRAIT_WORKER_THREADS";
 
+/// Everything the proxy is configured with; see [`Config::from_env`] for
+/// the variables and their defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Where iptables redirects the pod's outgoing TCP, one listener per
@@ -57,7 +66,9 @@ pub struct Config {
     pub destination: Option<String>,
     /// Whether to record metrics (`STRAIT_METRICS=on|off`, default on).
     pub metrics: bool,
+    /// The pod's name (`STRAIT_POD_NAME`), for inbound metric labels.
     pub pod_name: String,
+    /// The pod's namespace (`STRAIT_POD_NAMESPACE`).
     pub pod_namespace: String,
     /// This workload's identity and where to get certificates.
     pub identity: Option<IdentityConfig>,
@@ -79,8 +90,10 @@ pub struct Config {
     pub limits: Limits,
 }
 
+/// This workload's identity, when it has one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdentityConfig {
+    /// Its SPIFFE ID (`spiffe://<trust domain>/ns/<ns>/sa/<sa>`).
     pub id: SpiffeId,
     /// host:port of the identity service.
     pub service: String,

@@ -57,9 +57,13 @@ pub struct Accepted<C> {
 /// What every connection of one direction is served with; cheap to share.
 #[derive(Clone)]
 pub struct Pipeline {
+    /// Which way the connections go, for metric labels and the router's headers.
     pub direction: Direction,
+    /// Relays opaque connections and refuses those whose target is unreachable.
     pub forwarder: Forwarder,
+    /// Where detection outcomes, connections, bytes and requests are counted.
     pub metrics: Metrics,
+    /// The detection timeout and buffer, and the HTTP servers' limits.
     pub limits: Limits,
 }
 

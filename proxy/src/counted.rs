@@ -9,6 +9,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::relay::ByteCounters;
 
+/// A stream that adds the bytes read from it to `client_to_server` and the
+/// bytes written to it to `server_to_client`.
 pub struct Counted<S> {
     inner: S,
     counters: ByteCounters,

@@ -17,10 +17,16 @@ const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
 ];
 
+/// A connection's protocol, as detection or the destination port decides it.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Protocol {
+    /// HTTP/1.0 or HTTP/1.1: the first line is a request line (RFC 9112 §3)
+    /// with a known method.
     Http1,
+    /// HTTP/2 with prior knowledge: the client sent the connection preface
+    /// (RFC 9113 §3.4), or the port's `appProtocol` is `kubernetes.io/h2c`.
     Http2,
+    /// Anything else: bytes are relayed untouched.
     Opaque,
 }
 
@@ -134,13 +140,23 @@ pub enum Opening<U, E> {
     /// The protocol is known; `upstream` is a connection opened early for a
     /// silent client, to use if the protocol is opaque.
     Decided {
+        /// The connection's protocol.
         protocol: Protocol,
+        /// The bytes read from the client while deciding, to be replayed in
+        /// front of the stream ([`Prefixed`]).
         prefix: Bytes,
+        /// How the protocol was decided.
         how: Decided,
+        /// The upstream connection opened alongside detection, if any.
         upstream: Option<U>,
     },
     /// The early upstream connection failed: nothing can reach the target.
-    Unreachable { prefix: Bytes, error: E },
+    Unreachable {
+        /// The bytes read from the client before the connection failed.
+        prefix: Bytes,
+        /// Why the upstream connection failed.
+        error: E,
+    },
 }
 
 /// Decides a connection's protocol. A port declared opaque (`opaque_port`:
@@ -243,12 +259,10 @@ pub struct Prefixed<S> {
 }
 
 impl<S> Prefixed<S> {
+    /// A stream that reads `prefix` first and then `inner`; writes go straight
+    /// to `inner`.
     pub fn new(prefix: Bytes, inner: S) -> Self {
         Prefixed { prefix, inner }
-    }
-
-    pub fn get_ref(&self) -> &S {
-        &self.inner
     }
 
     /// The stream itself; bytes of the prefix not yet read are dropped.

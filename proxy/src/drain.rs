@@ -11,6 +11,8 @@ use std::time::Duration;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
+/// The proxy's shutdown, shared by its listeners, connection tasks and
+/// admin server; clones share one state.
 #[derive(Clone, Debug, Default)]
 pub struct Drain {
     /// Fired once the proxy is stopping: readiness turns false.
@@ -24,6 +26,7 @@ pub struct Drain {
 }
 
 impl Drain {
+    /// A drain not yet announced or started, tracking no connections.
     pub fn new() -> Self {
         Drain::default()
     }

@@ -66,16 +66,22 @@ enum Arrival {
 /// Why a connection is refused before it reaches the application.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
+    /// Plaintext from anywhere but the node, in strict mode.
     #[error("plaintext connection refused in strict mode")]
     Plaintext,
+    /// A ClientHello naming another server (its SNI, if any).
     #[error("TLS ClientHello for {0:?}, not this workload")]
     NotForThisPod(Option<String>),
+    /// A ClientHello without the mesh's ALPN protocol.
     #[error("TLS ClientHello without the mesh protocol (ALPN strait.io/mesh/1)")]
     NotMesh,
+    /// The handshake failed (no client certificate, an untrusted one, …).
     #[error("mutual TLS handshake failed")]
     Handshake(#[source] std::io::Error),
+    /// The mesh header after the handshake is missing or malformed.
     #[error("bad mesh header")]
     Header(#[source] std::io::Error),
+    /// The handshake and header took longer than this.
     #[error("peer took longer than {0:?} to complete the handshake")]
     Timeout(Duration),
 }

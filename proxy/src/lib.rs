@@ -1,35 +1,43 @@
 //! strait-proxy: the transparent sidecar.
 //!
-//! The proxy is built from its [`Config`], then binds its listeners, then runs
-//! until a shutdown signal; each step is separate so tests run it in-process
-//! on ephemeral ports.
+//! The proxy is built from its [`Config`] ([`Proxy::build`]), then binds its
+//! listeners ([`Proxy::bind`]), then runs until a shutdown signal
+//! ([`Bound::run`]). Other crates see only that, and the two parsers the
+//! fuzz targets exercise ([`decide`], [`admit_hello`]); every module is
+//! private, so the compiler reports what nothing uses.
+//!
+//! A connection's way through the modules is one chain
+//! (`connection` has the whole path; `tests/module_chain.rs` keeps it
+//! free of cycles).
 
-pub mod admin;
-pub mod app;
-pub mod balance;
+#![warn(missing_docs)]
+
+mod admin;
+mod app;
+mod balance;
 pub mod config;
-pub mod connection;
-pub mod counted;
-pub mod detect;
-pub mod discovery;
-pub mod drain;
-pub mod endpoint;
-pub mod http;
-pub mod identity;
-pub mod inbound;
-pub mod listener;
-pub mod memory;
-pub mod mesh;
-pub mod metrics;
-pub mod outbound;
-pub mod relay;
-pub mod retry;
-pub mod tcp;
-pub mod throttle;
-pub mod tls;
-pub mod transport;
-pub mod upstream;
-pub mod wire;
+mod connection;
+mod counted;
+mod detect;
+mod discovery;
+mod drain;
+mod endpoint;
+mod http;
+mod identity;
+mod inbound;
+mod listener;
+mod memory;
+mod mesh;
+mod metrics;
+mod outbound;
+mod relay;
+mod retry;
+mod tcp;
+mod throttle;
+mod tls;
+mod transport;
+mod upstream;
+mod wire;
 
 use std::future::Future;
 use std::io;
@@ -42,6 +50,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::time::Instant;
 
 pub use config::Config;
+pub use detect::decide;
+pub use inbound::{Refusal, admit_hello};
 
 use admin::{Admin, AppProbes, Readiness};
 use app::Application;
@@ -64,6 +74,9 @@ pub struct Proxy {
     drain: Drain,
     /// This workload's identity, when mutual TLS is on.
     identity: Option<Arc<LocalIdentity>>,
+    /// What a test puts in place of the cluster.
+    #[cfg(test)]
+    hooks: tests::Hooks,
 }
 
 /// Why a proxy cannot be built from its configuration.
@@ -73,14 +86,6 @@ pub enum BuildError {
     /// anchors, TLS for the identity service).
     #[error("identity")]
     Identity(#[from] identity::SetupError),
-}
-
-/// The proxy's bound addresses, which tests read to find ephemeral ports.
-#[derive(Clone, Debug)]
-pub struct Addrs {
-    pub outbound: Vec<SocketAddr>,
-    pub inbound: Vec<SocketAddr>,
-    pub admin: SocketAddr,
 }
 
 /// A listener that cannot be bound: which one (`outbound`, `inbound`,
@@ -95,6 +100,11 @@ pub struct BindError {
 }
 
 impl Proxy {
+    /// Registers the metrics and sets up the identity (its key and trust
+    /// anchors; the certificate comes once running).
+    ///
+    /// # Errors
+    /// [`BuildError`] when the identity cannot be set up.
     pub fn build(config: Config) -> Result<Self, BuildError> {
         let mut registry = metrics::registry();
         let metrics = Metrics::register(&mut registry, config.metrics);
@@ -120,9 +130,15 @@ impl Proxy {
             readiness,
             drain: Drain::new(),
             identity,
+            #[cfg(test)]
+            hooks: tests::Hooks::default(),
         })
     }
 
+    /// Binds the outbound, inbound and admin listeners.
+    ///
+    /// # Errors
+    /// [`BindError`] naming the first listener that cannot be bound.
     pub fn bind(self) -> Result<Bound, BindError> {
         let outbound = listen_all("outbound", &self.config.outbound_addrs)?;
         let inbound = listen_all("inbound", &self.config.inbound_addrs)?;
@@ -176,24 +192,6 @@ pub struct Bound {
 }
 
 impl Bound {
-    pub fn addrs(&self) -> Addrs {
-        let addr = |listener: &TcpListener| {
-            listener
-                .local_addr()
-                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
-        };
-        Addrs {
-            outbound: self.outbound.iter().map(addr).collect(),
-            inbound: self.inbound.iter().map(addr).collect(),
-            admin: addr(&self.admin),
-        }
-    }
-
-    /// The drain handle: starting it shuts the proxy down gracefully.
-    pub fn drain(&self) -> Drain {
-        self.proxy.drain.clone()
-    }
-
     /// Serves until `shutdown` resolves or `POST /shutdown` arrives, then
     /// stops accepting and gives open connections the grace period to finish.
     /// Returns how many connections were cut off when the grace ran out.
@@ -211,6 +209,8 @@ impl Bound {
             readiness,
             drain,
             identity,
+            #[cfg(test)]
+            hooks,
         } = proxy;
         let control_plane_tls = identity.as_ref().map(|identity| identity.tls.clone());
         if let Some(identity) = identity {
@@ -228,6 +228,8 @@ impl Bound {
             },
             _ => Arc::new(NoDiscovery),
         };
+        #[cfg(test)]
+        let (resolve, mesh) = (hooks.resolve.unwrap_or(resolve), hooks.mesh.or(mesh));
         let forwarder = Forwarder {
             connect_timeout: config.limits.connect_timeout,
             idle_timeout: config.limits.idle_timeout,
@@ -240,13 +242,13 @@ impl Bound {
             mesh: mesh.clone(),
             max_header_bytes: config.limits.max_header_bytes,
         };
-        let outbound_proxy = Arc::new(Outbound::new(
-            &config,
-            resolve,
-            forwarder.clone(),
-            connector.clone(),
-            metrics.clone(),
-        ));
+        #[allow(unused_mut)] // Tests set a field.
+        let mut outbound_side = Outbound::new(&config, resolve, forwarder.clone(), connector.clone(), metrics.clone());
+        #[cfg(test)]
+        {
+            outbound_side.original_dsts = hooks.original_dsts;
+        }
+        let outbound_proxy = Arc::new(outbound_side);
         let inbound_proxy = Arc::new(Inbound::new(&config, forwarder, connector, metrics, mesh));
         let balancers = outbound_proxy.clone();
         let admin_task = tokio::spawn(admin::serve(
@@ -310,3 +312,6 @@ impl Bound {
         cut
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -25,6 +25,8 @@ pub struct ConnectionLimit {
 }
 
 impl ConnectionLimit {
+    /// A limit of `max` connections open at once; `refused` counts the
+    /// connections closed for being over it.
     pub fn new(max: usize, refused: Counter) -> Self {
         ConnectionLimit {
             permits: Arc::new(Semaphore::new(max)),

@@ -42,10 +42,10 @@ pub struct Outbound {
     /// By original destination (ClusterIP:port): a ClusterIP means one
     /// Service port at a time, but a Service made again gets a new one.
     balancers: Mutex<HashMap<SocketAddr, Kept>>,
-    /// In tests without iptables, the original destination of every
-    /// connection.
+    /// In tests without iptables, each connection's original destination,
+    /// by client address.
     #[cfg(test)]
-    pub original_dst: Option<SocketAddr>,
+    pub original_dsts: Option<Arc<Mutex<HashMap<SocketAddr, SocketAddr>>>>,
 }
 
 impl Outbound {
@@ -75,15 +75,17 @@ impl Outbound {
             no_endpoint_wait: config.no_endpoint_wait,
             balancers: Mutex::new(HashMap::new()),
             #[cfg(test)]
-            original_dst: None,
+            original_dsts: None,
         }
     }
 
     /// Where the application meant the connection to go.
     fn original_dst(&self, stream: &TcpStream) -> Result<SocketAddr, OrigDstError> {
         #[cfg(test)]
-        if let Some(orig_dst) = self.original_dst {
-            return Ok(orig_dst);
+        if let Some(nat) = &self.original_dsts {
+            let client = stream.peer_addr().map_err(OrigDstError::Unreadable)?;
+            let found = nat.lock().unwrap_or_else(PoisonError::into_inner).get(&client).copied();
+            return found.ok_or(OrigDstError::NotRedirected(client));
         }
         transport::redirected_dst(stream)
     }

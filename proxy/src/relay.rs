@@ -42,14 +42,18 @@ pub enum RelayError {
 /// Bytes moved, as seen by the proxy.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Transferred {
+    /// Bytes read from the client, for the server.
     pub client_to_server: u64,
+    /// Bytes read from the server, for the client.
     pub server_to_client: u64,
 }
 
 /// Where each direction's byte counts go as they happen.
 #[derive(Clone, Debug, Default)]
 pub struct ByteCounters {
+    /// Counts the bytes on their way from the client to the server, as they pass.
     pub client_to_server: Counter,
+    /// Counts the bytes on their way from the server to the client, as they pass.
     pub server_to_client: Counter,
 }
 

@@ -24,7 +24,12 @@ pub enum Policy {
     Immediate(usize),
     /// Attempts without end, `first` apart at first, doubling up to `max`
     /// apart, jittered.
-    Backoff { first: Duration, max: Duration },
+    Backoff {
+        /// The delay before the second attempt, before jitter.
+        first: Duration,
+        /// The longest delay between two attempts.
+        max: Duration,
+    },
 }
 
 impl Policy {

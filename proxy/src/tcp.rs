@@ -24,9 +24,11 @@ const CONNECT: Policy = Policy::Immediate(3);
 
 /// An upstream connection and the labels that describe it.
 pub struct Upstream {
+    /// The connection: plain TCP, or mutual TLS to the endpoint's proxy.
     pub io: Io,
     /// Bytes the server sent while the protocol was being decided.
     pub early: Bytes,
+    /// The connection's labels, completed with the endpoint's pod and TLS.
     pub labels: TcpLabels,
 }
 
@@ -49,6 +51,7 @@ impl Readable for Upstream {
 
 /// A client connection the proxy can refuse with a reset.
 pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {
+    /// The TCP socket beneath, to reset; `None` when there is none to reach.
     fn into_tcp(self) -> Option<TcpStream>;
 }
 
@@ -67,9 +70,16 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
 /// What every opaque forward needs; cheap to clone per connection.
 #[derive(Clone, Debug)]
 pub struct Forwarder {
+    /// How long a connection attempt may take, a mutual TLS handshake included
+    /// (`STRAIT_CONNECT_TIMEOUT`).
     pub connect_timeout: Duration,
+    /// A relay with no bytes either way for this long is closed
+    /// (`STRAIT_IDLE_TIMEOUT`).
     pub idle_timeout: Duration,
+    /// How long a connection to a Service waits for a ready endpoint
+    /// (`STRAIT_NO_ENDPOINT_WAIT`).
     pub no_endpoint_wait: Duration,
+    /// Where connections, their bytes and outcomes, and connect errors are counted.
     pub metrics: TcpMetrics,
     /// This proxy's mutual TLS, when it has an identity.
     pub mesh: Option<Arc<MeshTls>>,
@@ -89,6 +99,10 @@ impl Forwarder {
 
     /// Connects to the target; for a Service, to the endpoint the balancer
     /// picks, trying others when one refuses ([`CONNECT`]).
+    ///
+    /// # Errors
+    /// The last attempt's [`ConnectError`], or [`ConnectError::NoEndpoints`]
+    /// when the Service had no ready endpoint within `no_endpoint_wait`.
     pub async fn connect(&self, target: &Target, labels: TcpLabels) -> Result<Upstream, ConnectError> {
         let balancer = match target {
             Target::Fixed(backend) => {

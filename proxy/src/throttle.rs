@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 const WINDOW: Duration = Duration::from_secs(1);
 
+/// One call site's log rate limit: at most `per_second` lines in each
+/// one-second window, counting the lines left out.
 #[derive(Debug)]
 pub struct LogThrottle {
     per_second: u32,
@@ -22,6 +24,8 @@ struct Window {
 }
 
 impl LogThrottle {
+    /// A throttle allowing `per_second` lines a second; `const`, so a call site
+    /// can keep it in a `static`.
     pub const fn new(per_second: u32) -> Self {
         LogThrottle {
             per_second,

@@ -15,27 +15,44 @@ use tokio::net::{TcpSocket, TcpStream};
 pub enum ConnectError {
     /// The endpoint answered with a reset (nothing listens there).
     #[error("connection to {addr} refused")]
-    Refused { addr: SocketAddr },
+    Refused {
+        /// The address connected to: the endpoint's, or for a meshed
+        /// endpoint its proxy's inbound port.
+        addr: SocketAddr,
+    },
     /// No connection (or mutual TLS handshake) within `timeout`.
     #[error("connection to {addr} timed out after {timeout:?}")]
-    Timeout { addr: SocketAddr, timeout: Duration },
+    Timeout {
+        /// The address connected to.
+        addr: SocketAddr,
+        /// The time allowed (`STRAIT_CONNECT_TIMEOUT`).
+        timeout: Duration,
+    },
     /// Any other socket error.
     #[error("connection to {addr} failed")]
     Other {
+        /// The address connected to.
         addr: SocketAddr,
+        /// The socket error.
         #[source]
         source: io::Error,
     },
     /// A Service port had no ready endpoint within the wait.
     #[error("{target} has no ready endpoint")]
-    NoEndpoints { target: String },
+    NoEndpoints {
+        /// The Service port, as `namespace/name:port`.
+        target: String,
+    },
     /// The connection to the peer proxy of the meshed endpoint `addr` was
     /// made, but mutual TLS with `peer` (its SPIFFE ID) or the mesh header
     /// after it failed.
     #[error("mutual TLS with {peer} at {addr} failed")]
     Tls {
+        /// The endpoint's address (`ip:port`).
         addr: SocketAddr,
+        /// The SPIFFE ID expected there.
         peer: String,
+        /// The TLS error, or the mesh header's write error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -60,6 +77,8 @@ impl ConnectError {
 /// Why a connection has no usable original destination.
 #[derive(Debug, thiserror::Error)]
 pub enum OrigDstError {
+    /// The socket's original destination (`SO_ORIGINAL_DST`,
+    /// `IP6T_SO_ORIGINAL_DST`) or local address cannot be read.
     #[error("cannot read the original destination")]
     Unreadable(#[from] io::Error),
     /// The connection was made straight to the listener, not redirected to
@@ -69,8 +88,22 @@ pub enum OrigDstError {
 }
 
 /// The destination the client asked for before iptables redirected it here.
+///
+/// # Errors
+/// [`OrigDstError::Unreadable`] when the socket's addresses cannot be read,
+/// [`OrigDstError::NotRedirected`] when the connection is addressed to the
+/// listener itself.
 pub fn redirected_dst(stream: &TcpStream) -> Result<SocketAddr, OrigDstError> {
-    let target = original_dst(stream)?;
+    let target = match original_dst(stream) {
+        Ok(target) => target,
+        // No connection-tracking entry (ENOENT), or no connection tracking
+        // in this network namespace (ENOPROTOOPT): no NAT rule redirected
+        // the connection, which was made to the listener itself.
+        Err(error) if matches!(error.raw_os_error(), Some(libc::ENOENT | libc::ENOPROTOOPT)) => {
+            return Err(OrigDstError::NotRedirected(stream.local_addr()?));
+        }
+        Err(error) => return Err(error.into()),
+    };
     if target == stream.local_addr()? {
         return Err(OrigDstError::NotRedirected(target));
     }
@@ -119,11 +152,18 @@ pub fn family_unavailable(error: &io::Error) -> bool {
 
 /// Keeps an IPv6 listener to IPv6, so each family has its own listener and
 /// original-destination lookups never see IPv4-mapped addresses.
+///
+/// # Errors
+/// The error of `setsockopt(IPV6_V6ONLY)`.
 pub fn set_ipv6_only(socket: &TcpSocket) -> io::Result<()> {
     SockRef::from(socket).set_only_v6(true)
 }
 
 /// Connects to `addr`, giving up after `timeout`.
+///
+/// # Errors
+/// [`ConnectError::Timeout`] after `timeout`, [`ConnectError::Refused`] on
+/// a reset, [`ConnectError::Other`] for any other socket error.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
@@ -146,4 +186,25 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
 pub fn reset(stream: TcpStream) {
     let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
     drop(stream);
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// With or without connection tracking in the namespace, a connection
+    /// made to the listener itself is named so (not an unreadable socket).
+    #[tokio::test]
+    async fn a_connection_made_to_the_listener_is_not_redirected() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        match redirected_dst(&accepted) {
+            Err(OrigDstError::NotRedirected(local)) => assert_eq!(local, addr),
+            other => panic!("expected NotRedirected({addr}), got {other:?}"),
+        }
+    }
 }

@@ -22,18 +22,13 @@ use crate::transport::{self, ConnectError};
 
 /// An upstream connection.
 pub enum Io {
+    /// Plain TCP to the endpoint.
     Plain(TcpStream),
+    /// Mutual TLS to the meshed endpoint's proxy, after the mesh header.
     Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Io {
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Io::Plain(stream) => stream,
-            Io::Tls(stream) => stream.get_ref().0,
-        }
-    }
-
     /// The TCP connection underneath, to close it with a reset.
     pub fn into_tcp(self) -> TcpStream {
         match self {
@@ -47,12 +42,19 @@ impl Io {
 /// endpoint is meshed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Address {
+    /// The endpoint's address (`ip:port`).
     pub addr: SocketAddr,
+    /// The SPIFFE ID its proxy must present, when the endpoint is meshed.
     pub peer: Option<SpiffeId>,
 }
 
 /// Connects, with mutual TLS when the target is meshed and this proxy has
 /// an identity, all within `timeout`.
+///
+/// # Errors
+/// As [`transport::connect`] gives them, [`ConnectError::Timeout`] when
+/// the TLS handshake does not finish in time, and [`ConnectError::Tls`]
+/// when it or the mesh header fails.
 pub async fn connect(target: &Address, mesh_tls: Option<&Arc<MeshTls>>, timeout: Duration) -> Result<Io, ConnectError> {
     let (Some(peer), Some(mesh_tls)) = (&target.peer, mesh_tls) else {
         return transport::connect(target.addr, timeout).await.map(Io::Plain);

@@ -156,11 +156,14 @@ impl Estimate {
 pub struct LoadView {
     /// The latency estimate, in nanoseconds.
     pub latency_ns: f64,
+    /// Requests sent to the endpoint whose responses have not yet ended.
     pub in_flight: u32,
     /// What the balancer compares: latency × (in flight + 1).
     pub cost_ns: f64,
 }
 
+/// One endpoint's load: its peak-EWMA latency estimate and its requests in
+/// flight (see the module docs), shared by the balancer and each request sent.
 #[derive(Debug)]
 pub struct PeakEwma {
     estimate: Mutex<Estimate>,
@@ -169,6 +172,9 @@ pub struct PeakEwma {
 }
 
 impl PeakEwma {
+    /// A load with no requests in flight whose latency estimate starts at
+    /// `default_rtt`; `decay` is the time constant of the EWMA (after an idle `t`
+    /// the estimate keeps `e^(-t/decay)` of itself).
     pub fn new(default_rtt: Duration, decay: Duration) -> Arc<Self> {
         Arc::new(PeakEwma {
             estimate: Mutex::new(Estimate {
@@ -312,11 +318,13 @@ impl Recent {
         state.0
     }
 
+    /// The count now, decayed for the time since it last changed.
     pub fn get(&self) -> f64 {
         let mut state = self.count.lock().unwrap_or_else(PoisonError::into_inner);
         self.decayed(&mut state, Instant::now())
     }
 
+    /// Counts one more request given to the endpoint.
     pub fn add(&self) {
         let mut state = self.count.lock().unwrap_or_else(PoisonError::into_inner);
         state.0 = self.decayed(&mut state, Instant::now()) + 1.0;

@@ -55,19 +55,29 @@ const SEND: Policy = Policy::Immediate(2);
 pub enum DispatchError {
     /// No endpoint of the Service was ready within the wait.
     #[error("no ready endpoint for {target} after waiting {wait:?}")]
-    NoEndpoints { target: String, wait: Duration },
+    NoEndpoints {
+        /// The Service port, as `namespace/name:port`.
+        target: String,
+        /// How long the request waited (`STRAIT_NO_ENDPOINT_WAIT`).
+        wait: Duration,
+    },
     /// Every endpoint tried (or the one fixed address) refused the
     /// connection; nothing was sent. `source` is the last refusal.
     #[error("no endpoint of {target} could be reached")]
     Unreachable {
+        /// The Service port (`namespace/name:port`), or the fixed address
+        /// (`ip:port`).
         target: String,
+        /// Why the last connection attempt failed.
         #[source]
         source: ConnectError,
     },
     /// The endpoint failed the request after it was sent.
     #[error("upstream {endpoint} failed")]
     Upstream {
+        /// The endpoint the request was sent to.
         endpoint: SocketAddr,
+        /// The HTTP error on its connection.
         #[source]
         source: hyper::Error,
     },
@@ -85,7 +95,10 @@ impl DispatchError {
 
 /// A response with the endpoint's in-flight count held until its body ends.
 pub struct Tracked {
+    /// The endpoint's response; its body is still to be read.
     pub response: Response<Incoming>,
+    /// The request's place in the endpoint's in-flight count; dropping it ends
+    /// the request and records its response time.
     pub load: InFlight,
     /// The stream's room on its HTTP/2 connection, held until the body ends.
     pub stream: Option<StreamSlot>,
@@ -139,6 +152,7 @@ impl Target {
 /// One endpoint, kept across endpoint-set updates so its connections, load
 /// estimate and metric handles survive them.
 pub struct Backend {
+    /// The endpoint's address and its pooled connections.
     pub endpoint: Arc<Endpoint>,
     /// The endpoint's pod, for metric labels.
     pub pod: String,
@@ -272,8 +286,12 @@ struct Snapshot {
     usable: Vec<Arc<Backend>>,
 }
 
+/// Balances the requests (and opaque connections) for one Service port over
+/// its endpoints, picking by power of two choices on their peak-EWMA load.
 pub struct Balancer {
+    /// The Service whose endpoints this balances over.
     pub service: ServiceRef,
+    /// The Service port the client addressed.
     pub port: u16,
     endpoints: watch::Receiver<Arc<EndpointSet>>,
     snapshot: RwLock<Snapshot>,
@@ -290,9 +308,13 @@ pub struct Balancer {
 
 /// What a balancer needs besides its Service port.
 pub struct BalancerContext {
+    /// Opens connections to the endpoints.
     pub connector: Connector,
+    /// Where each endpoint's request metrics are registered.
     pub http_metrics: HttpMetrics,
+    /// Where the counts of the Service's endpoints by state are set.
     pub discovery_metrics: DiscoveryMetrics,
+    /// How long a request waits for a ready endpoint before it fails with 503.
     pub wait: Duration,
 }
 
@@ -333,6 +355,7 @@ impl Balancer {
         }
     }
 
+    /// The Service port as `namespace/name:port`, for logs, errors and `/endpoints`.
     pub fn name(&self) -> String {
         format!("{}/{}:{}", self.service.namespace, self.service.name, self.port)
     }

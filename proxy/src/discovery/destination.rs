@@ -180,6 +180,8 @@ struct Followed {
     _forgotten: oneshot::Sender<()>,
 }
 
+/// Discovery from the destination service: one stream per original
+/// destination in use, shared by every connection to it.
 pub struct DestinationDiscovery {
     client: DestinationClient<Channel>,
     followed: Mutex<HashMap<SocketAddr, Followed>>,

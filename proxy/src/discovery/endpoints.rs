@@ -8,26 +8,33 @@ use strait_contract::SpiffeId;
 /// A pod (or other object) an endpoint belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TargetRef {
+    /// The namespace of the pod (or other object).
     pub namespace: String,
+    /// The pod's (or other object's) name.
     pub name: String,
 }
 
 /// One address of a Service port, with its conditions.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
+    /// Where to connect: the endpoint's IP and the Service port's target port.
     pub addr: SocketAddr,
     /// Ready for new traffic.
     pub ready: bool,
     /// Able to answer (a terminating endpoint may still be serving).
     pub serving: bool,
+    /// Being deleted: the EndpointSlice's `terminating` condition.
     pub terminating: bool,
+    /// The pod behind the address (the EndpointSlice's `targetRef`), if any.
     pub target: Option<TargetRef>,
     /// The SPIFFE ID to require of it: set when its pod is meshed.
     pub identity: Option<SpiffeId>,
 }
 
+/// One Service port's endpoints as of the destination service's last update.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EndpointSet {
+    /// The port's endpoints, ready or not.
     pub endpoints: Vec<Endpoint>,
 }
 

@@ -21,14 +21,18 @@ pub use endpoints::{Endpoint, EndpointSet, TargetRef};
 /// A Service, by namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceRef {
+    /// The Service's namespace.
     pub namespace: String,
+    /// The Service's name.
     pub name: String,
 }
 
 /// A Service port that traffic was addressed to.
 #[derive(Clone, Debug)]
 pub struct ServicePort {
+    /// The Service the port belongs to.
     pub service: ServiceRef,
+    /// The port number, as the Service declares it.
     pub port: u16,
     /// The port's `appProtocol`, such as `kubernetes.io/h2c` or `tcp`.
     pub app_protocol: Option<String>,
@@ -39,8 +43,10 @@ pub struct ServicePort {
     pub endpoints: watch::Receiver<Arc<EndpointSet>>,
 }
 
+/// What an original destination turned out to be.
 #[derive(Clone, Debug)]
 pub enum Destination {
+    /// A Service port: its requests and connections are balanced over its endpoints.
     Service(ServicePort),
     /// Not a Service address (a pod IP, a headless Service's endpoint, or
     /// something outside the cluster): connect to it as addressed.
@@ -51,7 +57,11 @@ pub enum Destination {
     },
 }
 
+/// Tells what an original destination is: a Service port or passthrough.
 pub trait Resolve: Send + Sync + 'static {
+    /// What `orig_dst` (the `ip:port` the client connected to, before the
+    /// redirect) is. Never fails: a destination that cannot be told in time is
+    /// passed through.
     fn resolve(&self, orig_dst: SocketAddr) -> BoxFuture<'_, Destination>;
 }
 

@@ -35,12 +35,16 @@ use crate::wire::Body;
 /// How long an endpoint that refused a connection is left out.
 const FAILURE_BACKOFF: Duration = Duration::from_millis(500);
 
+/// Why a request to one endpoint was not answered; says whether it may go to
+/// another endpoint or again.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     /// Nothing was sent; the request is returned for another endpoint.
     #[error("could not connect")]
     NotSent {
+        /// The request, untouched.
         request: Box<Request<Body>>,
+        /// Why no connection could be had.
         #[source]
         error: ConnectError,
     },
@@ -58,6 +62,8 @@ pub enum SendError {
 /// How the proxy opens connections to upstreams.
 #[derive(Clone, Debug)]
 pub struct Connector {
+    /// How long opening a connection may take, a mutual TLS handshake included
+    /// (`STRAIT_CONNECT_TIMEOUT`).
     pub connect_timeout: Duration,
     /// This proxy's mutual TLS, when it has an identity.
     pub mesh: Option<Arc<MeshTls>>,
@@ -67,6 +73,8 @@ pub struct Connector {
     pub max_header_bytes: usize,
 }
 
+/// One upstream endpoint (`ip:port`) and its connections: HTTP/2 connections
+/// shared by concurrent streams, and a pool of idle HTTP/1 connections.
 pub struct Endpoint {
     /// The application's address.
     pub addr: SocketAddr,
@@ -102,6 +110,7 @@ pub fn switches_protocols(method: &Method, status: StatusCode) -> bool {
 }
 
 impl Endpoint {
+    /// An endpoint reached at `target` through `connector`, with no connections yet.
     pub fn new(target: Address, connector: Connector) -> Self {
         Endpoint {
             addr: target.addr,
@@ -121,6 +130,7 @@ impl Endpoint {
             .is_some_and(|until| Instant::now() < until)
     }
 
+    /// Puts the endpoint in back-off: the balancer skips it for the next 500 ms.
     pub fn mark_failed(&self) {
         *self.failed_until.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + FAILURE_BACKOFF);
     }
@@ -182,7 +192,9 @@ pub enum Connection {
     /// A stream's room on a shared connection, counted until the response
     /// ends.
     H2(http2::SendRequest<Body>, StreamSlot),
+    /// An HTTP/1 connection, for this request alone until its response is done.
     H1 {
+        /// Sends the request on the connection.
         sender: http1::SendRequest<Body>,
         /// Whether it served a request before and waited idle since.
         reused: bool,

@@ -28,6 +28,8 @@ pub const UNPROCESSED_HEADER: HeaderName = HeaderName::from_static("strait-unpro
 /// The most of a request body kept for a replay.
 const MAX_RECORDED: usize = 64 * 1024;
 
+/// Marks an inbound answer with `strait-unprocessed: true`: the request never
+/// reached the application, so the client's proxy may send it elsewhere.
 pub fn mark_unprocessed<B>(response: &mut Response<B>) {
     response
         .headers_mut()

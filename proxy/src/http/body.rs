@@ -35,10 +35,16 @@ pub fn grpc_status(headers: &HeaderMap) -> Option<u32> {
 
 /// What to record when the response ends.
 pub struct Completion {
+    /// The request's route, where the response is counted.
     pub metrics: RouteMetrics,
+    /// The HTTP status to record; 502 for a body that fails (gRPC aside).
     pub status: u16,
+    /// Whether the request is a gRPC call (`content-type: application/grpc…`),
+    /// so the gRPC status is recorded too.
     pub grpc: bool,
+    /// The gRPC status seen so far, in the headers or then the trailers.
     pub grpc_status: Option<u32>,
+    /// When the proxy received the request, for the response duration.
     pub started: Instant,
     /// The endpoint's in-flight load, released when the body ends.
     pub load: Option<InFlight>,
@@ -57,9 +63,14 @@ impl Completion {
             (true, None, false) => Some(GRPC_CANCELLED),
         };
         self.metrics.response(self.status, grpc_status, self.started.elapsed());
+        // Then the endpoint's load and the stream's room are given back.
+        drop(self.load);
+        drop(self.stream);
     }
 }
 
+/// A response body passed on frame by frame, recording its [`Completion`] when
+/// it ends, fails or is dropped.
 pub struct Observed {
     inner: Incoming,
     completion: Option<Completion>,
@@ -68,6 +79,9 @@ pub struct Observed {
 }
 
 impl Observed {
+    /// Observes `inner`. A gRPC response whose trailer list is over
+    /// `max_trailer_bytes` (as HTTP/2 counts it) ends with RESOURCE_EXHAUSTED
+    /// trailers instead.
     pub fn new(inner: Incoming, completion: Completion, max_trailer_bytes: usize) -> Self {
         Observed {
             inner,

@@ -13,6 +13,8 @@ use crate::balance::DispatchError;
 /// The header that says an answer came from the proxy, not the application.
 pub const PROXY_ERROR_HEADER: HeaderName = HeaderName::from_static("strait-proxy-error");
 
+/// Why the proxy answers a request itself instead of passing on the
+/// application's response; [`respond`] turns it into that answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// No endpoint took the request, or the one that did failed it.
@@ -23,13 +25,29 @@ pub enum ProxyError {
     BadRequest(String),
     /// The request's header list is over the proxy's limit.
     #[error("request headers of {size} bytes are over the proxy's limit of {limit} (STRAIT_MAX_HEADER_BYTES)")]
-    HeadersTooLarge { size: usize, limit: usize },
+    HeadersTooLarge {
+        /// The request's header list size, in bytes as HTTP/2 counts it
+        /// (RFC 9113 §6.5.2).
+        size: usize,
+        /// The limit, in bytes (`STRAIT_MAX_HEADER_BYTES`).
+        limit: usize,
+    },
     /// The response's header list is over the proxy's limit.
     #[error("response headers of {size} bytes are over the proxy's limit of {limit} (STRAIT_MAX_HEADER_BYTES)")]
-    ResponseHeadersTooLarge { size: usize, limit: usize },
+    ResponseHeadersTooLarge {
+        /// The response's header list size, in bytes as HTTP/2 counts it
+        /// (RFC 9113 §6.5.2).
+        size: usize,
+        /// The limit, in bytes (`STRAIT_MAX_HEADER_BYTES`).
+        limit: usize,
+    },
 }
 
 impl ProxyError {
+    /// The HTTP status of the proxy's answer: 503 when nothing was sent (no
+    /// ready endpoint, none reachable), 504 when the upstream timed out, 502 when
+    /// it failed the request or its response headers were over the limit, 400
+    /// for an invalid request, 431 for request headers over the limit.
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Dispatch(DispatchError::NoEndpoints { .. } | DispatchError::Unreachable { .. }) => {

@@ -28,8 +28,11 @@ use crate::relay::ByteCounters;
 /// application; from anywhere else it is removed.
 pub const CLIENT_ID_HEADER: &str = "strait-client-id";
 
+/// Sends the requests of one client connection to its target; the
+/// connection's HTTP server calls [`Router::handle`] for each.
 #[derive(Clone)]
 pub struct Router {
+    /// Where every request of the connection goes.
     pub target: Target,
     /// Counts requests that reached no endpoint (their `dst_pod` is empty).
     pub unrouted: RouteMetrics,
@@ -41,6 +44,8 @@ pub struct Router {
     /// The idle timeout of upgraded connections, and the largest header
     /// list a request may have (see `header_list_size`).
     pub limits: Limits,
+    /// Counts the bytes relayed once a request upgrades the connection (a 101
+    /// answer, or a 2xx to CONNECT).
     pub upgrade_bytes: ByteCounters,
 }
 
@@ -107,6 +112,11 @@ fn prepare_uri(request: &mut Request<Incoming>, fallback_authority: &str) -> Res
 }
 
 impl Router {
+    /// Sends one request to the target and returns the response, its body
+    /// observed for metrics as it streams back. A request that fails in the
+    /// proxy is answered by the proxy (see [`ProxyError::status`]); inbound, an
+    /// answer to a request the application never saw is marked so the client's
+    /// proxy may send it again.
     pub async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let grpc = is_grpc(request.headers());

@@ -31,25 +31,36 @@ pub enum IdentityError {
     /// or nothing came back within 10 s.
     #[error("cannot reach the identity service at {addr}")]
     Unreachable {
+        /// The service's address (`host:port`).
         addr: String,
+        /// What failed: the connection, TLS, HTTP, or the timeout.
         #[source]
         source: BoxError,
     },
     /// The projected ServiceAccount token cannot be read.
     #[error("cannot read the token {path}")]
     Token {
+        /// The token file's path.
         path: String,
+        /// Why it cannot be read.
         #[source]
         source: std::io::Error,
     },
     /// The service answered with an error status and this message.
     #[error("the identity service refused ({status}): {message}")]
-    Refused { status: StatusCode, message: String },
+    Refused {
+        /// The HTTP status of the answer (4xx or 5xx).
+        status: StatusCode,
+        /// The `error` of its JSON body, or else the body as text.
+        message: String,
+    },
     /// The service's answer is not a certificate this proxy can use;
     /// `what` says which part.
     #[error("the identity service's answer is not understood: {what}")]
     Protocol {
+        /// The part not understood, such as `the response body`.
         what: &'static str,
+        /// Why it is not understood.
         #[source]
         source: BoxError,
     },
@@ -57,7 +68,9 @@ pub enum IdentityError {
     /// its CSR, the request itself).
     #[error("cannot make the certificate request: {what}")]
     Local {
+        /// The part that could not be made, such as `the request body`.
         what: &'static str,
+        /// Why it could not be made.
         #[source]
         source: BoxError,
     },
@@ -66,6 +79,8 @@ pub enum IdentityError {
     Anchors(#[source] BoxError),
 }
 
+/// A client of the identity service, over HTTPS with a fresh connection per
+/// request; clones share the trust anchors.
 #[derive(Clone, Debug)]
 pub struct IdentityClient {
     /// host:port of the service.
@@ -87,6 +102,12 @@ fn client_config(roots: Arc<RootCertStore>) -> Result<rustls::ClientConfig, rust
 }
 
 impl IdentityClient {
+    /// A client of the service at `addr` (`host:port`; the host is the TLS
+    /// server name), verified against `roots`, sending the token read from
+    /// `token` as its bearer token.
+    ///
+    /// # Errors
+    /// When rustls cannot build the TLS 1.3 client configuration.
     pub fn new(addr: &str, token: PathBuf, roots: Arc<RootCertStore>) -> Result<Self, rustls::Error> {
         let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host).to_string();
         Ok(IdentityClient {
@@ -168,6 +189,14 @@ impl IdentityClient {
     }
 
     /// Asks for a certificate for `identity` with this CSR.
+    ///
+    /// # Errors
+    /// [`IdentityError::Token`] when the token cannot be read,
+    /// [`IdentityError::Local`] when the request cannot be made,
+    /// [`IdentityError::Unreachable`] when connecting, TLS or HTTP fails or
+    /// no answer comes within 10 s, [`IdentityError::Refused`] for an error
+    /// status, and [`IdentityError::Protocol`] when the answer is not the
+    /// expected JSON.
     pub async fn certify(&self, identity: &SpiffeId, csr: String) -> Result<CertificateResponse, IdentityError> {
         let body = serde_json::to_vec(&CertificateRequest {
             identity: identity.to_string(),

@@ -43,7 +43,11 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+/// This workload's identity: its private key, the mutual TLS built on its
+/// certificate, and the client that obtains and renews that certificate.
 pub struct LocalIdentity {
+    /// Mutual TLS as this workload, with its current certificate and the trust
+    /// anchors in use.
     pub tls: Arc<MeshTls>,
     key: KeyPair,
     client: IdentityClient,
@@ -52,17 +56,29 @@ pub struct LocalIdentity {
     requests: Family<OutcomeLabels, Counter>,
 }
 
+/// Why this workload's identity cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    /// The private key cannot be generated.
     #[error("cannot make a key")]
     Key(#[from] rcgen::Error),
+    /// The configured trust anchors cannot be used.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// rustls cannot build the TLS client for the identity service.
     #[error("TLS for the identity service")]
     Client(#[from] rustls::Error),
 }
 
 impl LocalIdentity {
+    /// An identity as `id`, whose certificate comes from the identity service at
+    /// `service` (`host:port`), authenticated by the ServiceAccount token at
+    /// `token`; `anchors_pem` holds the initial trust anchors (PEM). Makes the
+    /// private key and registers the `strait_identity_*` metrics; no certificate
+    /// is requested until [`LocalIdentity::run`].
+    ///
+    /// # Errors
+    /// [`SetupError`] when the anchors cannot be used or the key cannot be made.
     pub fn new(
         id: SpiffeId,
         service: &str,
@@ -100,10 +116,6 @@ impl LocalIdentity {
             anchors,
             requests,
         }))
-    }
-
-    pub fn client(&self) -> &IdentityClient {
-        &self.client
     }
 
     /// Gets a certificate now; returns its lifetime.

@@ -15,7 +15,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use super::{Direction, TcpLabels};
 
-/// Latency buckets from 100 µs to 30 s: sub-millisecond proxy hops and slow
+/// Latency buckets from 100 µs to 60 s: sub-millisecond proxy hops and slow
 /// calls both resolve.
 const LATENCY_BUCKETS: [f64; 18] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -25,12 +25,21 @@ const LATENCY_BUCKETS: [f64; 18] = [
 /// from verified identities.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
+    /// Which way the request goes.
     pub direction: Direction,
+    /// The Service's namespace (outbound) or this pod's (inbound).
     pub dst_namespace: String,
+    /// The Service, outbound to a Service port; else `""`.
     pub dst_service: String,
+    /// The endpoint's pod (outbound) or this pod (inbound); `""` for requests
+    /// that reached no endpoint.
     pub dst_pod: String,
+    /// The client's verified SPIFFE ID, inbound over mutual TLS; else `""`.
     pub client_id: String,
+    /// The endpoint's SPIFFE ID, outbound over mutual TLS; else `""`.
     pub server_id: String,
+    /// Whether the request crossed the mesh over mutual TLS: inbound from the
+    /// client's proxy, outbound to the endpoint's.
     pub tls: bool,
 }
 
@@ -99,6 +108,8 @@ impl MetricConstructor<Histogram> for LatencyHistogram {
     }
 }
 
+/// The request metrics, by route: `strait_requests`, `strait_responses`,
+/// `strait_response_latency_seconds` and `strait_requests_turned_away`.
 #[derive(Clone)]
 pub struct HttpMetrics {
     /// Off (`STRAIT_METRICS=off`, to measure what metrics cost), routes
@@ -117,6 +128,8 @@ impl std::fmt::Debug for HttpMetrics {
 }
 
 impl HttpMetrics {
+    /// Registers the request metrics in `registry` (the root, `strait_`); with
+    /// `recording` false (`STRAIT_METRICS=off`) routes record nothing.
     pub fn register(registry: &mut Registry, recording: bool) -> Self {
         let metrics = HttpMetrics {
             recording,
@@ -189,6 +202,7 @@ impl std::fmt::Debug for RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// Counts one request on this route (`strait_requests`).
     pub fn request(&self) {
         if self.0.recording {
             self.0.requests.inc();

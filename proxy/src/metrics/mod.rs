@@ -20,11 +20,15 @@ pub use tcp::{TcpLabels, TcpMetrics};
 /// Traffic direction, relative to the pod.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum Direction {
+    /// To this pod's application, from a client elsewhere (the `direction`
+    /// label `inbound`).
     Inbound,
+    /// From this pod's application (the `direction` label `outbound`).
     Outbound,
 }
 
 impl Direction {
+    /// The metric label value: `inbound` or `outbound`.
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::Inbound => "inbound",
@@ -47,8 +51,11 @@ struct BuildLabels {
 /// Every metric the proxy has, registered in one registry.
 #[derive(Clone, Debug)]
 pub struct Metrics {
+    /// Connection metrics: `strait_tcp_*` and `strait_protocol_detections`.
     pub tcp: TcpMetrics,
+    /// Request metrics: `strait_requests`, `strait_responses` and the rest.
     pub http: HttpMetrics,
+    /// Discovery metrics: `strait_discovery_*` and `strait_balancer_endpoints`.
     pub discovery: DiscoveryMetrics,
 }
 

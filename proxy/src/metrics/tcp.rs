@@ -20,6 +20,7 @@ use crate::transport::ConnectError;
 /// [`TcpLabels::reached`], from typed values; an unknown part is `""`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpLabels {
+    /// Which way the connection goes.
     pub direction: Direction,
     /// The Service's namespace (outbound) or this pod's (inbound).
     pub dst_namespace: String,
@@ -168,6 +169,8 @@ struct DetectLabels {
 }
 
 impl TcpMetrics {
+    /// Registers the `strait_tcp_*` metrics and `strait_protocol_detections` in
+    /// `registry` (the root); with `recording` false they stay at zero.
     pub fn register(registry: &mut Registry, recording: bool) -> Self {
         let metrics = TcpMetrics {
             recording,
@@ -206,6 +209,9 @@ impl TcpMetrics {
         metrics
     }
 
+    /// Counts an inbound connection refused before it reached the application
+    /// (`strait_tcp_inbound_refusals`); `reason` is `plaintext`,
+    /// `not_for_this_pod`, `not_mesh`, `tls_handshake` or `mesh_header`.
     pub fn refused_inbound(&self, reason: &'static str) {
         if !self.recording {
             return;
@@ -236,6 +242,8 @@ impl TcpMetrics {
         }
     }
 
+    /// The byte counters of a connection labelled `labels`: read from the client
+    /// (`strait_tcp_read_bytes`) and written to it (`strait_tcp_write_bytes`).
     pub fn byte_counters(&self, labels: &TcpLabels) -> ByteCounters {
         if !self.recording {
             return ByteCounters::default();
@@ -259,6 +267,8 @@ impl TcpMetrics {
         self.detections.get_or_create(&labels).inc();
     }
 
+    /// Counts a failed upstream connection attempt by [`ConnectError::reason`]
+    /// (`strait_tcp_connect_errors`).
     pub fn connect_failed(&self, direction: Direction, error: &ConnectError) {
         if !self.recording {
             return;

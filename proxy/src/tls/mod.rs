@@ -23,10 +23,12 @@ pub use strait_contract::mesh::ALPN as MESH_ALPN;
 pub struct CurrentCert(RwLock<Option<Arc<CertifiedKey>>>);
 
 impl CurrentCert {
+    /// The certificate chain and key in use; `None` until the first certificate.
     pub fn get(&self) -> Option<Arc<CertifiedKey>> {
         self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// Puts `key` in use for the handshakes that start from now on.
     pub fn set(&self, key: Arc<CertifiedKey>) {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = Some(key);
     }
@@ -78,12 +80,16 @@ struct Trust {
 /// Builds (and caches, per peer) the TLS configurations of one workload.
 #[derive(Debug)]
 pub struct MeshTls {
+    /// This workload's SPIFFE ID: the server answers only handshakes whose SNI
+    /// is its server name.
     pub identity: SpiffeId,
+    /// This workload's certificate, which the identity renews in place.
     pub current: Arc<CurrentCert>,
     trust: RwLock<Arc<Trust>>,
     clients: Mutex<HashMap<SpiffeId, Arc<ClientConfig>>>,
 }
 
+/// Why the trust anchors, or a TLS configuration built on them, cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The trust anchors' PEM holds no certificate.
@@ -92,7 +98,9 @@ pub enum TlsError {
     /// The trust anchors cannot be read or used; `what` says how far it got.
     #[error("trust anchors: {what}")]
     Anchors {
+        /// How far it got, such as `cannot read the PEM`.
         what: &'static str,
+        /// The PEM parser's, webpki's or rustls's error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -163,7 +171,9 @@ impl MeshTls {
     /// `anchors_pem`: one or more PEM certificates.
     ///
     /// # Errors
-    /// [`TlsError::Anchors`] when they cannot be read, [`TlsError::NoAnchors`] when there are none.
+    /// [`TlsError::Anchors`] when they cannot be read or used,
+    /// [`TlsError::NoAnchors`] when there are none, [`TlsError::Config`] when
+    /// rustls refuses the server configuration.
     pub fn new(identity: SpiffeId, anchors_pem: &str, current: Arc<CurrentCert>) -> Result<Self, TlsError> {
         let trust = Trust::new(anchors_pem, &identity, &current)?;
         Ok(MeshTls {
@@ -183,8 +193,7 @@ impl MeshTls {
     /// not disturbed.
     ///
     /// # Errors
-    /// [`TlsError::Anchors`] when they cannot be read; the anchors in use
-    /// stay.
+    /// As [`MeshTls::new`] gives them; the anchors in use stay.
     pub fn set_anchors(&self, anchors_pem: &str) -> Result<bool, TlsError> {
         if self.trust().pem == anchors_pem {
             return Ok(false);
@@ -205,7 +214,12 @@ impl MeshTls {
         self.trust().names.clone()
     }
 
-    /// The client configuration for connecting to `peer`.
+    /// The client configuration for connecting to `peer`: TLS 1.3, ALPN
+    /// [`MESH_ALPN`], the server required to present exactly `peer`'s
+    /// SPIFFE ID; cached per peer until the anchors change.
+    ///
+    /// # Errors
+    /// [`TlsError::Config`] when rustls cannot build the configuration.
     pub fn client(&self, peer: &SpiffeId) -> Result<Arc<ClientConfig>, TlsError> {
         let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(config) = clients.get(peer) {
@@ -226,6 +240,9 @@ impl MeshTls {
         Ok(config)
     }
 
+    /// The server configuration for inbound mutual TLS with the anchors in use
+    /// now: TLS 1.3, ALPN [`MESH_ALPN`], a client certificate required and
+    /// verified against the anchors.
     pub fn server(&self) -> Arc<ServerConfig> {
         self.trust().server.clone()
     }
@@ -252,5 +269,7 @@ impl MeshTls {
     }
 }
 
+#[cfg(test)]
+pub mod testing;
 #[cfg(test)]
 mod tests;

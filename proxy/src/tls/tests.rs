@@ -1,53 +1,11 @@
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair, SanType};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::sign::CertifiedKey;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
+use super::testing::{Ca, id, mesh};
 use super::*;
-
-struct Ca(CertifiedIssuer<'static, KeyPair>);
-
-impl Ca {
-    fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        Ca(CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap())
-    }
-
-    fn pem(&self) -> String {
-        self.0.pem()
-    }
-
-    /// A workload certificate for `id`, valid from `from` to `until` days from now.
-    fn leaf(&self, id: &SpiffeId, from: i64, until: i64) -> Arc<CertifiedKey> {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::URI(id.to_string().try_into().unwrap())];
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now + time::Duration::days(from);
-        params.not_after = now + time::Duration::days(until);
-        let cert = params.signed_by(&key, &self.0).unwrap();
-        let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        let signer = rustls::crypto::ring::sign::any_supported_type(&private).unwrap();
-        Arc::new(CertifiedKey::new(
-            vec![cert.der().clone(), self.0.der().clone()],
-            signer,
-        ))
-    }
-}
-
-fn id(account: &str) -> SpiffeId {
-    SpiffeId::new("cluster.local", "demo", account)
-}
-
-fn mesh(id: &SpiffeId, anchors: &str, cert: Arc<CertifiedKey>) -> MeshTls {
-    let current = Arc::new(CurrentCert::default());
-    current.set(cert);
-    MeshTls::new(id.clone(), anchors, current).unwrap()
-}
 
 /// Handshakes `client` (expecting `expected`) with `server`; the server's
 /// view of the client's identity, or the error.

@@ -26,6 +26,11 @@ pub struct Anchors {
 }
 
 impl Anchors {
+    /// Trust anchors from these (DER) certificates, verified with ring's
+    /// signature algorithms.
+    ///
+    /// # Errors
+    /// webpki's error when a certificate cannot be used as a trust anchor.
     pub fn new(certificates: &[CertificateDer<'static>]) -> Result<Self, webpki::Error> {
         let anchors = certificates
             .iter()
@@ -38,6 +43,10 @@ impl Anchors {
     }
 
     /// Verifies the chain for `usage` at `now`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidCertificate`]: `BadEncoding`, `Expired`,
+    /// `NotValidYet`, `UnknownIssuer`, or webpki's error as `Other`.
     pub fn verify_chain(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -68,6 +77,7 @@ impl Anchors {
             })
     }
 
+    /// The signature algorithms handshake signatures are verified with.
     pub fn algorithms(&self) -> &WebPkiSupportedAlgorithms {
         &self.algorithms
     }
@@ -76,14 +86,18 @@ impl Anchors {
 /// The client side: the server must be exactly `expected`.
 #[derive(Debug)]
 pub struct ServerIdentityVerifier {
+    /// The trust anchors the server's chain must lead to.
     pub anchors: Arc<Anchors>,
+    /// The SPIFFE ID the server's certificate must carry, as its only URI name.
     pub expected: SpiffeId,
 }
 
 /// The server presented a valid certificate for the wrong workload.
 #[derive(Debug)]
 pub struct WrongIdentity {
+    /// The SPIFFE ID the client expected.
     pub expected: SpiffeId,
+    /// The SPIFFE IDs (URI names) the server's certificate carries.
     pub presented: Vec<SpiffeId>,
 }
 

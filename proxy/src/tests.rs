@@ -1,0 +1,235 @@
+//! The whole proxy in-process: built from its configuration, bound on
+//! loopback, with a static discovery source and test certificates in place
+//! of the cluster's, no root and no iptables. A gRPC call and an opaque
+//! stream go out through the outbound listener, over mutual TLS to the
+//! inbound listener (the same proxy: a pod calling its own Service), and
+//! on to applications on loopback.
+//!
+//! Where the cluster would redirect with iptables, the test says each
+//! connection's original destination itself ([`Hooks::original_dsts`], by
+//! the client's address, as conntrack would).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use strait_contract::SpiffeId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{oneshot, watch};
+
+use crate::config::Config;
+use crate::discovery::{Destination, Endpoint, EndpointSet, Resolve, ServicePort, ServiceRef, TargetRef};
+use crate::tls::MeshTls;
+use crate::tls::testing::{Ca, id, mesh};
+use crate::{Bound, Proxy};
+
+/// What a test puts in place of the cluster: discovery, this workload's
+/// mutual TLS, and the original destinations iptables would have kept.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Discovery, instead of the destination service.
+    pub resolve: Option<Arc<dyn Resolve>>,
+    /// Mutual TLS with a certificate already in hand, instead of one from
+    /// the identity service.
+    pub mesh: Option<Arc<MeshTls>>,
+    /// Each outbound connection's original destination, by client address.
+    pub original_dsts: Option<Arc<Mutex<HashMap<SocketAddr, SocketAddr>>>>,
+}
+
+/// Discovery from a fixed table: each listed address is a Service port,
+/// anything else is passed through.
+struct StaticResolve(HashMap<SocketAddr, ServicePort>);
+
+impl Resolve for StaticResolve {
+    fn resolve(&self, orig_dst: SocketAddr) -> BoxFuture<'_, Destination> {
+        let destination = match self.0.get(&orig_dst) {
+            Some(port) => Destination::Service(port.clone()),
+            None => Destination::Passthrough { peer: None },
+        };
+        Box::pin(std::future::ready(destination))
+    }
+}
+
+/// This workload's address: the inbound listener must be on the mesh's
+/// inbound port of the address endpoints have, and loopback has room for
+/// one of its own.
+const POD_IP: [u8; 4] = [127, 0, 41, 7];
+
+/// A Service port `demo/<name>:<port>` whose one endpoint is the
+/// application at `app`, meshed as `identity`.
+fn service_port(name: &str, app: SocketAddr, identity: &SpiffeId, opaque: bool) -> ServicePort {
+    let endpoint = Endpoint {
+        addr: app,
+        ready: true,
+        serving: true,
+        terminating: false,
+        target: Some(TargetRef {
+            namespace: "demo".into(),
+            name: format!("{name}-0"),
+        }),
+        identity: Some(identity.clone()),
+    };
+    let (_keep, endpoints) = watch::channel(Arc::new(EndpointSet {
+        endpoints: vec![endpoint],
+    }));
+    // The sender may go: a balancer keeps the last set it saw.
+    std::mem::forget(_keep);
+    ServicePort {
+        service: ServiceRef {
+            namespace: "demo".into(),
+            name: name.into(),
+        },
+        port: 80,
+        app_protocol: None,
+        opaque,
+        endpoints,
+    }
+}
+
+/// A gRPC server answering every call with its request message and
+/// `grpc-status: 0`, and the `strait-client-id` it was given as
+/// `x-client-id`.
+async fn grpc_app() -> SocketAddr {
+    let listener = TcpListener::bind(SocketAddr::from((POD_IP, 0))).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(|request: Request<Incoming>| async move {
+                let client = request.headers().get("strait-client-id").cloned();
+                let message = request.into_body().collect().await.unwrap().to_bytes();
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                let frames =
+                    futures::stream::iter([Ok::<_, Infallible>(Frame::data(message)), Ok(Frame::trailers(trailers))]);
+                let mut response = Response::new(StreamBody::new(frames));
+                response
+                    .headers_mut()
+                    .insert("content-type", "application/grpc".parse().unwrap());
+                if let Some(client) = client {
+                    response.headers_mut().insert("x-client-id", client);
+                }
+                Ok::<_, Infallible>(response)
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+/// A TCP server that writes back what it reads.
+async fn echo_app() -> SocketAddr {
+    let listener = TcpListener::bind(SocketAddr::from((POD_IP, 0))).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Connects to the proxy's outbound listener as an application asking for
+/// `orig_dst` would be redirected there.
+async fn connect_as_redirected(
+    bound: &Bound,
+    nat: &Mutex<HashMap<SocketAddr, SocketAddr>>,
+    orig_dst: SocketAddr,
+) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    nat.lock().unwrap().insert(socket.local_addr().unwrap(), orig_dst);
+    socket.connect(bound.outbound[0].local_addr().unwrap()).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_grpc_call_and_an_opaque_stream_cross_the_whole_proxy_over_mutual_tls() {
+    let ca = Ca::new();
+    let api = id("api");
+    let tls = Arc::new(mesh(&api, &ca.pem(), ca.leaf(&api, -1, 1)));
+    let (grpc, echo) = (grpc_app().await, echo_app().await);
+    let grpc_service: SocketAddr = "198.18.96.10:80".parse().unwrap();
+    let echo_service: SocketAddr = "198.18.96.11:80".parse().unwrap();
+    let resolve = StaticResolve(HashMap::from([
+        (grpc_service, service_port("api", grpc, &api, false)),
+        (echo_service, service_port("echo", echo, &api, true)),
+    ]));
+
+    let inbound = SocketAddr::from((POD_IP, strait_contract::names::INBOUND_PORT));
+    let settings = [
+        ("STRAIT_OUTBOUND_ADDRS", "127.0.0.1:0".to_string()),
+        ("STRAIT_INBOUND_ADDRS", inbound.to_string()),
+        ("STRAIT_ADMIN_ADDR", "127.0.0.1:0".to_string()),
+        ("STRAIT_SHUTDOWN_GRACE", "1s".to_string()),
+        ("STRAIT_POD_NAMESPACE", "demo".to_string()),
+        ("STRAIT_POD_NAME", "api-0".to_string()),
+    ];
+    let config = Config::from_env(|name| settings.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())).unwrap();
+    let mut proxy = Proxy::build(config).unwrap();
+    let nat = Arc::new(Mutex::new(HashMap::new()));
+    proxy.hooks = Hooks {
+        resolve: Some(Arc::new(resolve)),
+        mesh: Some(tls),
+        original_dsts: Some(nat.clone()),
+    };
+    let bound = proxy.bind().unwrap();
+
+    let stream = connect_as_redirected(&bound, &nat, grpc_service).await;
+    let stream_opaque = connect_as_redirected(&bound, &nat, echo_service).await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(bound.run(async {
+        let _ = stopped.await;
+    }));
+
+    // A gRPC call: answered by the application, which learned the caller's
+    // identity from the inbound side's mutual TLS.
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let message = Bytes::from_static(b"\0\0\0\0\x05hello");
+    let request = Request::post("http://api.demo.svc/demo.Echo/Say")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(message.clone()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200, "{response:?}");
+    assert_eq!(
+        response.headers().get("x-client-id").map(|v| v.to_str().unwrap()),
+        Some(api.to_string().as_str()),
+        "the application hears the client's SPIFFE ID: {response:?}"
+    );
+    let body = response.into_body().collect().await.unwrap();
+    let trailers = body.trailers().cloned().unwrap_or_default();
+    assert_eq!(trailers.get("grpc-status").map(|v| v.to_str().unwrap()), Some("0"));
+    assert_eq!(body.to_bytes(), message);
+
+    // An opaque stream: its bytes come back untouched, and its end too.
+    let mut opaque = stream_opaque;
+    let payload = b"not HTTP: a stream of bytes\n".repeat(1000);
+    opaque.write_all(&payload).await.unwrap();
+    opaque.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    opaque.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back.len(), payload.len());
+    assert!(back == payload, "the echo differs from what was sent");
+
+    drop(sender);
+    stop.send(()).unwrap();
+    running.await.unwrap();
+}
