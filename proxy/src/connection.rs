@@ -126,7 +126,6 @@ impl Pipeline {
             client_id,
             direction: self.direction,
             limits: self.limits,
-            upgrade_bytes: self.metrics.tcp.byte_counters(&labels),
         };
         let _guard = self.metrics.tcp.opened(labels.clone());
         let io = Counted::new(io, self.metrics.tcp.byte_counters(&labels));

@@ -59,10 +59,10 @@ impl Resolve for StaticResolve {
     }
 }
 
-/// This workload's address: the inbound listener must be on the mesh's
+/// A workload's address: the inbound listener must be on the mesh's
 /// inbound port of the address endpoints have, and loopback has room for
-/// one of its own.
-const POD_IP: [u8; 4] = [127, 0, 41, 7];
+/// one per test (tests run at once).
+type PodIp = [u8; 4];
 
 /// A Service port `demo/<name>:<port>` whose one endpoint is the
 /// application at `app`, meshed as `identity`.
@@ -98,8 +98,8 @@ fn service_port(name: &str, app: SocketAddr, identity: &SpiffeId, opaque: bool) 
 /// A gRPC server answering every call with its request message and
 /// `grpc-status: 0`, and the `strait-client-id` it was given as
 /// `x-client-id`.
-async fn grpc_app() -> SocketAddr {
-    let listener = TcpListener::bind(SocketAddr::from((POD_IP, 0))).await.unwrap();
+async fn grpc_app(pod: PodIp) -> SocketAddr {
+    let listener = TcpListener::bind(SocketAddr::from((pod, 0))).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
@@ -129,8 +129,8 @@ async fn grpc_app() -> SocketAddr {
 }
 
 /// A TCP server that writes back what it reads.
-async fn echo_app() -> SocketAddr {
-    let listener = TcpListener::bind(SocketAddr::from((POD_IP, 0))).await.unwrap();
+async fn echo_app(pod: PodIp) -> SocketAddr {
+    let listener = TcpListener::bind(SocketAddr::from((pod, 0))).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
@@ -143,17 +143,155 @@ async fn echo_app() -> SocketAddr {
     addr
 }
 
-/// Connects to the proxy's outbound listener as an application asking for
-/// `orig_dst` would be redirected there.
-async fn connect_as_redirected(
-    bound: &Bound,
-    nat: &Mutex<HashMap<SocketAddr, SocketAddr>>,
-    orig_dst: SocketAddr,
-) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
-    nat.lock().unwrap().insert(socket.local_addr().unwrap(), orig_dst);
-    socket.connect(bound.outbound[0].local_addr().unwrap()).await.unwrap()
+/// A proxy running in-process as workload `api` (meshed), with discovery
+/// from `services`.
+struct Running {
+    outbound: SocketAddr,
+    admin: SocketAddr,
+    nat: Arc<Mutex<HashMap<SocketAddr, SocketAddr>>>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<usize>,
+}
+
+impl Running {
+    async fn start(pod: PodIp, tls: Arc<MeshTls>, services: HashMap<SocketAddr, ServicePort>) -> Running {
+        let inbound = SocketAddr::from((pod, strait_contract::names::INBOUND_PORT));
+        let settings = [
+            ("STRAIT_OUTBOUND_ADDRS", "127.0.0.1:0".to_string()),
+            ("STRAIT_INBOUND_ADDRS", inbound.to_string()),
+            ("STRAIT_ADMIN_ADDR", "127.0.0.1:0".to_string()),
+            ("STRAIT_SHUTDOWN_GRACE", "1s".to_string()),
+            ("STRAIT_POD_NAMESPACE", "demo".to_string()),
+            ("STRAIT_POD_NAME", "api-0".to_string()),
+        ];
+        let config =
+            Config::from_env(|name| settings.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())).unwrap();
+        let mut proxy = Proxy::build(config).unwrap();
+        let nat = Arc::new(Mutex::new(HashMap::new()));
+        proxy.hooks = Hooks {
+            resolve: Some(Arc::new(StaticResolve(services))),
+            mesh: Some(tls),
+            original_dsts: Some(nat.clone()),
+        };
+        let bound: Bound = proxy.bind().unwrap();
+        let outbound = bound.outbound[0].local_addr().unwrap();
+        let admin = bound.admin.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(bound.run(async {
+            let _ = stopped.await;
+        }));
+        Running {
+            outbound,
+            admin,
+            nat,
+            stop,
+            task,
+        }
+    }
+
+    /// Connects to the outbound listener as an application asking for
+    /// `orig_dst` would be redirected there.
+    async fn connect(&self, orig_dst: SocketAddr) -> TcpStream {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        self.nat.lock().unwrap().insert(socket.local_addr().unwrap(), orig_dst);
+        socket.connect(self.outbound).await.unwrap()
+    }
+
+    /// The sum of a metric's series whose labels include `selector`.
+    async fn metric(&self, name: &str, selector: &str) -> f64 {
+        let mut stream = TcpStream::connect(self.admin).await.unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        text.lines()
+            .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(selector))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        self.task.await.unwrap();
+    }
+}
+
+/// An HTTP/1 server that answers any request with 101 (`Upgrade: echo`)
+/// and then writes back what it reads.
+async fn upgrade_app(pod: PodIp) -> SocketAddr {
+    let listener = TcpListener::bind(SocketAddr::from((pod, 0))).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                read_head(&mut stream).await;
+                let answer = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+                stream.write_all(answer).await.unwrap();
+                let (mut read, mut write) = stream.split();
+                let _ = tokio::io::copy(&mut read, &mut write).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads an HTTP/1 message head, byte by byte (nothing after it).
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(stream.read_u8().await.unwrap());
+    }
+    String::from_utf8(head).unwrap()
+}
+
+fn services(entries: [(SocketAddr, ServicePort); 1]) -> HashMap<SocketAddr, ServicePort> {
+    HashMap::from(entries)
+}
+
+#[tokio::test]
+async fn an_upgraded_connections_bytes_are_counted_once() {
+    let ca = Ca::new();
+    let api = id("api");
+    let tls = Arc::new(mesh(&api, &ca.pem(), ca.leaf(&api, -1, 1)));
+    let service: SocketAddr = "198.18.96.12:80".parse().unwrap();
+    let pod = [127, 0, 41, 8];
+    let app = upgrade_app(pod).await;
+    let proxy = Running::start(pod, tls, services([(service, service_port("ws", app, &api, false))])).await;
+
+    let mut client = proxy.connect(service).await;
+    let head = b"GET /chat HTTP/1.1\r\nHost: ws.demo.svc\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+    client.write_all(head).await.unwrap();
+    let answer = read_head(&mut client).await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    let payload = vec![7u8; 100_000];
+    client.write_all(&payload).await.unwrap();
+    let mut back = vec![0u8; payload.len()];
+    client.read_exact(&mut back).await.unwrap();
+    assert!(back == payload, "the tunnel changed the bytes");
+    client.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.unwrap();
+
+    let read = proxy
+        .metric("strait_tcp_read_bytes_total", "direction=\"outbound\"")
+        .await;
+    assert_eq!(
+        read,
+        (head.len() + payload.len()) as f64,
+        "bytes from the client: the request head and the tunnel's, each once"
+    );
+    let written = proxy
+        .metric("strait_tcp_write_bytes_total", "direction=\"outbound\"")
+        .await;
+    assert_eq!(
+        written,
+        (answer.len() + payload.len()) as f64,
+        "bytes to the client, each once"
+    );
+    proxy.stop().await;
 }
 
 #[tokio::test]
@@ -161,40 +299,21 @@ async fn a_grpc_call_and_an_opaque_stream_cross_the_whole_proxy_over_mutual_tls(
     let ca = Ca::new();
     let api = id("api");
     let tls = Arc::new(mesh(&api, &ca.pem(), ca.leaf(&api, -1, 1)));
-    let (grpc, echo) = (grpc_app().await, echo_app().await);
+    let pod = [127, 0, 41, 7];
+    let (grpc, echo) = (grpc_app(pod).await, echo_app(pod).await);
     let grpc_service: SocketAddr = "198.18.96.10:80".parse().unwrap();
     let echo_service: SocketAddr = "198.18.96.11:80".parse().unwrap();
-    let resolve = StaticResolve(HashMap::from([
-        (grpc_service, service_port("api", grpc, &api, false)),
-        (echo_service, service_port("echo", echo, &api, true)),
-    ]));
-
-    let inbound = SocketAddr::from((POD_IP, strait_contract::names::INBOUND_PORT));
-    let settings = [
-        ("STRAIT_OUTBOUND_ADDRS", "127.0.0.1:0".to_string()),
-        ("STRAIT_INBOUND_ADDRS", inbound.to_string()),
-        ("STRAIT_ADMIN_ADDR", "127.0.0.1:0".to_string()),
-        ("STRAIT_SHUTDOWN_GRACE", "1s".to_string()),
-        ("STRAIT_POD_NAMESPACE", "demo".to_string()),
-        ("STRAIT_POD_NAME", "api-0".to_string()),
-    ];
-    let config = Config::from_env(|name| settings.iter().find(|(k, _)| *k == name).map(|(_, v)| v.clone())).unwrap();
-    let mut proxy = Proxy::build(config).unwrap();
-    let nat = Arc::new(Mutex::new(HashMap::new()));
-    proxy.hooks = Hooks {
-        resolve: Some(Arc::new(resolve)),
-        mesh: Some(tls),
-        original_dsts: Some(nat.clone()),
-    };
-    let bound = proxy.bind().unwrap();
-
-    let stream = connect_as_redirected(&bound, &nat, grpc_service).await;
-    let stream_opaque = connect_as_redirected(&bound, &nat, echo_service).await;
-    let (stop, stopped) = oneshot::channel::<()>();
-    let running = tokio::spawn(bound.run(async {
-        let _ = stopped.await;
-    }));
-
+    let proxy = Running::start(
+        pod,
+        tls,
+        HashMap::from([
+            (grpc_service, service_port("api", grpc, &api, false)),
+            (echo_service, service_port("echo", echo, &api, true)),
+        ]),
+    )
+    .await;
+    let stream = proxy.connect(grpc_service).await;
+    let stream_opaque = proxy.connect(echo_service).await;
     // A gRPC call: answered by the application, which learned the caller's
     // identity from the inbound side's mutual TLS.
     let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -230,6 +349,5 @@ async fn a_grpc_call_and_an_opaque_stream_cross_the_whole_proxy_over_mutual_tls(
     assert!(back == payload, "the echo differs from what was sent");
 
     drop(sender);
-    stop.send(()).unwrap();
-    running.await.unwrap();
+    proxy.stop().await;
 }

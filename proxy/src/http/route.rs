@@ -22,7 +22,6 @@ use crate::config::Limits;
 use crate::endpoint::replay;
 use crate::endpoint::switches_protocols;
 use crate::metrics::{Direction, RouteMetrics};
-use crate::relay::ByteCounters;
 
 /// The request header that carries a verified client identity to the
 /// application; from anywhere else it is removed.
@@ -44,9 +43,6 @@ pub struct Router {
     /// The idle timeout of upgraded connections, and the largest header
     /// list a request may have (see `header_list_size`).
     pub limits: Limits,
-    /// Counts the bytes relayed once a request upgrades the connection (a 101
-    /// answer, or a 2xx to CONNECT).
-    pub upgrade_bytes: ByteCounters,
 }
 
 /// A request's header list size as HTTP/2 counts it (RFC 9113 §6.5.2): each
@@ -191,12 +187,7 @@ impl Router {
         let upgraded = switches_protocols(&method, response.status());
         if let (true, Some(downstream)) = (upgraded, downstream_upgrade) {
             let upstream = hyper::upgrade::on(&mut response);
-            relay_upgraded(
-                downstream,
-                upstream,
-                self.limits.idle_timeout,
-                self.upgrade_bytes.clone(),
-            );
+            relay_upgraded(downstream, upstream, self.limits.idle_timeout);
         }
         if upgraded && method == Method::CONNECT {
             // A tunnel has no body: a client ignores a length on a 2xx to

@@ -9,8 +9,10 @@ use hyper_util::rt::TokioIo;
 
 use crate::relay::{ByteCounters, relay};
 
-/// Relays the upgraded connections until either side ends.
-pub fn relay_upgraded(downstream: OnUpgrade, upstream: OnUpgrade, idle_timeout: Duration, counters: ByteCounters) {
+/// Relays the upgraded connections until either side ends. The client's
+/// bytes are counted where its connection is (`Counted`, which the upgraded
+/// connection still reads and writes through), so the relay counts none.
+pub fn relay_upgraded(downstream: OnUpgrade, upstream: OnUpgrade, idle_timeout: Duration) {
     tokio::spawn(async move {
         let (downstream, upstream) = match tokio::try_join!(downstream, upstream) {
             Ok(both) => both,
@@ -20,7 +22,7 @@ pub fn relay_upgraded(downstream: OnUpgrade, upstream: OnUpgrade, idle_timeout: 
             }
         };
         let (mut client, mut server) = (TokioIo::new(downstream), TokioIo::new(upstream));
-        if let Err(error) = relay(&mut client, &mut server, idle_timeout, counters).await {
+        if let Err(error) = relay(&mut client, &mut server, idle_timeout, ByteCounters::default()).await {
             tracing::debug!(error = %Chain(&error), "upgraded connection ended");
         }
     });

@@ -75,7 +75,7 @@ pub enum IdentityError {
         source: BoxError,
     },
     /// The trust anchors it handed out cannot be used; those in use stay.
-    #[error("the trust anchors the identity service handed out")]
+    #[error("cannot use what the identity service handed out")]
     Anchors(#[source] BoxError),
 }
 
