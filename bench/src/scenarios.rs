@@ -210,6 +210,53 @@ fn rounds<T>(
     Ok(results)
 }
 
+/// The throughput scenario's closed-loop shapes: (name, connections,
+/// calls in flight).
+const CLOSED_SHAPES: [(&str, &str, &str); 2] = [
+    ("1 conn × 100 streams", "1", "100"),
+    ("64 conns × 2 streams", "64", "128"),
+];
+
+/// Every path measured closed loop with `connections` and `concurrency`
+/// calls in flight, in interleaved rounds: each path's runs.
+fn closed_loop(
+    cluster: &Cluster,
+    paths: &[Path],
+    effort: Effort,
+    connections: &str,
+    concurrency: &str,
+) -> anyhow::Result<Vec<Vec<Measured>>> {
+    let duration = format!("{}s", effort.seconds);
+    rounds(paths, effort, |path| {
+        measure(
+            cluster,
+            path,
+            &[
+                "--connections",
+                connections,
+                "--concurrency",
+                concurrency,
+                "--duration",
+                &duration,
+            ],
+        )
+    })
+}
+
+/// The median requests/s of a path's runs.
+fn median_rps(runs: &[Measured]) -> f64 {
+    median(runs.iter().map(|m| num(&m.load["rps"])).collect())
+}
+
+/// The median proxy CPU per completed request of a path's runs, in µs.
+fn median_cpu_per_request(runs: &[Measured]) -> f64 {
+    median(
+        runs.iter()
+            .map(|m| m.proxy_cpu_seconds / num(&m.load["ok"]).max(1.0) * 1e6)
+            .collect(),
+    )
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     if values.is_empty() {
         return f64::NAN;
@@ -310,40 +357,15 @@ pub fn throughput(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, V
         ],
     );
     let mut raw = Vec::new();
-    for (shape, connections, concurrency) in [
-        ("1 conn × 100 streams", "1", "100"),
-        ("64 conns × 2 streams", "64", "128"),
-    ] {
-        let duration = format!("{}s", effort.seconds);
-        let results = rounds(&paths, effort, |path| {
-            measure(
-                cluster,
-                path,
-                &[
-                    "--connections",
-                    connections,
-                    "--concurrency",
-                    concurrency,
-                    "--duration",
-                    &duration,
-                ],
-            )
-        })?;
-        let rps: Vec<f64> = results
-            .iter()
-            .map(|r| median(r.iter().map(|m| num(&m.load["rps"])).collect()))
-            .collect();
+    for (shape, connections, concurrency) in CLOSED_SHAPES {
+        let results = closed_loop(cluster, &paths, effort, connections, concurrency)?;
+        let rps: Vec<f64> = results.iter().map(|r| median_rps(r)).collect();
         let haproxy = paths
             .iter()
             .position(|p| p.system == "HAProxy")
             .map_or(f64::NAN, |i| rps[i]);
         for (i, path) in paths.iter().enumerate() {
-            let cpu_per_request = median(
-                results[i]
-                    .iter()
-                    .map(|m| m.proxy_cpu_seconds / num(&m.load["ok"]).max(1.0) * 1e6)
-                    .collect(),
-            );
+            let cpu_per_request = median_cpu_per_request(&results[i]);
             let per_core = median(
                 results[i]
                     .iter()
@@ -430,39 +452,10 @@ pub fn baseline(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Val
         ],
     );
     let mut raw = Vec::new();
-    for (shape, connections, concurrency) in [
-        ("1 conn × 100 streams", "1", "100"),
-        ("64 conns × 2 streams", "64", "128"),
-    ] {
-        let duration = format!("{}s", effort.seconds);
-        let results = rounds(&paths, effort, |path| {
-            measure(
-                cluster,
-                path,
-                &[
-                    "--connections",
-                    connections,
-                    "--concurrency",
-                    concurrency,
-                    "--duration",
-                    &duration,
-                ],
-            )
-        })?;
-        let rps: Vec<f64> = results
-            .iter()
-            .map(|r| median(r.iter().map(|m| num(&m.load["rps"])).collect()))
-            .collect();
-        let cpu: Vec<f64> = results
-            .iter()
-            .map(|r| {
-                median(
-                    r.iter()
-                        .map(|m| m.proxy_cpu_seconds / num(&m.load["ok"]).max(1.0) * 1e6)
-                        .collect(),
-                )
-            })
-            .collect();
+    for (shape, connections, concurrency) in CLOSED_SHAPES {
+        let results = closed_loop(cluster, &paths, effort, connections, concurrency)?;
+        let rps: Vec<f64> = results.iter().map(|r| median_rps(r)).collect();
+        let cpu: Vec<f64> = results.iter().map(|r| median_cpu_per_request(r)).collect();
         for (i, path) in paths.iter().enumerate() {
             // Each system is followed by its baseline.
             let base = i - i % 2 + 1;
@@ -1046,20 +1039,8 @@ pub fn metrics_cost(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table,
             &["--rate", "1000", "--concurrency", "2000", "--duration", &duration],
         )
     })?;
-    let rps: Vec<f64> = closed
-        .iter()
-        .map(|r| median(r.iter().map(|m| num(&m.load["rps"])).collect()))
-        .collect();
-    let cpu: Vec<f64> = closed
-        .iter()
-        .map(|r| {
-            median(
-                r.iter()
-                    .map(|m| m.proxy_cpu_seconds / num(&m.load["ok"]).max(1.0) * 1e6)
-                    .collect(),
-            )
-        })
-        .collect();
+    let rps: Vec<f64> = closed.iter().map(|r| median_rps(r)).collect();
+    let cpu: Vec<f64> = closed.iter().map(|r| median_cpu_per_request(r)).collect();
     let p99: Vec<f64> = open
         .iter()
         .map(|r| median(r.iter().map(|m| num(&m.load["latency_us"]["p99"])).collect()))

@@ -209,6 +209,20 @@ fn client_without_metrics(bin_dir: &Path, trust_anchors: &str) -> anyhow::Result
 /// mount points only under /run).
 const BASELINE_MOUNT: &str = "/run/strait-baseline";
 
+/// Appends `item` to the list `field` of `object`, making the list if
+/// there is none.
+fn push(object: &mut Value, field: &str, item: Value) -> anyhow::Result<()> {
+    object
+        .as_object_mut()
+        .with_context(|| format!("the object holding {field} is no object"))?
+        .entry(field)
+        .or_insert_with(|| json!([]))
+        .as_array_mut()
+        .with_context(|| format!("{field} is no list"))?
+        .push(item);
+    Ok(())
+}
+
 /// The same-run A/B pair for `--baseline`: `client-baseline` and
 /// `backend-baseline` (Service `backend-baseline`), shaped as `client-mtls`
 /// and `backend-mtls`, whose proxies run the binary in `baseline_dir`
@@ -217,25 +231,16 @@ fn baseline_pair(bin_dir: &Path, trust_anchors: &str, baseline_dir: &Path) -> an
     let use_baseline = |spec: &mut Value| -> anyhow::Result<()> {
         let proxy = proxy_container(spec)?;
         proxy["command"] = json!([format!("{BASELINE_MOUNT}/strait-proxy")]);
-        let mounts = proxy
-            .as_object_mut()
-            .context("the proxy container is no object")?
-            .entry("volumeMounts")
-            .or_insert_with(|| json!([]));
-        mounts
-            .as_array_mut()
-            .context("volumeMounts is no list")?
-            .push(json!({"name": "strait-baseline", "mountPath": BASELINE_MOUNT, "readOnly": true}));
-        let volumes = spec
-            .as_object_mut()
-            .context("the pod spec is no object")?
-            .entry("volumes")
-            .or_insert_with(|| json!([]));
-        volumes
-            .as_array_mut()
-            .context("volumes is no list")?
-            .push(json!({"name": "strait-baseline", "hostPath": {"path": baseline_dir, "type": "Directory"}}));
-        Ok(())
+        push(
+            proxy,
+            "volumeMounts",
+            json!({"name": "strait-baseline", "mountPath": BASELINE_MOUNT, "readOnly": true}),
+        )?;
+        push(
+            spec,
+            "volumes",
+            json!({"name": "strait-baseline", "hostPath": {"path": baseline_dir, "type": "Directory"}}),
+        )
     };
     let client = deployment(
         "client-baseline",

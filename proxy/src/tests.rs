@@ -34,7 +34,7 @@ use crate::{Bound, Proxy};
 
 /// What a test puts in place of the cluster: discovery, this workload's
 /// mutual TLS, and the original destinations iptables would have kept.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct Hooks {
     /// Discovery, instead of the destination service.
     pub resolve: Option<Arc<dyn Resolve>>,
