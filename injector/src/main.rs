@@ -227,6 +227,7 @@ async fn run(config: ServeConfig) -> anyhow::Result<()> {
             .context("destination service TLS")?;
     let index = Arc::new(destination::Index::new(&config.inject.trust_domain));
     let destinations_synced = destination::reflect::start(client.clone(), index.clone());
+    tokio::spawn(destination::status::write(client.clone(), index.clone()));
 
     let namespaces = NamespaceCache::start(client.clone());
     let mut registry = prometheus_client::registry::Registry::with_prefix("strait_control");

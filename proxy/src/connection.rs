@@ -19,7 +19,7 @@ use crate::counted::Counted;
 use crate::detect::{self, Opening, Prefixed, Protocol};
 use crate::drain::Drain;
 use crate::http;
-use crate::http::route::Router;
+use crate::http::route::{Router, Routes};
 use crate::metrics::{Direction, Metrics, TcpLabels};
 use crate::tcp::{ClientStream, Forwarder};
 
@@ -52,6 +52,8 @@ pub struct Accepted<C> {
     /// The client's verified identity, inbound over mutual TLS; passed to
     /// the application in the `strait-client-id` header.
     pub client_id: Option<SpiffeId>,
+    /// The Gateway API routes of the Service port (outbound to one).
+    pub routes: Option<Routes>,
 }
 
 /// What every connection of one direction is served with; cheap to share.
@@ -81,6 +83,7 @@ impl Pipeline {
             declared,
             labels,
             client_id,
+            routes,
         } = accepted;
         let forwarder = &self.forwarder;
         let opening = detect::open(
@@ -126,6 +129,7 @@ impl Pipeline {
             client_id,
             direction: self.direction,
             limits: self.limits,
+            routes,
         };
         let _guard = self.metrics.tcp.opened(labels.clone());
         let io = Counted::new(io, self.metrics.tcp.byte_counters(&labels));

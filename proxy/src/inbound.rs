@@ -285,6 +285,7 @@ async fn proxy<C: ClientStream + 'static>(
         },
         labels: inbound.labels(client_id.as_ref()),
         client_id,
+        routes: None,
     };
     inbound.pipeline.serve(accepted, drain).await;
 }

@@ -32,6 +32,7 @@ mod metrics;
 mod outbound;
 mod relay;
 mod retry;
+mod routes;
 mod tcp;
 mod throttle;
 mod tls;

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use strait_contract::{Chain, PortSet};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -19,6 +20,7 @@ use crate::discovery::destination::IDLE;
 use crate::discovery::{Destination, Resolve, ServicePort};
 use crate::drain::Drain;
 use crate::endpoint::{Connector, Endpoint};
+use crate::http::route::{Backends, Routes};
 use crate::listener;
 use crate::listener::ConnectionLimit;
 use crate::metrics::{Direction, Metrics, RouteLabels, TcpLabels};
@@ -137,6 +139,19 @@ impl Outbound {
     }
 }
 
+/// A route's backend Service port is reached as a connection to its
+/// ClusterIP:port would be: through discovery, by its shared balancer.
+impl Backends for Outbound {
+    fn target(&self, address: SocketAddr) -> BoxFuture<'_, Option<Target>> {
+        Box::pin(async move {
+            match self.resolve.resolve(address).await {
+                Destination::Service(service_port) => Some(Target::Balanced(self.balancer(address, &service_port))),
+                Destination::Passthrough { .. } => None,
+            }
+        })
+    }
+}
+
 /// A balancer and when a connection last asked for it.
 struct Kept {
     balancer: Arc<Balancer>,
@@ -181,6 +196,7 @@ async fn handle(outbound: Arc<Outbound>, stream: TcpStream, peer: SocketAddr, dr
             labels: TcpLabels::outbound(&service_port.service.namespace, &service_port.service.name),
             target: Target::Balanced(outbound.balancer(orig_dst, &service_port)),
             client_id: None,
+            routes: Some(Routes::new(service_port.routes.clone(), outbound.clone())),
         },
         // There, over mutual TLS if it is a meshed pod.
         Destination::Passthrough { peer: identity } => {
@@ -202,6 +218,7 @@ async fn handle(outbound: Arc<Outbound>, stream: TcpStream, peer: SocketAddr, dr
                 labels,
                 target: Target::Fixed(Arc::new(backend)),
                 client_id: None,
+                routes: None,
             }
         }
     };

@@ -92,6 +92,7 @@ fn service_port(name: &str, app: SocketAddr, identity: &SpiffeId, opaque: bool) 
         app_protocol: None,
         opaque,
         endpoints,
+        routes: watch::channel(Arc::new(crate::routes::Table::default())).1,
     }
 }
 

@@ -16,11 +16,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use strait_api::destination::v1::{Endpoint, ServicePort};
+use strait_api::destination::v1::{Endpoint, RouteRule, ServicePort};
 use strait_contract::names::{MESHED_LABEL, annotations};
 use strait_contract::{PortSet, SpiffeId};
 use tokio::sync::watch;
 
+use super::routes::{self, Route, RouteKey, TableKey};
 use super::view::View;
 
 /// An object by namespace and name.
@@ -31,7 +32,7 @@ pub struct ObjectKey {
 }
 
 impl ObjectKey {
-    fn of(metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+    pub fn of(metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
         ObjectKey {
             namespace: metadata.namespace.clone().unwrap_or_default(),
             name: metadata.name.clone().unwrap_or_default(),
@@ -163,6 +164,11 @@ struct State {
     pods: HashMap<ObjectKey, Workload>,
     pod_by_ip: HashMap<IpAddr, ObjectKey>,
     followed: HashMap<SocketAddr, Followed>,
+    /// Gateway API routes (HTTPRoute, GRPCRoute), by kind and name.
+    routes: HashMap<RouteKey, Route>,
+    /// The routes some proxy follows, by destination and the proxy's
+    /// namespace (GAMMA routes depend on the client's namespace).
+    followed_routes: HashMap<(SocketAddr, String), watch::Sender<Arc<Vec<RouteRule>>>>,
 }
 
 /// The destination service's picture of the cluster.
@@ -170,6 +176,9 @@ pub struct Index {
     state: Mutex<State>,
     /// The mesh's trust domain, in the SPIFFE IDs of meshed pods.
     trust_domain: String,
+    /// Changes whenever a route or a Service changes, so that route
+    /// status can be written again (`super::status`).
+    routes_changed: watch::Sender<u64>,
 }
 
 /// What changed, for deciding which followed destinations to recompute.
@@ -185,6 +194,7 @@ impl Index {
         Index {
             state: Mutex::new(State::default()),
             trust_domain: trust_domain.to_string(),
+            routes_changed: watch::channel(0).0,
         }
     }
 
@@ -226,6 +236,7 @@ impl Index {
             state.services.insert(key.clone(), info);
         }
         state.refresh(&Touched::Service { key, ips });
+        self.routes_touched(&mut state);
     }
 
     pub fn delete_service(&self, service: &Service) {
@@ -233,6 +244,7 @@ impl Index {
         let mut state = self.lock();
         let ips = state.remove_service(&key);
         state.refresh(&Touched::Service { key, ips });
+        self.routes_touched(&mut state);
     }
 
     pub fn apply_slice(&self, slice: &EndpointSlice) {
@@ -308,6 +320,7 @@ impl Index {
             }
         }
         state.refresh(&Touched::Everything);
+        self.routes_touched(&mut state);
     }
 
     /// Replaces every EndpointSlice (a watch's relist).
@@ -346,7 +359,135 @@ impl Index {
     }
 }
 
+/// Routes: what proxies are sent of them, and what their status is.
+impl Index {
+    /// Follows the routes that apply to requests from a proxy in
+    /// `client_namespace` to `address` (empty when it is no Service port,
+    /// or none apply). Forgotten once its last receiver is gone.
+    pub fn follow_routes(&self, address: SocketAddr, client_namespace: &str) -> watch::Receiver<Arc<Vec<RouteRule>>> {
+        let mut state = self.lock();
+        state.followed_routes.retain(|_, f| f.receiver_count() > 0);
+        let key = (address, client_namespace.to_string());
+        if let Some(followed) = state.followed_routes.get(&key) {
+            return followed.subscribe();
+        }
+        let table = state.route_table(address, client_namespace);
+        let (sender, receiver) = watch::channel(Arc::new(table));
+        state.followed_routes.insert(key, sender);
+        receiver
+    }
+
+    /// A route was made or changed.
+    pub fn apply_route(&self, route: Route) {
+        let mut state = self.lock();
+        if state.routes.get(&route.key) == Some(&route) {
+            return;
+        }
+        state.routes.insert(route.key.clone(), route);
+        self.routes_touched(&mut state);
+    }
+
+    /// A route was deleted.
+    pub fn delete_route(&self, key: &RouteKey) {
+        let mut state = self.lock();
+        if state.routes.remove(key).is_some() {
+            self.routes_touched(&mut state);
+        }
+    }
+
+    /// Replaces every route of `kind` (a watch's relist).
+    pub fn replace_routes(&self, kind: routes::RouteKind, listed: Vec<Route>) {
+        let mut state = self.lock();
+        state.routes.retain(|key, _| key.kind != kind);
+        for route in listed {
+            state.routes.insert(route.key.clone(), route);
+        }
+        self.routes_touched(&mut state);
+    }
+
+    /// Tells when routes or Services changed: the value changes then.
+    pub fn routes_changed(&self) -> watch::Receiver<u64> {
+        self.routes_changed.subscribe()
+    }
+
+    /// The status patch of each route whose stored status is not what it
+    /// is now (see [`routes::status_patch`]); `now` is the RFC 3339 time
+    /// for conditions that change.
+    pub fn route_status_patches(&self, now: &str) -> Vec<(RouteKey, serde_json::Value)> {
+        let state = self.lock();
+        let mut patches: Vec<(RouteKey, serde_json::Value)> = state
+            .routes
+            .values()
+            .filter_map(|route| {
+                let computed = routes::statuses(route, state.routes.values(), &*state);
+                routes::status_patch(route, &computed, now).map(|patch| (route.key.clone(), patch))
+            })
+            .collect();
+        patches.sort_by(|a, b| a.0.cmp(&b.0));
+        patches
+    }
+
+    /// Makes every followed route table again, and wakes the status writer.
+    fn routes_touched(&self, state: &mut State) {
+        state.followed_routes.retain(|_, f| f.receiver_count() > 0);
+        let keys: Vec<(SocketAddr, String)> = state.followed_routes.keys().cloned().collect();
+        for key in keys {
+            let table = state.route_table(key.0, &key.1);
+            if let Some(sender) = state.followed_routes.get(&key) {
+                sender.send_if_modified(|current| {
+                    let changed = **current != table;
+                    if changed {
+                        *current = Arc::new(table);
+                    }
+                    changed
+                });
+            }
+        }
+        self.routes_changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+impl routes::Services for State {
+    fn address(&self, service: &ObjectKey, port: u16, like: &SocketAddr) -> Option<SocketAddr> {
+        let info = self.services.get(service)?;
+        info.ports.iter().find(|p| p.port == u32::from(port))?;
+        let ip = info.ips.iter().find(|ip| ip.is_ipv4() == like.is_ipv4())?;
+        Some(SocketAddr::new(*ip, port))
+    }
+
+    fn ports(&self, service: &ObjectKey) -> Option<Vec<(u16, String)>> {
+        let info = self.services.get(service)?;
+        Some(
+            info.ports
+                .iter()
+                .filter_map(|p| Some((u16::try_from(p.port).ok()?, p.port_name.clone())))
+                .collect(),
+        )
+    }
+}
+
 impl State {
+    /// The route table of `address` for a client in `client_namespace`.
+    fn route_table(&self, address: SocketAddr, client_namespace: &str) -> Vec<RouteRule> {
+        let Some(service) = self.by_cluster_ip.get(&address.ip()) else {
+            return Vec::new();
+        };
+        let Some(port) = self
+            .services
+            .get(service)
+            .and_then(|info| info.ports.iter().find(|p| p.port == u32::from(address.port())))
+        else {
+            return Vec::new();
+        };
+        let key = TableKey {
+            service: service.clone(),
+            port: address.port(),
+            port_name: port.port_name.clone(),
+            client_namespace: client_namespace.to_string(),
+        };
+        routes::table(&key, &address, self.routes.values(), self)
+    }
+
     /// Forgets a Service; returns its ClusterIPs.
     fn remove_service(&mut self, key: &ObjectKey) -> Vec<IpAddr> {
         let Some(old) = self.services.remove(key) else {

@@ -7,13 +7,18 @@
 //!   destination;
 //! - `view`: a view, and the diffs between two;
 //! - `reflect`: the watches that keep the index current;
+//! - `routes`: Gateway API routes bound to Services (GAMMA): reading,
+//!   precedence, the table a proxy gets, status;
+//! - `status`: writes the routes' status;
 //! - `service`: the gRPC service;
 //! - `serve`: mutual TLS in front of it.
 
 pub mod index;
 pub mod reflect;
+pub mod routes;
 pub mod serve;
 pub mod service;
+pub mod status;
 pub mod view;
 
 pub use index::Index;

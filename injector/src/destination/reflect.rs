@@ -1,12 +1,14 @@
 //! The watches behind the destination service's index: one each of
-//! Services, EndpointSlices and Pods, cluster-wide, however many proxies
-//! subscribe. Each retries with back-off and keeps the last known state
+//! Services, EndpointSlices, Pods, HTTPRoutes and GRPCRoutes, cluster-wide,
+//! however many proxies subscribe. Each retries with back-off and keeps the last known state
 //! while the API server is away; a relist (a new watch, or 410 Gone)
 //! replaces that kind's state as a whole.
 
 use std::sync::Arc;
 
 use futures::StreamExt;
+use gateway_api::grpcroutes::GrpcRoute;
+use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
@@ -14,13 +16,17 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::watch;
 
-use super::index::Index;
+use super::index::{Index, ObjectKey};
+use super::routes::{self, RouteKey, RouteKind};
 
 /// How one kind of object reaches the index.
 trait Kind:
     kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static
 {
     const PLURAL: &'static str;
+    /// Views wait for this kind's first list. Routes do not: the Gateway
+    /// API CRDs may not be installed, and without them nothing is routed.
+    const REQUIRED: bool = true;
     fn apply(index: &Index, object: &Self);
     fn delete(index: &Index, object: &Self);
     fn replace(index: &Index, objects: &[Self]);
@@ -65,8 +71,42 @@ impl Kind for Pod {
     }
 }
 
-/// Starts the three watches; the receiver turns true once each has listed
-/// once (before that, views would be missing what is merely not yet read).
+impl Kind for HttpRoute {
+    const PLURAL: &'static str = "httproutes";
+    const REQUIRED: bool = false;
+    fn apply(index: &Index, object: &Self) {
+        index.apply_route(routes::http_route(object));
+    }
+    fn delete(index: &Index, object: &Self) {
+        index.delete_route(&RouteKey {
+            kind: RouteKind::Http,
+            object: ObjectKey::of(&object.metadata),
+        });
+    }
+    fn replace(index: &Index, objects: &[Self]) {
+        index.replace_routes(RouteKind::Http, objects.iter().map(routes::http_route).collect());
+    }
+}
+
+impl Kind for GrpcRoute {
+    const PLURAL: &'static str = "grpcroutes";
+    const REQUIRED: bool = false;
+    fn apply(index: &Index, object: &Self) {
+        index.apply_route(routes::grpc_route(object));
+    }
+    fn delete(index: &Index, object: &Self) {
+        index.delete_route(&RouteKey {
+            kind: RouteKind::Grpc,
+            object: ObjectKey::of(&object.metadata),
+        });
+    }
+    fn replace(index: &Index, objects: &[Self]) {
+        index.replace_routes(RouteKind::Grpc, objects.iter().map(routes::grpc_route).collect());
+    }
+}
+
+/// Starts the watches; the receiver turns true once Services,
+/// EndpointSlices and Pods have each listed once (before that, views would be missing what is merely not yet read).
 pub fn start(client: kube::Client, index: Arc<Index>) -> watch::Receiver<bool> {
     let (synced_tx, synced) = watch::channel(false);
     let listed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -78,7 +118,9 @@ pub fn start(client: kube::Client, index: Arc<Index>) -> watch::Receiver<bool> {
     let done = Arc::new(done);
     tokio::spawn(follow::<Service>(client.clone(), index.clone(), done.clone()));
     tokio::spawn(follow::<EndpointSlice>(client.clone(), index.clone(), done.clone()));
-    tokio::spawn(follow::<Pod>(client, index, done));
+    tokio::spawn(follow::<Pod>(client.clone(), index.clone(), done.clone()));
+    tokio::spawn(follow::<HttpRoute>(client.clone(), index.clone(), done.clone()));
+    tokio::spawn(follow::<GrpcRoute>(client, index, done));
     synced
 }
 
@@ -93,7 +135,7 @@ async fn follow<K: Kind>(client: kube::Client, index: Arc<Index>, listed: Arc<dy
             Ok(Event::InitApply(object)) => pending.push(object),
             Ok(Event::InitDone) => {
                 K::replace(&index, &std::mem::take(&mut pending));
-                if std::mem::take(&mut first) {
+                if std::mem::take(&mut first) && K::REQUIRED {
                     listed();
                 }
             }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use futures::Stream;
 use strait_api::destination::v1::destination_server::Destination;
-use strait_api::destination::v1::{GetDestination, Update};
+use strait_api::destination::v1::{GetDestination, RouteRule, Routes, Update, update};
 use strait_contract::SpiffeId;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -114,13 +114,14 @@ impl Destination for DestinationService {
             ))
         })?;
         let mut views = self.index.follow(address);
+        let mut routes = self.index.follow_routes(address, &caller.namespace);
         let (sender, receiver) = mpsc::channel(BUFFERED);
         tracing::debug!(%caller, %address, "destination followed");
         let stop = self.stop.clone();
         tokio::spawn(async move {
             let _permit = permit;
             tokio::select! {
-                () = follow(&mut views, &sender) => {},
+                () = follow(&mut views, &mut routes, &sender) => {},
                 () = stopped(stop) => {},
             }
         });
@@ -129,15 +130,30 @@ impl Destination for DestinationService {
 }
 
 /// Sends a subscriber the view's first state and then what changes, until
-/// it goes away.
-async fn follow(views: &mut watch::Receiver<Arc<View>>, sender: &mpsc::Sender<Result<Update, Status>>) {
+/// it goes away; for a Service port, the routes that apply to it after the
+/// first snapshot and whenever they change.
+async fn follow(
+    views: &mut watch::Receiver<Arc<View>>,
+    routes: &mut watch::Receiver<Arc<Vec<RouteRule>>>,
+    sender: &mpsc::Sender<Result<Update, Status>>,
+) {
     let mut sent: Option<Arc<View>> = None;
+    let mut sent_routes: Option<Arc<Vec<RouteRule>>> = None;
     loop {
         let now = views.borrow_and_update().clone();
-        let messages = match &sent {
+        let mut messages = match &sent {
             None => vec![now.snapshot()],
             Some(sent) => updates(sent, &now),
         };
+        let table = routes.borrow_and_update().clone();
+        if now.service.is_some() && sent_routes.as_ref() != Some(&table) {
+            messages.push(Update {
+                kind: Some(update::Kind::Routes(Routes {
+                    rules: table.as_ref().clone(),
+                })),
+            });
+            sent_routes = Some(table);
+        }
         for message in messages {
             // Waits while the stream is full: the subscriber falls behind by
             // one state at most, never by a queue.
@@ -148,6 +164,7 @@ async fn follow(views: &mut watch::Receiver<Arc<View>>, sender: &mpsc::Sender<Re
         sent = Some(now);
         tokio::select! {
             changed = views.changed() => if changed.is_err() { return },
+            changed = routes.changed() => if changed.is_err() { return },
             () = sender.closed() => return,
         }
     }
@@ -304,6 +321,8 @@ mod tests {
                 update::Kind::Remove(r) => r.addresses.iter().for_each(|a| {
                     held.remove(a);
                 }),
+                // The (empty) routes follow the first snapshot once.
+                update::Kind::Routes(_) => messages -= 1,
             }
         }
         assert!(messages <= BUFFERED + 2, "{messages} messages for 1,000 changes");

@@ -108,6 +108,7 @@ mod tests {
                 Some(update::Kind::Snapshot(_)) => "snapshot",
                 Some(update::Kind::Add(_)) => "add",
                 Some(update::Kind::Remove(_)) => "remove",
+                Some(update::Kind::Routes(_)) => "routes",
                 None => "none",
             })
             .collect()
@@ -179,7 +180,7 @@ mod tests {
         let mut held = before.clone();
         for message in updates(&before, &after) {
             match message.kind.expect("a kind") {
-                update::Kind::Snapshot(_) => unreachable!("a small change is a diff"),
+                update::Kind::Snapshot(_) | update::Kind::Routes(_) => unreachable!("a small change is a diff"),
                 update::Kind::Add(add) => {
                     for e in add.endpoints {
                         held.endpoints.insert(e.address.parse().expect("an address"), e);

@@ -26,6 +26,7 @@ use crate::endpoint::{Connector, Endpoint, SendError, StreamSlot};
 use crate::metrics::discovery::EndpointStateLabels;
 use crate::metrics::{DiscoveryMetrics, HttpMetrics, RouteLabels, RouteMetrics, TcpLabels, TurnedAway};
 use crate::retry::Policy;
+use crate::routes::RouteName;
 use crate::transport::ConnectError;
 use crate::upstream::Address;
 use crate::wire::Body;
@@ -162,6 +163,9 @@ pub struct Backend {
     /// Where `metrics` come from when first asked for, for a backend that
     /// may never see a request (a connection that turns out opaque).
     route: Option<(HttpMetrics, RouteLabels)>,
+    /// The metrics of requests Gateway API routes sent here, by route
+    /// (bounded by the routes that name this backend's Service).
+    routed: Mutex<Vec<(RouteName, RouteMetrics)>>,
 }
 
 impl Backend {
@@ -193,6 +197,7 @@ impl Backend {
             recent: Recent::new(recent, DECAY),
             metrics: OnceLock::new(),
             route,
+            routed: Mutex::new(Vec::new()),
         }
     }
 
@@ -202,6 +207,17 @@ impl Backend {
             let (http, labels) = self.route.as_ref().expect("a backend has metrics or their labels");
             http.route(labels.clone())
         })
+    }
+
+    /// This endpoint's request metrics for requests `route` sent here.
+    pub fn routed_metrics(&self, route: &RouteName) -> RouteMetrics {
+        let mut routed = self.routed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, metrics)) = routed.iter().find(|(name, _)| name == route) {
+            return metrics.clone();
+        }
+        let metrics = self.metrics().routed(&route.kind, &route.name);
+        routed.push((route.clone(), metrics.clone()));
+        metrics
     }
 
     fn cost(&self) -> f64 {

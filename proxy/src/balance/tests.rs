@@ -89,6 +89,7 @@ fn observed_balancer(
         app_protocol: None,
         opaque: false,
         endpoints: receiver,
+        routes: watch::channel(Arc::new(crate::routes::Table::default())).1,
     };
     let mut registry = crate::metrics::registry();
     let metrics = Metrics::register(&mut registry, true);

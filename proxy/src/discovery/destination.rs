@@ -26,6 +26,7 @@ use tonic::transport::Channel;
 use super::{Destination, Endpoint, EndpointSet, ServicePort, ServiceRef, TargetRef};
 use crate::metrics::DiscoveryMetrics;
 use crate::retry::Policy;
+use crate::routes::Table;
 use crate::throttle::LogThrottle;
 use crate::tls::MeshTls;
 
@@ -51,6 +52,8 @@ pub struct Known {
     pub service: Option<api::ServicePort>,
     /// By address.
     pub endpoints: HashMap<SocketAddr, api::Endpoint>,
+    /// The routes that apply to this proxy's requests, in precedence order.
+    pub routes: Vec<api::RouteRule>,
 }
 
 impl Known {
@@ -74,10 +77,10 @@ impl Known {
                 for endpoint in snapshot.endpoints {
                     endpoints.insert(parse(&endpoint.address)?, endpoint);
                 }
-                *self = Known {
-                    service: snapshot.service,
-                    endpoints,
-                };
+                // A snapshot replaces the endpoints; the routes come in
+                // their own messages.
+                self.service = snapshot.service;
+                self.endpoints = endpoints;
             }
             update::Kind::Add(add) => {
                 let parsed: Vec<(SocketAddr, api::Endpoint)> = add
@@ -93,6 +96,7 @@ impl Known {
                     self.endpoints.remove(&address);
                 }
             }
+            update::Kind::Routes(routes) => self.routes = routes.rules,
         }
         Ok(())
     }
@@ -173,6 +177,7 @@ pub fn channel(addr: &str, mesh: Arc<MeshTls>) -> Result<Channel, TargetError> {
 struct Followed {
     known: watch::Sender<Arc<Known>>,
     endpoints: watch::Sender<Arc<EndpointSet>>,
+    routes: watch::Sender<Arc<Table>>,
     /// Whether a first snapshot has arrived.
     synced: watch::Receiver<bool>,
     used: Instant,
@@ -206,25 +211,20 @@ impl DestinationDiscovery {
     }
 
     /// The destination's state, following it from the first call.
-    fn follow(
-        self: &Arc<Self>,
-        address: SocketAddr,
-    ) -> (
-        watch::Receiver<Arc<Known>>,
-        watch::Receiver<Arc<EndpointSet>>,
-        watch::Receiver<bool>,
-    ) {
+    fn follow(self: &Arc<Self>, address: SocketAddr) -> (Receivers, watch::Receiver<bool>) {
         let mut followed = self.lock();
         if let Some(existing) = followed.get_mut(&address) {
             existing.used = Instant::now();
-            return (
-                existing.known.subscribe(),
-                existing.endpoints.subscribe(),
-                existing.synced.clone(),
-            );
+            let published = Published {
+                known: existing.known.subscribe(),
+                endpoints: existing.endpoints.subscribe(),
+                routes: existing.routes.subscribe(),
+            };
+            return (published, existing.synced.clone());
         }
         let (known, known_rx) = watch::channel(Arc::new(Known::default()));
         let (endpoints, endpoints_rx) = watch::channel(Arc::new(EndpointSet::default()));
+        let (routes, routes_rx) = watch::channel(Arc::new(Table::default()));
         let (synced_tx, synced) = watch::channel(false);
         let (forgotten_tx, forgotten) = oneshot::channel();
         followed.insert(
@@ -232,23 +232,44 @@ impl DestinationDiscovery {
             Followed {
                 known: known.clone(),
                 endpoints: endpoints.clone(),
+                routes: routes.clone(),
                 synced: synced.clone(),
                 used: Instant::now(),
                 _forgotten: forgotten_tx,
             },
         );
+        let senders = Published {
+            known,
+            endpoints,
+            routes,
+        };
         tokio::spawn(stream(
             self.client.clone(),
             address,
-            known,
-            endpoints,
+            senders,
             synced_tx,
             forgotten,
             self.metrics.clone(),
         ));
-        (known_rx, endpoints_rx, synced)
+        let receivers = Published {
+            known: known_rx,
+            endpoints: endpoints_rx,
+            routes: routes_rx,
+        };
+        (receivers, synced)
     }
 }
+
+/// What a destination's stream publishes: its whole state, the endpoint
+/// set made of it, and its routes compiled.
+struct Published<K, E, R> {
+    known: K,
+    endpoints: E,
+    routes: R,
+}
+
+type Senders = Published<watch::Sender<Arc<Known>>, watch::Sender<Arc<EndpointSet>>, watch::Sender<Arc<Table>>>;
+type Receivers = Published<watch::Receiver<Arc<Known>>, watch::Receiver<Arc<EndpointSet>>, watch::Receiver<Arc<Table>>>;
 
 /// Keeps one destination's stream open until the destination is forgotten
 /// (`forgotten` resolves when its entry, holding the sender, is dropped).
@@ -257,8 +278,7 @@ impl DestinationDiscovery {
 async fn stream(
     client: DestinationClient<Channel>,
     address: SocketAddr,
-    known: watch::Sender<Arc<Known>>,
-    endpoints: watch::Sender<Arc<EndpointSet>>,
+    published: Senders,
     synced: watch::Sender<bool>,
     mut forgotten: oneshot::Receiver<()>,
     metrics: DiscoveryMetrics,
@@ -276,7 +296,7 @@ async fn stream(
         match opened {
             Ok(response) => {
                 let mut updates = response.into_inner();
-                let mut state = Known::clone(&known.borrow());
+                let mut state = Known::clone(&published.known.borrow());
                 loop {
                     let next = tokio::select! {
                         next = updates.next() => next,
@@ -287,7 +307,7 @@ async fn stream(
                             Ok(()) => {
                                 metrics.watch_ok("destinations");
                                 delays = RETRY.delays();
-                                publish(&known, &endpoints, &state);
+                                publish(&published, &state);
                                 let _ = synced.send(true);
                                 continue;
                             }
@@ -314,7 +334,15 @@ async fn stream(
     }
 }
 
-fn publish(known: &watch::Sender<Arc<Known>>, endpoints: &watch::Sender<Arc<EndpointSet>>, state: &Known) {
+fn publish(published: &Senders, state: &Known) {
+    let Published {
+        known,
+        endpoints,
+        routes,
+    } = published;
+    if known.borrow().routes != state.routes {
+        routes.send_replace(Arc::new(Table::compile(&state.routes)));
+    }
     known.send_if_modified(|current| {
         let changed = **current != *state;
         if changed {
@@ -339,16 +367,23 @@ async fn forget_idle(discovery: Weak<DestinationDiscovery>) {
     loop {
         tick.tick().await;
         let Some(discovery) = discovery.upgrade() else { return };
-        discovery
-            .lock()
-            .retain(|_, f| f.used.elapsed() < IDLE || f.endpoints.receiver_count() > 0);
+        discovery.lock().retain(|_, f| {
+            f.used.elapsed() < IDLE || f.endpoints.receiver_count() > 0 || f.routes.receiver_count() > 0
+        });
     }
 }
 
 impl super::Resolve for Arc<DestinationDiscovery> {
     fn resolve(&self, orig_dst: SocketAddr) -> BoxFuture<'_, Destination> {
         Box::pin(async move {
-            let (known, endpoints, mut synced) = self.follow(orig_dst);
+            let (
+                Published {
+                    known,
+                    endpoints,
+                    routes,
+                },
+                mut synced,
+            ) = self.follow(orig_dst);
             if !*synced.borrow() {
                 let _ = tokio::time::timeout(FIRST_SYNC_WAIT, synced.wait_for(|s| *s)).await;
             }
@@ -363,6 +398,7 @@ impl super::Resolve for Arc<DestinationDiscovery> {
                     app_protocol: (!port.app_protocol.is_empty()).then(|| port.app_protocol.clone()),
                     opaque: port.opaque,
                     endpoints,
+                    routes,
                 }),
                 None => Destination::Passthrough {
                     peer: known

@@ -16,6 +16,8 @@ use futures::future::BoxFuture;
 use strait_contract::SpiffeId;
 use tokio::sync::watch;
 
+use crate::routes::Table;
+
 pub use endpoints::{Endpoint, EndpointSet, TargetRef};
 
 /// A Service, by namespace and name.
@@ -41,6 +43,9 @@ pub struct ServicePort {
     pub opaque: bool,
     /// The port's endpoints, updated as EndpointSlices change.
     pub endpoints: watch::Receiver<Arc<EndpointSet>>,
+    /// The Gateway API routes that apply to this proxy's requests to the
+    /// port, updated as routes change (empty: not routed).
+    pub routes: watch::Receiver<Arc<Table>>,
 }
 
 /// What an original destination turned out to be.

@@ -9,6 +9,7 @@ use strait_contract::Chain;
 
 use super::Body;
 use crate::balance::DispatchError;
+use crate::routes::RouteError;
 
 /// The header that says an answer came from the proxy, not the application.
 pub const PROXY_ERROR_HEADER: HeaderName = HeaderName::from_static("strait-proxy-error");
@@ -20,6 +21,10 @@ pub enum ProxyError {
     /// No endpoint took the request, or the one that did failed it.
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
+    /// The Service port's routes did not send the request anywhere, or
+    /// their timeout passed.
+    #[error(transparent)]
+    Route(#[from] RouteError),
     /// The request was not valid HTTP for this hop.
     #[error("bad request: {0}")]
     BadRequest(String),
@@ -45,9 +50,11 @@ pub enum ProxyError {
 
 impl ProxyError {
     /// The HTTP status of the proxy's answer: 503 when nothing was sent (no
-    /// ready endpoint, none reachable), 504 when the upstream timed out, 502 when
-    /// it failed the request or its response headers were over the limit, 400
-    /// for an invalid request, 431 for request headers over the limit.
+    /// ready endpoint, none reachable), 504 when the upstream or the route's
+    /// timeout passed, 502 when it failed the request or its response headers
+    /// were over the limit, 400 for an invalid request, 431 for request
+    /// headers over the limit; for routes (Gateway API): 404 when none
+    /// matches, 500 when the rule's backend is unusable.
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::Dispatch(DispatchError::NoEndpoints { .. } | DispatchError::Unreachable { .. }) => {
@@ -59,6 +66,11 @@ impl ProxyError {
             ProxyError::Dispatch(DispatchError::Upstream { .. }) | ProxyError::ResponseHeadersTooLarge { .. } => {
                 StatusCode::BAD_GATEWAY
             }
+            ProxyError::Route(RouteError::NoMatch { .. }) => StatusCode::NOT_FOUND,
+            ProxyError::Route(RouteError::NoBackend { .. } | RouteError::Unresolved { .. }) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ProxyError::Route(RouteError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
@@ -71,9 +83,13 @@ impl ProxyError {
 
     /// The gRPC status code: UNAVAILABLE for what a retry may fix,
     /// INTERNAL for a request the proxy cannot forward, RESOURCE_EXHAUSTED
-    /// for one over a limit.
+    /// for one over a limit, UNIMPLEMENTED when no route matches,
+    /// DEADLINE_EXCEEDED when the route's timeout or the call's
+    /// `grpc-timeout` passed.
     pub fn grpc_status(&self) -> u32 {
         match self {
+            ProxyError::Route(RouteError::NoMatch { .. }) => 12,
+            ProxyError::Route(RouteError::Timeout { .. }) => 4,
             ProxyError::BadRequest(_) => 13,
             ProxyError::HeadersTooLarge { .. } | ProxyError::ResponseHeadersTooLarge { .. } => 8,
             _ => 14,

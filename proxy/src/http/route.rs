@@ -2,8 +2,12 @@
 //! picked (a balanced Service port or one fixed address), errors shaped for
 //! the protocol, and the response observed as it streams back.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
+
+use futures::future::BoxFuture;
 
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -22,6 +26,8 @@ use crate::config::Limits;
 use crate::endpoint::replay;
 use crate::endpoint::switches_protocols;
 use crate::metrics::{Direction, RouteMetrics};
+use crate::routes::{RouteError, RouteName, Rule, Table};
+use tokio::sync::watch;
 
 /// The request header that carries a verified client identity to the
 /// application; from anywhere else it is removed.
@@ -43,6 +49,10 @@ pub struct Router {
     /// The idle timeout of upgraded connections, and the largest header
     /// list a request may have (see `header_list_size`).
     pub limits: Limits,
+    /// The Gateway API routes bound to the target's Service port (outbound
+    /// to a Service port only); while it has rules, they decide where each
+    /// request goes instead of `target`.
+    pub routes: Option<Routes>,
 }
 
 /// A request's header list size as HTTP/2 counts it (RFC 9113 §6.5.2): each
@@ -131,6 +141,7 @@ impl Router {
             }
         }
         let size = header_list_size(&request);
+        let mut route: Option<RouteName> = None;
         let result = if size > self.limits.max_header_bytes {
             Err(ProxyError::HeadersTooLarge {
                 size,
@@ -138,10 +149,17 @@ impl Router {
             })
         } else {
             match prepare_uri(&mut request, &self.target.authority()) {
-                Ok(()) => self
-                    .dispatch(request.map(|body| body.boxed_unsync()))
-                    .await
-                    .map_err(ProxyError::from),
+                Ok(()) => {
+                    let request = request.map(|body| body.boxed_unsync());
+                    match self
+                        .routes
+                        .as_ref()
+                        .and_then(|routes| Some((routes, routes.current()?)))
+                    {
+                        Some((routes, table)) => self.dispatch_routed(routes, &table, request, &mut route).await,
+                        None => self.dispatch(request).await.map_err(ProxyError::from),
+                    }
+                }
                 Err(error) => Err(error),
             }
         };
@@ -149,19 +167,27 @@ impl Router {
             Ok(sent) => sent,
             Err(error) => {
                 tracing::debug!(error = %Chain(&error), "request failed in the proxy");
-                self.unrouted.request();
+                let unrouted = match &route {
+                    Some(route) => self.unrouted.routed(&route.kind, &route.name),
+                    None => self.unrouted.clone(),
+                };
+                unrouted.request();
                 let mut response = respond(&error, grpc);
                 if inbound && error.is_unprocessed() {
                     replay::mark_unprocessed(&mut response);
                 }
                 let status = if grpc { None } else { Some(response.status().as_u16()) };
-                self.unrouted.response(
+                unrouted.response(
                     status.unwrap_or(200),
                     grpc.then_some(error.grpc_status()),
                     started.elapsed(),
                 );
                 return response;
             }
+        };
+        let metrics = match &route {
+            Some(route) => backend.routed_metrics(route),
+            None => backend.metrics().clone(),
         };
         let size = response_header_list_size(&tracked.response);
         if size > self.limits.max_header_bytes {
@@ -170,15 +196,13 @@ impl Router {
                 limit: self.limits.max_header_bytes,
             };
             tracing::debug!(error = %Chain(&error), "response refused");
-            backend.metrics().request();
+            metrics.request();
             let response = respond(&error, grpc);
             let status = if grpc { 200 } else { response.status().as_u16() };
-            backend
-                .metrics()
-                .response(status, grpc.then_some(error.grpc_status()), started.elapsed());
+            metrics.response(status, grpc.then_some(error.grpc_status()), started.elapsed());
             return response;
         }
-        backend.metrics().request();
+        metrics.request();
         let Tracked {
             mut response,
             load,
@@ -197,7 +221,7 @@ impl Router {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         strip_hop_by_hop(response.headers_mut(), switching);
         let completion = Completion {
-            metrics: backend.metrics().clone(),
+            metrics: metrics.clone(),
             status: response.status().as_u16(),
             grpc,
             grpc_status: grpc_status(response.headers()),
@@ -211,5 +235,99 @@ impl Router {
 
     async fn dispatch(&self, request: Request<Body>) -> Result<(Arc<Backend>, Tracked), DispatchError> {
         self.target.dispatch(request).await
+    }
+
+    /// Sends a request by the Service port's routes: the first rule that
+    /// matches, a backend Service of it by weight, its header changes, and
+    /// its timeout (or the call's `grpc-timeout`, if tighter) on the
+    /// response's headers. `route` is set to the rule's route once known.
+    async fn dispatch_routed(
+        &self,
+        routes: &Routes,
+        table: &Table,
+        mut request: Request<Body>,
+        route: &mut Option<RouteName>,
+    ) -> Result<(Arc<Backend>, Tracked), ProxyError> {
+        let rule: &Arc<Rule> = table.select(&request)?;
+        *route = Some(rule.route.clone());
+        rule.modify(request.headers_mut());
+        let deadline = rule.deadline(request.headers());
+        let target = routes.target(rule, rule.pick()?).await?;
+        let sent = target.dispatch(request);
+        let sent = match deadline {
+            None => sent.await,
+            Some(after) => tokio::time::timeout(after, sent)
+                .await
+                .map_err(|_| RouteError::Timeout {
+                    route: rule.route.clone(),
+                    after,
+                })?,
+        };
+        Ok(sent?)
+    }
+}
+
+/// Where a rule's backend Services are reached: the balancer of a Service
+/// port, by its ClusterIP:port.
+pub trait Backends: Send + Sync {
+    /// The target for the Service port at `address`; `None` when discovery
+    /// says it is no Service port.
+    fn target(&self, address: SocketAddr) -> BoxFuture<'_, Option<Target>>;
+}
+
+/// The routes of one client connection's Service port.
+#[derive(Clone)]
+pub struct Routes {
+    /// The Service port's rules, as the destination service updates them.
+    pub table: watch::Receiver<Arc<Table>>,
+    /// Reaches the backends.
+    pub backends: Arc<dyn Backends>,
+    /// Backend targets this connection already looked up.
+    known: Arc<Mutex<HashMap<SocketAddr, Target>>>,
+}
+
+impl Routes {
+    /// Routes from `table`, reaching backends through `backends`.
+    pub fn new(table: watch::Receiver<Arc<Table>>, backends: Arc<dyn Backends>) -> Self {
+        Routes {
+            table,
+            backends,
+            known: Arc::default(),
+        }
+    }
+
+    /// The rules now; `None` when the Service port is not routed.
+    pub fn current(&self) -> Option<Arc<Table>> {
+        let table = self.table.borrow().clone();
+        (!table.is_empty()).then_some(table)
+    }
+
+    /// The target of the backend at `address`.
+    ///
+    /// # Errors
+    /// [`RouteError::Unresolved`] when it is no Service port.
+    pub async fn target(&self, rule: &Rule, address: SocketAddr) -> Result<Target, RouteError> {
+        let known = self
+            .known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&address)
+            .cloned();
+        if let Some(target) = known {
+            return Ok(target);
+        }
+        let target = self
+            .backends
+            .target(address)
+            .await
+            .ok_or_else(|| RouteError::Unresolved {
+                route: rule.route.clone(),
+                backend: address.to_string(),
+            })?;
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(address, target.clone());
+        Ok(target)
     }
 }

@@ -41,6 +41,12 @@ pub struct RouteLabels {
     /// Whether the request crossed the mesh over mutual TLS: inbound from the
     /// client's proxy, outbound to the endpoint's.
     pub tls: bool,
+    /// The kind of the Gateway API route that sent the request (`HTTPRoute`,
+    /// `GRPCRoute`); `""` when the Service port is not routed. Bounded: it
+    /// comes from route objects, never from request data.
+    pub route_kind: String,
+    /// `namespace/name` of that route; `""` when not routed.
+    pub route_name: String,
 }
 
 impl From<&TcpLabels> for RouteLabels {
@@ -55,6 +61,8 @@ impl From<&TcpLabels> for RouteLabels {
             client_id: tcp.client_id.clone(),
             server_id: String::new(),
             tls: tcp.tls,
+            route_kind: String::new(),
+            route_name: String::new(),
         }
     }
 }
@@ -173,6 +181,7 @@ impl HttpMetrics {
             turned_away: self.turned_away.clone(),
             labels,
             recording: self.recording,
+            http: self.clone(),
         }))
     }
 }
@@ -189,6 +198,8 @@ struct RouteInner {
     turned_away: Family<TurnedAwayLabels, Counter>,
     labels: RouteLabels,
     recording: bool,
+    /// For the same labels with a route's added ([`RouteMetrics::routed`]).
+    http: HttpMetrics,
 }
 
 /// One route's metric handles.
@@ -202,6 +213,15 @@ impl std::fmt::Debug for RouteMetrics {
 }
 
 impl RouteMetrics {
+    /// The handles for these labels with a Gateway API route's kind and
+    /// name (`route_kind`, `route_name`) added.
+    pub fn routed(&self, kind: &str, name: &str) -> RouteMetrics {
+        let mut labels = self.0.labels.clone();
+        labels.route_kind = kind.to_string();
+        labels.route_name = name.to_string();
+        self.0.http.route(labels)
+    }
+
     /// Counts one request on this route (`strait_requests`).
     pub fn request(&self) {
         if self.0.recording {

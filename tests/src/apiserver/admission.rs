@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::error::ApiError;
 use super::resource::Resource;
 use super::store::{Store, namespace_of, random_suffix};
-use super::{podsecurity, validation};
+use super::{gateway, podsecurity, validation};
 
 /// A pod mutation and the warnings to return with the admission.
 pub struct Mutated {
@@ -134,6 +134,10 @@ impl Admission {
                 podsecurity::check_namespace(&object)?;
                 Ok((label_namespace(object), Vec::new()))
             }
+            "httproutes" | "grpcroutes" => {
+                gateway::validate_route(resource.kind, &object)?;
+                Ok((object, Vec::new()))
+            }
             _ => Ok((object, Vec::new())),
         }
     }
@@ -195,6 +199,10 @@ impl Admission {
             "namespaces" => {
                 podsecurity::check_namespace(&new)?;
                 Ok(label_namespace(new))
+            }
+            "httproutes" | "grpcroutes" => {
+                gateway::validate_route(resource.kind, &new)?;
+                Ok(new)
             }
             _ => Ok(new),
         }

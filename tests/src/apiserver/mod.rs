@@ -9,6 +9,7 @@ pub mod admission;
 pub mod auth;
 pub mod discovery;
 pub mod error;
+pub mod gateway;
 pub mod podsecurity;
 pub mod rbac;
 pub mod request_info;

@@ -42,6 +42,10 @@ pub static RESOURCES: &[Resource] = &[
     stored("apps", "v1", "daemonsets", "DaemonSet", true),
     stored("batch", "v1", "jobs", "Job", true),
     stored("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", true),
+    // The Gateway API's route kinds, as if their CRDs (standard channel)
+    // were installed: `gateway::validate_route` holds them to the schema.
+    stored("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", true),
+    stored("gateway.networking.k8s.io", "v1", "grpcroutes", "GRPCRoute", true),
     stored("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true),
     stored("rbac.authorization.k8s.io", "v1", "roles", "Role", true),
     stored("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true),

@@ -72,6 +72,7 @@ pub async fn get(args: GetArgs) -> anyhow::Result<()> {
                     ),
                     Some(update::Kind::Add(_)) => ("add", None, Vec::new()),
                     Some(update::Kind::Remove(_)) => ("remove", None, Vec::new()),
+                    Some(update::Kind::Routes(_)) => ("routes", None, Vec::new()),
                     None => ("none", None, Vec::new()),
                 };
                 let identities: Vec<&str> = endpoints.iter().map(|e| e.identity.as_str()).collect();

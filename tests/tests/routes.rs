@@ -1,0 +1,193 @@
+//! Gateway API routes in the mesh (GAMMA), on the lab: GRPCRoutes whose
+//! parentRefs name a Service split its calls by weight, bound them by a
+//! timeout, take weight changes on live traffic, and one the mesh cannot
+//! carry out is refused in its status and changes nothing.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Lab, assert_no_failed_calls, eventually, merge_windows, sum_metric};
+
+/// Calls by version: pods are named after their Deployment.
+fn by_version(by_pod: &Value) -> (u64, u64, u64) {
+    let mut counts = (0, 0, 0);
+    for (pod, count) in by_pod.as_object().unwrap() {
+        let count = count.as_u64().unwrap();
+        if pod.starts_with("grpc-v1-") {
+            counts.0 += count;
+        } else if pod.starts_with("grpc-v2-") {
+            counts.1 += count;
+        } else {
+            counts.2 += count;
+        }
+    }
+    counts
+}
+
+/// The condition `kind` of the route's first parent written by strait.
+fn condition(lab: &Lab, route: &str, kind: &str) -> Option<Value> {
+    let object = lab.get(&format!(
+        "/apis/gateway.networking.k8s.io/v1/namespaces/mesh/grpcroutes/{route}"
+    ));
+    let parents = object.pointer("/status/parents")?.as_array()?.clone();
+    let ours = parents.into_iter().find(|p| p["controllerName"] == "strait.io/mesh")?;
+    ours["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+        .cloned()
+}
+
+fn wait_for_condition(lab: &Lab, route: &str, kind: &str) -> Value {
+    let mut found = None;
+    eventually(Duration::from_secs(10), &format!("{route}'s {kind} condition"), || {
+        found = condition(lab, route, kind);
+        found.is_some()
+    });
+    found.unwrap()
+}
+
+#[test]
+fn grpc_routes_split_by_weight_time_out_follow_changes_and_refuse_what_they_cannot_do() {
+    let Some(lab) = Lab::up("routes", &["routes.yaml"]) else {
+        return;
+    };
+    let client = lab.pod("mesh", "client-");
+
+    // The control plane accepts the routes it can carry out and says why
+    // it does not accept the one it cannot.
+    let accepted = wait_for_condition(&lab, "split", "Accepted");
+    assert_eq!(accepted["status"], "True", "{accepted}");
+    let resolved = wait_for_condition(&lab, "split", "ResolvedRefs");
+    assert_eq!(resolved["status"], "True", "{resolved}");
+    let refused = wait_for_condition(&lab, "mirror", "Accepted");
+    assert_eq!(refused["status"], "False", "{refused}");
+    assert_eq!(refused["reason"], "UnsupportedValue", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("RequestMirror"),
+        "the message names what is not supported: {refused}"
+    );
+
+    // 90/10 over 10,000 calls on one connection.
+    let result = lab.app(
+        &client,
+        &[
+            "grpc-client",
+            "--to",
+            "grpc.mesh:50051",
+            "--calls",
+            "10000",
+            "--concurrency",
+            "8",
+        ],
+    );
+    assert_no_failed_calls(&result, "the split");
+    let (v1, v2, other) = by_version(&result["by_pod"]);
+    assert_eq!(other, 0, "{result}");
+    let share = v2 as f64 / (v1 + v2) as f64;
+    assert!(
+        (0.08..=0.12).contains(&share),
+        "v2's share is {share:.3}, not 10% ± 2%: {result}"
+    );
+
+    // The proxy counts the calls by route (bounded labels from the route
+    // object).
+    let metrics = lab.metrics(&client);
+    let routed = sum_metric(
+        &metrics,
+        "strait_requests_total",
+        &[
+            "route_kind=\"GRPCRoute\"",
+            "route_name=\"mesh/split\"",
+            "dst_service=\"grpc-v2\"",
+        ],
+    );
+    assert!(
+        routed >= v2 as f64,
+        "requests of route mesh/split to grpc-v2: {routed} < {v2}"
+    );
+
+    // The route the mesh cannot carry out changes nothing: grpc-v1's calls
+    // stay on v1.
+    let direct = lab.app(
+        &client,
+        &[
+            "grpc-client",
+            "--to",
+            "grpc-v1.mesh:50051",
+            "--calls",
+            "200",
+            "--concurrency",
+            "4",
+        ],
+    );
+    assert_no_failed_calls(&direct, "calls to grpc-v1 beside a refused route");
+    assert_eq!(by_version(&direct["by_pod"]), (200, 0, 0), "{direct}");
+
+    // A timeout of 100 ms on calls that take 1 s: DEADLINE_EXCEEDED, long
+    // before the server would have answered.
+    let slow = lab.app(
+        &client,
+        &[
+            "grpc-client",
+            "--to",
+            "slow.mesh:50051",
+            "--calls",
+            "4",
+            "--concurrency",
+            "2",
+        ],
+    );
+    assert_eq!(slow["ok"], 0, "{slow}");
+    assert_eq!(slow["by_status"]["DeadlineExceeded"], 4, "{slow}");
+    assert!(
+        slow["p99_ms"].as_f64().unwrap() < 1000.0,
+        "the calls ended before the server's 1 s: {slow}"
+    );
+
+    // New weights apply to live traffic on the open connection.
+    let live = lab.spawn_app(
+        &client,
+        &[
+            "grpc-client",
+            "--to",
+            "grpc.mesh:50051",
+            "--duration",
+            "20s",
+            "--rate",
+            "200",
+            "--concurrency",
+            "4",
+            "--report-every",
+            "50",
+        ],
+    );
+    live.next(Duration::from_secs(10)).expect("the client reports");
+    lab.apply("routes-shift.yaml");
+    let applied = Instant::now();
+    let mut shifted = Vec::new();
+    // Within 2 s of the change, plus two report windows (0.25 s each).
+    eventually(
+        Duration::from_millis(2500),
+        "all calls on v2 after the weights moved",
+        || {
+            let window = live.next(Duration::from_secs(5)).expect("the client reports");
+            let only_v2 = matches!(by_version(&window["by_pod"]), (0, n, 0) if n > 0);
+            if only_v2 {
+                shifted.push(window);
+            } else {
+                shifted.clear();
+            }
+            shifted.len() >= 2
+        },
+    );
+    eprintln!("the new weights applied within {:?}", applied.elapsed());
+    let after = merge_windows(&shifted);
+    assert_eq!(by_version(&after).0, 0, "{after}");
+    drop(live);
+    lab.down();
+}
