@@ -16,8 +16,8 @@
 //! joined by ","; a query parameter matches its first value, percent-decoded.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use rand::Rng;
@@ -246,10 +246,105 @@ pub struct Rule {
     backends: Vec<Backend>,
     total_weight: u64,
     headers: HeaderChanges,
-    /// The longest a request may wait for its response's headers (the
-    /// tighter of `timeouts.request` and `timeouts.backendRequest`); `None`
-    /// for no limit.
-    pub timeout: Option<Duration>,
+    /// `timeouts.request`: the longest a request may wait for its
+    /// response's headers, retries included; `None` for no limit.
+    pub request_timeout: Option<Duration>,
+    /// `timeouts.backendRequest`: the longest one try may wait.
+    pub try_timeout: Option<Duration>,
+    /// Which answers are tried again, and the budget that bounds retries.
+    pub retry: Option<Retry>,
+}
+
+/// A rule's retries: which answers are tried again, how often, and the
+/// budget that keeps retries a bounded share of the load.
+#[derive(Debug)]
+pub struct Retry {
+    /// The most retries of one request.
+    pub limit: u32,
+    http_statuses: Vec<(u16, u16)>,
+    grpc_codes: Vec<u32>,
+    /// Shared by every request of the rule, on every connection.
+    pub budget: Budget,
+}
+
+impl Retry {
+    /// Whether an answer is one to try again: for gRPC, a `grpc-status` in
+    /// the response's headers (a trailers-only answer) among the codes; for
+    /// HTTP, the status among the statuses.
+    pub fn wants<B>(&self, response: &http::Response<B>, grpc: bool) -> bool {
+        if grpc {
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u32>().ok());
+            code.is_some_and(|code| self.grpc_codes.contains(&code))
+        } else {
+            let status = response.status().as_u16();
+            self.http_statuses
+                .iter()
+                .any(|(first, last)| (*first..=*last).contains(&status))
+        }
+    }
+}
+
+/// A retry budget: retries may be at most [`Budget::RATIO`] of the
+/// requests, plus [`Budget::FLOOR_PER_SECOND`], so that retries cannot
+/// multiply the load of a failing backend (Finagle's and Linkerd's kind).
+///
+/// Each request deposits `RATIO` of a retry, time deposits
+/// `FLOOR_PER_SECOND` a second, and each retry withdraws one; the balance is
+/// capped at [`Budget::MOST_SAVED`], so a quiet spell cannot pay for a
+/// storm.
+#[derive(Debug)]
+pub struct Budget {
+    state: Mutex<(f64, Instant)>,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            state: Mutex::new((Self::FLOOR_PER_SECOND, Instant::now())),
+        }
+    }
+}
+
+impl Budget {
+    /// Retries per request the budget allows over time.
+    pub const RATIO: f64 = 0.2;
+    /// Retries per second allowed whatever the request rate.
+    pub const FLOOR_PER_SECOND: f64 = 10.0;
+    /// The most retries saved up.
+    pub const MOST_SAVED: f64 = 100.0;
+
+    fn update(&self, change: f64) -> f64 {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let earned = now.saturating_duration_since(state.1).as_secs_f64() * Self::FLOOR_PER_SECOND;
+        state.0 = (state.0 + earned + change).min(Self::MOST_SAVED);
+        state.1 = now;
+        state.0
+    }
+
+    /// A request was made: it earns `RATIO` of a retry.
+    pub fn deposit(&self) {
+        self.update(Self::RATIO);
+    }
+
+    /// Takes one retry from the budget; false when it has none left.
+    pub fn withdraw(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let earned = now.saturating_duration_since(state.1).as_secs_f64() * Self::FLOOR_PER_SECOND;
+        state.0 = (state.0 + earned).min(Self::MOST_SAVED);
+        state.1 = now;
+        if state.0 >= 1.0 {
+            state.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Why a routed request could not be sent.
@@ -310,13 +405,19 @@ impl Rule {
             })
             .collect::<Result<_, String>>()?;
         let millis = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
-        let timeout = match (
-            millis(proto.request_timeout_ms),
-            millis(proto.backend_request_timeout_ms),
-        ) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let retry = proto.retry.as_ref().map(|policy| Retry {
+            limit: policy.limit.clamp(1, 10),
+            http_statuses: policy
+                .http_statuses
+                .iter()
+                .map(|r| {
+                    let clamp = |n: u32| u16::try_from(n).unwrap_or(u16::MAX);
+                    (clamp(r.first), clamp(r.last))
+                })
+                .collect(),
+            grpc_codes: policy.grpc_codes.clone(),
+            budget: Budget::default(),
+        });
         Ok(Rule {
             route: RouteName {
                 kind: route.kind,
@@ -331,7 +432,9 @@ impl Rule {
                 .map(HeaderChanges::compile)
                 .transpose()?
                 .unwrap_or_default(),
-            timeout,
+            request_timeout: millis(proto.request_timeout_ms),
+            try_timeout: millis(proto.backend_request_timeout_ms),
+            retry,
         })
     }
 
@@ -371,13 +474,16 @@ impl Rule {
         self.headers.apply(headers);
     }
 
-    /// The time the request may wait for its response's headers: the
-    /// rule's timeout, or the call's `grpc-timeout` if that is tighter.
+    /// The time the request may wait for its response's headers, retries
+    /// included: the rule's request timeout, or the call's `grpc-timeout`
+    /// if that is tighter (or the try timeout, when there are no retries
+    /// and it is tighter still).
     pub fn deadline(&self, headers: &HeaderMap) -> Option<Duration> {
-        match (self.timeout, grpc_timeout(headers)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let tries = if self.retry.is_some() { None } else { self.try_timeout };
+        [self.request_timeout, grpc_timeout(headers), tries]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 

@@ -117,7 +117,7 @@ impl Forwarder {
         let deadline = Instant::now() + self.no_endpoint_wait;
         let mut last = None;
         for _ in CONNECT.attempts() {
-            let Some(backend) = balancer.pick_or_wait(deadline).await else {
+            let Some(backend) = balancer.pick_or_wait(deadline, None).await else {
                 break;
             };
             match self.connect_to(&backend, &labels).await {

@@ -1,7 +1,10 @@
 //! Gateway API routes in the mesh (GAMMA), on the lab: GRPCRoutes whose
-//! parentRefs name a Service split its calls by weight, bound them by a
-//! timeout, take weight changes on live traffic, and one the mesh cannot
-//! carry out is refused in its status and changes nothing.
+//! parentRefs name a Service split its calls by weight, match methods and
+//! headers, bound calls by a timeout, retry within a budget, take weight
+//! changes on live traffic, yield to a consumer namespace's own route there
+//! only, and one the mesh cannot carry out is refused in its status and
+//! changes nothing; failure accrual takes a failing endpoint out and lets
+//! it back when it recovers.
 
 #![allow(clippy::unwrap_used)]
 
@@ -111,6 +114,125 @@ fn grpc_routes_split_by_weight_time_out_follow_changes_and_refuse_what_they_cann
         "requests of route mesh/split to grpc-v2: {routed} < {v2}"
     );
 
+    // A method match and a header match send those calls to v2 only.
+    for (what, extra) in [
+        ("the Admin method", ["--method", "Admin"]),
+        ("x-canary: yes", ["--header", "x-canary=yes"]),
+    ] {
+        let args = [
+            &[
+                "grpc-client",
+                "--to",
+                "grpc.mesh:50051",
+                "--calls",
+                "300",
+                "--concurrency",
+                "4",
+            ][..],
+            &extra[..],
+        ]
+        .concat();
+        let matched = lab.app(&client, &args);
+        assert_no_failed_calls(&matched, what);
+        assert_eq!(by_version(&matched["by_pod"]), (0, 300, 0), "{what}: {matched}");
+    }
+
+    // A consumer route in namespace team applies to team's clients only.
+    let team_client = lab.pod("team", "client-");
+    let team = lab.app(
+        &team_client,
+        &[
+            "grpc-client",
+            "--to",
+            "grpc.mesh:50051",
+            "--calls",
+            "200",
+            "--concurrency",
+            "4",
+        ],
+    );
+    assert_no_failed_calls(&team, "team's calls to mesh/grpc");
+    let pods: Vec<&String> = team["by_pod"].as_object().unwrap().keys().collect();
+    assert!(
+        pods.iter().all(|p| p.starts_with("grpc-team-")),
+        "team's own route sends to its copy: {team}"
+    );
+    let producer = lab.app(
+        &client,
+        &[
+            "grpc-client",
+            "--to",
+            "grpc.mesh:50051",
+            "--calls",
+            "200",
+            "--concurrency",
+            "4",
+        ],
+    );
+    assert_eq!(
+        by_version(&producer["by_pod"]).2,
+        0,
+        "mesh's clients keep the producer's routes: {producer}"
+    );
+
+    // A backend failing 20% of calls: with the retry policy no call fails,
+    // and the retries stay within the budget; without one, the failures
+    // reach the client. 20% failures take 0.25 retries per call (a retry
+    // fails 20% of the time too); at 50 calls/s that is about 12.5/s, well
+    // within the budget (20% of 50/s plus 10/s = 20/s).
+    let retried = lab.app(
+        &client,
+        &[
+            "grpc-client",
+            "--to",
+            "flaky.mesh:50051",
+            "--calls",
+            "400",
+            "--concurrency",
+            "4",
+            "--rate",
+            "50",
+        ],
+    );
+    let metrics = lab.metrics(&client);
+    let retry_lines: Vec<&str> = metrics.lines().filter(|l| l.starts_with("strait_retries")).collect();
+    assert_no_failed_calls(
+        &retried,
+        &format!("calls to a flaky backend with retries ({retry_lines:?})"),
+    );
+    let retries = sum_metric(
+        &metrics,
+        "strait_retries_total",
+        &["route_name=\"mesh/flaky\"", "outcome=\"retried\""],
+    );
+    let exhausted = sum_metric(
+        &metrics,
+        "strait_retries_total",
+        &["route_name=\"mesh/flaky\"", "outcome=\"budget_exhausted\""],
+    );
+    assert!(
+        (50.0..=160.0).contains(&retries),
+        "about a quarter of 400 calls retried: {retries}"
+    );
+    assert_eq!(exhausted, 0.0, "the budget (20% + 10/s) covers this load");
+    let raw = lab.app(
+        &client,
+        &[
+            "grpc-client",
+            "--to",
+            "flaky-raw.mesh:50051",
+            "--calls",
+            "500",
+            "--concurrency",
+            "4",
+        ],
+    );
+    let failed = raw["by_status"]["Unavailable"].as_u64().unwrap_or(0);
+    assert!(
+        (50..=150).contains(&failed),
+        "about 20% of 500 calls fail without retries: {raw}"
+    );
+
     // The route the mesh cannot carry out changes nothing: grpc-v1's calls
     // stay on v1.
     let direct = lab.app(
@@ -189,5 +311,63 @@ fn grpc_routes_split_by_weight_time_out_follow_changes_and_refuse_what_they_cann
     let after = merge_windows(&shifted);
     assert_eq!(by_version(&after).0, 0, "{after}");
     drop(live);
+
+    // Failure accrual: an endpoint failing every call is ejected and the
+    // others carry the load; once it recovers it gets traffic again.
+    let failing_pod = lab.pod("mesh", "accrual-");
+    let failing = failing_pod.rsplit('/').next().unwrap().to_string();
+    let marker = format!("/tmp/strait-lab-fail-{failing}");
+    let steady = lab.spawn_app(
+        &client,
+        &[
+            "grpc-client",
+            "--to",
+            "accrual.mesh:50051",
+            "--duration",
+            "40s",
+            "--rate",
+            "100",
+            "--concurrency",
+            "4",
+            "--report-every",
+            "50",
+        ],
+    );
+    steady.next(Duration::from_secs(10)).expect("the client reports");
+    lab.exec_ok(&failing_pod, &["touch", &marker]);
+    let failing_windows: Vec<Value> = (0..8)
+        .map(|_| steady.next(Duration::from_secs(10)).expect("the client reports"))
+        .collect();
+    let during = merge_windows(&failing_windows);
+    let errors = during["error"].as_u64().unwrap_or(0);
+    assert!(
+        errors <= 20,
+        "an endpoint failing every call is ejected after a few: {errors} failed of 400"
+    );
+    let others: u64 = during
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(pod, _)| *pod != "error" && **pod != failing)
+        .map(|(_, n)| n.as_u64().unwrap())
+        .sum();
+    // The first window may hold calls the endpoint answered before it failed.
+    assert!(others >= 350, "the other endpoints carry the load: {during}");
+    let ejections = sum_metric(
+        &lab.metrics(&client),
+        "strait_balancer_ejections_total",
+        &["dst_service=\"accrual\""],
+    );
+    assert!(ejections >= 1.0, "the ejection is counted");
+    lab.exec_ok(&failing_pod, &["rm", &marker]);
+    eventually(
+        Duration::from_secs(30),
+        "the recovered endpoint gets traffic again",
+        || {
+            let window = steady.next(Duration::from_secs(10)).expect("the client reports");
+            window["by_pod"].get(&failing).is_some_and(|n| n.as_u64().unwrap() > 0)
+        },
+    );
+    drop(steady);
     lab.down();
 }

@@ -43,7 +43,8 @@ use gateway_api::httproutes::{
     HttpRouteRulesMatchesPathType, HttpRouteRulesMatchesQueryParamsType,
 };
 use strait_api::destination::v1::{
-    Header, HeaderModifier, PathMatch, RouteMatch, RouteRef, RouteRule, ValueMatch, WeightedBackend, path_match,
+    Header, HeaderModifier, PathMatch, RetryPolicy, RouteMatch, RouteRef, RouteRule, StatusRange, ValueMatch,
+    WeightedBackend, path_match,
 };
 
 use super::index::ObjectKey;
@@ -135,6 +136,7 @@ pub struct Rule {
     pub headers: Option<HeaderModifier>,
     pub request_timeout_ms: u64,
     pub backend_request_timeout_ms: u64,
+    pub retry: Option<RetryPolicy>,
 }
 
 /// A route, read from its object.
@@ -319,11 +321,18 @@ pub fn http_route(object: &HttpRoute) -> Route {
         })
         .collect();
     let rules = object.spec.rules.clone().unwrap_or_default();
-    let read: Result<Vec<Rule>, Problem> = rules
-        .iter()
-        .enumerate()
-        .map(|(i, rule)| http_rule(&namespace, i, rule))
-        .collect();
+    let read: Result<Vec<Rule>, Problem> = retry_policy(&object.metadata).and_then(|retry| {
+        rules
+            .iter()
+            .enumerate()
+            .map(|(i, rule)| {
+                http_rule(&namespace, i, rule).map(|rule| Rule {
+                    retry: retry.clone(),
+                    ..rule
+                })
+            })
+            .collect()
+    });
     match read {
         Ok(rules) => route.rules = rules,
         Err(problem) => route.invalid = Some(problem),
@@ -393,6 +402,7 @@ fn http_rule(namespace: &str, index: usize, rule: &HttpRouteRules) -> Result<Rul
             timeouts.and_then(|t| t.backend_request.as_deref()),
             &what("timeouts.backendRequest"),
         )?,
+        retry: None,
     })
 }
 
@@ -503,10 +513,16 @@ pub fn grpc_route(object: &GrpcRoute) -> Route {
     let rules = object.spec.rules.clone().unwrap_or_default();
     let timeouts = route_timeouts(&object.metadata);
     let read: Result<Vec<Rule>, Problem> = timeouts.and_then(|timeouts| {
+        let retry = retry_policy(&object.metadata)?;
         rules
             .iter()
             .enumerate()
-            .map(|(i, rule)| grpc_rule(&namespace, i, rule, timeouts))
+            .map(|(i, rule)| {
+                grpc_rule(&namespace, i, rule, timeouts).map(|rule| Rule {
+                    retry: retry.clone(),
+                    ..rule
+                })
+            })
             .collect()
     });
     match read {
@@ -606,6 +622,7 @@ fn grpc_rule(namespace: &str, index: usize, rule: &GrpcRouteRules, timeouts: (u6
         headers,
         request_timeout_ms: timeouts.0,
         backend_request_timeout_ms: timeouts.1,
+        retry: None,
     })
 }
 
@@ -668,6 +685,125 @@ fn grpc_match(m: &GrpcRouteRulesMatches, what: &str) -> Result<Match, Problem> {
             query_params: Vec::new(),
         }),
     })
+}
+
+/// The annotation listing the HTTP statuses a route's requests are tried
+/// again on: codes and classes, comma-separated (`5xx`, `502,503`, `429`).
+pub const RETRY_HTTP_ANNOTATION: &str = "retry.strait.io/http";
+/// The annotation listing the gRPC status codes a route's calls are tried
+/// again on: names as gRPC spells them, any case, or numbers
+/// (`unavailable,cancelled`, `14`).
+pub const RETRY_GRPC_ANNOTATION: &str = "retry.strait.io/grpc";
+/// The annotation giving the most retries of one request, 1..10 (default 2).
+pub const RETRY_LIMIT_ANNOTATION: &str = "retry.strait.io/limit";
+
+/// gRPC's status codes by name (gRPC's `statuscodes.md`).
+const GRPC_CODES: [&str; 17] = [
+    "ok",
+    "cancelled",
+    "unknown",
+    "invalid_argument",
+    "deadline_exceeded",
+    "not_found",
+    "already_exists",
+    "permission_denied",
+    "resource_exhausted",
+    "failed_precondition",
+    "aborted",
+    "out_of_range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data_loss",
+    "unauthenticated",
+];
+
+/// A route's retry policy from its `retry.strait.io/*` annotations (the
+/// Gateway API's standard channel has no retry field); `None` without
+/// `retry.strait.io/http` or `retry.strait.io/grpc`.
+fn retry_policy(
+    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<Option<RetryPolicy>, Problem> {
+    let annotation = |name: &str| {
+        metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(name))
+            .map(String::as_str)
+    };
+    let bad = |name: &str, value: &str, why: String| {
+        Problem::new(
+            "UnsupportedValue",
+            format!("metadata.annotations[{name}]: invalid value {value:?}: {why}"),
+        )
+    };
+    let items = |text: &str| -> Vec<String> {
+        text.split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let mut http_statuses = Vec::new();
+    if let Some(text) = annotation(RETRY_HTTP_ANNOTATION) {
+        for item in items(text) {
+            let range = match item.strip_suffix("xx") {
+                Some(class) => class
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|c| (1..=5).contains(c))
+                    .map(|c| (c * 100, c * 100 + 99)),
+                None => item
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|c| (100..=599).contains(c))
+                    .map(|c| (c, c)),
+            };
+            let (first, last) = range.ok_or_else(|| {
+                bad(
+                    RETRY_HTTP_ANNOTATION,
+                    text,
+                    format!("{item:?} is neither a status 100..599 nor a class such as 5xx"),
+                )
+            })?;
+            http_statuses.push(StatusRange { first, last });
+        }
+    }
+    let mut grpc_codes = Vec::new();
+    if let Some(text) = annotation(RETRY_GRPC_ANNOTATION) {
+        for item in items(text) {
+            let name = item.replace('-', "_");
+            let code = GRPC_CODES
+                .iter()
+                .position(|n| *n == name)
+                .and_then(|c| u32::try_from(c).ok())
+                .or_else(|| item.parse::<u32>().ok().filter(|c| (1..=16).contains(c)));
+            let code = code.filter(|c| *c != 0).ok_or_else(|| {
+                bad(
+                    RETRY_GRPC_ANNOTATION,
+                    text,
+                    format!("{item:?} is not a gRPC status code other than OK (unavailable, cancelled, 14, ...)"),
+                )
+            })?;
+            grpc_codes.push(code);
+        }
+    }
+    let limit = match annotation(RETRY_LIMIT_ANNOTATION) {
+        None => 2,
+        Some(text) => text
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=10).contains(n))
+            .ok_or_else(|| bad(RETRY_LIMIT_ANNOTATION, text, "expected a number 1..10".into()))?,
+    };
+    if http_statuses.is_empty() && grpc_codes.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(RetryPolicy {
+        limit,
+        http_statuses,
+        grpc_codes,
+    }))
 }
 
 fn regex_escape(text: &str) -> String {
@@ -798,6 +934,7 @@ pub fn table<'a>(
                         request_headers: rule.headers.clone(),
                         request_timeout_ms: rule.request_timeout_ms,
                         backend_request_timeout_ms: rule.backend_request_timeout_ms,
+                        retry: rule.retry.clone(),
                     },
                 ));
             }

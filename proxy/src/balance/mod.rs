@@ -143,8 +143,18 @@ impl Target {
 
     /// Sends a request: see [`Balancer::dispatch`] and [`Backend::dispatch`].
     pub async fn dispatch(&self, request: Request<Body>) -> Result<(Arc<Backend>, Tracked), DispatchError> {
+        self.dispatch_avoiding(request, None).await
+    }
+
+    /// Sends a request, to another endpoint than `avoid` where the
+    /// balancer has one (a retry's).
+    pub async fn dispatch_avoiding(
+        &self,
+        request: Request<Body>,
+        avoid: Option<SocketAddr>,
+    ) -> Result<(Arc<Backend>, Tracked), DispatchError> {
         match self {
-            Target::Balanced(balancer) => balancer.dispatch(request).await,
+            Target::Balanced(balancer) => balancer.dispatch(request, avoid).await,
             Target::Fixed(backend) => backend.dispatch(request).await,
         }
     }
@@ -166,6 +176,8 @@ pub struct Backend {
     /// The metrics of requests Gateway API routes sent here, by route
     /// (bounded by the routes that name this backend's Service).
     routed: Mutex<Vec<(RouteName, RouteMetrics)>>,
+    /// Consecutive failures, and the ejection they lead to.
+    pub accrual: Accrual,
 }
 
 impl Backend {
@@ -198,6 +210,7 @@ impl Backend {
             metrics: OnceLock::new(),
             route,
             routed: Mutex::new(Vec::new()),
+            accrual: Accrual::default(),
         }
     }
 
@@ -449,11 +462,24 @@ impl Balancer {
     }
 
     /// Power of two choices: two distinct random usable endpoints not in
-    /// connect back-off; the second wins only if it is clearly less loaded.
-    pub fn pick(&self) -> Option<Arc<Backend>> {
+    /// connect back-off, not ejected for failing (unless all are: then the
+    /// balancer fails open, and counts it), and not `avoid` unless it is the
+    /// only one; the second wins only if it is clearly less loaded.
+    pub fn pick(&self, avoid: Option<SocketAddr>) -> Option<Arc<Backend>> {
         self.refresh();
         let snapshot = self.snapshot.read().unwrap_or_else(PoisonError::into_inner);
-        let candidates: Vec<&Arc<Backend>> = snapshot.usable.iter().filter(|b| !b.endpoint.in_backoff()).collect();
+        let live: Vec<&Arc<Backend>> = snapshot.usable.iter().filter(|b| !b.endpoint.in_backoff()).collect();
+        let mut candidates: Vec<&Arc<Backend>> = live.iter().copied().filter(|b| !b.accrual.is_ejected()).collect();
+        if candidates.is_empty() && !live.is_empty() {
+            self.discovery_metrics
+                .failed_open(&self.service.namespace, &self.service.name);
+            candidates = live;
+        }
+        if candidates.len() > 1
+            && let Some(avoid) = avoid
+        {
+            candidates.retain(|b| b.endpoint.addr != avoid);
+        }
         match candidates.len() {
             0 => None,
             1 => Some(candidates[0].clone()),
@@ -480,6 +506,16 @@ impl Balancer {
             }
         }
         .inspect(|chosen| chosen.recent.add())
+    }
+
+    /// Counts a request's outcome in the endpoint's failure accrual (see
+    /// [`Accrual`]), and an ejection in `strait_balancer_ejections`.
+    fn record_outcome(&self, backend: &Backend, failed: bool) {
+        if backend.accrual.record(failed) {
+            tracing::info!(service = %self.name(), endpoint = %backend.endpoint.addr, "endpoint ejected after consecutive failures");
+            self.discovery_metrics
+                .ejected(&self.service.namespace, &self.service.name, &backend.pod);
+        }
     }
 
     /// Whether this balancer is the one for `target`: the same Service port
@@ -539,11 +575,12 @@ impl Balancer {
         serde_json::json!({"destination": self.name(), "endpoints": endpoints})
     }
 
-    /// Waits (up to the bounded wait) for an endpoint to pick.
-    pub async fn pick_or_wait(&self, deadline: Instant) -> Option<Arc<Backend>> {
+    /// Waits (up to the bounded wait) for an endpoint to pick (see
+    /// [`Balancer::pick`] for `avoid`).
+    pub async fn pick_or_wait(&self, deadline: Instant, avoid: Option<SocketAddr>) -> Option<Arc<Backend>> {
         let mut changes = self.endpoints.clone();
         loop {
-            if let Some(backend) = self.pick() {
+            if let Some(backend) = self.pick(avoid) {
                 return Some(backend);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -557,14 +594,18 @@ impl Balancer {
 
     /// Sends a request to the chosen endpoint; a request that could not be
     /// sent, or that the endpoint turned away before its application saw
-    /// it, is tried on another one.
-    pub async fn dispatch(&self, request: Request<Body>) -> Result<(Arc<Backend>, Tracked), DispatchError> {
+    /// it, is tried on another one. `avoid`: see [`Balancer::pick`].
+    pub async fn dispatch(
+        &self,
+        request: Request<Body>,
+        avoid: Option<SocketAddr>,
+    ) -> Result<(Arc<Backend>, Tracked), DispatchError> {
         let deadline = Instant::now() + self.wait;
         let mut last_error = None;
         let mut turned_away = None;
         let (mut request, mut replayable) = (request, None);
         for attempt in DISPATCH.attempts() {
-            let Some(backend) = self.pick_or_wait(deadline).await else {
+            let Some(backend) = self.pick_or_wait(deadline, avoid).await else {
                 break;
             };
             // A replay needs another endpoint to go to; with one, nothing is kept.
@@ -579,18 +620,21 @@ impl Balancer {
                         if let Some(replayable) = replayable {
                             replayable.discard();
                         }
+                        self.record_outcome(&backend, is_failure(&tracked.response));
                         return Ok((backend, tracked));
                     }
                 }
                 Err(SendError::NotSent { request: unsent, error }) => {
                     tracing::debug!(endpoint = %backend.endpoint.addr, error = %Chain(&error), "connect failed; trying another endpoint");
                     backend.metrics().turned_away(TurnedAway::ConnectFailed);
+                    self.record_outcome(&backend, true);
                     request = *unsent;
                     last_error = Some(error);
                     continue;
                 }
                 Err(SendError::Failed(source)) if replay::refused_unprocessed(&source) => Refusal::Refused(source),
                 Err(SendError::Failed(source) | SendError::IdleClosed(source)) => {
+                    self.record_outcome(&backend, true);
                     return Err(upstream_failed(&backend, source));
                 }
             };
@@ -642,6 +686,79 @@ impl Refusal {
             Refusal::Refused(source) => Err(upstream_failed(&backend, source)),
         }
     }
+}
+
+/// Failure accrual: an endpoint that fails [`Accrual::FAILURES`] requests in
+/// a row (a 5xx, gRPC UNAVAILABLE, a failed connect) is ejected, taken out
+/// of the balancer for a back-off that grows with each ejection in a row (1 s
+/// doubling to 60 s, jittered). When it ends the endpoint gets requests
+/// again, as probes: one more failure ejects it again at once, a success
+/// ends the accrual.
+#[derive(Default)]
+pub struct Accrual {
+    state: Mutex<AccrualState>,
+}
+
+#[derive(Default)]
+struct AccrualState {
+    consecutive: u32,
+    ejected_until: Option<Instant>,
+    /// The back-off of ejections in a row; `None` after a success.
+    delays: Option<Box<dyn Iterator<Item = Duration> + Send>>,
+}
+
+impl std::fmt::Debug for Accrual {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Accrual")
+    }
+}
+
+/// The back-off of an endpoint's ejections in a row.
+const EJECTION: Policy = Policy::Backoff {
+    first: Duration::from_secs(1),
+    max: Duration::from_secs(60),
+};
+
+impl Accrual {
+    /// Failures in a row that eject an endpoint.
+    pub const FAILURES: u32 = 5;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, AccrualState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records an outcome; true when it ejects the endpoint.
+    pub fn record(&self, failed: bool) -> bool {
+        let mut state = self.lock();
+        if !failed {
+            *state = AccrualState::default();
+            return false;
+        }
+        state.consecutive = state.consecutive.saturating_add(1);
+        let ejected = state.ejected_until.is_some_and(|until| Instant::now() < until);
+        if ejected || state.consecutive < Self::FAILURES {
+            return false;
+        }
+        let delay = state
+            .delays
+            .get_or_insert_with(|| EJECTION.delays())
+            .next()
+            .unwrap_or(Duration::from_secs(60));
+        state.ejected_until = Some(Instant::now() + delay);
+        true
+    }
+
+    /// Whether the endpoint is out of the balancer now.
+    pub fn is_ejected(&self) -> bool {
+        self.lock().ejected_until.is_some_and(|until| Instant::now() < until)
+    }
+}
+
+/// Whether an answer counts as the endpoint failing, for failure accrual:
+/// a 5xx, or gRPC UNAVAILABLE with the response's headers (a trailers-only
+/// answer). Other gRPC errors are the application's answers.
+fn is_failure<B>(response: &Response<B>) -> bool {
+    response.status().is_server_error() || response.headers().get("grpc-status").is_some_and(|v| v == "14")
 }
 
 fn upstream_failed(backend: &Backend, source: hyper::Error) -> DispatchError {

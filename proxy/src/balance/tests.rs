@@ -113,7 +113,7 @@ async fn call(balancer: &Balancer, version: http::Version) -> Result<String, Dis
         .version(version)
         .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync())
         .unwrap();
-    let (_, tracked) = balancer.dispatch(request).await?;
+    let (_, tracked) = balancer.dispatch(request, None).await?;
     let body = tracked.response.into_body().collect().await.unwrap().to_bytes();
     Ok(String::from_utf8(body.to_vec()).unwrap())
 }
@@ -252,7 +252,7 @@ async fn every_request_reaches_the_echo(
             .version(version)
             .body(body)
             .unwrap();
-        let (backend, tracked) = balancer.dispatch(request).await.unwrap();
+        let (backend, tracked) = balancer.dispatch(request, None).await.unwrap();
         assert_eq!(tracked.response.status(), StatusCode::OK, "{version:?}");
         let body = tracked.response.into_body().collect().await.unwrap().to_bytes();
         let from = backend.endpoint.addr;
@@ -456,7 +456,7 @@ async fn idempotent_requests_on_an_idle_connection_the_server_closed_are_sent_ag
                 .uri("http://web.demo:80/")
                 .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync())
                 .unwrap();
-            let (_, tracked) = balancer.dispatch(request).await.unwrap();
+            let (_, tracked) = balancer.dispatch(request, None).await.unwrap();
             let body = tracked.response.into_body().collect().await.unwrap().to_bytes();
             assert_eq!(&body[..], b"ok", "{method}");
         }
@@ -470,7 +470,7 @@ async fn idempotent_requests_on_an_idle_connection_the_server_closed_are_sent_ag
                 .boxed_unsync(),
         )
         .unwrap();
-    let error = balancer.dispatch(post).await.map(|_| ()).unwrap_err();
+    let error = balancer.dispatch(post, None).await.map(|_| ()).unwrap_err();
     assert!(matches!(error, DispatchError::Upstream { .. }), "{error}");
 }
 

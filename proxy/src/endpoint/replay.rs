@@ -13,10 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Frame, SizeHint};
-use http_body_util::{BodyExt, BodyStream, StreamBody};
+use http_body_util::BodyExt;
 
 use crate::wire::Body;
 
@@ -153,8 +152,11 @@ impl Replayable {
         let body = if self.empty {
             Body::default()
         } else {
-            let frames = futures::stream::iter(frames.into_iter().map(Ok)).chain(BodyStream::new(rest));
-            StreamBody::new(frames).boxed_unsync()
+            ReplayBody {
+                frames: frames.into(),
+                rest,
+            }
+            .boxed_unsync()
         };
         let mut request = Request::new(body);
         *request.method_mut() = self.method;
@@ -168,6 +170,48 @@ impl Replayable {
     /// No replay will be needed: the body is read on without being kept.
     pub fn discard(self) {
         lock(&self.recording).abandon();
+    }
+}
+
+/// A replay's body: the frames the first attempt read, then the rest. It
+/// tells its end as soon as it is known (the last kept frame when the rest
+/// had ended), so the end of stream goes out with the last data frame as
+/// the client sent it, not in a frame of its own that a server which has
+/// already answered and reset the stream would take for a protocol error
+/// (h2 counts those, and closes a connection that makes too many).
+struct ReplayBody {
+    frames: std::collections::VecDeque<Frame<Bytes>>,
+    rest: Body,
+}
+
+impl http_body::Body for ReplayBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(frame) = self.frames.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.frames.is_empty() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let kept: u64 = self
+            .frames
+            .iter()
+            .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+            .sum();
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(kept + rest.lower());
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(kept + upper);
+        }
+        hint
     }
 }
 
@@ -217,6 +261,8 @@ pub(crate) fn two_part_body(
     rest: &'static [u8],
     before_rest: impl Future<Output = ()> + Send + 'static,
 ) -> Body {
+    use futures::StreamExt;
+    use http_body_util::StreamBody;
     let later = futures::stream::once(async move {
         before_rest.await;
         Ok(Frame::data(Bytes::from_static(rest)))
@@ -292,7 +338,7 @@ mod tests {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         let frames = [Frame::data(Bytes::from_static(b"hi")), Frame::trailers(trailers)];
-        let body = StreamBody::new(futures::stream::iter(frames.map(Ok))).boxed_unsync();
+        let body = http_body_util::StreamBody::new(futures::stream::iter(frames.map(Ok))).boxed_unsync();
         let (sent, replayable) = Replayable::record(request(b"").map(|_| body));
         sent.into_body().collect().await.unwrap();
         let again = replayable.unwrap().into_request().unwrap();
@@ -312,5 +358,21 @@ mod tests {
         mark_unprocessed(&mut response);
         assert!(take_unprocessed(&mut response));
         assert!(!response.headers().contains_key(UNPROCESSED_HEADER));
+    }
+
+    #[tokio::test]
+    async fn a_replay_of_a_body_read_to_its_end_ends_with_its_last_frame() {
+        let (request, replayable) = Replayable::record(request(b"one message"));
+        let mut first = request.into_body();
+        let frame = first.frame().await.expect("a frame").expect("data");
+        assert_eq!(frame.into_data().unwrap(), "one message");
+        let mut again = replayable.unwrap().into_request().expect("kept").into_body();
+        assert!(!http_body::Body::is_end_stream(&again));
+        let frame = again.frame().await.expect("a frame").expect("data");
+        assert_eq!(frame.into_data().unwrap(), "one message");
+        // The end goes out with the data (END_STREAM on the last DATA
+        // frame), not in an empty frame of its own after it.
+        assert!(http_body::Body::is_end_stream(&again), "the replay knows it has ended");
+        assert_eq!(http_body::Body::size_hint(&again).exact(), Some(0));
     }
 }

@@ -24,8 +24,9 @@ use super::{Body, is_grpc};
 use crate::balance::{Backend, DispatchError, Target, Tracked};
 use crate::config::Limits;
 use crate::endpoint::replay;
+use crate::endpoint::replay::Replayable;
 use crate::endpoint::switches_protocols;
-use crate::metrics::{Direction, RouteMetrics};
+use crate::metrics::{Direction, RetryOutcome, RouteMetrics};
 use crate::routes::{RouteError, RouteName, Rule, Table};
 use tokio::sync::watch;
 
@@ -156,7 +157,7 @@ impl Router {
                         .as_ref()
                         .and_then(|routes| Some((routes, routes.current()?)))
                     {
-                        Some((routes, table)) => self.dispatch_routed(routes, &table, request, &mut route).await,
+                        Some((routes, table)) => self.dispatch_routed(routes, &table, request, grpc, &mut route).await,
                         None => self.dispatch(request).await.map_err(ProxyError::from),
                     }
                 }
@@ -239,31 +240,74 @@ impl Router {
 
     /// Sends a request by the Service port's routes: the first rule that
     /// matches, a backend Service of it by weight, its header changes, and
-    /// its timeout (or the call's `grpc-timeout`, if tighter) on the
-    /// response's headers. `route` is set to the rule's route once known.
+    /// its timeouts: the request timeout (or the call's `grpc-timeout`, if
+    /// tighter) on the response's headers, retries included, and the try
+    /// timeout on each try. An answer the rule's retry policy wants is
+    /// tried again, on another endpoint where there is one, while the
+    /// request's body was kept, the policy's limit is not reached and the
+    /// rule's budget allows. `route` is set to the rule's route once known.
     async fn dispatch_routed(
         &self,
         routes: &Routes,
         table: &Table,
         mut request: Request<Body>,
+        grpc: bool,
         route: &mut Option<RouteName>,
     ) -> Result<(Arc<Backend>, Tracked), ProxyError> {
         let rule: &Arc<Rule> = table.select(&request)?;
         *route = Some(rule.route.clone());
         rule.modify(request.headers_mut());
-        let deadline = rule.deadline(request.headers());
-        let target = routes.target(rule, rule.pick()?).await?;
-        let sent = target.dispatch(request);
-        let sent = match deadline {
-            None => sent.await,
-            Some(after) => tokio::time::timeout(after, sent)
-                .await
-                .map_err(|_| RouteError::Timeout {
-                    route: rule.route.clone(),
-                    after,
-                })?,
+        let timeout = |after| RouteError::Timeout {
+            route: rule.route.clone(),
+            after,
         };
-        Ok(sent?)
+        let deadline = rule.deadline(request.headers());
+        let tries = async {
+            let Some(retry) = &rule.retry else {
+                let target = routes.target(rule, rule.pick()?).await?;
+                return Ok::<_, ProxyError>(target.dispatch(request).await?);
+            };
+            retry.budget.deposit();
+            let (mut request, mut replayable) = Replayable::record(request);
+            let mut avoid = None;
+            let mut retries = 0;
+            loop {
+                let target = routes.target(rule, rule.pick()?).await?;
+                let sent = target.dispatch_avoiding(request, avoid);
+                let (backend, tracked) = match rule.try_timeout {
+                    Some(after) => tokio::time::timeout(after, sent).await.map_err(|_| timeout(after))??,
+                    None => sent.await?,
+                };
+                if !retry.wants(&tracked.response, grpc) {
+                    if let Some(replayable) = replayable {
+                        replayable.discard();
+                    }
+                    return Ok((backend, tracked));
+                }
+                let outcome = |outcome| self.unrouted.retry(&rule.route.kind, &rule.route.name, outcome);
+                if retries >= retry.limit {
+                    outcome(RetryOutcome::LimitReached);
+                    return Ok((backend, tracked));
+                }
+                let Some(again) = replayable.take().and_then(Replayable::into_request) else {
+                    outcome(RetryOutcome::NotReplayable);
+                    return Ok((backend, tracked));
+                };
+                if !retry.budget.withdraw() {
+                    outcome(RetryOutcome::BudgetExhausted);
+                    return Ok((backend, tracked));
+                }
+                outcome(RetryOutcome::Retried);
+                retries += 1;
+                avoid = Some(backend.endpoint.addr);
+                drop(tracked);
+                (request, replayable) = Replayable::record(again);
+            }
+        };
+        match deadline {
+            Some(after) => tokio::time::timeout(after, tries).await.map_err(|_| timeout(after))?,
+            None => tries.await,
+        }
     }
 }
 

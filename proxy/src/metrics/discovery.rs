@@ -23,14 +23,32 @@ pub struct EndpointStateLabels {
     pub state: &'static str,
 }
 
+/// The labels of `strait_balancer_ejections`: an endpoint of a Service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EjectionLabels {
+    dst_namespace: String,
+    dst_service: String,
+    dst_pod: String,
+}
+
+/// The labels of `strait_balancer_failed_open`: a Service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    dst_namespace: String,
+    dst_service: String,
+}
+
 /// The discovery metrics: `strait_discovery_watch_healthy`,
-/// `strait_discovery_watch_errors` and `strait_balancer_endpoints`.
+/// `strait_discovery_watch_errors`, `strait_balancer_endpoints`,
+/// `strait_balancer_ejections` and `strait_balancer_failed_open`.
 #[derive(Clone, Debug, Default)]
 pub struct DiscoveryMetrics {
     watch_healthy: Family<WatchLabels, Gauge>,
     watch_errors: Family<WatchLabels, Counter>,
     /// `strait_balancer_endpoints`: the endpoints of each Service in use, by state.
     pub endpoints: Family<EndpointStateLabels, Gauge>,
+    ejections: Family<EjectionLabels, Counter>,
+    failed_open: Family<ServiceLabels, Counter>,
 }
 
 impl DiscoveryMetrics {
@@ -53,7 +71,36 @@ impl DiscoveryMetrics {
             "Endpoints of the Services in use, by state",
             metrics.endpoints.clone(),
         );
+        registry.register(
+            "balancer_ejections",
+            "Endpoints taken out of the balancer after failing requests in a row (failure accrual)",
+            metrics.ejections.clone(),
+        );
+        registry.register(
+            "balancer_failed_open",
+            "Requests sent to an ejected endpoint because every endpoint of the Service was ejected",
+            metrics.failed_open.clone(),
+        );
         metrics
+    }
+
+    /// Counts an ejection of `pod`, an endpoint of `namespace/service`.
+    pub fn ejected(&self, namespace: &str, service: &str, pod: &str) {
+        let labels = EjectionLabels {
+            dst_namespace: namespace.to_string(),
+            dst_service: service.to_string(),
+            dst_pod: pod.to_string(),
+        };
+        self.ejections.get_or_create(&labels).inc();
+    }
+
+    /// Counts a pick among ejected endpoints of `namespace/service`.
+    pub fn failed_open(&self, namespace: &str, service: &str) {
+        let labels = ServiceLabels {
+            dst_namespace: namespace.to_string(),
+            dst_service: service.to_string(),
+        };
+        self.failed_open.get_or_create(&labels).inc();
     }
 
     /// Notes that a stream's last message was a success: `watch_healthy` is 1.

@@ -107,6 +107,39 @@ struct TurnedAwayLabels {
     reason: TurnedAway,
 }
 
+/// What became of a retry a route's policy wanted (`strait_retries`).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum RetryOutcome {
+    /// The request was sent again.
+    Retried,
+    /// The retry budget had none left: the answer went to the client.
+    BudgetExhausted,
+    /// The request was retried as often as the policy allows.
+    LimitReached,
+    /// The request's body was not kept (too large, or still streaming).
+    NotReplayable,
+}
+
+impl EncodeLabelValue for RetryOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        encoder.write_str(match self {
+            RetryOutcome::Retried => "retried",
+            RetryOutcome::BudgetExhausted => "budget_exhausted",
+            RetryOutcome::LimitReached => "limit_reached",
+            RetryOutcome::NotReplayable => "not_replayable",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    dst_namespace: String,
+    dst_service: String,
+    route_kind: String,
+    route_name: String,
+    outcome: RetryOutcome,
+}
+
 #[derive(Clone)]
 struct LatencyHistogram;
 
@@ -127,6 +160,7 @@ pub struct HttpMetrics {
     responses: Family<ResponseLabels, Counter>,
     latency: Family<RouteLabels, Histogram, LatencyHistogram>,
     turned_away: Family<TurnedAwayLabels, Counter>,
+    retries: Family<RetryLabels, Counter>,
 }
 
 impl std::fmt::Debug for HttpMetrics {
@@ -145,6 +179,7 @@ impl HttpMetrics {
             responses: Family::default(),
             latency: Family::new_with_constructor(LatencyHistogram),
             turned_away: Family::default(),
+            retries: Family::default(),
         };
         registry.register(
             "requests",
@@ -167,6 +202,12 @@ impl HttpMetrics {
             "Requests an endpoint did not take before its application saw them, by reason; \
              each goes to another endpoint when one is left",
             metrics.turned_away.clone(),
+        );
+        registry.register(
+            "retries",
+            "Answers a route's retry policy wanted tried again, by outcome: retried, or not \
+             (budget_exhausted, limit_reached, not_replayable)",
+            metrics.retries.clone(),
         );
         metrics
     }
@@ -220,6 +261,22 @@ impl RouteMetrics {
         labels.route_kind = kind.to_string();
         labels.route_name = name.to_string();
         self.0.http.route(labels)
+    }
+
+    /// Counts a retry the route `kind`/`name` wanted, by what became of it
+    /// (`strait_retries`).
+    pub fn retry(&self, kind: &str, name: &str, outcome: RetryOutcome) {
+        if !self.0.recording {
+            return;
+        }
+        let labels = RetryLabels {
+            dst_namespace: self.0.labels.dst_namespace.clone(),
+            dst_service: self.0.labels.dst_service.clone(),
+            route_kind: kind.to_string(),
+            route_name: name.to_string(),
+            outcome,
+        };
+        self.0.http.retries.get_or_create(&labels).inc();
     }
 
     /// Counts one request on this route (`strait_requests`).

@@ -14,7 +14,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 pub use discovery::DiscoveryMetrics;
-pub use http::{HttpMetrics, RouteLabels, RouteMetrics, TurnedAway};
+pub use http::{HttpMetrics, RetryOutcome, RouteLabels, RouteMetrics, TurnedAway};
 pub use tcp::{TcpLabels, TcpMetrics};
 
 /// Traffic direction, relative to the pod.

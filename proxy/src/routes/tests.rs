@@ -25,6 +25,7 @@ fn rule(name: &str, matched: Option<api::RouteMatch>, backends: &[(&str, u32)]) 
         request_headers: None,
         request_timeout_ms: 0,
         backend_request_timeout_ms: 0,
+        retry: None,
     }
 }
 
@@ -151,6 +152,7 @@ fn the_tighter_of_the_routes_timeout_and_grpc_timeout_holds() {
     let mut proto = rule("slow", None, &[("198.19.0.1:80", 1)]);
     proto.request_timeout_ms = 1000;
     proto.backend_request_timeout_ms = 300;
+    // Without retries, one try is the whole request: the tighter holds.
     let table = Table::compile(&[proto]);
     let slow = table.select(&request("/")).unwrap();
     let mut headers = HeaderMap::new();
@@ -201,4 +203,57 @@ fn a_rule_the_proxy_cannot_compile_is_left_out_and_the_rest_still_route() {
     let table = Table::compile(&[bad, good]);
     assert!(!table.is_empty());
     assert_eq!(selected(&table, "/x").as_deref(), Some("mesh/good"));
+}
+
+#[test]
+fn the_budget_allows_a_fifth_of_the_requests_plus_a_floor_and_no_more() {
+    let budget = Budget::default();
+    // The floor's first second is there at once; then each request earns
+    // a fifth of a retry.
+    let mut granted = 0;
+    for _ in 0..1000 {
+        budget.deposit();
+        if budget.withdraw() {
+            granted += 1;
+        }
+    }
+    // 1000 requests × 0.2 + the 10 saved at the start + what the floor earned
+    // while the loop ran (well under a second).
+    assert!((200..=230).contains(&granted), "{granted} retries for 1000 requests");
+    let mut more = 0;
+    while budget.withdraw() {
+        more += 1;
+        assert!(more < 50, "an empty budget grants nothing more");
+    }
+}
+
+#[test]
+fn retries_want_the_listed_answers_only() {
+    let mut proto = rule("retry", None, &[("198.19.0.1:80", 1)]);
+    proto.retry = Some(api::RetryPolicy {
+        limit: 3,
+        http_statuses: vec![api::StatusRange { first: 500, last: 599 }],
+        grpc_codes: vec![14],
+    });
+    let table = Table::compile(&[proto]);
+    let retry = table.select(&request("/")).unwrap().retry.as_ref().unwrap();
+    let answer = |status: u16, grpc_status: Option<&str>| {
+        let mut response = http::Response::builder().status(status);
+        if let Some(code) = grpc_status {
+            response = response.header("grpc-status", code);
+        }
+        response.body(()).unwrap()
+    };
+    assert!(retry.wants(&answer(503, None), false));
+    assert!(!retry.wants(&answer(404, None), false));
+    assert!(retry.wants(&answer(200, Some("14")), true));
+    assert!(!retry.wants(&answer(200, Some("4")), true));
+    assert!(
+        !retry.wants(&answer(200, None), true),
+        "a status in the trailers is not seen: not retried"
+    );
+    assert!(
+        !retry.wants(&answer(503, None), true),
+        "gRPC is judged by its status code"
+    );
 }

@@ -36,12 +36,48 @@ pub struct ServerArgs {
     /// CPU each unary call burns, in microseconds.
     #[arg(long, default_value_t = 0)]
     work_micros: u64,
+    /// Fails this percentage of unary calls, at random, with UNAVAILABLE.
+    #[arg(long, default_value_t = 0)]
+    fail_percent: u32,
+    /// Fails every unary call with UNAVAILABLE while this file exists
+    /// (`{pod}` in the path stands for the pod's name).
+    #[arg(long)]
+    fail_while: Option<String>,
 }
 
 struct Service {
     pod: String,
     delay: Duration,
     work: Duration,
+    fail_percent: u32,
+    fail_while: Option<std::path::PathBuf>,
+}
+
+impl Service {
+    /// One unary call, for Unary and Admin alike.
+    async fn call(&self, request: LabRequest) -> Result<Response<Reply>, Status> {
+        if request.fail_code != 0 {
+            return Err(Status::new(Code::from(request.fail_code), request.fail_message));
+        }
+        if self.fail_while.as_ref().is_some_and(|f| f.exists()) {
+            return Err(Status::unavailable(format!("{} is failing on purpose", self.pod)));
+        }
+        if self.fail_percent > 0 && rand::random_range(0..100) < self.fail_percent {
+            return Err(Status::unavailable(format!("{} failed this call on purpose", self.pod)));
+        }
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        if !self.work.is_zero() {
+            burn(self.work);
+        }
+        Ok(Response::new(Reply {
+            pod: self.pod.clone(),
+            received_bytes: request.payload.len() as u64,
+            payload: request.payload,
+            sequence: 0,
+        }))
+    }
 }
 
 /// Burns CPU for `work`, as a real handler's computation would.
@@ -61,22 +97,11 @@ type ReplyStream = Pin<Box<dyn Stream<Item = Result<Reply, Status>> + Send>>;
 #[tonic::async_trait]
 impl Lab for Service {
     async fn unary(&self, request: Request<LabRequest>) -> Result<Response<Reply>, Status> {
-        let request = request.into_inner();
-        if request.fail_code != 0 {
-            return Err(Status::new(Code::from(request.fail_code), request.fail_message));
-        }
-        if !self.delay.is_zero() {
-            tokio::time::sleep(self.delay).await;
-        }
-        if !self.work.is_zero() {
-            burn(self.work);
-        }
-        Ok(Response::new(Reply {
-            pod: self.pod.clone(),
-            received_bytes: request.payload.len() as u64,
-            payload: request.payload,
-            sequence: 0,
-        }))
+        self.call(request.into_inner()).await
+    }
+
+    async fn admin(&self, request: Request<LabRequest>) -> Result<Response<Reply>, Status> {
+        self.call(request.into_inner()).await
     }
 
     type ServerStreamStream = ReplyStream;
@@ -134,6 +159,8 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         pod: hostname(),
         delay: args.delay,
         work: Duration::from_micros(args.work_micros),
+        fail_percent: args.fail_percent,
+        fail_while: args.fail_while.map(|path| path.replace("{pod}", &hostname()).into()),
     };
     println!("grpc listening on {}", args.port);
     let lab = LabServer::new(service)
@@ -186,6 +213,17 @@ pub struct ClientArgs {
     /// Also print a JSON line with the answers by pod after every N calls.
     #[arg(long)]
     report_every: Option<usize>,
+    /// The unary method to call: Unary or Admin.
+    #[arg(long, default_value = "Unary")]
+    method: String,
+    /// Metadata to send with each call, as NAME=VALUE (repeatable).
+    #[arg(long = "header", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+}
+
+fn parse_header(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text.split_once('=').ok_or("expected NAME=VALUE")?;
+    Ok((name.to_ascii_lowercase(), value.to_string()))
 }
 
 /// What the client saw, printed as one JSON line.
@@ -342,6 +380,8 @@ async fn unary_calls(args: &ClientArgs, channel: Channel) -> Tally {
             };
             let call_deadline = args.deadline;
             let windows = windows.clone();
+            let admin = args.method.eq_ignore_ascii_case("admin");
+            let headers = args.headers.clone();
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 let mut next = Instant::now();
@@ -365,9 +405,23 @@ async fn unary_calls(args: &ClientArgs, channel: Channel) -> Tally {
                     if let Some(timeout) = call_deadline {
                         call.set_timeout(timeout);
                     }
+                    for (name, value) in &headers {
+                        if let (Ok(name), Ok(value)) =
+                            (tonic::metadata::MetadataKey::from_bytes(name.as_bytes()), value.parse())
+                        {
+                            call.metadata_mut().insert(name, value);
+                        }
+                    }
                     let begun = Instant::now();
+                    let answer = async {
+                        if admin {
+                            client.admin(call).await
+                        } else {
+                            client.unary(call).await
+                        }
+                    };
                     // A call that never answers must not hang the client.
-                    let result = match tokio::time::timeout(Duration::from_secs(30), client.unary(call)).await {
+                    let result = match tokio::time::timeout(Duration::from_secs(30), answer).await {
                         Ok(result) => result.map(|r| r.into_inner().pod),
                         Err(_) => Err(Status::deadline_exceeded("no answer within 30s")),
                     };

@@ -312,3 +312,40 @@ fn status_is_written_only_when_it_changes_and_keeps_other_controllers() {
         "the same conditions, an hour later, are not written again"
     );
 }
+
+#[test]
+fn retry_annotations_become_the_rules_policy_and_a_bad_one_is_refused() {
+    let with = |annotations: serde_json::Value| {
+        let object: GrpcRoute = serde_json::from_value(json!({
+            "metadata": {"namespace": "mesh", "name": "retry", "annotations": annotations},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "grpc"}],
+                     "rules": [{"backendRefs": [{"name": "grpc-v1", "port": 50051}]}]},
+        }))
+        .unwrap();
+        grpc_route(&object)
+    };
+    let route = with(
+        json!({"retry.strait.io/grpc": "Unavailable, cancelled,4", "retry.strait.io/http": "5xx,429", "retry.strait.io/limit": "3"}),
+    );
+    let policy = route.rules[0].retry.clone().expect("a retry policy");
+    assert_eq!(policy.grpc_codes, [14, 1, 4]);
+    assert_eq!(
+        policy
+            .http_statuses
+            .iter()
+            .map(|r| (r.first, r.last))
+            .collect::<Vec<_>>(),
+        [(500, 599), (429, 429)]
+    );
+    assert_eq!(policy.limit, 3);
+    assert_eq!(with(json!({})).rules[0].retry, None);
+    for bad in [
+        json!({"retry.strait.io/grpc": "sometimes"}),
+        json!({"retry.strait.io/http": "6xx"}),
+        json!({"retry.strait.io/grpc": "ok"}),
+        json!({"retry.strait.io/grpc": "unavailable", "retry.strait.io/limit": "50"}),
+    ] {
+        let problem = with(bad.clone()).invalid.unwrap_or_else(|| panic!("{bad} is refused"));
+        assert!(problem.message.contains("retry.strait.io/"), "{}", problem.message);
+    }
+}
