@@ -84,8 +84,13 @@ pub enum Command {
     },
     /// Stop everything and remove every namespace, link and rule the lab made.
     Down,
-    /// The guided demo: per-pod request share and CPU, without and with the mesh.
-    Demo,
+    /// The guided demo: per-pod request share and CPU, without and with the
+    /// mesh; `demo canary`: Gateway API routes (a method match, a 90/10
+    /// split, retries hiding a failing canary).
+    Demo {
+        #[arg(value_parser = ["canary"])]
+        act: Option<String>,
+    },
     /// Take the API server off the lab network, or bring it back; or show
     /// who loads it (`stats`: per user, requests, lists, watches, open
     /// watches, refusals and bytes sent).
@@ -198,9 +203,12 @@ pub async fn run(command: Command, paths: LabPaths) -> anyhow::Result<i32> {
             require_root()?;
             down(&paths, &client).await?;
         }
-        Command::Demo => {
+        Command::Demo { act } => {
             require_root()?;
-            crate::demo::run(&paths, &client).await?;
+            match act.as_deref() {
+                Some("canary") => crate::canary::run(&paths, &client).await?,
+                _ => crate::demo::run(&paths, &client).await?,
+            }
         }
         Command::Apiserver { action } if action == "stats" => {
             let stats = client.get("/lab/v1/apiserver/stats").await?;

@@ -21,7 +21,7 @@ const MANIFEST: &str = include_str!("../manifests/demo.yaml");
 const CALL_SECONDS: &str = "4s";
 
 /// Runs a command in a pod through this binary's `exec`, returning its output.
-async fn exec(paths: &LabPaths, pod: &str, command: &[&str]) -> anyhow::Result<String> {
+pub async fn exec(paths: &LabPaths, pod: &str, command: &[&str]) -> anyhow::Result<String> {
     let output = tokio::process::Command::new(bin_dir().join("strait-lab"))
         .args(["exec", pod, "--"])
         .args(command)
@@ -37,7 +37,7 @@ async fn exec(paths: &LabPaths, pod: &str, command: &[&str]) -> anyhow::Result<S
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-async fn pods(client: &LabClient, namespace: &str, app: &str) -> anyhow::Result<Vec<String>> {
+pub async fn pods(client: &LabClient, namespace: &str, app: &str) -> anyhow::Result<Vec<String>> {
     let listed = client
         .get(&format!(
             "/api/v1/namespaces/{namespace}/pods?labelSelector=app%3D{app}"

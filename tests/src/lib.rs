@@ -8,6 +8,7 @@
 //! iptables, as kube-proxy does; and a DNS server answers cluster names.
 
 pub mod apiserver;
+pub mod canary;
 pub mod cli;
 pub mod client;
 pub mod controllers;

@@ -369,5 +369,16 @@ fn grpc_routes_split_by_weight_time_out_follow_changes_and_refuse_what_they_cann
         },
     );
     drop(steady);
+
+    // The canary demo runs on this lab too, and shows what it says.
+    let demo = lab.cli_ok(&["demo", "canary"]);
+    assert!(
+        demo.contains("grpc-v2") && demo.contains("100.0%"),
+        "Admin calls all on v2:\n{demo}"
+    );
+    assert!(
+        demo.contains("with retry.strait.io/grpc: unavailable: 0 of"),
+        "retries hide the failing canary:\n{demo}"
+    );
     lab.down();
 }

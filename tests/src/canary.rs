@@ -1,0 +1,187 @@
+//! `strait-lab demo canary`: Gateway API routes in the mesh. A GRPCRoute
+//! bound to the Service `grpc` (GAMMA) sends its Admin method to v2 and
+//! splits the other calls 90/10 between v1 and v2; the shares are read
+//! from the client's proxy (`strait_requests_total` by `route_name` and
+//! `dst_service`). Then v2 fails every call: without a retry policy the
+//! failures reach the client; with `retry.strait.io/grpc: unavailable` on
+//! the route they are retried on v1, within the retry budget.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::cli::{ensure_running, wait_ready};
+use crate::client::LabClient;
+use crate::demo::{exec, pods};
+use crate::manifest;
+use crate::metrics_text::sum_by;
+use crate::paths::LabPaths;
+
+const MANIFEST: &str = include_str!("../manifests/canary.yaml");
+const NAMESPACE: &str = "canary";
+const ROUTE: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/canary/grpcroutes/canary";
+
+/// The client proxy's outbound counts of `metric`, by `by`.
+async fn counts(
+    paths: &LabPaths,
+    client_pod: &str,
+    metric: &str,
+    filter: &[(&str, &str)],
+    by: &str,
+) -> anyhow::Result<BTreeMap<String, f64>> {
+    let text = exec(
+        paths,
+        client_pod,
+        &["lab-app", "http-get", "http://127.0.0.1:4191/metrics"],
+    )
+    .await?;
+    Ok(sum_by(&text, metric, filter, by))
+}
+
+/// Calls for a few seconds; returns the client's summary line.
+async fn call(paths: &LabPaths, client_pod: &str, method: &str, seconds: &str, rate: &str) -> anyhow::Result<Value> {
+    let out = exec(
+        paths,
+        client_pod,
+        &[
+            "lab-app",
+            "grpc-client",
+            "--to",
+            "grpc:50051",
+            "--method",
+            method,
+            "--duration",
+            seconds,
+            "--rate",
+            rate,
+            "--concurrency",
+            "8",
+        ],
+    )
+    .await?;
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("the client printed no summary")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// The change in each count between two readings.
+fn delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect()
+}
+
+fn print_shares(title: &str, counts: &BTreeMap<String, f64>) {
+    let total: f64 = counts.values().sum::<f64>().max(1.0);
+    println!("  {title}");
+    for (service, n) in counts {
+        let share = n / total;
+        println!(
+            "    {service:<10} {n:>7.0} calls {:>6.1}%  {}",
+            share * 100.0,
+            "█".repeat((share * 40.0).round() as usize)
+        );
+    }
+}
+
+/// Runs the canary demo on the running (or a new) lab.
+pub async fn run(paths: &LabPaths, client: &LabClient) -> anyhow::Result<()> {
+    println!("strait canary demo: a GRPCRoute bound to the Service grpc (Gateway API, GAMMA)");
+    println!("sends the Admin method to v2 and splits the other calls 90/10 between v1 and v2.\n");
+    ensure_running(paths, client, None).await?;
+    for object in manifest::parse(MANIFEST, "canary.yaml")? {
+        manifest::apply(client, &object).await?;
+    }
+    wait_ready(client, &[NAMESPACE.to_string()], Duration::from_secs(180)).await?;
+    let client_pod = format!(
+        "{NAMESPACE}/{}",
+        pods(client, NAMESPACE, "client")
+            .await?
+            .first()
+            .context("no client pod")?
+    );
+    let route = [("direction", "outbound"), ("route_name", "canary/canary")];
+
+    println!("Act 1: the route at work (the client's proxy counts each call by route and backend):");
+    let before = counts(paths, &client_pod, "strait_requests_total", &route, "dst_service").await?;
+    call(paths, &client_pod, "Unary", "4s", "500").await?;
+    let after = counts(paths, &client_pod, "strait_requests_total", &route, "dst_service").await?;
+    print_shares("Unary calls, 90/10 split:", &delta(&before, &after));
+    call(paths, &client_pod, "Admin", "1s", "200").await?;
+    let admin = counts(paths, &client_pod, "strait_requests_total", &route, "dst_service").await?;
+    print_shares("Admin calls, matched by method:", &delta(&after, &admin));
+
+    println!("\nAct 2: v2 fails every call.");
+    for pod in pods(client, NAMESPACE, "grpc")
+        .await?
+        .iter()
+        .filter(|p| p.starts_with("grpc-v2-"))
+    {
+        exec(
+            paths,
+            &format!("{NAMESPACE}/{pod}"),
+            &["touch", &format!("/tmp/strait-lab-fail-{pod}")],
+        )
+        .await?;
+    }
+    let without = call(paths, &client_pod, "Unary", "4s", "500").await?;
+    println!(
+        "  without a retry policy: {} of {} calls failed ({})",
+        without["calls"].as_u64().unwrap_or(0) - without["ok"].as_u64().unwrap_or(0),
+        without["calls"],
+        without["by_status"]
+    );
+    let mut route_object = client.get(ROUTE).await?;
+    route_object["metadata"]["annotations"] =
+        json!({"retry.strait.io/grpc": "unavailable", "retry.strait.io/limit": "3"});
+    client.put(ROUTE, &route_object).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let retries_before = counts(
+        paths,
+        &client_pod,
+        "strait_retries_total",
+        &[("route_name", "canary/canary")],
+        "outcome",
+    )
+    .await?;
+    let with = call(paths, &client_pod, "Unary", "4s", "500").await?;
+    let retries = delta(
+        &retries_before,
+        &counts(
+            paths,
+            &client_pod,
+            "strait_retries_total",
+            &[("route_name", "canary/canary")],
+            "outcome",
+        )
+        .await?,
+    );
+    println!(
+        "  with retry.strait.io/grpc: unavailable: {} of {} calls failed; retries {}",
+        with["calls"].as_u64().unwrap_or(0) - with["ok"].as_u64().unwrap_or(0),
+        with["calls"],
+        serde_json::to_string(&retries)?
+    );
+    println!("  (the budget allows retries of 20% of the calls plus 10 a second; v2 takes 10%)");
+    for pod in pods(client, NAMESPACE, "grpc")
+        .await?
+        .iter()
+        .filter(|p| p.starts_with("grpc-v2-"))
+    {
+        exec(
+            paths,
+            &format!("{NAMESPACE}/{pod}"),
+            &["rm", "-f", &format!("/tmp/strait-lab-fail-{pod}")],
+        )
+        .await?;
+    }
+    println!("\nThe lab is still running: `strait-lab status` shows it, `strait-lab down` removes it.");
+    Ok(())
+}
