@@ -475,15 +475,13 @@ impl Rule {
     }
 
     /// The time the request may wait for its response's headers, retries
-    /// included: the rule's request timeout, or the call's `grpc-timeout`
-    /// if that is tighter (or the try timeout, when there are no retries
-    /// and it is tighter still).
-    pub fn deadline(&self, headers: &HeaderMap) -> Option<Duration> {
+    /// included: the rule's request timeout, or for a gRPC call its
+    /// `grpc-timeout` if that is tighter (or the try timeout, when there are
+    /// no retries and it is tighter still).
+    pub fn deadline(&self, headers: &HeaderMap, grpc: bool) -> Option<Duration> {
         let tries = if self.retry.is_some() { None } else { self.try_timeout };
-        [self.request_timeout, grpc_timeout(headers), tries]
-            .into_iter()
-            .flatten()
-            .min()
+        let call = if grpc { grpc_timeout(headers) } else { None };
+        [self.request_timeout, call, tries].into_iter().flatten().min()
     }
 }
 

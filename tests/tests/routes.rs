@@ -13,7 +13,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Lab, assert_no_failed_calls, eventually, merge_windows, sum_metric};
+use support::{
+    Lab, Prometheus, assert_no_failed_calls, dashboard, dashboard_expr, eventually, merge_windows, sum_metric,
+};
 
 /// Calls by version: pods are named after their Deployment.
 fn by_version(by_pod: &Value) -> (u64, u64, u64) {
@@ -60,6 +62,7 @@ fn grpc_routes_split_by_weight_time_out_follow_changes_and_refuse_what_they_cann
         return;
     };
     let client = lab.pod("mesh", "client-");
+    let prometheus = Prometheus::start(&lab);
 
     // The control plane accepts the routes it can carry out and says why
     // it does not accept the one it cannot.
@@ -380,5 +383,35 @@ fn grpc_routes_split_by_weight_time_out_follow_changes_and_refuse_what_they_cann
         demo.contains("with retry.strait.io/grpc: unavailable: 0 of"),
         "retries hide the failing canary:\n{demo}"
     );
+
+    // The dashboard's route panels show the routes, from a real Prometheus.
+    prometheus.wait_for_targets(12);
+    let panels = dashboard()["panels"].as_array().unwrap().clone();
+    for title in [
+        "Requests by route and backend",
+        "Success rate by route and backend",
+        "Retries by route",
+    ] {
+        let panel = panels
+            .iter()
+            .find(|p| p["title"] == title)
+            .unwrap_or_else(|| panic!("no panel {title}"));
+        let expr = dashboard_expr(&panel["targets"][0], "1m");
+        let mut answer = Vec::new();
+        eventually(Duration::from_secs(15), &format!("data in the panel {title}"), || {
+            answer = prometheus.query(&expr);
+            !answer.is_empty()
+        });
+        if title == "Requests by route and backend" {
+            let routes: Vec<&str> = answer
+                .iter()
+                .filter_map(|s| s["metric"]["route_name"].as_str())
+                .collect();
+            assert!(
+                routes.contains(&"canary/canary") && routes.contains(&"mesh/split"),
+                "{answer:?}"
+            );
+        }
+    }
     lab.down();
 }

@@ -26,8 +26,10 @@
 //!   RequestHeaderModifier, an invalid regular expression or duration) is
 //!   not accepted (reason `UnsupportedValue`) and changes no traffic; a
 //!   backendRef that cannot be resolved (no such Service or port, another
-//!   kind, another namespace: ReferenceGrants are not supported) makes
-//!   `ResolvedRefs` false and its share of requests is answered 500.
+//!   kind) makes `ResolvedRefs` false and its share of requests is answered
+//!   500. BackendRefs may name Services in any namespace without a
+//!   ReferenceGrant, as GEP-1426 allows routes bound to Services; a rule
+//!   without backendRefs sends its requests to the parent Service port.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -83,13 +85,16 @@ pub struct RouteKey {
 }
 
 /// A parentRef naming a Service (group `""` or `core`, kind `Service`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ParentRef {
     pub service: ObjectKey,
     /// Only this Service port, when given.
     pub port: Option<u16>,
     /// Only the Service port of this name, when given (`sectionName`).
     pub section: Option<String>,
+    /// The parentRef as the route wrote it, for status (whose `parentRef`
+    /// must be the spec's).
+    pub written: serde_json::Value,
 }
 
 /// Why a route or a backendRef cannot be used: a Gateway API condition
@@ -144,6 +149,9 @@ pub struct Rule {
 pub struct Route {
     pub key: RouteKey,
     pub generation: i64,
+    /// The object's `resourceVersion`: a status write is conditional on it,
+    /// so that it never overwrites what another writer put there since.
+    pub resource_version: Option<String>,
     /// `creationTimestamp` (RFC 3339, so text order is time order).
     pub created: String,
     pub parents: Vec<ParentRef>,
@@ -164,6 +172,7 @@ fn common(kind: RouteKind, metadata: &k8s_openapi::apimachinery::pkg::apis::meta
             object: ObjectKey::of(metadata),
         },
         generation: metadata.generation.unwrap_or(0),
+        resource_version: metadata.resource_version.clone(),
         created: metadata
             .creation_timestamp
             .as_ref()
@@ -179,6 +188,7 @@ fn common(kind: RouteKind, metadata: &k8s_openapi::apimachinery::pkg::apis::meta
 
 /// A parentRef's fields, whatever the route kind.
 struct ParentFields<'a> {
+    written: serde_json::Value,
     group: Option<&'a str>,
     kind: Option<&'a str>,
     name: &'a str,
@@ -199,6 +209,7 @@ fn parent(route_namespace: &str, fields: ParentFields<'_>) -> Option<ParentRef> 
         },
         port: fields.port.and_then(|p| u16::try_from(p).ok()),
         section: fields.section.map(str::to_string),
+        written: fields.written,
     })
 }
 
@@ -210,7 +221,6 @@ struct BackendFields<'a> {
     namespace: Option<&'a str>,
     port: Option<i32>,
     weight: Option<i32>,
-    filters: usize,
 }
 
 fn backend(route_namespace: &str, fields: BackendFields<'_>) -> BackendRef {
@@ -222,27 +232,11 @@ fn backend(route_namespace: &str, fields: BackendFields<'_>) -> BackendRef {
             "InvalidKind",
             format!("backendRef {}: {group}/{kind} is not a Service", fields.name),
         ))
-    } else if namespace != route_namespace {
-        Some(Problem::new(
-            "RefNotPermitted",
-            format!(
-                "backendRef {namespace}/{}: a Service in another namespace needs a ReferenceGrant, which strait does not support",
-                fields.name
-            ),
-        ))
     } else if fields.port.is_none() {
         Some(Problem::new(
-            "UnsupportedValue",
+            "BackendNotFound",
             format!(
                 "backendRef {namespace}/{}: a Service backendRef needs a port",
-                fields.name
-            ),
-        ))
-    } else if fields.filters > 0 {
-        Some(Problem::new(
-            "UnsupportedValue",
-            format!(
-                "backendRef {namespace}/{}: backendRef filters are not supported",
                 fields.name
             ),
         ))
@@ -281,20 +275,38 @@ fn duration_ms(value: Option<&str>, what: &str) -> Result<u64, Problem> {
     Ok(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// A RequestHeaderModifier, its names and values checked as the proxy will
+/// use them (HTTP field names and visible-ASCII values: a value the proxy
+/// cannot send would otherwise leave the rule out there while the route
+/// says Accepted).
 fn header_modifier<'a>(
     set: impl Iterator<Item = (&'a str, &'a str)>,
     add: impl Iterator<Item = (&'a str, &'a str)>,
     remove: &[String],
-) -> HeaderModifier {
-    let header = |(name, value): (&str, &str)| Header {
-        name: name.to_ascii_lowercase(),
-        value: value.to_string(),
+    what: &str,
+) -> Result<HeaderModifier, Problem> {
+    let name = |name: &str| {
+        http::HeaderName::from_bytes(name.as_bytes())
+            .map(|n| n.as_str().to_string())
+            .map_err(|e| Problem::new("UnsupportedValue", format!("{what}: header name {name:?}: {e}")))
     };
-    HeaderModifier {
-        set: set.map(header).collect(),
-        add: add.map(header).collect(),
-        remove: remove.iter().map(|n| n.to_ascii_lowercase()).collect(),
-    }
+    let header = |(field, value): (&str, &str)| -> Result<Header, Problem> {
+        http::HeaderValue::from_str(value).map_err(|e| {
+            Problem::new(
+                "UnsupportedValue",
+                format!("{what}: header {field:?} value {value:?}: {e}"),
+            )
+        })?;
+        Ok(Header {
+            name: name(field)?,
+            value: value.to_string(),
+        })
+    };
+    Ok(HeaderModifier {
+        set: set.map(header).collect::<Result<_, _>>()?,
+        add: add.map(header).collect::<Result<_, _>>()?,
+        remove: remove.iter().map(|n| name(n)).collect::<Result<_, _>>()?,
+    })
 }
 
 /// Reads an HTTPRoute.
@@ -310,6 +322,7 @@ pub fn http_route(object: &HttpRoute) -> Route {
             parent(
                 &namespace,
                 ParentFields {
+                    written: serde_json::to_value(p).unwrap_or_default(),
                     group: Some(p.group.as_deref().unwrap_or("gateway.networking.k8s.io")),
                     kind: Some(p.kind.as_deref().unwrap_or("Gateway")),
                     name: &p.name,
@@ -343,6 +356,20 @@ pub fn http_route(object: &HttpRoute) -> Route {
 
 fn http_rule(namespace: &str, index: usize, rule: &HttpRouteRules) -> Result<Rule, Problem> {
     let what = |part: &str| format!("spec.rules[{index}].{part}");
+    if let Some(i) = rule
+        .backend_refs
+        .iter()
+        .flatten()
+        .position(|b| b.filters.as_ref().is_some_and(|f| !f.is_empty()))
+    {
+        return Err(Problem::new(
+            "UnsupportedValue",
+            format!(
+                "{}: backendRef filters are not supported",
+                what(&format!("backendRefs[{i}].filters"))
+            ),
+        ));
+    }
     let mut headers = None;
     for (i, filter) in rule.filters.iter().flatten().enumerate() {
         match (&filter.r#type, &filter.request_header_modifier) {
@@ -351,7 +378,8 @@ fn http_rule(namespace: &str, index: usize, rule: &HttpRouteRules) -> Result<Rul
                     m.set.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
                     m.add.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
                     m.remove.as_deref().unwrap_or_default(),
-                ));
+                    &what(&format!("filters[{i}].requestHeaderModifier")),
+                )?);
             }
             (kind, _) => {
                 return Err(Problem::new(
@@ -391,7 +419,6 @@ fn http_rule(namespace: &str, index: usize, rule: &HttpRouteRules) -> Result<Rul
                         namespace: b.namespace.as_deref(),
                         port: b.port,
                         weight: b.weight,
-                        filters: b.filters.as_ref().map_or(0, Vec::len),
                     },
                 )
             })
@@ -449,10 +476,13 @@ fn http_match(m: &HttpRouteRulesMatches, what: &str) -> Result<Match, Problem> {
         .and_then(|method| serde_json::to_value(method).ok())
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
+    // The spec leaves regular expressions' rank to implementations: they
+    // go after exact paths and before prefixes, so that a catch-all "/"
+    // cannot hide them.
     let rank = match kind {
         path_match::Kind::Exact => 2,
-        path_match::Kind::Prefix => 1,
-        path_match::Kind::RegularExpression => 0,
+        path_match::Kind::RegularExpression => 1,
+        path_match::Kind::Prefix => 0,
     };
     Ok(Match {
         precedence: (
@@ -500,6 +530,7 @@ pub fn grpc_route(object: &GrpcRoute) -> Route {
             parent(
                 &namespace,
                 ParentFields {
+                    written: serde_json::to_value(p).unwrap_or_default(),
                     group: Some(p.group.as_deref().unwrap_or("gateway.networking.k8s.io")),
                     kind: Some(p.kind.as_deref().unwrap_or("Gateway")),
                     name: &p.name,
@@ -565,6 +596,20 @@ fn route_timeouts(
 
 fn grpc_rule(namespace: &str, index: usize, rule: &GrpcRouteRules, timeouts: (u64, u64)) -> Result<Rule, Problem> {
     let what = |part: &str| format!("spec.rules[{index}].{part}");
+    if let Some(i) = rule
+        .backend_refs
+        .iter()
+        .flatten()
+        .position(|b| b.filters.as_ref().is_some_and(|f| !f.is_empty()))
+    {
+        return Err(Problem::new(
+            "UnsupportedValue",
+            format!(
+                "{}: backendRef filters are not supported",
+                what(&format!("backendRefs[{i}].filters"))
+            ),
+        ));
+    }
     let mut headers = None;
     for (i, filter) in rule.filters.iter().flatten().enumerate() {
         match (&filter.r#type, &filter.request_header_modifier) {
@@ -573,7 +618,8 @@ fn grpc_rule(namespace: &str, index: usize, rule: &GrpcRouteRules, timeouts: (u6
                     m.set.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
                     m.add.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
                     m.remove.as_deref().unwrap_or_default(),
-                ));
+                    &what(&format!("filters[{i}].requestHeaderModifier")),
+                )?);
             }
             (kind, _) => {
                 return Err(Problem::new(
@@ -614,7 +660,6 @@ fn grpc_rule(namespace: &str, index: usize, rule: &GrpcRouteRules, timeouts: (u6
                         namespace: b.namespace.as_deref(),
                         port: b.port,
                         weight: b.weight,
-                        filters: b.filters.as_ref().map_or(0, Vec::len),
                     },
                 )
             })
@@ -848,15 +893,27 @@ impl ParentRef {
     }
 }
 
-/// Whether a GRPCRoute that is valid sits on the same parent Service, so
-/// an HTTPRoute there conflicts (GEP-1426).
+impl ParentRef {
+    /// Whether two parentRefs can select the same Service port.
+    fn overlaps(&self, other: &ParentRef) -> bool {
+        self.service == other.service
+            && (self.port.is_none() || other.port.is_none() || self.port == other.port)
+            && (self.section.is_none() || other.section.is_none() || self.section == other.section)
+    }
+}
+
+/// Whether an HTTPRoute's `parent` conflicts with a valid GRPCRoute bound to
+/// the same Service port by routes of the same namespace (the producer's,
+/// or one consumer namespace's): GEP-1426 then accepts only the GRPCRoute.
+/// A route of another namespace never changes this one's traffic.
 fn conflicted<'a>(route: &Route, parent: &ParentRef, routes: impl Iterator<Item = &'a Route>) -> bool {
     let mut routes = routes;
     route.key.kind == RouteKind::Http
         && routes.any(|other| {
             other.key.kind == RouteKind::Grpc
                 && other.invalid.is_none()
-                && other.parents.iter().any(|p| p.service == parent.service)
+                && other.key.object.namespace == route.key.object.namespace
+                && other.parents.iter().any(|p| p.overlaps(parent))
         })
 }
 
@@ -901,7 +958,7 @@ pub fn table<'a>(
     let mut entries: Vec<(Order<'_>, RouteRule)> = Vec::new();
     for route in chosen {
         for (r, rule) in route.rules.iter().enumerate() {
-            let backends: Vec<WeightedBackend> = rule
+            let mut backends: Vec<WeightedBackend> = rule
                 .backends
                 .iter()
                 .map(|b| WeightedBackend {
@@ -912,6 +969,16 @@ pub fn table<'a>(
                     name: format!("{}/{}:{}", b.service.namespace, b.service.name, b.port.unwrap_or(0)),
                 })
                 .collect();
+            // A rule without backendRefs (only filters, say) sends its
+            // requests to the parent Service port itself, as the mesh's
+            // conformance tests expect.
+            if rule.backends.is_empty() {
+                backends.push(WeightedBackend {
+                    address: destination.to_string(),
+                    weight: 1,
+                    name: format!("{}/{}:{}", key.service.namespace, key.service.name, key.port),
+                });
+            }
             for (m, matched) in rule.matches.iter().enumerate() {
                 let order = (
                     Reverse(matched.precedence),
@@ -1037,9 +1104,11 @@ pub fn statuses<'a>(
         .collect()
 }
 
-/// The `status.parents` entries for `route` as [`CONTROLLER_NAME`] would
-/// write them now, keeping each condition's `lastTransitionTime` where its
-/// status did not change; `None` when what is stored already says so.
+/// The status patch that writes `status.parents` for `route` as
+/// [`CONTROLLER_NAME`] would now (other controllers' entries kept), keeping
+/// each condition's `lastTransitionTime` where its status did not change,
+/// conditional on the route's `resourceVersion`; `None` when what is stored
+/// already says so.
 pub fn status_patch(route: &Route, computed: &[(ParentRef, Conditions)], now: &str) -> Option<serde_json::Value> {
     let stored_time = |parent: &serde_json::Value, kind: &str, status: &str| -> Option<String> {
         parent["conditions"]
@@ -1054,19 +1123,9 @@ pub fn status_patch(route: &Route, computed: &[(ParentRef, Conditions)], now: &s
         stored_by_parent.insert(parent_id(&stored["parentRef"]), stored);
     }
     for (parent, conditions) in computed {
-        let reference = serde_json::json!({
-            "group": "",
-            "kind": "Service",
-            "namespace": parent.service.namespace,
-            "name": parent.service.name,
-        });
-        let mut reference = reference;
-        if let Some(port) = parent.port {
-            reference["port"] = port.into();
-        }
-        if let Some(section) = &parent.section {
-            reference["sectionName"] = section.clone().into();
-        }
+        // The parentRef as the spec wrote it (Gateway API: status parentRef
+        // corresponds to a parentRef of the spec).
+        let reference = parent.written.clone();
         let stored = stored_by_parent.get(&parent_id(&reference)).copied();
         let conditions: Vec<serde_json::Value> = conditions
             .iter()
@@ -1096,7 +1155,11 @@ pub fn status_patch(route: &Route, computed: &[(ParentRef, Conditions)], now: &s
     }
     let mut parents = route.others_status.clone();
     parents.extend(ours);
-    Some(serde_json::json!({ "status": { "parents": parents } }))
+    let mut patch = serde_json::json!({ "status": { "parents": parents } });
+    if let Some(version) = &route.resource_version {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": version });
+    }
+    Some(patch)
 }
 
 /// A parentRef's identity for comparing stored and computed status.

@@ -5,8 +5,11 @@
 //!
 //! A route's status is written only when it differs from what is stored,
 //! so the writer's own updates (which the route watch sees again) end the
-//! loop. Every replica writes the same status; a conflict (HTTP 409)
-//! means another wrote first, and the next change brings the check again.
+//! loop. Each write is conditional on the route's `resourceVersion` (the
+//! whole `parents` list is replaced, other controllers' entries included):
+//! a conflict (HTTP 409) means someone wrote since, and the watch brings
+//! the new version, which is checked again. Every replica writes the same
+//! status (they read the same objects).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +36,10 @@ pub async fn write(client: kube::Client, index: Arc<Index>) {
         let mut failed = false;
         for (key, patch) in index.route_status_patches(&now) {
             if let Err(error) = patch_status(&client, &key, &patch).await {
+                if matches!(&error, kube::Error::Api(status) if status.code == 409) {
+                    tracing::debug!(route = %format!("{}/{}/{}", key.kind.kind(), key.object.namespace, key.object.name), "route changed since read; its status is written from the new version");
+                    continue;
+                }
                 failed = true;
                 tracing::warn!(
                     route = %format!("{}/{}/{}", key.kind.kind(), key.object.namespace, key.object.name),

@@ -727,16 +727,20 @@ impl Accrual {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Records an outcome; true when it ejects the endpoint.
+    /// Records an outcome; true when it ejects the endpoint. Outcomes that
+    /// arrive while it is ejected (of requests sent before) change nothing.
     pub fn record(&self, failed: bool) -> bool {
         let mut state = self.lock();
+        let ejected = state.ejected_until.is_some_and(|until| Instant::now() < until);
+        if ejected {
+            return false;
+        }
         if !failed {
             *state = AccrualState::default();
             return false;
         }
         state.consecutive = state.consecutive.saturating_add(1);
-        let ejected = state.ejected_until.is_some_and(|until| Instant::now() < until);
-        if ejected || state.consecutive < Self::FAILURES {
+        if state.consecutive < Self::FAILURES {
             return false;
         }
         let delay = state

@@ -261,7 +261,7 @@ impl Router {
             route: rule.route.clone(),
             after,
         };
-        let deadline = rule.deadline(request.headers());
+        let deadline = rule.deadline(request.headers(), grpc);
         let tries = async {
             let Some(retry) = &rule.retry else {
                 let target = routes.target(rule, rule.pick()?).await?;
@@ -326,8 +326,10 @@ pub struct Routes {
     pub table: watch::Receiver<Arc<Table>>,
     /// Reaches the backends.
     pub backends: Arc<dyn Backends>,
-    /// Backend targets this connection already looked up.
-    known: Arc<Mutex<HashMap<SocketAddr, Target>>>,
+    /// Backend targets this connection already looked up, for the table
+    /// (by its address) they were looked up under: a new table starts
+    /// afresh, so backends it no longer names are let go.
+    known: Arc<Mutex<(usize, HashMap<SocketAddr, Target>)>>,
 }
 
 impl Routes {
@@ -351,12 +353,14 @@ impl Routes {
     /// # Errors
     /// [`RouteError::Unresolved`] when it is no Service port.
     pub async fn target(&self, rule: &Rule, address: SocketAddr) -> Result<Target, RouteError> {
-        let known = self
-            .known
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&address)
-            .cloned();
+        let table = Arc::as_ptr(&self.table.borrow()) as usize;
+        let known = {
+            let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+            if known.0 != table {
+                *known = (table, HashMap::new());
+            }
+            known.1.get(&address).cloned()
+        };
         if let Some(target) = known {
             return Ok(target);
         }
@@ -371,6 +375,7 @@ impl Routes {
         self.known
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .1
             .insert(address, target.clone());
         Ok(target)
     }

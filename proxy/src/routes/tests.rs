@@ -156,11 +156,16 @@ fn the_tighter_of_the_routes_timeout_and_grpc_timeout_holds() {
     let table = Table::compile(&[proto]);
     let slow = table.select(&request("/")).unwrap();
     let mut headers = HeaderMap::new();
-    assert_eq!(slow.deadline(&headers), Some(Duration::from_millis(300)));
+    assert_eq!(slow.deadline(&headers, true), Some(Duration::from_millis(300)));
     headers.insert("grpc-timeout", HeaderValue::from_static("100m"));
-    assert_eq!(slow.deadline(&headers), Some(Duration::from_millis(100)));
+    assert_eq!(slow.deadline(&headers, true), Some(Duration::from_millis(100)));
+    assert_eq!(
+        slow.deadline(&headers, false),
+        Some(Duration::from_millis(300)),
+        "grpc-timeout binds gRPC calls only"
+    );
     headers.insert("grpc-timeout", HeaderValue::from_static("2S"));
-    assert_eq!(slow.deadline(&headers), Some(Duration::from_millis(300)));
+    assert_eq!(slow.deadline(&headers, true), Some(Duration::from_millis(300)));
     for bad in ["", "m", "123456789m", "1x", "-1m", "1.5S"] {
         headers.insert("grpc-timeout", HeaderValue::from_str(bad).unwrap());
         assert_eq!(grpc_timeout(&headers), None, "{bad:?}");

@@ -107,7 +107,12 @@ pub fn validate_route(kind: &str, object: &Value) -> Result<(), ApiError> {
                 let matches = rule.matches.as_deref().unwrap_or_default();
                 problems.at_most(&at("matches"), matches.len(), MAX_MATCHES);
                 for (m, matched) in matches.iter().enumerate() {
+                    let regular = matches!(
+                        matched.path.as_ref().and_then(|p| p.r#type.as_ref()),
+                        Some(gateway_api::httproutes::HttpRouteRulesMatchesPathType::RegularExpression)
+                    );
                     if let Some(value) = matched.path.as_ref().and_then(|p| p.value.as_deref())
+                        && !regular
                         && !value.starts_with('/')
                     {
                         problems.invalid(

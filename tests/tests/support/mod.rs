@@ -532,3 +532,80 @@ pub fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> bool)
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The lab's Prometheus, queried through its API.
+pub struct Prometheus {
+    url: String,
+}
+
+impl Prometheus {
+    pub fn start(lab: &Lab) -> Prometheus {
+        let out = lab.cli_ok(&["prometheus", "--port", "0", "--scrape-interval", "1s"]);
+        let url = out
+            .split_whitespace()
+            .find(|w| w.starts_with("http://127.0.0.1:") && !w.contains("/graph"))
+            .unwrap_or_else(|| panic!("no URL in {out:?}"))
+            .to_string();
+        Prometheus { url }
+    }
+
+    fn get(&self, path: &str, query: &[(&str, &str)]) -> Value {
+        let mut command = Command::new("curl");
+        command.args(["-sS", "--max-time", "10", "-G", &format!("{}{path}", self.url)]);
+        for (key, value) in query {
+            command.args(["--data-urlencode", &format!("{key}={value}")]);
+        }
+        let out = command.output().unwrap();
+        assert!(
+            out.status.success(),
+            "curl {path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    pub fn query(&self, expr: &str) -> Vec<Value> {
+        let answer = self.get("/api/v1/query", &[("query", expr)]);
+        assert_eq!(answer["status"], "success", "{expr}: {answer}");
+        answer["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Waits until Prometheus scrapes `count` proxies successfully.
+    pub fn wait_for_targets(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let answer = self.get("/api/v1/targets", &[]);
+            let up = answer["data"]["activeTargets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|t| t["labels"]["job"] == "strait-proxies" && t["health"] == "up")
+                .count();
+            if up >= count {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {up} of {count} proxies scraped: {answer}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// The chart's Grafana dashboard.
+pub fn dashboard() -> Value {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/strait/dashboards/strait.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A dashboard query made concrete: every namespace and Service, rates
+/// over `window`.
+pub fn dashboard_expr(target: &Value, window: &str) -> String {
+    target["expr"]
+        .as_str()
+        .unwrap()
+        .replace("$namespace", ".*")
+        .replace("$service", ".*")
+        .replace("$__rate_interval", window)
+}

@@ -144,19 +144,15 @@ fn a_consumer_route_replaces_the_producers_for_its_namespace_only() {
         "2026-01-01T00:00:00Z",
         json!([{"backendRefs": [{"name": "grpc-v1", "port": 50051}]}]),
     );
-    let mut consumer = grpc(
+    // A consumer route may name backends in the Service's namespace
+    // without a ReferenceGrant (GEP-1426).
+    let consumer = grpc(
         "team-a",
         "consumer",
         "2026-01-01T00:00:00Z",
         json!([{"backendRefs": [{"name": "grpc-v2", "namespace": "mesh", "port": 50051}]}]),
     );
-    // A consumer route's backends in the Service's namespace need a
-    // ReferenceGrant, which is not supported: its backend is unresolved.
-    assert_eq!(
-        consumer.rules[0].backends[0].refused.as_ref().unwrap().reason,
-        "RefNotPermitted"
-    );
-    consumer.rules[0].backends[0].refused = None;
+    assert_eq!(consumer.rules[0].backends[0].refused, None);
     let routes = [producer, consumer];
     assert_eq!(
         summary(&table_for(&routes, "team-a")),
@@ -190,6 +186,62 @@ fn an_http_route_beside_a_grpc_route_is_conflicted_and_applies_nowhere() {
     let status = statuses(&routes[1], routes.iter(), &cluster());
     assert!(!status[0].1[0].1);
     assert_eq!(status[0].1[0].2, "Conflicted");
+
+    // A GRPCRoute of another namespace (a consumer's) does not take the
+    // producer's HTTPRoute away from everyone else.
+    let elsewhere = grpc_in(
+        "team-a",
+        "g",
+        json!([{"backendRefs": [{"name": "grpc-v1", "namespace": "mesh", "port": 50051}]}]),
+    );
+    let routes = [elsewhere, routes[1].clone()];
+    assert_eq!(summary(&table_for(&routes, "mesh")), ["h:0 / -> 198.19.0.12:50051*1"]);
+    assert!(statuses(&routes[1], routes.iter(), &cluster())[0].1[0].1, "accepted");
+}
+
+fn grpc_in(namespace: &str, name: &str, rules: serde_json::Value) -> Route {
+    let object: GrpcRoute = serde_json::from_value(json!({
+        "metadata": {"namespace": namespace, "name": name, "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "grpc", "namespace": "mesh", "port": 50051}],
+            "rules": rules,
+        },
+    }))
+    .unwrap();
+    grpc_route(&object)
+}
+
+#[test]
+fn a_rule_without_backends_goes_to_the_parent_service_port() {
+    let route = grpc_in(
+        "mesh",
+        "headers-only",
+        json!([{"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-a", "value": "b"}]}}]}]),
+    );
+    assert_eq!(route.invalid, None);
+    assert_eq!(
+        summary(&table_for(&[route], "mesh")),
+        ["headers-only:0 * -> 198.19.0.10:50051*1"]
+    );
+}
+
+#[test]
+fn a_header_value_the_proxy_cannot_send_is_refused_by_the_control_plane() {
+    let route = grpc_in(
+        "mesh",
+        "bad-header",
+        json!([{"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-a", "value": "caf\u{e9}\n"}]}}],
+                "backendRefs": [{"name": "grpc-v1", "port": 50051}]}]),
+    );
+    let problem = route.invalid.expect("refused");
+    assert_eq!(problem.reason, "UnsupportedValue");
+    assert!(
+        problem
+            .message
+            .contains("spec.rules[0].filters[0].requestHeaderModifier"),
+        "{}",
+        problem.message
+    );
 }
 
 #[test]
@@ -305,6 +357,11 @@ fn status_is_written_only_when_it_changes_and_keeps_other_controllers() {
     assert_eq!(parents[0]["controllerName"], "example.com/gateway");
     assert_eq!(parents[1]["conditions"][0]["type"], "Accepted");
     assert_eq!(parents[1]["conditions"][0]["status"], "True");
+    assert_eq!(
+        parents[1]["parentRef"],
+        json!({"group": "", "kind": "Service", "name": "grpc", "namespace": "mesh", "port": 50051}),
+        "the parentRef as the spec wrote it"
+    );
     route.own_status = vec![parents[1].clone()];
     assert_eq!(
         status_patch(&route, &computed, "2026-12-02T00:00:00Z"),
