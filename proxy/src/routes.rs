@@ -15,6 +15,7 @@
 //! case-insensitive, and a header sent several times matches on its values
 //! joined by ","; a query parameter matches its first value, percent-decoded.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -263,8 +264,9 @@ pub struct Retry {
     pub limit: u32,
     http_statuses: Vec<(u16, u16)>,
     grpc_codes: Vec<u32>,
-    /// Shared by every request of the rule, on every connection.
-    pub budget: Budget,
+    /// Shared by every request of the rule (all its matches), on every
+    /// connection, and kept when the routes change.
+    pub budget: Arc<Budget>,
 }
 
 impl Retry {
@@ -416,7 +418,7 @@ impl Rule {
                 })
                 .collect(),
             grpc_codes: policy.grpc_codes.clone(),
-            budget: Budget::default(),
+            budget: Arc::default(),
         });
         Ok(Rule {
             route: RouteName {
@@ -438,21 +440,34 @@ impl Rule {
         })
     }
 
-    /// Picks a backend by weight: its ClusterIP:port.
+    /// Picks a backend by weight: its ClusterIP:port. A retry passes the
+    /// backend that failed as `avoid`: it is left out of the draw while
+    /// another backend has a weight above 0 (a failing canary's retries go
+    /// to the stable version).
     ///
     /// # Errors
     /// [`RouteError::NoBackend`] when no backend has a weight above 0;
     /// [`RouteError::Unresolved`] when the one picked was not resolved.
-    pub fn pick(&self) -> Result<SocketAddr, RouteError> {
-        if self.total_weight == 0 {
+    pub fn pick(&self, avoid: Option<SocketAddr>) -> Result<SocketAddr, RouteError> {
+        let avoided = |b: &Backend| avoid.is_some() && b.address == avoid;
+        let others: u64 = self
+            .backends
+            .iter()
+            .filter(|b| !avoided(b))
+            .map(|b| u64::from(b.weight))
+            .sum();
+        let skip_avoided = others > 0 && others < self.total_weight;
+        let total = if skip_avoided { others } else { self.total_weight };
+        if total == 0 {
             return Err(RouteError::NoBackend {
                 route: self.route.clone(),
             });
         }
-        let mut ticket = rand::rng().random_range(0..self.total_weight);
+        let mut ticket = rand::rng().random_range(0..total);
         let picked = self
             .backends
             .iter()
+            .filter(|b| !(skip_avoided && avoided(b)))
             .find(|b| {
                 let weight = u64::from(b.weight);
                 if ticket < weight {
@@ -508,12 +523,28 @@ pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     })
 }
 
+/// Sets a call's `grpc-timeout` to `left`, in the coarsest unit that
+/// keeps it exact within gRPC's 8 digits (milliseconds, else seconds).
+pub fn set_grpc_timeout(headers: &mut HeaderMap, left: Duration) {
+    let millis = left.as_millis();
+    let text = if millis < 100_000_000 {
+        format!("{millis}m")
+    } else {
+        format!("{}S", left.as_secs().min(99_999_999))
+    };
+    if let Ok(value) = HeaderValue::from_str(&text) {
+        headers.insert("grpc-timeout", value);
+    }
+}
+
 /// A Service port's rules, in precedence order.
 #[derive(Debug, Default)]
 pub struct Table {
     rules: Vec<Arc<Rule>>,
     /// The rules as sent, to tell whether a message changes them.
     sent: Vec<api::RouteRule>,
+    /// Each rule's retry budget, by route kind, route and rule index.
+    budgets: HashMap<(String, String, u32), Arc<Budget>>,
 }
 
 impl PartialEq for Table {
@@ -523,14 +554,32 @@ impl PartialEq for Table {
 }
 
 impl Table {
-    /// Compiles the rules the destination service sent. A rule the proxy
+    /// Compiles the rules of a Service port routed for the first time.
+    #[cfg(test)]
+    pub fn compile(rules: &[api::RouteRule]) -> Self {
+        Self::compile_after(&Table::default(), rules)
+    }
+
+    /// Compiles the rules the destination service sent for the Service
+    /// port `previous` routed: a rule that stays keeps its retry budget (a
+    /// weight change must not hand out a fresh one). A rule the proxy
     /// cannot compile (the control plane checks them, so only a version
     /// skew makes one) is left out and logged.
-    pub fn compile(rules: &[api::RouteRule]) -> Self {
+    pub fn compile_after(previous: &Table, rules: &[api::RouteRule]) -> Self {
+        let mut budgets = HashMap::new();
         let compiled = rules
             .iter()
             .filter_map(|proto| match Rule::compile(proto) {
-                Ok(rule) => Some(Arc::new(rule)),
+                Ok(mut rule) => {
+                    if let Some(retry) = rule.retry.as_mut() {
+                        let key = (rule.route.kind.clone(), rule.route.name.clone(), proto.rule);
+                        let budget = budgets
+                            .entry(key.clone())
+                            .or_insert_with(|| previous.budgets.get(&key).cloned().unwrap_or_default());
+                        retry.budget = budget.clone();
+                    }
+                    Some(Arc::new(rule))
+                }
                 Err(problem) => {
                     let route = proto.route.clone().unwrap_or_default();
                     tracing::warn!(route = %format!("{} {}/{}", route.kind, route.namespace, route.name), rule = proto.rule, %problem, "leaving out a route rule the proxy cannot carry out");
@@ -541,6 +590,7 @@ impl Table {
         Table {
             rules: compiled,
             sent: rules.to_vec(),
+            budgets,
         }
     }
 

@@ -341,7 +341,8 @@ fn publish(published: &Senders, state: &Known) {
         routes,
     } = published;
     if known.borrow().routes != state.routes {
-        routes.send_replace(Arc::new(Table::compile(&state.routes)));
+        let table = Table::compile_after(&routes.borrow(), &state.routes);
+        routes.send_replace(Arc::new(table));
     }
     known.send_if_modified(|current| {
         let changed = **current != *state;

@@ -27,7 +27,7 @@ use crate::endpoint::replay;
 use crate::endpoint::replay::Replayable;
 use crate::endpoint::switches_protocols;
 use crate::metrics::{Direction, RetryOutcome, RouteMetrics};
-use crate::routes::{RouteError, RouteName, Rule, Table};
+use crate::routes::{RouteError, RouteName, Rule, Table, set_grpc_timeout};
 use tokio::sync::watch;
 
 /// The request header that carries a verified client identity to the
@@ -262,21 +262,36 @@ impl Router {
             after,
         };
         let deadline = rule.deadline(request.headers(), grpc);
+        let started = Instant::now();
         let tries = async {
             let Some(retry) = &rule.retry else {
-                let target = routes.target(rule, rule.pick()?).await?;
+                let target = routes.target(rule, rule.pick(None)?).await?;
                 return Ok::<_, ProxyError>(target.dispatch(request).await?);
             };
             retry.budget.deposit();
             let (mut request, mut replayable) = Replayable::record(request);
-            let mut avoid = None;
+            // The backend Service and the endpoint of the try that failed.
+            let mut avoid: Option<(SocketAddr, SocketAddr)> = None;
             let mut retries = 0;
+            // The answer a retry replaces: given to the client if the retry
+            // cannot be sent at all.
+            let mut last: Option<(SocketAddr, (Arc<Backend>, Tracked))> = None;
             loop {
-                let target = routes.target(rule, rule.pick()?).await?;
-                let sent = target.dispatch_avoiding(request, avoid);
-                let (backend, tracked) = match rule.try_timeout {
-                    Some(after) => tokio::time::timeout(after, sent).await.map_err(|_| timeout(after))??,
-                    None => sent.await?,
+                let tried = Instant::now();
+                let attempt = async {
+                    let backend = rule.pick(avoid.map(|(service, _)| service))?;
+                    let target = routes.target(rule, backend).await?;
+                    let sent = target.dispatch_avoiding(request, avoid.map(|(_, endpoint)| endpoint));
+                    let answer = match rule.try_timeout {
+                        Some(after) => tokio::time::timeout(after, sent).await.map_err(|_| timeout(after))??,
+                        None => sent.await?,
+                    };
+                    Ok::<_, ProxyError>((backend, answer))
+                };
+                let (service, (backend, tracked)) = match (attempt.await, last.take()) {
+                    (Ok(answer), _) => answer,
+                    (Err(_), Some((_, answer))) => return Ok(answer),
+                    (Err(error), None) => return Err(error),
                 };
                 if !retry.wants(&tracked.response, grpc) {
                     if let Some(replayable) = replayable {
@@ -289,7 +304,7 @@ impl Router {
                     outcome(RetryOutcome::LimitReached);
                     return Ok((backend, tracked));
                 }
-                let Some(again) = replayable.take().and_then(Replayable::into_request) else {
+                let Some(mut again) = replayable.take().and_then(Replayable::into_request) else {
                     outcome(RetryOutcome::NotReplayable);
                     return Ok((backend, tracked));
                 };
@@ -298,9 +313,23 @@ impl Router {
                     return Ok((backend, tracked));
                 }
                 outcome(RetryOutcome::Retried);
+                // The try the client will not see still counts on its
+                // endpoint.
+                let metrics = backend.routed_metrics(&rule.route);
+                metrics.request();
+                let status = tracked.response.status().as_u16();
+                metrics.response(
+                    status,
+                    grpc.then(|| grpc_status(tracked.response.headers())).flatten(),
+                    tried.elapsed(),
+                );
+                // The server of the next try is told the time left.
+                if let (true, Some(after)) = (grpc, deadline) {
+                    set_grpc_timeout(again.headers_mut(), after.saturating_sub(started.elapsed()));
+                }
                 retries += 1;
-                avoid = Some(backend.endpoint.addr);
-                drop(tracked);
+                avoid = Some((service, backend.endpoint.addr));
+                last = Some((service, (backend, tracked)));
                 (request, replayable) = Replayable::record(again);
             }
         };

@@ -126,7 +126,7 @@ fn backends_are_picked_by_weight_and_weight_zero_or_unresolved_ones_say_why() {
     let split = table.select(&request("/")).unwrap();
     let mut counts: HashMap<SocketAddr, u32> = HashMap::new();
     for _ in 0..10_000 {
-        *counts.entry(split.pick().unwrap()).or_default() += 1;
+        *counts.entry(split.pick(None).unwrap()).or_default() += 1;
     }
     let v2 = f64::from(counts[&"198.19.0.2:80".parse().unwrap()]) / 10_000.0;
     assert!((0.08..=0.12).contains(&v2), "v2 took {v2}");
@@ -135,14 +135,28 @@ fn backends_are_picked_by_weight_and_weight_zero_or_unresolved_ones_say_why() {
         "weight 0 takes nothing"
     );
 
+    let canary: SocketAddr = "198.19.0.2:80".parse().unwrap();
+    for _ in 0..1000 {
+        assert_ne!(
+            split.pick(Some(canary)).unwrap(),
+            canary,
+            "a retry avoids the backend that failed"
+        );
+    }
+    let only = Table::compile(&[rule("only", None, &[("198.19.0.2:80", 1), ("198.19.0.3:80", 0)])]);
+    assert_eq!(
+        only.select(&request("/")).unwrap().pick(Some(canary)).unwrap(),
+        canary,
+        "unless it is the only one with a weight"
+    );
     let none = Table::compile(&[rule("none", None, &[("198.19.0.1:80", 0)])]);
     assert!(matches!(
-        none.select(&request("/")).unwrap().pick(),
+        none.select(&request("/")).unwrap().pick(None),
         Err(RouteError::NoBackend { .. })
     ));
     let unresolved = Table::compile(&[rule("gone", None, &[("", 1)])]);
     assert!(matches!(
-        unresolved.select(&request("/")).unwrap().pick(),
+        unresolved.select(&request("/")).unwrap().pick(None),
         Err(RouteError::Unresolved { .. })
     ));
 }
@@ -261,4 +275,47 @@ fn retries_want_the_listed_answers_only() {
         !retry.wants(&answer(503, None), true),
         "gRPC is judged by its status code"
     );
+}
+
+#[test]
+fn a_rules_matches_share_one_budget_and_keep_it_when_the_routes_change() {
+    let matched = |value: &str| path(PathKind::Prefix, value);
+    let mut first = rule("retry", matched("/a"), &[("198.19.0.1:80", 1)]);
+    first.retry = Some(api::RetryPolicy {
+        limit: 1,
+        http_statuses: vec![api::StatusRange { first: 503, last: 503 }],
+        grpc_codes: Vec::new(),
+    });
+    let mut second = first.clone();
+    second.r#match = matched("/b");
+    let table = Table::compile(&[first.clone(), second.clone()]);
+    let budget = |table: &Table, uri: &str| {
+        table
+            .select(&request(uri))
+            .unwrap()
+            .retry
+            .as_ref()
+            .unwrap()
+            .budget
+            .clone()
+    };
+    assert!(
+        Arc::ptr_eq(&budget(&table, "/a"), &budget(&table, "/b")),
+        "one budget per rule"
+    );
+    first.backends[0].weight = 2;
+    let changed = Table::compile_after(&table, &[first, second]);
+    assert!(
+        Arc::ptr_eq(&budget(&table, "/a"), &budget(&changed, "/a")),
+        "kept across a change"
+    );
+}
+
+#[test]
+fn a_retry_tells_the_server_the_time_left() {
+    let mut headers = HeaderMap::new();
+    set_grpc_timeout(&mut headers, Duration::from_millis(250));
+    assert_eq!(grpc_timeout(&headers), Some(Duration::from_millis(250)));
+    set_grpc_timeout(&mut headers, Duration::from_secs(200_000));
+    assert_eq!(headers["grpc-timeout"], "200000S");
 }
