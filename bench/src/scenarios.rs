@@ -1011,6 +1011,53 @@ pub fn startup(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Valu
     Ok((table, json!({"image": image, "local": local})))
 }
 
+/// Paths measured closed loop (1 conn × 100 streams) and open loop at
+/// 1,000 calls/s, in interleaved rounds: the runs, and each path's median
+/// requests/s, proxy CPU µs per request and p99 µs at 1,000/s.
+struct CostRuns {
+    closed: Vec<Vec<Measured>>,
+    open: Vec<Vec<Measured>>,
+    rps: Vec<f64>,
+    cpu: Vec<f64>,
+    p99: Vec<f64>,
+}
+
+impl CostRuns {
+    fn measure(cluster: &Cluster, paths: &[Path], effort: Effort) -> anyhow::Result<CostRuns> {
+        let duration = format!("{}s", effort.seconds);
+        let closed = rounds(paths, effort, |path| {
+            measure(cluster, path, &["--concurrency", "100", "--duration", &duration])
+        })?;
+        let open = rounds(paths, effort, |path| {
+            measure(
+                cluster,
+                path,
+                &["--rate", "1000", "--concurrency", "2000", "--duration", &duration],
+            )
+        })?;
+        Ok(CostRuns {
+            rps: closed.iter().map(|r| median_rps(r)).collect(),
+            cpu: closed.iter().map(|r| median_cpu_per_request(r)).collect(),
+            p99: open
+                .iter()
+                .map(|r| median(r.iter().map(|m| num(&m.load["latency_us"]["p99"])).collect()))
+                .collect(),
+            closed,
+            open,
+        })
+    }
+
+    /// The load generator's reports, for the raw results.
+    fn raw(&self) -> Value {
+        let loads = |runs: &[Vec<Measured>]| {
+            runs.iter()
+                .map(|r| r.iter().map(|m| m.load.clone()).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        json!({"closed": loads(&self.closed), "open": loads(&self.open)})
+    }
+}
+
 /// What metrics cost on the request path: strait one hop, on vs off.
 pub fn metrics_cost(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value)> {
     let to = format!("backend.{SVC}:50051");
@@ -1028,23 +1075,8 @@ pub fn metrics_cost(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table,
             proxies: vec![(cluster.client_nometrics.clone(), PROXY.into())],
         },
     ];
-    let duration = format!("{}s", effort.seconds);
-    let closed = rounds(&paths, effort, |path| {
-        measure(cluster, path, &["--concurrency", "100", "--duration", &duration])
-    })?;
-    let open = rounds(&paths, effort, |path| {
-        measure(
-            cluster,
-            path,
-            &["--rate", "1000", "--concurrency", "2000", "--duration", &duration],
-        )
-    })?;
-    let rps: Vec<f64> = closed.iter().map(|r| median_rps(r)).collect();
-    let cpu: Vec<f64> = closed.iter().map(|r| median_cpu_per_request(r)).collect();
-    let p99: Vec<f64> = open
-        .iter()
-        .map(|r| median(r.iter().map(|m| num(&m.load["latency_us"]["p99"])).collect()))
-        .collect();
+    let runs = CostRuns::measure(cluster, &paths, effort)?;
+    let (rps, cpu, p99) = (&runs.rps, &runs.cpu, &runs.p99);
     let mut table = Table::new(
         "The cost of metrics (one hop; closed loop 1 conn × 100 streams, and 1,000 calls/s)",
         &["setting", "requests/s", "proxy CPU µs/request", "p99 µs at 1,000/s"],
@@ -1058,8 +1090,102 @@ pub fn metrics_cost(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table,
         fmt(cpu[0] / cpu[1], 3),
         fmt(p99[0] / p99[1], 3),
     ]);
-    let raw = json!({"closed": closed.iter().map(|r| r.iter().map(|m| m.load.clone()).collect::<Vec<_>>()).collect::<Vec<_>>(),
-                     "open": open.iter().map(|r| r.iter().map(|m| m.load.clone()).collect::<Vec<_>>()).collect::<Vec<_>>()});
+    Ok((table, runs.raw()))
+}
+
+/// The sum of a metric's samples in a pod proxy's metrics whose labels
+/// include every one of `labels` (`name="value"`).
+fn proxy_metric(cluster: &Cluster, pod: &str, metric: &str, labels: &[&str]) -> anyhow::Result<f64> {
+    let text = cluster
+        .lab
+        .exec(pod, &["lab-app", "http-get", "http://127.0.0.1:4191/metrics"])?;
+    Ok(text
+        .lines()
+        .filter(|line| line.starts_with(metric) && labels.iter().all(|l| line.contains(l)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// What Gateway API routes cost on the request path (one hop): a GRPCRoute
+/// of ten rules (every call checked against all ten) against none, closed
+/// loop and at 1,000 calls/s; and what retries cost when a backend fails
+/// 20% of its calls: the calls the backends get per client call, with and
+/// without a retry policy.
+pub fn routes(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value)> {
+    let path = |system, service: &str| Path {
+        system,
+        client: cluster.client_plaintext.clone(),
+        to: format!("{service}.{SVC}:50051"),
+        proxies: vec![(cluster.client_plaintext.clone(), PROXY.into())],
+    };
+    let paths = vec![path("no route", "backend"), path("10-rule GRPCRoute", "backend-routed")];
+    let runs = CostRuns::measure(cluster, &paths, effort)?;
+    let (rps, cpu, p99) = (&runs.rps, &runs.cpu, &runs.p99);
+    let duration = format!("{}s", effort.seconds);
+    let mut table = Table::new(
+        "Routes on the request path (one hop; closed loop 1 conn × 100 streams, and 1,000 calls/s), and retries against a backend failing 20%",
+        &[
+            "setting",
+            "requests/s",
+            "proxy CPU µs/request",
+            "p99 µs at 1,000/s",
+            "client calls ok",
+            "backend calls per client call",
+        ],
+    );
+    for (i, path) in paths.iter().enumerate() {
+        table.row(vec![
+            path.system.into(),
+            fmt(rps[i], 0),
+            fmt(cpu[i], 1),
+            fmt(p99[i], 0),
+            "–".into(),
+            "1".into(),
+        ]);
+    }
+    table.row(vec![
+        "10 rules ÷ none".into(),
+        fmt(rps[1] / rps[0], 3),
+        fmt(cpu[1] / cpu[0], 3),
+        fmt(p99[1] / p99[0], 3),
+        "–".into(),
+        "–".into(),
+    ]);
+    let mut raw_retries = Vec::new();
+    let flaky = vec![
+        path("20% failing, no retries", "flaky-raw"),
+        path("20% failing, retries", "flaky"),
+    ];
+    for path in &flaky {
+        let retried = |cluster: &Cluster| {
+            proxy_metric(
+                cluster,
+                &path.client,
+                "strait_retries_total",
+                &["dst_service=\"flaky\"", "outcome=\"retried\""],
+            )
+        };
+        let before = retried(cluster)?;
+        let run = measure(
+            cluster,
+            path,
+            &["--rate", "500", "--concurrency", "1000", "--duration", &duration],
+        )?;
+        let retries = retried(cluster)? - before;
+        let ok = num(&run.load["ok"]);
+        let calls = ok + num(&run.load["errors"]);
+        table.row(vec![
+            path.system.into(),
+            fmt(num(&run.load["rps"]), 0),
+            fmt(run.proxy_cpu_seconds / calls.max(1.0) * 1e6, 1),
+            fmt(num(&run.load["latency_us"]["p99"]), 0),
+            format!("{}%", fmt(ok / calls.max(1.0) * 100.0, 2)),
+            fmt((calls + retries) / calls.max(1.0), 3),
+        ]);
+        raw_retries.push(json!({"system": path.system, "load": run.load, "retries": retries, "proxy_cpu_seconds": run.proxy_cpu_seconds}));
+    }
+    let mut raw = runs.raw();
+    raw["retries"] = Value::Array(raw_retries);
     Ok((table, raw))
 }
 
@@ -1109,7 +1235,7 @@ pub fn h2load(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value
 }
 
 /// Every scenario, by name, in report order.
-pub const ALL: [&str; 15] = [
+pub const ALL: [&str; 16] = [
     "images",
     "memory",
     "held-connections",
@@ -1122,6 +1248,7 @@ pub const ALL: [&str; 15] = [
     "connections",
     "startup",
     "metrics-cost",
+    "routes",
     "h2load",
     "destination",
     "baseline",
@@ -1142,6 +1269,7 @@ pub fn by_name(name: &str, cluster: &Cluster, effort: Effort) -> anyhow::Result<
         "connections" => connections(cluster, effort),
         "startup" => startup(cluster, effort),
         "metrics-cost" => metrics_cost(cluster, effort),
+        "routes" => routes(cluster, effort),
         "h2load" => h2load(cluster, effort),
         "destination" => crate::destination::destination(cluster, effort),
         other => anyhow::bail!("no scenario {other:?}; the scenarios are {}", ALL.join(", ")),
