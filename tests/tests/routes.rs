@@ -1,4 +1,5 @@
-//! Gateway API routes in the mesh (GAMMA), on the lab: GRPCRoutes whose
+//! Gateway API routes in the mesh (GAMMA), on the lab: GRPCRoutes and an
+//! HTTPRoute (with curl) whose
 //! parentRefs name a Service split its calls by weight, match methods and
 //! headers, bound calls by a timeout, retry within a budget, take weight
 //! changes on live traffic, yield to a consumer namespace's own route there
@@ -57,7 +58,7 @@ fn wait_for_condition(lab: &Lab, route: &str, kind: &str) -> Value {
 }
 
 #[test]
-fn grpc_routes_split_by_weight_time_out_follow_changes_and_refuse_what_they_cannot_do() {
+fn gateway_api_routes_split_match_time_out_retry_follow_changes_and_refuse_what_they_cannot_do() {
     let Some(lab) = Lab::up("routes", &["routes.yaml"]) else {
         return;
     };
@@ -234,6 +235,44 @@ fn grpc_routes_split_by_weight_time_out_follow_changes_and_refuse_what_they_cann
     assert!(
         (50..=150).contains(&failed),
         "about 20% of 500 calls fail without retries: {raw}"
+    );
+
+    // An HTTPRoute, with curl as the client: a path and header match sends
+    // to v2 with the rule's header changes, a path prefix is bounded by its
+    // timeout (504 from the proxy, long before the server's 1 s), anything
+    // else goes to v1.
+    let curl = |args: &[&str]| lab.exec_ok(&client, &[&["curl", "-sS", "--max-time", "10"], args].concat());
+    let headers: Value = serde_json::from_str(&curl(&["-H", "x-version: v2", "http://web.mesh/headers"])).unwrap();
+    assert_eq!(headers["x-route"], "canary", "the rule's header is set: {headers}");
+    assert!(
+        headers.get("x-version").is_none(),
+        "and the removed one gone: {headers}"
+    );
+    let pod_of = |args: &[&str]| {
+        let out = curl(&[&["-D", "-", "-o", "/dev/null"], args].concat());
+        out.lines()
+            .find_map(|l| l.strip_prefix("x-pod: "))
+            .map(|p| p.trim().to_string())
+            .unwrap_or_else(|| panic!("no x-pod in {out}"))
+    };
+    assert!(pod_of(&["-H", "x-version: v2", "http://web.mesh/headers"]).starts_with("web-v2-"));
+    assert!(
+        pod_of(&["http://web.mesh/headers"]).starts_with("web-v1-"),
+        "no header, no match"
+    );
+    assert!(pod_of(&["http://web.mesh/"]).starts_with("web-v1-"));
+    let timed_out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{time_total}",
+        "http://web.mesh/sleep/1000",
+    ]);
+    let (code, seconds) = timed_out.split_once(' ').unwrap();
+    assert_eq!(code, "504", "{timed_out}");
+    assert!(
+        seconds.parse::<f64>().unwrap() < 1.0,
+        "the request ended before the server's 1 s: {timed_out}"
     );
 
     // The route the mesh cannot carry out changes nothing: grpc-v1's calls

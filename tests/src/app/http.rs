@@ -38,8 +38,8 @@ pub struct ServerArgs {
 }
 
 /// `GET /` names the pod; `POST /echo` streams the body back; `/status/N`
-/// answers N; `/headers` returns the request headers as JSON; `/ws` is a
-/// WebSocket echo.
+/// answers N; `/sleep/N` answers after N milliseconds; `/headers` returns
+/// the request headers as JSON; `/ws` is a WebSocket echo.
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let listener = TcpListener::bind(("0.0.0.0", args.port))
         .await
@@ -72,6 +72,9 @@ async fn respond(mut request: Request<Incoming>, pod: String) -> Result<Response
             .and_then(|c| StatusCode::from_u16(c).ok())
             .unwrap_or(StatusCode::BAD_REQUEST);
         response
+    } else if let Some(millis) = path.strip_prefix("/sleep/").and_then(|n| n.parse::<u64>().ok()) {
+        tokio::time::sleep(std::time::Duration::from_millis(millis.min(60_000))).await;
+        Response::new(full(format!("slept {millis} ms\n")))
     } else if path == "/headers" {
         let headers: BTreeMap<String, String> = request
             .headers()
