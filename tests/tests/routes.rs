@@ -1,11 +1,11 @@
 //! Gateway API routes in the mesh (GAMMA), on the lab: GRPCRoutes and an
-//! HTTPRoute (with curl) whose
-//! parentRefs name a Service split its calls by weight, match methods and
-//! headers, bound calls by a timeout, retry within a budget, take weight
-//! changes on live traffic, yield to a consumer namespace's own route there
-//! only, and one the mesh cannot carry out is refused in its status and
-//! changes nothing; failure accrual takes a failing endpoint out and lets
-//! it back when it recovers.
+//! HTTPRoute (with curl as the client) whose parentRefs name a Service split
+//! its calls by weight, match methods, paths and headers, change headers,
+//! bound calls by a timeout, retry within a budget, take weight changes on
+//! live traffic, yield to a consumer namespace's own route there only, and
+//! one the mesh cannot carry out is refused in its status and changes
+//! nothing; failure accrual takes a failing endpoint out and lets it back
+//! when it recovers.
 
 #![allow(clippy::unwrap_used)]
 
