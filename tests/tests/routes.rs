@@ -34,10 +34,12 @@ fn by_version(by_pod: &Value) -> (u64, u64, u64) {
     counts
 }
 
-/// The condition `kind` of the route's first parent written by strait.
+/// The condition `kind` of the GRPCRoute's (`namespace/name`, or a name in
+/// mesh) first parent written by strait.
 fn condition(lab: &Lab, route: &str, kind: &str) -> Option<Value> {
+    let (namespace, name) = route.split_once('/').unwrap_or(("mesh", route));
     let object = lab.get(&format!(
-        "/apis/gateway.networking.k8s.io/v1/namespaces/mesh/grpcroutes/{route}"
+        "/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/grpcroutes/{name}"
     ));
     let parents = object.pointer("/status/parents")?.as_array()?.clone();
     let ours = parents.into_iter().find(|p| p["controllerName"] == "strait.io/mesh")?;
@@ -178,6 +180,47 @@ fn gateway_api_routes_split_match_time_out_retry_follow_changes_and_refuse_what_
         0,
         "mesh's clients keep the producer's routes: {producer}"
     );
+
+    // A backendRef across namespaces needs a ReferenceGrant: until mesh
+    // grants it, team's route to mesh/grpc-v2 is unresolved (its calls are
+    // answered by the proxy); with the grant, they reach v2.
+    let unresolved = wait_for_condition(&lab, "team/to-v2", "ResolvedRefs");
+    assert_eq!(unresolved["status"], "False", "{unresolved}");
+    assert_eq!(unresolved["reason"], "RefNotPermitted", "{unresolved}");
+    let refused = lab.app(
+        &team_client,
+        &[
+            "grpc-client",
+            "--to",
+            "grpc-v1.mesh:50051",
+            "--calls",
+            "20",
+            "--concurrency",
+            "2",
+        ],
+    );
+    assert_eq!(refused["ok"], 0, "{refused}");
+    lab.apply("routes-grant.yaml");
+    eventually(Duration::from_secs(10), "team/to-v2 resolved once granted", || {
+        condition(&lab, "team/to-v2", "ResolvedRefs").is_some_and(|c| c["status"] == "True")
+    });
+    let mut granted = Value::Null;
+    eventually(Duration::from_secs(5), "team's calls to mesh/grpc-v1 reach v2", || {
+        granted = lab.app(
+            &team_client,
+            &[
+                "grpc-client",
+                "--to",
+                "grpc-v1.mesh:50051",
+                "--calls",
+                "100",
+                "--concurrency",
+                "2",
+            ],
+        );
+        granted["ok"] == 100
+    });
+    assert_eq!(by_version(&granted["by_pod"]), (0, 100, 0), "{granted}");
 
     // A backend failing 20% of calls: with the retry policy no call fails,
     // and the retries stay within the budget; without one, the failures
@@ -419,7 +462,7 @@ fn gateway_api_routes_split_match_time_out_retry_follow_changes_and_refuse_what_
         "Admin calls all on v2:\n{demo}"
     );
     assert!(
-        demo.contains("with retry.strait.io/grpc: unavailable: 0 of"),
+        demo.contains("with retry.strait.io/grpc: unavailable: 0 of") && demo.contains(", 0 refused by the budget"),
         "retries hide the failing canary:\n{demo}"
     );
 

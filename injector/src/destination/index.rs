@@ -166,6 +166,8 @@ struct State {
     followed: HashMap<SocketAddr, Followed>,
     /// Gateway API routes (HTTPRoute, GRPCRoute), by kind and name.
     routes: HashMap<RouteKey, Route>,
+    /// Gateway API ReferenceGrants, by namespace and name.
+    grants: HashMap<ObjectKey, routes::Grant>,
     /// The routes some proxy follows, by destination and the proxy's
     /// namespace (GAMMA routes depend on the client's namespace).
     followed_routes: HashMap<(SocketAddr, String), watch::Sender<Arc<Vec<RouteRule>>>>,
@@ -405,6 +407,31 @@ impl Index {
         self.routes_touched(&mut state);
     }
 
+    /// A ReferenceGrant was made or changed.
+    pub fn apply_grant(&self, key: ObjectKey, grant: routes::Grant) {
+        let mut state = self.lock();
+        if state.grants.get(&key) == Some(&grant) {
+            return;
+        }
+        state.grants.insert(key, grant);
+        self.routes_touched(&mut state);
+    }
+
+    /// A ReferenceGrant was deleted.
+    pub fn delete_grant(&self, key: &ObjectKey) {
+        let mut state = self.lock();
+        if state.grants.remove(key).is_some() {
+            self.routes_touched(&mut state);
+        }
+    }
+
+    /// Replaces every ReferenceGrant (a watch's relist).
+    pub fn replace_grants(&self, listed: Vec<(ObjectKey, routes::Grant)>) {
+        let mut state = self.lock();
+        state.grants = listed.into_iter().collect();
+        self.routes_touched(&mut state);
+    }
+
     /// Tells when routes or Services changed: the value changes then.
     pub fn routes_changed(&self) -> watch::Receiver<u64> {
         self.routes_changed.subscribe()
@@ -453,6 +480,12 @@ impl routes::Services for State {
         info.ports.iter().find(|p| p.port == u32::from(port))?;
         let ip = info.ips.iter().find(|ip| ip.is_ipv4() == like.is_ipv4())?;
         Some(SocketAddr::new(*ip, port))
+    }
+
+    fn grants(&self, kind: routes::RouteKind, from_namespace: &str, service: &ObjectKey) -> bool {
+        self.grants
+            .values()
+            .any(|grant| grant.allows(kind, from_namespace, service))
     }
 
     fn ports(&self, service: &ObjectKey) -> Option<Vec<(u16, String)>> {

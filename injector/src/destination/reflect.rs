@@ -1,5 +1,6 @@
 //! The watches behind the destination service's index: one each of
-//! Services, EndpointSlices, Pods, HTTPRoutes and GRPCRoutes, cluster-wide,
+//! Services, EndpointSlices, Pods, HTTPRoutes, GRPCRoutes and
+//! ReferenceGrants, cluster-wide,
 //! however many proxies subscribe. Each retries with back-off and keeps the last known state
 //! while the API server is away; a relist (a new watch, or 410 Gone)
 //! replaces that kind's state as a whole.
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
+use gateway_api::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::Api;
@@ -105,6 +107,25 @@ impl Kind for GrpcRoute {
     }
 }
 
+impl Kind for ReferenceGrant {
+    const PLURAL: &'static str = "referencegrants";
+    const REQUIRED: bool = false;
+    fn apply(index: &Index, object: &Self) {
+        index.apply_grant(ObjectKey::of(&object.metadata), routes::reference_grant(object));
+    }
+    fn delete(index: &Index, object: &Self) {
+        index.delete_grant(&ObjectKey::of(&object.metadata));
+    }
+    fn replace(index: &Index, objects: &[Self]) {
+        index.replace_grants(
+            objects
+                .iter()
+                .map(|o| (ObjectKey::of(&o.metadata), routes::reference_grant(o)))
+                .collect(),
+        );
+    }
+}
+
 /// Starts the watches; the receiver turns true once Services,
 /// EndpointSlices and Pods have each listed once (before that, views would be missing what is merely not yet read).
 pub fn start(client: kube::Client, index: Arc<Index>) -> watch::Receiver<bool> {
@@ -120,7 +141,8 @@ pub fn start(client: kube::Client, index: Arc<Index>) -> watch::Receiver<bool> {
     tokio::spawn(follow::<EndpointSlice>(client.clone(), index.clone(), done.clone()));
     tokio::spawn(follow::<Pod>(client.clone(), index.clone(), done.clone()));
     tokio::spawn(follow::<HttpRoute>(client.clone(), index.clone(), done.clone()));
-    tokio::spawn(follow::<GrpcRoute>(client, index, done));
+    tokio::spawn(follow::<GrpcRoute>(client.clone(), index.clone(), done.clone()));
+    tokio::spawn(follow::<ReferenceGrant>(client, index, done));
     synced
 }
 
@@ -129,6 +151,7 @@ async fn follow<K: Kind>(client: kube::Client, index: Arc<Index>, listed: Arc<dy
     futures::pin_mut!(stream);
     let mut pending: Vec<K> = Vec::new();
     let mut first = true;
+    let mut say_absent = true;
     while let Some(event) = stream.next().await {
         match event {
             Ok(Event::Init) => pending.clear(),
@@ -141,9 +164,31 @@ async fn follow<K: Kind>(client: kube::Client, index: Arc<Index>, listed: Arc<dy
             }
             Ok(Event::Apply(object)) => K::apply(&index, &object),
             Ok(Event::Delete(object)) => K::delete(&index, &object),
+            Err(error) if !K::REQUIRED && is_not_served(&error) => {
+                // The Gateway API CRDs are not installed: said once, then
+                // looked for again quietly (they may be installed later).
+                if std::mem::take(&mut say_absent) {
+                    tracing::info!(
+                        kind = K::PLURAL,
+                        "the Gateway API CRD is not installed: no routes of this kind until it is"
+                    );
+                }
+            }
             Err(error) => {
+                say_absent = true;
                 tracing::warn!(kind = K::PLURAL, %error, "watch failed; keeping the last known state and retrying");
             }
         }
     }
+}
+
+/// Whether a watch failed because the API server serves no such resource
+/// (HTTP 404: its CRD is not installed).
+fn is_not_served(error: &watcher::Error) -> bool {
+    let api = match error {
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status)) => status,
+        _ => return false,
+    };
+    api.code == 404
 }

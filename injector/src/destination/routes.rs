@@ -27,9 +27,12 @@
 //!   not accepted (reason `UnsupportedValue`) and changes no traffic; a
 //!   backendRef that cannot be resolved (no such Service or port, another
 //!   kind) makes `ResolvedRefs` false and its share of requests is answered
-//!   500. BackendRefs may name Services in any namespace without a
-//!   ReferenceGrant, as GEP-1426 allows routes bound to Services; a rule
-//!   without backendRefs sends its requests to the parent Service port.
+//!   500. A backendRef to a Service in another namespace needs a
+//!   ReferenceGrant there that allows it (from the route's kind and
+//!   namespace, to that Service or all Services): else `ResolvedRefs` is
+//!   false with reason `RefNotPermitted`. (A consumer route's parentRef to
+//!   a Service in another namespace needs none.) A rule without
+//!   backendRefs sends its requests to the parent Service port.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -867,6 +870,50 @@ fn split_status(route: &mut Route, status: Option<Result<serde_json::Value, serd
     }
 }
 
+/// What a ReferenceGrant allows: references from (group, kind, namespace)
+/// to (group, kind, name or every name) in its own namespace.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grant {
+    pub namespace: String,
+    pub from: Vec<(String, String, String)>,
+    pub to: Vec<(String, String, Option<String>)>,
+}
+
+/// Reads a ReferenceGrant (`gateway.networking.k8s.io/v1`).
+pub fn reference_grant(object: &gateway_api::referencegrants::ReferenceGrant) -> Grant {
+    Grant {
+        namespace: object.metadata.namespace.clone().unwrap_or_default(),
+        from: object
+            .spec
+            .from
+            .iter()
+            .map(|f| (f.group.clone(), f.kind.clone(), f.namespace.clone()))
+            .collect(),
+        to: object
+            .spec
+            .to
+            .iter()
+            .map(|t| (t.group.clone(), t.kind.clone(), t.name.clone()))
+            .collect(),
+    }
+}
+
+impl Grant {
+    /// Whether it lets routes of `kind` in `from_namespace` reference the
+    /// Service `service` (of the grant's namespace).
+    pub fn allows(&self, kind: RouteKind, from_namespace: &str, service: &ObjectKey) -> bool {
+        self.namespace == service.namespace
+            && self.from.iter().any(|(group, from_kind, namespace)| {
+                group == "gateway.networking.k8s.io" && from_kind == kind.kind() && namespace == from_namespace
+            })
+            && self.to.iter().any(|(group, to_kind, name)| {
+                (group.is_empty() || group == "core")
+                    && to_kind == "Service"
+                    && name.as_ref().is_none_or(|n| *n == service.name)
+            })
+    }
+}
+
 /// What a table is made for: a Service port and a client's namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TableKey {
@@ -883,6 +930,27 @@ pub trait Services {
     fn address(&self, service: &ObjectKey, port: u16, like: &SocketAddr) -> Option<SocketAddr>;
     /// Whether `service` exists, and its port names by number.
     fn ports(&self, service: &ObjectKey) -> Option<Vec<(u16, String)>>;
+    /// Whether a ReferenceGrant in `service`'s namespace lets routes of
+    /// `kind` in `from_namespace` name it as a backend.
+    fn grants(&self, kind: RouteKind, from_namespace: &str, service: &ObjectKey) -> bool;
+}
+
+/// A backendRef's reference across namespaces that no ReferenceGrant
+/// allows, said as `ResolvedRefs` says it.
+fn not_permitted(route: &Route, backend: &BackendRef, services: &impl Services) -> Option<Problem> {
+    let from = &route.key.object.namespace;
+    (backend.service.namespace != *from && !services.grants(route.key.kind, from, &backend.service)).then(|| {
+        Problem::new(
+            "RefNotPermitted",
+            format!(
+                "backendRef {}/{}: no ReferenceGrant in namespace {} allows {}s of namespace {from} to reference it",
+                backend.service.namespace,
+                backend.service.name,
+                backend.service.namespace,
+                route.key.kind.kind()
+            ),
+        )
+    })
 }
 
 impl ParentRef {
@@ -962,7 +1030,7 @@ pub fn table<'a>(
                 .backends
                 .iter()
                 .map(|b| WeightedBackend {
-                    address: resolve(b, services, destination)
+                    address: resolve(route, b, services, destination)
                         .map(|a| a.to_string())
                         .unwrap_or_default(),
                     weight: b.weight,
@@ -1011,8 +1079,8 @@ pub fn table<'a>(
     entries.into_iter().map(|(_, rule)| rule).collect()
 }
 
-fn resolve(backend: &BackendRef, services: &impl Services, like: &SocketAddr) -> Option<SocketAddr> {
-    if backend.refused.is_some() {
+fn resolve(route: &Route, backend: &BackendRef, services: &impl Services, like: &SocketAddr) -> Option<SocketAddr> {
+    if backend.refused.is_some() || not_permitted(route, backend, services).is_some() {
         return None;
     }
     services.address(&backend.service, backend.port?, like)
@@ -1031,8 +1099,12 @@ pub fn statuses<'a>(
     let resolved = || -> (bool, &'static str, String) {
         for rule in &route.rules {
             for backend in &rule.backends {
-                if let Some(problem) = &backend.refused {
-                    return (false, problem.reason, problem.message.clone());
+                if let Some(problem) = backend
+                    .refused
+                    .clone()
+                    .or_else(|| not_permitted(route, backend, services))
+                {
+                    return (false, problem.reason, problem.message);
                 }
                 let found = services
                     .ports(&backend.service)

@@ -134,8 +134,8 @@ impl Admission {
                 podsecurity::check_namespace(&object)?;
                 Ok((label_namespace(object), Vec::new()))
             }
-            "httproutes" | "grpcroutes" => {
-                gateway::validate_route(resource.kind, &object)?;
+            "httproutes" | "grpcroutes" | "referencegrants" => {
+                gateway::validate(resource.kind, &object)?;
                 Ok((object, Vec::new()))
             }
             _ => Ok((object, Vec::new())),
@@ -200,8 +200,8 @@ impl Admission {
                 podsecurity::check_namespace(&new)?;
                 Ok(label_namespace(new))
             }
-            "httproutes" | "grpcroutes" => {
-                gateway::validate_route(resource.kind, &new)?;
+            "httproutes" | "grpcroutes" | "referencegrants" => {
+                gateway::validate(resource.kind, &new)?;
                 Ok(new)
             }
             _ => Ok(new),

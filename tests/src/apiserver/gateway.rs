@@ -1,8 +1,8 @@
-//! The Gateway API route kinds the lab serves as if their CRDs
+//! The Gateway API kinds the lab serves as if their CRDs
 //! (`gateway.networking.k8s.io/v1`, standard channel) were installed:
-//! HTTPRoute and GRPCRoute, with a status subresource, validated as their
-//! schemas validate them before anything is stored (422 Invalid, every
-//! problem named by its field path).
+//! HTTPRoute and GRPCRoute, with a status subresource, and ReferenceGrant,
+//! validated as their schemas validate them before anything is stored (422
+//! Invalid, every problem named by its field path).
 //!
 //! Checked: the object decodes as the kind's schema (field types, required
 //! fields, enum values: the `gateway-api` crate's types are generated from
@@ -15,6 +15,7 @@
 
 use gateway_api::grpcroutes::GrpcRoute;
 use gateway_api::httproutes::HttpRoute;
+use gateway_api::referencegrants::ReferenceGrant;
 use serde_json::Value;
 
 use super::error::ApiError;
@@ -80,8 +81,9 @@ fn decode<T: serde::de::DeserializeOwned>(kind: &str, name: &str, object: &Value
         .map_err(|e| ApiError::invalid(kind, name, format!("spec: Invalid value: {e}")))
 }
 
-/// Validates an HTTPRoute or GRPCRoute (`kind`) before it is stored.
-pub fn validate_route(kind: &str, object: &Value) -> Result<(), ApiError> {
+/// Validates an HTTPRoute, GRPCRoute or ReferenceGrant (`kind`) before it
+/// is stored.
+pub fn validate(kind: &str, object: &Value) -> Result<(), ApiError> {
     let name = object
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -176,6 +178,17 @@ pub fn validate_route(kind: &str, object: &Value) -> Result<(), ApiError> {
                 }
             }
         }
+        "ReferenceGrant" => {
+            let grant: ReferenceGrant = decode(&qualified, name, object)?;
+            for (field, len) in [("spec.from", grant.spec.from.len()), ("spec.to", grant.spec.to.len())] {
+                if len == 0 {
+                    problems
+                        .0
+                        .push(format!("{field}: Required value: must have at least 1 item"));
+                }
+                problems.at_most(field, len, 16);
+            }
+        }
         _ => {}
     }
     if problems.0.is_empty() {
@@ -199,10 +212,10 @@ mod tests {
             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "grpc", "port": 50051}],
                      "rules": [{"backendRefs": [{"name": "grpc-v2", "port": 50051, "weight": 10}]}]},
         });
-        assert!(validate_route("GRPCRoute", &good).is_ok());
+        assert!(validate("GRPCRoute", &good).is_ok());
         let mut heavy = good.clone();
         heavy["spec"]["rules"][0]["backendRefs"][0]["weight"] = json!(2_000_000);
-        let error = validate_route("GRPCRoute", &heavy).unwrap_err();
+        let error = validate("GRPCRoute", &heavy).unwrap_err();
         assert_eq!(error.code, 422);
         assert!(
             error.message.contains("spec.rules[0].backendRefs[0].weight"),
@@ -212,7 +225,7 @@ mod tests {
         let mut typo = good.clone();
         typo["spec"]["rules"][0]["matches"] = json!([{"method": {"type": "Glob", "service": "x"}}]);
         assert_eq!(
-            validate_route("GRPCRoute", &typo).unwrap_err().code,
+            validate("GRPCRoute", &typo).unwrap_err().code,
             422,
             "an enum value the schema lacks"
         );
@@ -222,7 +235,7 @@ mod tests {
             "spec": {"rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "api"}}],
                                 "timeouts": {"request": "1.5s"}}]},
         });
-        let message = validate_route("HTTPRoute", &relative).unwrap_err().message;
+        let message = validate("HTTPRoute", &relative).unwrap_err().message;
         assert!(message.contains("matches[0].path.value"), "{message}");
         assert!(message.contains("timeouts.request"), "{message}");
         for ok in ["1h", "500ms", "1m30s", "0s", "99999ms"] {

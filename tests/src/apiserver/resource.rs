@@ -42,10 +42,18 @@ pub static RESOURCES: &[Resource] = &[
     stored("apps", "v1", "daemonsets", "DaemonSet", true),
     stored("batch", "v1", "jobs", "Job", true),
     stored("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", true),
-    // The Gateway API's route kinds, as if their CRDs (standard channel)
-    // were installed: `gateway::validate_route` holds them to the schema.
+    // The Gateway API's route kinds and ReferenceGrant, as if their CRDs
+    // (standard channel) were installed: `gateway::validate` holds them to
+    // the schema.
     stored("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", true),
     stored("gateway.networking.k8s.io", "v1", "grpcroutes", "GRPCRoute", true),
+    stored(
+        "gateway.networking.k8s.io",
+        "v1",
+        "referencegrants",
+        "ReferenceGrant",
+        true,
+    ),
     stored("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", true),
     stored("rbac.authorization.k8s.io", "v1", "roles", "Role", true),
     stored("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true),

@@ -4,8 +4,8 @@ use serde_json::json;
 
 use super::*;
 
-/// Services by key: ClusterIP and ports (number, name).
-struct Cluster(HashMap<ObjectKey, (std::net::IpAddr, Vec<(u16, String)>)>);
+/// Services by key: ClusterIP and ports (number, name); and ReferenceGrants.
+struct Cluster(HashMap<ObjectKey, (std::net::IpAddr, Vec<(u16, String)>)>, Vec<Grant>);
 
 impl Services for Cluster {
     fn address(&self, service: &ObjectKey, port: u16, _: &SocketAddr) -> Option<SocketAddr> {
@@ -17,6 +17,9 @@ impl Services for Cluster {
     }
     fn ports(&self, service: &ObjectKey) -> Option<Vec<(u16, String)>> {
         self.0.get(service).map(|(_, ports)| ports.clone())
+    }
+    fn grants(&self, kind: RouteKind, from_namespace: &str, service: &ObjectKey) -> bool {
+        self.1.iter().any(|g| g.allows(kind, from_namespace, service))
     }
 }
 
@@ -38,7 +41,7 @@ fn cluster() -> Cluster {
             ),
         );
     }
-    Cluster(services)
+    Cluster(services, Vec::new())
 }
 
 fn grpc(namespace: &str, name: &str, created: &str, rules: serde_json::Value) -> Route {
@@ -70,13 +73,17 @@ fn http(namespace: &str, name: &str, rules: serde_json::Value) -> Route {
 }
 
 fn table_for(routes: &[Route], client: &str) -> Vec<RouteRule> {
+    table_in(&cluster(), routes, client)
+}
+
+fn table_in(cluster: &Cluster, routes: &[Route], client: &str) -> Vec<RouteRule> {
     let key = TableKey {
         service: key("mesh", "grpc"),
         port: 50051,
         port_name: "grpc".into(),
         client_namespace: client.into(),
     };
-    table(&key, &"198.19.0.10:50051".parse().unwrap(), routes.iter(), &cluster())
+    table(&key, &"198.19.0.10:50051".parse().unwrap(), routes.iter(), cluster)
 }
 
 fn summary(rules: &[RouteRule]) -> Vec<String> {
@@ -144,20 +151,49 @@ fn a_consumer_route_replaces_the_producers_for_its_namespace_only() {
         "2026-01-01T00:00:00Z",
         json!([{"backendRefs": [{"name": "grpc-v1", "port": 50051}]}]),
     );
-    // A consumer route may name backends in the Service's namespace
-    // without a ReferenceGrant (GEP-1426).
+    // A consumer route's backend in the Service's namespace needs a
+    // ReferenceGrant there (its parentRef to the Service needs none).
     let consumer = grpc(
         "team-a",
         "consumer",
         "2026-01-01T00:00:00Z",
         json!([{"backendRefs": [{"name": "grpc-v2", "namespace": "mesh", "port": 50051}]}]),
     );
-    assert_eq!(consumer.rules[0].backends[0].refused, None);
     let routes = [producer, consumer];
     assert_eq!(
         summary(&table_for(&routes, "team-a")),
+        ["consumer:0 * -> *1"],
+        "no grant: unresolved"
+    );
+    let status = statuses(&routes[1], routes.iter(), &cluster());
+    assert_eq!(
+        (status[0].1[0].1, status[0].1[1].1, status[0].1[1].2),
+        (true, false, "RefNotPermitted")
+    );
+    let grant = |from_kind: &str, from: &str, name: Option<&str>| Grant {
+        namespace: "mesh".into(),
+        from: vec![("gateway.networking.k8s.io".into(), from_kind.into(), from.into())],
+        to: vec![(String::new(), "Service".into(), name.map(str::to_string))],
+    };
+    let mut granted = cluster();
+    granted.1 = vec![grant("GRPCRoute", "team-a", Some("grpc-v2"))];
+    assert_eq!(
+        summary(&table_in(&granted, &routes, "team-a")),
         ["consumer:0 * -> 198.19.0.12:50051*1"]
     );
+    for (wrong, why) in [
+        (grant("HTTPRoute", "team-a", None), "another kind"),
+        (grant("GRPCRoute", "team-b", None), "another namespace"),
+        (grant("GRPCRoute", "team-a", Some("grpc-v1")), "another Service"),
+    ] {
+        let mut cluster = cluster();
+        cluster.1 = vec![wrong];
+        assert_eq!(
+            summary(&table_in(&cluster, &routes, "team-a")),
+            ["consumer:0 * -> *1"],
+            "a grant for {why}"
+        );
+    }
     assert_eq!(
         summary(&table_for(&routes, "team-b")),
         ["producer:0 * -> 198.19.0.11:50051*1"]
