@@ -91,6 +91,25 @@ fn print_shares(title: &str, counts: &BTreeMap<String, f64>) {
     }
 }
 
+/// Makes v2's servers fail every call, or answer again (their
+/// `--fail-while` file).
+async fn fail_v2(paths: &LabPaths, client: &LabClient, failing: bool) -> anyhow::Result<()> {
+    for pod in pods(client, NAMESPACE, "grpc")
+        .await?
+        .iter()
+        .filter(|p| p.starts_with("grpc-v2-"))
+    {
+        let marker = format!("/tmp/strait-lab-fail-{pod}");
+        let command: &[&str] = if failing {
+            &["touch", &marker]
+        } else {
+            &["rm", "-f", &marker]
+        };
+        exec(paths, &format!("{NAMESPACE}/{pod}"), command).await?;
+    }
+    Ok(())
+}
+
 /// Runs the canary demo on the running (or a new) lab.
 pub async fn run(paths: &LabPaths, client: &LabClient) -> anyhow::Result<()> {
     println!("strait canary demo: a GRPCRoute bound to the Service grpc (Gateway API, GAMMA)");
@@ -120,18 +139,7 @@ pub async fn run(paths: &LabPaths, client: &LabClient) -> anyhow::Result<()> {
     print_shares("Admin calls, matched by method:", &delta(&after, &admin));
 
     println!("\nAct 2: v2 now fails every call with UNAVAILABLE; it takes 10% of the calls.");
-    for pod in pods(client, NAMESPACE, "grpc")
-        .await?
-        .iter()
-        .filter(|p| p.starts_with("grpc-v2-"))
-    {
-        exec(
-            paths,
-            &format!("{NAMESPACE}/{pod}"),
-            &["touch", &format!("/tmp/strait-lab-fail-{pod}")],
-        )
-        .await?;
-    }
+    fail_v2(paths, client, true).await?;
     let without = call(paths, &client_pod, "Unary", "4s", "500").await?;
     println!(
         "  without a retry policy: {} of {} calls failed",
@@ -173,18 +181,7 @@ pub async fn run(paths: &LabPaths, client: &LabClient) -> anyhow::Result<()> {
         count("budget_exhausted"),
     );
     println!("  (retries take about 10% of the calls, within the budget of 20% of the calls plus 10 a second)");
-    for pod in pods(client, NAMESPACE, "grpc")
-        .await?
-        .iter()
-        .filter(|p| p.starts_with("grpc-v2-"))
-    {
-        exec(
-            paths,
-            &format!("{NAMESPACE}/{pod}"),
-            &["rm", "-f", &format!("/tmp/strait-lab-fail-{pod}")],
-        )
-        .await?;
-    }
+    fail_v2(paths, client, false).await?;
     println!("\nv2 answers again; the route keeps its retry policy. The lab is still running:");
     println!("`strait-lab status` shows it, `strait-lab down` removes it.");
     Ok(())

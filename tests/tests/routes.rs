@@ -82,18 +82,7 @@ fn gateway_api_routes_split_match_time_out_retry_follow_changes_and_refuse_what_
     );
 
     // 90/10 over 10,000 calls on one connection.
-    let result = lab.app(
-        &client,
-        &[
-            "grpc-client",
-            "--to",
-            "grpc.mesh:50051",
-            "--calls",
-            "10000",
-            "--concurrency",
-            "8",
-        ],
-    );
+    let result = lab.grpc_calls_with(&client, "grpc.mesh:50051", 10000, 8, &[]);
     assert_no_failed_calls(&result, "the split");
     let (v1, v2, other) = by_version(&result["by_pod"]);
     assert_eq!(other, 0, "{result}");
@@ -125,56 +114,21 @@ fn gateway_api_routes_split_match_time_out_retry_follow_changes_and_refuse_what_
         ("the Admin method", ["--method", "Admin"]),
         ("x-canary: yes", ["--header", "x-canary=yes"]),
     ] {
-        let args = [
-            &[
-                "grpc-client",
-                "--to",
-                "grpc.mesh:50051",
-                "--calls",
-                "300",
-                "--concurrency",
-                "4",
-            ][..],
-            &extra[..],
-        ]
-        .concat();
-        let matched = lab.app(&client, &args);
+        let matched = lab.grpc_calls_with(&client, "grpc.mesh:50051", 300, 4, &extra);
         assert_no_failed_calls(&matched, what);
         assert_eq!(by_version(&matched["by_pod"]), (0, 300, 0), "{what}: {matched}");
     }
 
     // A consumer route in namespace team applies to team's clients only.
     let team_client = lab.pod("team", "client-");
-    let team = lab.app(
-        &team_client,
-        &[
-            "grpc-client",
-            "--to",
-            "grpc.mesh:50051",
-            "--calls",
-            "200",
-            "--concurrency",
-            "4",
-        ],
-    );
+    let team = lab.grpc_calls(&team_client, "grpc.mesh:50051", 200);
     assert_no_failed_calls(&team, "team's calls to mesh/grpc");
     let pods: Vec<&String> = team["by_pod"].as_object().unwrap().keys().collect();
     assert!(
         pods.iter().all(|p| p.starts_with("grpc-team-")),
         "team's own route sends to its copy: {team}"
     );
-    let producer = lab.app(
-        &client,
-        &[
-            "grpc-client",
-            "--to",
-            "grpc.mesh:50051",
-            "--calls",
-            "200",
-            "--concurrency",
-            "4",
-        ],
-    );
+    let producer = lab.grpc_calls(&client, "grpc.mesh:50051", 200);
     assert_eq!(
         by_version(&producer["by_pod"]).2,
         0,
@@ -187,18 +141,7 @@ fn gateway_api_routes_split_match_time_out_retry_follow_changes_and_refuse_what_
     let unresolved = wait_for_condition(&lab, "team/to-v2", "ResolvedRefs");
     assert_eq!(unresolved["status"], "False", "{unresolved}");
     assert_eq!(unresolved["reason"], "RefNotPermitted", "{unresolved}");
-    let refused = lab.app(
-        &team_client,
-        &[
-            "grpc-client",
-            "--to",
-            "grpc-v1.mesh:50051",
-            "--calls",
-            "20",
-            "--concurrency",
-            "2",
-        ],
-    );
+    let refused = lab.grpc_calls_with(&team_client, "grpc-v1.mesh:50051", 20, 2, &[]);
     assert_eq!(refused["ok"], 0, "{refused}");
     lab.apply("routes-grant.yaml");
     eventually(Duration::from_secs(10), "team/to-v2 resolved once granted", || {
@@ -206,18 +149,7 @@ fn gateway_api_routes_split_match_time_out_retry_follow_changes_and_refuse_what_
     });
     let mut granted = Value::Null;
     eventually(Duration::from_secs(5), "team's calls to mesh/grpc-v1 reach v2", || {
-        granted = lab.app(
-            &team_client,
-            &[
-                "grpc-client",
-                "--to",
-                "grpc-v1.mesh:50051",
-                "--calls",
-                "100",
-                "--concurrency",
-                "2",
-            ],
-        );
+        granted = lab.grpc_calls_with(&team_client, "grpc-v1.mesh:50051", 100, 2, &[]);
         granted["ok"] == 100
     });
     assert_eq!(by_version(&granted["by_pod"]), (0, 100, 0), "{granted}");
@@ -227,20 +159,7 @@ fn gateway_api_routes_split_match_time_out_retry_follow_changes_and_refuse_what_
     // reach the client. 20% failures take 0.25 retries per call (a retry
     // fails 20% of the time too); at 50 calls/s that is about 12.5/s, well
     // within the budget (20% of 50/s plus 10/s = 20/s).
-    let retried = lab.app(
-        &client,
-        &[
-            "grpc-client",
-            "--to",
-            "flaky.mesh:50051",
-            "--calls",
-            "400",
-            "--concurrency",
-            "4",
-            "--rate",
-            "50",
-        ],
-    );
+    let retried = lab.grpc_calls_with(&client, "flaky.mesh:50051", 400, 4, &["--rate", "50"]);
     let metrics = lab.metrics(&client);
     let retry_lines: Vec<&str> = metrics.lines().filter(|l| l.starts_with("strait_retries")).collect();
     assert_no_failed_calls(
@@ -262,18 +181,7 @@ fn gateway_api_routes_split_match_time_out_retry_follow_changes_and_refuse_what_
         "about a quarter of 400 calls retried: {retries}"
     );
     assert_eq!(exhausted, 0.0, "the budget (20% + 10/s) covers this load");
-    let raw = lab.app(
-        &client,
-        &[
-            "grpc-client",
-            "--to",
-            "flaky-raw.mesh:50051",
-            "--calls",
-            "500",
-            "--concurrency",
-            "4",
-        ],
-    );
+    let raw = lab.grpc_calls(&client, "flaky-raw.mesh:50051", 500);
     let failed = raw["by_status"]["Unavailable"].as_u64().unwrap_or(0);
     assert!(
         (50..=150).contains(&failed),
@@ -320,35 +228,13 @@ fn gateway_api_routes_split_match_time_out_retry_follow_changes_and_refuse_what_
 
     // The route the mesh cannot carry out changes nothing: grpc-v1's calls
     // stay on v1.
-    let direct = lab.app(
-        &client,
-        &[
-            "grpc-client",
-            "--to",
-            "grpc-v1.mesh:50051",
-            "--calls",
-            "200",
-            "--concurrency",
-            "4",
-        ],
-    );
+    let direct = lab.grpc_calls(&client, "grpc-v1.mesh:50051", 200);
     assert_no_failed_calls(&direct, "calls to grpc-v1 beside a refused route");
     assert_eq!(by_version(&direct["by_pod"]), (200, 0, 0), "{direct}");
 
     // A timeout of 100 ms on calls that take 1 s: DEADLINE_EXCEEDED, long
     // before the server would have answered.
-    let slow = lab.app(
-        &client,
-        &[
-            "grpc-client",
-            "--to",
-            "slow.mesh:50051",
-            "--calls",
-            "4",
-            "--concurrency",
-            "2",
-        ],
-    );
+    let slow = lab.grpc_calls_with(&client, "slow.mesh:50051", 4, 2, &[]);
     assert_eq!(slow["ok"], 0, "{slow}");
     assert_eq!(slow["by_status"]["DeadlineExceeded"], 4, "{slow}");
     assert!(

@@ -312,59 +312,94 @@ fn header_modifier<'a>(
     })
 }
 
-/// Reads an HTTPRoute.
-pub fn http_route(object: &HttpRoute) -> Route {
-    let mut route = common(RouteKind::Http, &object.metadata);
-    let namespace = route.key.object.namespace.clone();
-    route.parents = object
-        .spec
-        .parent_refs
-        .iter()
-        .flatten()
-        .filter_map(|p| {
-            parent(
-                &namespace,
-                ParentFields {
-                    written: serde_json::to_value(p).unwrap_or_default(),
-                    group: Some(p.group.as_deref().unwrap_or("gateway.networking.k8s.io")),
-                    kind: Some(p.kind.as_deref().unwrap_or("Gateway")),
-                    name: &p.name,
-                    namespace: p.namespace.as_deref(),
-                    port: p.port,
-                    section: p.section_name.as_deref(),
-                },
-            )
-        })
-        .collect();
-    let rules = object.spec.rules.clone().unwrap_or_default();
-    let read: Result<Vec<Rule>, Problem> = retry_policy(&object.metadata).and_then(|retry| {
-        rules
-            .iter()
-            .enumerate()
-            .map(|(i, rule)| {
-                http_rule(&namespace, i, rule).map(|rule| Rule {
-                    retry: retry.clone(),
-                    ..rule
-                })
-            })
-            .collect()
-    });
-    match read {
-        Ok(rules) => route.rules = rules,
-        Err(problem) => route.invalid = Some(problem),
-    }
-    split_status(&mut route, object.status.as_ref().map(serde_json::to_value));
-    route
+/// A parentRef's fields out of either kind's generated type (the same
+/// names and shapes in both).
+macro_rules! parent_fields {
+    ($p:expr) => {
+        ParentFields {
+            written: serde_json::to_value($p).unwrap_or_default(),
+            group: Some($p.group.as_deref().unwrap_or("gateway.networking.k8s.io")),
+            kind: Some($p.kind.as_deref().unwrap_or("Gateway")),
+            name: &$p.name,
+            namespace: $p.namespace.as_deref(),
+            port: $p.port,
+            section: $p.section_name.as_deref(),
+        }
+    };
 }
 
-fn http_rule(namespace: &str, index: usize, rule: &HttpRouteRules) -> Result<Rule, Problem> {
-    let what = |part: &str| format!("spec.rules[{index}].{part}");
-    if let Some(i) = rule
-        .backend_refs
-        .iter()
-        .flatten()
-        .position(|b| b.filters.as_ref().is_some_and(|f| !f.is_empty()))
-    {
+/// A rule's filters and backendRefs out of either kind's generated types
+/// (the same names and shapes in both; `$modifier` is the kind's
+/// RequestHeaderModifier filter type), read by [`shared_parts`].
+macro_rules! shared_parts {
+    ($namespace:expr, $what:expr, $rule:expr, $modifier:path) => {
+        shared_parts(
+            $namespace,
+            $what,
+            $rule
+                .filters
+                .iter()
+                .flatten()
+                .map(|f| {
+                    let modifier = match (&f.r#type, &f.request_header_modifier) {
+                        ($modifier, Some(m)) => Some(ModifierView {
+                            set: m
+                                .set
+                                .iter()
+                                .flatten()
+                                .map(|h| (h.name.as_str(), h.value.as_str()))
+                                .collect(),
+                            add: m
+                                .add
+                                .iter()
+                                .flatten()
+                                .map(|h| (h.name.as_str(), h.value.as_str()))
+                                .collect(),
+                            remove: m.remove.as_deref().unwrap_or_default(),
+                        }),
+                        _ => None,
+                    };
+                    (serde_json::to_value(&f.r#type).unwrap_or_default(), modifier)
+                })
+                .collect(),
+            $rule
+                .backend_refs
+                .iter()
+                .flatten()
+                .map(|b| {
+                    let fields = BackendFields {
+                        group: b.group.as_deref(),
+                        kind: b.kind.as_deref(),
+                        name: &b.name,
+                        namespace: b.namespace.as_deref(),
+                        port: b.port,
+                        weight: b.weight,
+                    };
+                    (fields, b.filters.as_ref().is_some_and(|f| !f.is_empty()))
+                })
+                .collect(),
+        )
+    };
+}
+
+/// A RequestHeaderModifier as either kind writes it.
+struct ModifierView<'a> {
+    set: Vec<(&'a str, &'a str)>,
+    add: Vec<(&'a str, &'a str)>,
+    remove: &'a [String],
+}
+
+/// What both kinds' rules are made of beside their matches: their filters
+/// (only RequestHeaderModifier is carried out; `filters` holds each one's
+/// type and, for that one, its changes) and their backendRefs (whose own
+/// filters are not carried out; each with whether it has any).
+fn shared_parts(
+    namespace: &str,
+    what: &dyn Fn(&str) -> String,
+    filters: Vec<(serde_json::Value, Option<ModifierView<'_>>)>,
+    backends: Vec<(BackendFields<'_>, bool)>,
+) -> Result<(Option<HeaderModifier>, Vec<BackendRef>), Problem> {
+    if let Some(i) = backends.iter().position(|(_, filtered)| *filtered) {
         return Err(Problem::new(
             "UnsupportedValue",
             format!(
@@ -374,28 +409,79 @@ fn http_rule(namespace: &str, index: usize, rule: &HttpRouteRules) -> Result<Rul
         ));
     }
     let mut headers = None;
-    for (i, filter) in rule.filters.iter().flatten().enumerate() {
-        match (&filter.r#type, &filter.request_header_modifier) {
-            (HttpRouteRulesFiltersType::RequestHeaderModifier, Some(m)) => {
-                headers = Some(header_modifier(
-                    m.set.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
-                    m.add.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
-                    m.remove.as_deref().unwrap_or_default(),
-                    &what(&format!("filters[{i}].requestHeaderModifier")),
-                )?);
-            }
-            (kind, _) => {
-                return Err(Problem::new(
-                    "UnsupportedValue",
-                    format!(
-                        "{}: filter type {} is not supported (only RequestHeaderModifier)",
-                        what(&format!("filters[{i}]")),
-                        serde_json::to_value(kind).unwrap_or_default()
-                    ),
-                ));
-            }
-        }
+    for (i, (kind, modifier)) in filters.into_iter().enumerate() {
+        let Some(m) = modifier else {
+            return Err(Problem::new(
+                "UnsupportedValue",
+                format!(
+                    "{}: filter type {kind} is not supported (only RequestHeaderModifier)",
+                    what(&format!("filters[{i}]"))
+                ),
+            ));
+        };
+        headers = Some(header_modifier(
+            m.set.into_iter(),
+            m.add.into_iter(),
+            m.remove,
+            &what(&format!("filters[{i}].requestHeaderModifier")),
+        )?);
     }
+    let backends = backends
+        .into_iter()
+        .map(|(fields, _)| backend(namespace, fields))
+        .collect();
+    Ok((headers, backends))
+}
+
+/// A route of `kind` from its object's parts: its Service parents, its
+/// rules (`read_rules`, given the route's namespace; the route's retry
+/// annotations are applied to each), and its stored status.
+fn read_route<'a>(
+    kind: RouteKind,
+    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    parents: impl Iterator<Item = ParentFields<'a>>,
+    read_rules: impl FnOnce(&str) -> Result<Vec<Rule>, Problem>,
+    status: Option<Result<serde_json::Value, serde_json::Error>>,
+) -> Route {
+    let mut route = common(kind, metadata);
+    let namespace = route.key.object.namespace.clone();
+    route.parents = parents.filter_map(|fields| parent(&namespace, fields)).collect();
+    let read = retry_policy(metadata).and_then(|retry| {
+        let mut rules = read_rules(&namespace)?;
+        for rule in &mut rules {
+            rule.retry = retry.clone();
+        }
+        Ok(rules)
+    });
+    match read {
+        Ok(rules) => route.rules = rules,
+        Err(problem) => route.invalid = Some(problem),
+    }
+    split_status(&mut route, status);
+    route
+}
+
+/// Reads an HTTPRoute.
+pub fn http_route(object: &HttpRoute) -> Route {
+    let rules = object.spec.rules.as_deref().unwrap_or_default();
+    read_route(
+        RouteKind::Http,
+        &object.metadata,
+        object.spec.parent_refs.iter().flatten().map(|p| parent_fields!(p)),
+        |namespace| {
+            rules
+                .iter()
+                .enumerate()
+                .map(|(i, rule)| http_rule(namespace, i, rule))
+                .collect()
+        },
+        object.status.as_ref().map(serde_json::to_value),
+    )
+}
+
+fn http_rule(namespace: &str, index: usize, rule: &HttpRouteRules) -> Result<Rule, Problem> {
+    let what = |part: &str| format!("spec.rules[{index}].{part}");
+    let (headers, backends) = shared_parts!(namespace, &what, rule, HttpRouteRulesFiltersType::RequestHeaderModifier)?;
     let matches = match &rule.matches {
         Some(matches) if !matches.is_empty() => matches
             .iter()
@@ -408,24 +494,7 @@ fn http_rule(namespace: &str, index: usize, rule: &HttpRouteRules) -> Result<Rul
     let timeouts = rule.timeouts.as_ref();
     Ok(Rule {
         matches,
-        backends: rule
-            .backend_refs
-            .iter()
-            .flatten()
-            .map(|b| {
-                backend(
-                    namespace,
-                    BackendFields {
-                        group: b.group.as_deref(),
-                        kind: b.kind.as_deref(),
-                        name: &b.name,
-                        namespace: b.namespace.as_deref(),
-                        port: b.port,
-                        weight: b.weight,
-                    },
-                )
-            })
-            .collect(),
+        backends,
         headers,
         request_timeout_ms: duration_ms(timeouts.and_then(|t| t.request.as_deref()), &what("timeouts.request"))?,
         backend_request_timeout_ms: duration_ms(
@@ -522,49 +591,21 @@ fn value_match(name: &str, value: &str, regular: bool, what: &str) -> Result<Val
 
 /// Reads a GRPCRoute.
 pub fn grpc_route(object: &GrpcRoute) -> Route {
-    let mut route = common(RouteKind::Grpc, &object.metadata);
-    let namespace = route.key.object.namespace.clone();
-    route.parents = object
-        .spec
-        .parent_refs
-        .iter()
-        .flatten()
-        .filter_map(|p| {
-            parent(
-                &namespace,
-                ParentFields {
-                    written: serde_json::to_value(p).unwrap_or_default(),
-                    group: Some(p.group.as_deref().unwrap_or("gateway.networking.k8s.io")),
-                    kind: Some(p.kind.as_deref().unwrap_or("Gateway")),
-                    name: &p.name,
-                    namespace: p.namespace.as_deref(),
-                    port: p.port,
-                    section: p.section_name.as_deref(),
-                },
-            )
-        })
-        .collect();
-    let rules = object.spec.rules.clone().unwrap_or_default();
-    let timeouts = route_timeouts(&object.metadata);
-    let read: Result<Vec<Rule>, Problem> = timeouts.and_then(|timeouts| {
-        let retry = retry_policy(&object.metadata)?;
-        rules
-            .iter()
-            .enumerate()
-            .map(|(i, rule)| {
-                grpc_rule(&namespace, i, rule, timeouts).map(|rule| Rule {
-                    retry: retry.clone(),
-                    ..rule
-                })
-            })
-            .collect()
-    });
-    match read {
-        Ok(rules) => route.rules = rules,
-        Err(problem) => route.invalid = Some(problem),
-    }
-    split_status(&mut route, object.status.as_ref().map(serde_json::to_value));
-    route
+    let rules = object.spec.rules.as_deref().unwrap_or_default();
+    read_route(
+        RouteKind::Grpc,
+        &object.metadata,
+        object.spec.parent_refs.iter().flatten().map(|p| parent_fields!(p)),
+        |namespace| {
+            let timeouts = route_timeouts(&object.metadata)?;
+            rules
+                .iter()
+                .enumerate()
+                .map(|(i, rule)| grpc_rule(namespace, i, rule, timeouts))
+                .collect()
+        },
+        object.status.as_ref().map(serde_json::to_value),
+    )
 }
 
 /// GRPCRoute has no timeouts field in the standard channel: the
@@ -599,43 +640,7 @@ fn route_timeouts(
 
 fn grpc_rule(namespace: &str, index: usize, rule: &GrpcRouteRules, timeouts: (u64, u64)) -> Result<Rule, Problem> {
     let what = |part: &str| format!("spec.rules[{index}].{part}");
-    if let Some(i) = rule
-        .backend_refs
-        .iter()
-        .flatten()
-        .position(|b| b.filters.as_ref().is_some_and(|f| !f.is_empty()))
-    {
-        return Err(Problem::new(
-            "UnsupportedValue",
-            format!(
-                "{}: backendRef filters are not supported",
-                what(&format!("backendRefs[{i}].filters"))
-            ),
-        ));
-    }
-    let mut headers = None;
-    for (i, filter) in rule.filters.iter().flatten().enumerate() {
-        match (&filter.r#type, &filter.request_header_modifier) {
-            (GrpcRouteRulesFiltersType::RequestHeaderModifier, Some(m)) => {
-                headers = Some(header_modifier(
-                    m.set.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
-                    m.add.iter().flatten().map(|h| (h.name.as_str(), h.value.as_str())),
-                    m.remove.as_deref().unwrap_or_default(),
-                    &what(&format!("filters[{i}].requestHeaderModifier")),
-                )?);
-            }
-            (kind, _) => {
-                return Err(Problem::new(
-                    "UnsupportedValue",
-                    format!(
-                        "{}: filter type {} is not supported (only RequestHeaderModifier)",
-                        what(&format!("filters[{i}]")),
-                        serde_json::to_value(kind).unwrap_or_default()
-                    ),
-                ));
-            }
-        }
-    }
+    let (headers, backends) = shared_parts!(namespace, &what, rule, GrpcRouteRulesFiltersType::RequestHeaderModifier)?;
     let matches = match &rule.matches {
         Some(matches) if !matches.is_empty() => matches
             .iter()
@@ -649,24 +654,7 @@ fn grpc_rule(namespace: &str, index: usize, rule: &GrpcRouteRules, timeouts: (u6
     };
     Ok(Rule {
         matches,
-        backends: rule
-            .backend_refs
-            .iter()
-            .flatten()
-            .map(|b| {
-                backend(
-                    namespace,
-                    BackendFields {
-                        group: b.group.as_deref(),
-                        kind: b.kind.as_deref(),
-                        name: &b.name,
-                        namespace: b.namespace.as_deref(),
-                        port: b.port,
-                        weight: b.weight,
-                    },
-                )
-            })
-            .collect(),
+        backends,
         headers,
         request_timeout_ms: timeouts.0,
         backend_request_timeout_ms: timeouts.1,

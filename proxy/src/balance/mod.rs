@@ -11,6 +11,7 @@ pub mod load;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use strait_contract::Chain;
@@ -468,12 +469,18 @@ impl Balancer {
     pub fn pick(&self, avoid: Option<SocketAddr>) -> Option<Arc<Backend>> {
         self.refresh();
         let snapshot = self.snapshot.read().unwrap_or_else(PoisonError::into_inner);
-        let live: Vec<&Arc<Backend>> = snapshot.usable.iter().filter(|b| !b.endpoint.in_backoff()).collect();
-        let mut candidates: Vec<&Arc<Backend>> = live.iter().copied().filter(|b| !b.accrual.is_ejected()).collect();
-        if candidates.is_empty() && !live.is_empty() {
-            self.discovery_metrics
-                .failed_open(&self.service.namespace, &self.service.name);
-            candidates = live;
+        let live = |b: &&Arc<Backend>| !b.endpoint.in_backoff();
+        let mut candidates: Vec<&Arc<Backend>> = snapshot
+            .usable
+            .iter()
+            .filter(|b| live(b) && !b.accrual.is_ejected())
+            .collect();
+        if candidates.is_empty() {
+            candidates = snapshot.usable.iter().filter(live).collect();
+            if !candidates.is_empty() {
+                self.discovery_metrics
+                    .failed_open(&self.service.namespace, &self.service.name);
+            }
         }
         if candidates.len() > 1
             && let Some(avoid) = avoid
@@ -694,9 +701,21 @@ impl Refusal {
 /// doubling to 60 s, jittered). When it ends the endpoint gets requests
 /// again, as probes: one more failure ejects it again at once, a success
 /// ends the accrual.
-#[derive(Default)]
 pub struct Accrual {
     state: Mutex<AccrualState>,
+    /// The state is the default (no failure counted, not ejected): the
+    /// per-request checks of a healthy endpoint take no lock. Written with
+    /// the lock held.
+    clean: AtomicBool,
+}
+
+impl Default for Accrual {
+    fn default() -> Self {
+        Accrual {
+            state: Mutex::default(),
+            clean: AtomicBool::new(true),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -730,6 +749,9 @@ impl Accrual {
     /// Records an outcome; true when it ejects the endpoint. Outcomes that
     /// arrive while it is ejected (of requests sent before) change nothing.
     pub fn record(&self, failed: bool) -> bool {
+        if !failed && self.clean.load(Ordering::Relaxed) {
+            return false;
+        }
         let mut state = self.lock();
         let ejected = state.ejected_until.is_some_and(|until| Instant::now() < until);
         if ejected {
@@ -737,8 +759,10 @@ impl Accrual {
         }
         if !failed {
             *state = AccrualState::default();
+            self.clean.store(true, Ordering::Relaxed);
             return false;
         }
+        self.clean.store(false, Ordering::Relaxed);
         state.consecutive = state.consecutive.saturating_add(1);
         if state.consecutive < Self::FAILURES {
             return false;
@@ -754,7 +778,7 @@ impl Accrual {
 
     /// Whether the endpoint is out of the balancer now.
     pub fn is_ejected(&self) -> bool {
-        self.lock().ejected_until.is_some_and(|until| Instant::now() < until)
+        !self.clean.load(Ordering::Relaxed) && self.lock().ejected_until.is_some_and(|until| Instant::now() < until)
     }
 }
 

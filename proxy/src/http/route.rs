@@ -348,6 +348,9 @@ pub trait Backends: Send + Sync {
     fn target(&self, address: SocketAddr) -> BoxFuture<'_, Option<Target>>;
 }
 
+/// Backend targets by address, and the table they were looked up under.
+type KnownTargets = (Arc<Table>, HashMap<SocketAddr, Target>);
+
 /// The routes of one client connection's Service port.
 #[derive(Clone)]
 pub struct Routes {
@@ -355,10 +358,10 @@ pub struct Routes {
     pub table: watch::Receiver<Arc<Table>>,
     /// Reaches the backends.
     pub backends: Arc<dyn Backends>,
-    /// Backend targets this connection already looked up, for the table
-    /// (by its address) they were looked up under: a new table starts
-    /// afresh, so backends it no longer names are let go.
-    known: Arc<Mutex<(usize, HashMap<SocketAddr, Target>)>>,
+    /// Backend targets this connection already looked up, with the table
+    /// they were looked up under: a new table starts afresh, so backends it
+    /// no longer names are let go.
+    known: Arc<Mutex<KnownTargets>>,
 }
 
 impl Routes {
@@ -373,8 +376,8 @@ impl Routes {
 
     /// The rules now; `None` when the Service port is not routed.
     pub fn current(&self) -> Option<Arc<Table>> {
-        let table = self.table.borrow().clone();
-        (!table.is_empty()).then_some(table)
+        let table = self.table.borrow();
+        (!table.is_empty()).then(|| table.clone())
     }
 
     /// The target of the backend at `address`.
@@ -382,11 +385,11 @@ impl Routes {
     /// # Errors
     /// [`RouteError::Unresolved`] when it is no Service port.
     pub async fn target(&self, rule: &Rule, address: SocketAddr) -> Result<Target, RouteError> {
-        let table = Arc::as_ptr(&self.table.borrow()) as usize;
         let known = {
+            let table = self.table.borrow();
             let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
-            if known.0 != table {
-                *known = (table, HashMap::new());
+            if !Arc::ptr_eq(&known.0, &table) {
+                *known = (table.clone(), HashMap::new());
             }
             known.1.get(&address).cloned()
         };

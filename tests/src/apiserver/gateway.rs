@@ -53,6 +53,22 @@ impl Problems {
         }
     }
 
+    /// A rule's filters (their count) and backendRefs (each one's port and
+    /// weight), as both route kinds' schemas bound them.
+    fn rule_lists(
+        &mut self,
+        at: &dyn Fn(&str) -> String,
+        filters: usize,
+        backends: impl ExactSizeIterator<Item = (Option<i32>, Option<i32>)>,
+    ) {
+        self.at_most(&at("filters"), filters, MAX_FILTERS);
+        self.at_most(&at("backendRefs"), backends.len(), MAX_BACKEND_REFS);
+        for (b, (port, weight)) in backends.enumerate() {
+            self.range(&at(&format!("backendRefs[{b}].port")), port, 1, 65535);
+            self.range(&at(&format!("backendRefs[{b}].weight")), weight, 0, MAX_WEIGHT);
+        }
+    }
+
     fn invalid(&mut self, path: &str, value: &str, why: &str) {
         self.0.push(format!("{path}: Invalid value: {value:?}: {why}"));
     }
@@ -124,13 +140,15 @@ pub fn validate(kind: &str, object: &Value) -> Result<(), ApiError> {
                         );
                     }
                 }
-                problems.at_most(&at("filters"), rule.filters.as_ref().map_or(0, Vec::len), MAX_FILTERS);
-                let backends = rule.backend_refs.as_deref().unwrap_or_default();
-                problems.at_most(&at("backendRefs"), backends.len(), MAX_BACKEND_REFS);
-                for (b, backend) in backends.iter().enumerate() {
-                    problems.range(&at(&format!("backendRefs[{b}].port")), backend.port, 1, 65535);
-                    problems.range(&at(&format!("backendRefs[{b}].weight")), backend.weight, 0, MAX_WEIGHT);
-                }
+                problems.rule_lists(
+                    &at,
+                    rule.filters.as_ref().map_or(0, Vec::len),
+                    rule.backend_refs
+                        .as_deref()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|b| (b.port, b.weight)),
+                );
                 if let Some(timeouts) = &rule.timeouts {
                     for (field, value) in [
                         ("request", &timeouts.request),
@@ -169,13 +187,15 @@ pub fn validate(kind: &str, object: &Value) -> Result<(), ApiError> {
                         );
                     }
                 }
-                problems.at_most(&at("filters"), rule.filters.as_ref().map_or(0, Vec::len), MAX_FILTERS);
-                let backends = rule.backend_refs.as_deref().unwrap_or_default();
-                problems.at_most(&at("backendRefs"), backends.len(), MAX_BACKEND_REFS);
-                for (b, backend) in backends.iter().enumerate() {
-                    problems.range(&at(&format!("backendRefs[{b}].port")), backend.port, 1, 65535);
-                    problems.range(&at(&format!("backendRefs[{b}].weight")), backend.weight, 0, MAX_WEIGHT);
-                }
+                problems.rule_lists(
+                    &at,
+                    rule.filters.as_ref().map_or(0, Vec::len),
+                    rule.backend_refs
+                        .as_deref()
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|b| (b.port, b.weight)),
+                );
             }
         }
         "ReferenceGrant" => {

@@ -201,11 +201,27 @@ impl Lab {
     /// connection, four at a time: lab-app grpc-client's summary (`ok`,
     /// `by_pod`, `by_status`, ...).
     pub fn grpc_calls(&self, pod: &str, to: &str, calls: usize) -> Value {
-        let calls = calls.to_string();
-        self.app(
-            pod,
-            &["grpc-client", "--to", to, "--calls", &calls, "--concurrency", "4"],
-        )
+        self.grpc_calls_with(pod, to, calls, 4, &[])
+    }
+
+    /// [`Lab::grpc_calls`], `concurrency` at a time, with `more` of
+    /// grpc-client's flags (`--method Admin`, `--rate 50`, ...).
+    pub fn grpc_calls_with(&self, pod: &str, to: &str, calls: usize, concurrency: usize, more: &[&str]) -> Value {
+        let (calls, concurrency) = (calls.to_string(), concurrency.to_string());
+        let args = [
+            &[
+                "grpc-client",
+                "--to",
+                to,
+                "--calls",
+                &calls,
+                "--concurrency",
+                &concurrency,
+            ][..],
+            more,
+        ]
+        .concat();
+        self.app(pod, &args)
     }
 
     /// Starts a lab-app command in a pod without waiting: its JSON lines
