@@ -86,14 +86,18 @@ impl Pipeline {
             routes,
         } = accepted;
         let forwarder = &self.forwarder;
-        let opening = detect::open(
+        // Each step's state is boxed, so a connection holds the state of
+        // the step it is in, not the size of the largest step (a connection
+        // future is as large as its largest state; bench/:
+        // "held-connections").
+        let opening = Box::pin(detect::open(
             &mut stream,
             declared.opaque,
             declared.app_protocol.as_deref(),
             self.limits.detect_timeout,
             self.limits.detect_buffer,
             || forwarder.connect(&target, labels.clone()),
-        )
+        ))
         .await;
         let (protocol, io) = match opening {
             Err(error) => {
@@ -114,8 +118,8 @@ impl Pipeline {
                 let io = Prefixed::new(prefix, stream);
                 if protocol == Protocol::Opaque {
                     match upstream {
-                        Some(upstream) => forwarder.relay(io, peer, upstream).await,
-                        None => forwarder.forward(io, peer, target, labels).await,
+                        Some(upstream) => Box::pin(forwarder.relay(io, peer, upstream)).await,
+                        None => Box::pin(forwarder.forward(io, peer, target, labels)).await,
                     }
                     return;
                 }
@@ -133,6 +137,6 @@ impl Pipeline {
         };
         let _guard = self.metrics.tcp.opened(labels.clone());
         let io = Counted::new(io, self.metrics.tcp.byte_counters(&labels));
-        http::server::serve(io, protocol, Arc::new(router), &self.limits, drain).await;
+        Box::pin(http::server::serve(io, protocol, Arc::new(router), &self.limits, drain)).await;
     }
 }

@@ -252,14 +252,16 @@ async fn handle(inbound: Arc<Inbound>, stream: TcpStream, peer: SocketAddr, drai
     };
     match (arrival, &inbound.mesh) {
         (Arrival::Redirected(orig_dst), _) => match inbound.admits_plaintext(peer) {
-            Ok(()) => proxy(&inbound, stream, peer, orig_dst, None, drain).await,
+            Ok(()) => Box::pin(proxy(&inbound, stream, peer, orig_dst, None, drain)).await,
             Err(refusal) => {
                 refused(refusal);
                 transport::reset(stream);
             }
         },
-        (Arrival::Mesh(local), Some(mesh)) => match inbound.accept_mesh(mesh, stream, local).await {
-            Ok((tls, app, client_id)) => proxy(&inbound, tls, peer, app, client_id, drain).await,
+        // Boxed, as the pipeline's steps are: a held connection keeps
+        // only the state of the step it is in.
+        (Arrival::Mesh(local), Some(mesh)) => match Box::pin(inbound.accept_mesh(mesh, stream, local)).await {
+            Ok((tls, app, client_id)) => Box::pin(proxy(&inbound, tls, peer, app, client_id, drain)).await,
             Err(refusal) => refused(refusal),
         },
         (Arrival::Mesh(_), None) => {}

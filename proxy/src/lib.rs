@@ -22,6 +22,7 @@ mod detect;
 mod discovery;
 mod drain;
 mod endpoint;
+mod executor;
 mod http;
 mod identity;
 mod inbound;

@@ -14,10 +14,11 @@ use std::time::Duration;
 use strait_contract::Chain;
 
 use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::io::InspectReader;
 
 use super::{Endpoint, connect_failed};
+use crate::executor::Executor;
 use crate::transport::ConnectError;
 use crate::wire::Body;
 
@@ -100,14 +101,22 @@ impl Endpoint {
     /// would queue on this connection instead of opening another.
     async fn h2_connect(&self) -> Result<H2Connection, ConnectError> {
         let io = self.connect_io().await?;
+        // The connection's I/O, its requests' body pipes and response waits
+        // all run inside the one task spawned below.
+        let (executor, driver) = Executor::for_connection();
         let (heard, mut hearing) = tokio::sync::watch::channel(false);
-        // Says when the server first sent something.
+        // Says when the server first sent something, and has the connection
+        // polled then, so it records the stream limit the SETTINGS carried.
+        let settings_read = driver.connection_waker();
+        let mut first_read = true;
         let io = InspectReader::new(io, move |read: &[u8]| {
-            if !read.is_empty() {
-                heard.send_if_modified(|heard| !std::mem::replace(heard, true));
+            if first_read && !read.is_empty() {
+                first_read = false;
+                heard.send_replace(true);
+                settings_read.wake_by_ref();
             }
         });
-        let mut builder = http2::Builder::new(TokioExecutor::new());
+        let mut builder = http2::Builder::new(executor);
         builder
             .timer(TokioTimer::new())
             .initial_stream_window_size(crate::wire::STREAM_WINDOW)
@@ -122,16 +131,6 @@ impl Endpoint {
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| connect_failed(e, self.addr))?;
-        // The HTTP library reads the connection in a task of its own; once
-        // it has read the server's first bytes (SETTINGS) and had a turn to
-        // apply them, the stream limit is known. A connection that ends or
-        // stays silent fails its first request, which says why.
-        let heard = tokio::time::timeout(self.connector.connect_timeout, hearing.wait_for(|heard| *heard))
-            .await
-            .is_ok_and(|waited| waited.is_ok());
-        if heard {
-            tokio::task::yield_now().await;
-        }
         let allowed = Arc::new(AtomicUsize::new(connection.current_max_send_streams()));
         let seen = allowed.clone();
         let addr = self.addr;
@@ -139,16 +138,25 @@ impl Endpoint {
             let mut connection = std::pin::pin!(connection);
             // Polls the connection, following the server's stream limit as
             // later SETTINGS change it.
-            let ended = poll_fn(|cx| {
+            let polled = poll_fn(|cx| {
                 let polled = connection.as_mut().poll(cx);
                 seen.store(connection.current_max_send_streams(), Ordering::Relaxed);
                 polled
-            })
-            .await;
-            if let Err(error) = ended {
+            });
+            if let Err(error) = Executor::drive(polled, driver).await {
                 tracing::debug!(endpoint = %addr, error = %Chain(&error), "HTTP/2 connection ended");
             }
         });
+        // Once the connection has read the server's first bytes (SETTINGS)
+        // and had a turn to apply them, the stream limit is known. A
+        // connection that ends or stays silent fails its first request,
+        // which says why.
+        let heard = tokio::time::timeout(self.connector.connect_timeout, hearing.wait_for(|heard| *heard))
+            .await
+            .is_ok_and(|waited| waited.is_ok());
+        if heard {
+            tokio::task::yield_now().await;
+        }
         Ok(H2Connection {
             sender,
             open: Arc::new(AtomicUsize::new(0)),

@@ -9,13 +9,14 @@ use strait_contract::Chain;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::route::Router;
 use crate::config::Limits;
 use crate::detect::Protocol;
 use crate::drain::Drain;
+use crate::executor::Executor;
 use crate::throttle::LogThrottle;
 
 static CONNECTION_ERRORS: LogThrottle = LogThrottle::new(5);
@@ -36,7 +37,9 @@ where
     let io = TokioIo::new(io);
     let result = match protocol {
         Protocol::Http2 => {
-            let connection = http2::Builder::new(TokioExecutor::new())
+            // The streams' service calls run inside this connection's task.
+            let (executor, driver) = Executor::for_connection();
+            let connection = http2::Builder::new(executor)
                 .timer(TokioTimer::new())
                 .initial_stream_window_size(crate::wire::STREAM_WINDOW)
                 .initial_connection_window_size(crate::wire::connection_window(limits.max_concurrent_streams))
@@ -48,14 +51,17 @@ where
                 // A sidecar adds no header the application did not send.
                 .auto_date_header(false)
                 .serve_connection(io, service);
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => result,
-                _ = drain.started() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
+            let served = async {
+                let mut connection = std::pin::pin!(connection);
+                tokio::select! {
+                    result = connection.as_mut() => result,
+                    _ = drain.started() => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
                 }
-            }
+            };
+            Executor::drive(served, driver).await
         }
         _ => {
             let connection = http1::Builder::new()
