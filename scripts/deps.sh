@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 missing=()
 for tool in ip iptables iptables-legacy nsenter setsid setpriv tcpdump h2load promtool prometheus curl haproxy nginx iperf3 \
-  buildah skopeo umoci mmdebstrap setcap ncat; do
+  buildah skopeo umoci mmdebstrap setcap ncat perf; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 # The benchmark report's plots draw their text with DejaVu.
@@ -22,9 +22,10 @@ if ((${#missing[@]})); then
   # buildah, skopeo, umoci, mmdebstrap and setcap build strait's images
   # (scripts/images.sh); the lab pulls and unpacks them with skopeo and umoci.
   # containernetworking-plugins wire the lab's pods (bridge, host-local, loopback).
+  # linux-perf samples the proxy for the benchmark's profile scenario.
   apt-get install -y -q iproute2 iptables util-linux tcpdump nghttp2-client prometheus curl procps \
     haproxy nginx iperf3 fonts-dejavu-core buildah skopeo umoci mmdebstrap libcap2-bin ncat python3-venv \
-    containernetworking-plugins >/dev/null
+    containernetworking-plugins linux-perf >/dev/null
 fi
 # The packaged services must not run on the host: the lab starts its own.
 for service in haproxy nginx iperf3; do

@@ -7,6 +7,7 @@ mod destination;
 mod lab;
 mod load;
 mod plot;
+mod profile;
 mod report;
 mod scenarios;
 mod setup;

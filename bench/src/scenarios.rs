@@ -73,7 +73,7 @@ impl Cluster {
     }
 
     /// The processes doing a system's proxying, for CPU and memory.
-    fn proxy_pids(&self, proxies: &[(&str, &str)]) -> Vec<u32> {
+    pub fn proxy_pids(&self, proxies: &[(&str, &str)]) -> Vec<u32> {
         proxies
             .iter()
             .filter_map(|(pod, container)| self.lab.container_pid(pod, container).ok())
@@ -93,7 +93,7 @@ pub struct Path {
 }
 
 impl Path {
-    fn proxies(&self) -> Vec<(&str, &str)> {
+    pub fn proxies(&self) -> Vec<(&str, &str)> {
         self.proxies.iter().map(|(p, c)| (p.as_str(), c.as_str())).collect()
     }
 }
@@ -173,13 +173,13 @@ impl Cluster {
 }
 
 /// One run of the load generator through a path, with the proxies' CPU.
-struct Measured {
-    load: Value,
-    proxy_cpu_seconds: f64,
-    proxy_usage: Usage,
+pub struct Measured {
+    pub load: Value,
+    pub proxy_cpu_seconds: f64,
+    pub proxy_usage: Usage,
 }
 
-fn measure(cluster: &Cluster, path: &Path, args: &[&str]) -> anyhow::Result<Measured> {
+pub fn measure(cluster: &Cluster, path: &Path, args: &[&str]) -> anyhow::Result<Measured> {
     let pids = cluster.proxy_pids(&path.proxies());
     let before = usage(&pids);
     let mut command = vec!["strait-bench", "load", "--to", &path.to];
@@ -1235,12 +1235,13 @@ pub fn h2load(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value
 }
 
 /// Every scenario, by name, in report order.
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 17] = [
     "images",
     "memory",
     "held-connections",
     "latency",
     "throughput",
+    "profile",
     "balance",
     "slow-pod",
     "endpoints",
@@ -1260,6 +1261,7 @@ pub fn by_name(name: &str, cluster: &Cluster, effort: Effort) -> anyhow::Result<
         "images" => images(cluster, effort),
         "latency" => latency(cluster, effort),
         "throughput" => throughput(cluster, effort),
+        "profile" => crate::profile::profile(cluster, effort),
         "memory" => idle_memory(cluster),
         "held-connections" => held_connections(cluster),
         "balance" => balance(cluster, effort),

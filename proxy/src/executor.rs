@@ -18,14 +18,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::task::AtomicWaker;
 use tokio::runtime::{Handle, RuntimeFlavor};
-use tokio::sync::mpsc;
 
 type Spawned = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -41,23 +40,50 @@ pub enum Executor {
     Spawn,
     /// Futures are polled inside the connection's driving task; a future
     /// handed over after that task ended is spawned instead.
-    Inline(mpsc::UnboundedSender<Spawned>),
+    Inline(Arc<Shared>),
 }
 
-/// The receiving half of an inline [`Executor`]: pass it to
-/// [`Executor::drive`] with the connection's future.
-pub struct Driver {
-    spawned: Option<mpsc::UnboundedReceiver<Spawned>>,
-    woken: Arc<Woken>,
+/// What an inline executor shares with its driving task.
+pub struct Shared {
+    /// Futures handed over and not yet taken by the driving task; `None`
+    /// once it has ended. Every party is on the runtime's one thread, so the
+    /// lock is never contended: it is a lock only because the HTTP library
+    /// asks executors to be `Send + Sync`.
+    handed: Mutex<Option<Vec<Spawned>>>,
+    /// Whether the connection's future was woken since it was last polled.
+    /// Starts true: the connection is polled on the first turn.
+    connection_woken: AtomicBool,
+    /// The driving task.
+    task: AtomicWaker,
+    /// Whether the driving task is polling now: then a future handed over
+    /// or a wake of the connection needs no wake-up of the task, which
+    /// looks at both before it returns.
+    polling: AtomicBool,
 }
+
+impl Shared {
+    /// Wakes the driving task, unless it is polling now and will see what
+    /// changed before it returns.
+    fn wake_task(&self) {
+        // SeqCst pairs with the driving task's store of `polling` and its
+        // second look (Driven::poll): one of the two sees the other.
+        if !self.polling.load(Ordering::SeqCst) {
+            self.task.wake();
+        }
+    }
+}
+
+/// The driving half of an [`Executor`]: pass it to [`Executor::drive`]
+/// with the connection's future.
+pub struct Driver(Option<Arc<Shared>>);
 
 impl Driver {
     /// A waker that has the driving task poll the connection's future on
     /// its next turn, for a change the future reads but is not woken by
     /// (a setting the peer sent). A no-op when futures are spawned.
     pub fn connection_waker(&self) -> Waker {
-        match self.spawned {
-            Some(_) => Waker::from(self.woken.clone()),
+        match &self.0 {
+            Some(shared) => Waker::from(shared.clone()),
             None => Waker::noop().clone(),
         }
     }
@@ -68,22 +94,17 @@ impl Executor {
     /// single-threaded runtime, spawning on a multi-threaded one. Must be
     /// called inside the runtime.
     pub fn for_connection() -> (Executor, Driver) {
-        let woken = Arc::new(Woken {
-            pending: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
         match Handle::current().runtime_flavor() {
             RuntimeFlavor::CurrentThread => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                (
-                    Executor::Inline(tx),
-                    Driver {
-                        spawned: Some(rx),
-                        woken,
-                    },
-                )
+                let shared = Arc::new(Shared {
+                    handed: Mutex::new(Some(Vec::new())),
+                    connection_woken: AtomicBool::new(true),
+                    task: AtomicWaker::new(),
+                    polling: AtomicBool::new(false),
+                });
+                (Executor::Inline(shared.clone()), Driver(Some(shared)))
             }
-            _ => (Executor::Spawn, Driver { spawned: None, woken }),
+            _ => (Executor::Spawn, Driver(None)),
         }
     }
 
@@ -91,22 +112,18 @@ impl Executor {
     /// connection's executor alongside it; resolves to the connection's
     /// output once it has ended and every such future has finished.
     pub async fn drive<F: Future>(connection: F, driver: Driver) -> F::Output {
-        let Driver {
-            spawned: Some(spawned),
-            woken,
-        } = driver
-        else {
+        let Some(shared) = driver.0 else {
             return connection.await;
         };
-        Driven {
+        let driven = Driven {
             connection: Box::pin(connection),
             output: None,
-            connection_waker: Waker::from(woken.clone()),
-            woken,
-            spawned,
+            connection_waker: Waker::from(shared.clone()),
+            shared,
+            taken: Vec::new(),
             running: FuturesUnordered::new(),
-        }
-        .await
+        };
+        driven.await
     }
 }
 
@@ -119,31 +136,35 @@ where
             Executor::Spawn => {
                 tokio::spawn(future);
             }
-            Executor::Inline(driver) => {
-                if let Err(mpsc::error::SendError(future)) = driver.send(Box::pin(future)) {
-                    tokio::spawn(future);
+            Executor::Inline(shared) => {
+                let future: Spawned = Box::pin(future);
+                let refused = match shared.handed.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+                    Some(handed) => {
+                        handed.push(future);
+                        None
+                    }
+                    None => Some(future),
+                };
+                match refused {
+                    None => shared.wake_task(),
+                    // The driving task has ended.
+                    Some(future) => {
+                        tokio::spawn(future);
+                    }
                 }
             }
         }
     }
 }
 
-/// Says whether the connection's future was woken since it was last polled,
-/// and wakes the driving task.
-struct Woken {
-    /// Starts true: the connection is polled on the first turn.
-    pending: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for Woken {
+impl Wake for Shared {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.pending.store(true, Ordering::Release);
-        self.task.wake();
+        self.connection_woken.store(true, Ordering::SeqCst);
+        self.wake_task();
     }
 }
 
@@ -151,42 +172,94 @@ struct Driven<F: Future> {
     connection: Pin<Box<F>>,
     output: Option<F::Output>,
     connection_waker: Waker,
-    woken: Arc<Woken>,
-    spawned: mpsc::UnboundedReceiver<Spawned>,
+    shared: Arc<Shared>,
+    /// Swapped with the handed-over futures, so taking them allocates
+    /// nothing.
+    taken: Vec<Spawned>,
     running: FuturesUnordered<Spawned>,
 }
 
 impl<F: Future> Unpin for Driven<F> {}
+
+impl<F: Future> Driven<F> {
+    /// Moves the futures handed over into the running set; whether any were.
+    fn take_handed(&mut self) -> bool {
+        {
+            let mut handed = self.shared.handed.lock().unwrap_or_else(PoisonError::into_inner);
+            match handed.as_mut() {
+                Some(handed) if !handed.is_empty() => std::mem::swap(handed, &mut self.taken),
+                _ => return false,
+            }
+        }
+        for future in self.taken.drain(..) {
+            self.running.push(future);
+        }
+        true
+    }
+}
+
+impl<F: Future> Drop for Driven<F> {
+    fn drop(&mut self) {
+        // Futures handed over from now on are spawned. Those still here
+        // belong to the connection and end with it, as they would on its
+        // error.
+        self.shared.handed.lock().unwrap_or_else(PoisonError::into_inner).take();
+    }
+}
 
 impl<F: Future> Future for Driven<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
-        this.woken.task.register(cx.waker());
+        this.shared.task.register(cx.waker());
+        this.shared.polling.store(true, Ordering::SeqCst);
+        let polled = this.turn(cx);
+        this.shared.polling.store(false, Ordering::SeqCst);
+        // A wake that came while polling was true woke nothing: look again.
+        if polled.is_pending() && this.has_work() {
+            cx.waker().wake_by_ref();
+        }
+        polled
+    }
+}
+
+impl<F: Future> Driven<F> {
+    /// Whether the connection was woken or a future handed over.
+    fn has_work(&self) -> bool {
+        self.shared.connection_woken.load(Ordering::SeqCst)
+            || self
+                .shared
+                .handed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|handed| !handed.is_empty())
+    }
+
+    /// Polls what is ready, round after round while anything is, at most
+    /// [`ROUNDS_PER_TURN`] rounds.
+    fn turn(&mut self, cx: &mut Context<'_>) -> Poll<F::Output> {
         for _ in 0..ROUNDS_PER_TURN {
             let mut progressed = false;
-            // The connection, when woken (and on the very first poll).
-            if this.output.is_none() && this.woken.pending.swap(false, Ordering::AcqRel) {
-                let mut connection_cx = Context::from_waker(&this.connection_waker);
-                if let Poll::Ready(output) = this.connection.as_mut().poll(&mut connection_cx) {
-                    this.output = Some(output);
+            // The connection, when woken (and on the first turn).
+            if self.output.is_none() && self.shared.connection_woken.swap(false, Ordering::SeqCst) {
+                let mut connection_cx = Context::from_waker(&self.connection_waker);
+                if let Poll::Ready(output) = self.connection.as_mut().poll(&mut connection_cx) {
+                    self.output = Some(output);
                 }
                 progressed = true;
             }
-            // What it handed over since.
-            while let Poll::Ready(Some(future)) = this.spawned.poll_recv(cx) {
-                this.running.push(future);
-                progressed = true;
-            }
+            // What was handed over since.
+            progressed |= self.take_handed();
             // Those woken since they were last polled.
-            while let Poll::Ready(Some(())) = this.running.poll_next_unpin(cx) {
+            while let Poll::Ready(Some(())) = self.running.poll_next_unpin(cx) {
                 progressed = true;
             }
-            if this.output.is_some() && this.running.is_empty() {
-                return Poll::Ready(this.output.take().expect("checked"));
+            if self.output.is_some() && self.running.is_empty() && !self.take_handed() {
+                return Poll::Ready(self.output.take().expect("checked"));
             }
-            if !progressed && !this.woken.pending.load(Ordering::Acquire) {
+            if !progressed && !self.has_work() {
                 return Poll::Pending;
             }
         }

@@ -5,7 +5,7 @@ use std::task::Poll;
 use hyper::rt::Executor as _;
 use tokio::sync::oneshot;
 
-use super::{Executor, Spawned};
+use super::{Executor, Shared, Spawned};
 
 /// A future that counts its polls and ends when `done` fires.
 async fn counted(polls: Arc<AtomicUsize>, mut done: oneshot::Receiver<()>) {
@@ -112,6 +112,9 @@ async fn on_many_threads_each_future_is_a_task() {
 #[test]
 fn spawned_futures_are_send() {
     fn send<T: Send>() {}
+    fn sync<T: Sync>() {}
     send::<Spawned>();
     send::<Executor>();
+    sync::<Executor>();
+    sync::<Shared>();
 }

@@ -32,7 +32,11 @@ where
 {
     let service = service_fn(move |request| {
         let router = router.clone();
-        async move { Ok::<_, Infallible>(router.handle(request).await) }
+        // Boxed once here: the HTTP library moves a request's future
+        // several times on its way to the executor, and this one is
+        // kilobytes (the router's retries, routes and upstream call), so
+        // each move was a copy of all of it (bench/: "profile").
+        Box::pin(async move { Ok::<_, Infallible>(router.handle(request).await) })
     });
     let io = TokioIo::new(io);
     let result = match protocol {
