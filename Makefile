@@ -16,9 +16,13 @@ test: deps images
 	./scripts/fuzz.sh 20
 	cargo nextest run --workspace --no-fail-fast
 
-# The benchmarks (not part of the tests): see bench/README.md.
+# The benchmarks (not part of the tests): see bench/README.md. The report's
+# before/after table measures this build's proxy against BENCH_BASELINE's in
+# the same run: by default the proxy before the lean data path (issue 19);
+# `make bench BENCH_BASELINE=main` compares with another revision.
+BENCH_BASELINE ?= f2b1705
 bench: deps images
-	target/release/strait-bench run
+	target/release/strait-bench run --baseline "$$(scripts/baseline.sh $(BENCH_BASELINE))"
 
 # strait's container images (proxy, init, injector), built with buildah and
 # no daemon into target/images/ as OCI and docker archives: see images/.
