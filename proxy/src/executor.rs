@@ -77,18 +77,6 @@ impl Shared {
 /// with the connection's future.
 pub struct Driver(Option<Arc<Shared>>);
 
-impl Driver {
-    /// A waker that has the driving task poll the connection's future on
-    /// its next turn, for a change the future reads but is not woken by
-    /// (a setting the peer sent). A no-op when futures are spawned.
-    pub fn connection_waker(&self) -> Waker {
-        match &self.0 {
-            Some(shared) => Waker::from(shared.clone()),
-            None => Waker::noop().clone(),
-        }
-    }
-}
-
 impl Executor {
     /// An executor for one connection, and its driver: inline on a
     /// single-threaded runtime, spawning on a multi-threaded one. Must be
@@ -116,7 +104,7 @@ impl Executor {
             return connection.await;
         };
         let driven = Driven {
-            connection: Box::pin(connection),
+            connection: Some(Box::pin(connection)),
             output: None,
             connection_waker: Waker::from(shared.clone()),
             shared,
@@ -169,7 +157,10 @@ impl Wake for Shared {
 }
 
 struct Driven<F: Future> {
-    connection: Pin<Box<F>>,
+    /// Dropped as soon as it has ended: what it owns may be what the
+    /// futures still running wait on to finish (the HTTP client's I/O
+    /// future ends when its connection handle is dropped).
+    connection: Option<Pin<Box<F>>>,
     output: Option<F::Output>,
     connection_waker: Waker,
     shared: Arc<Shared>,
@@ -203,7 +194,9 @@ impl<F: Future> Drop for Driven<F> {
         // Futures handed over from now on are spawned. Those still here
         // belong to the connection and end with it, as they would on its
         // error.
-        self.shared.handed.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let left = self.shared.handed.lock().unwrap_or_else(PoisonError::into_inner).take();
+        // Dropped without the lock: a future's drop may hand over another.
+        drop(left);
     }
 }
 
@@ -243,10 +236,13 @@ impl<F: Future> Driven<F> {
         for _ in 0..ROUNDS_PER_TURN {
             let mut progressed = false;
             // The connection, when woken (and on the first turn).
-            if self.output.is_none() && self.shared.connection_woken.swap(false, Ordering::SeqCst) {
+            if let Some(connection) = self.connection.as_mut()
+                && self.shared.connection_woken.swap(false, Ordering::SeqCst)
+            {
                 let mut connection_cx = Context::from_waker(&self.connection_waker);
-                if let Poll::Ready(output) = self.connection.as_mut().poll(&mut connection_cx) {
+                if let Poll::Ready(output) = connection.as_mut().poll(&mut connection_cx) {
                     self.output = Some(output);
+                    self.connection = None;
                 }
                 progressed = true;
             }
@@ -256,8 +252,11 @@ impl<F: Future> Driven<F> {
             while let Poll::Ready(Some(())) = self.running.poll_next_unpin(cx) {
                 progressed = true;
             }
-            if self.output.is_some() && self.running.is_empty() && !self.take_handed() {
-                return Poll::Ready(self.output.take().expect("checked"));
+            if self.output.is_some() && self.running.is_empty() {
+                if !self.take_handed() {
+                    return Poll::Ready(self.output.take().expect("checked"));
+                }
+                progressed = true;
             }
             if !progressed && !self.has_work() {
                 return Poll::Pending;

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use strait_contract::Chain;
 
+use futures::task::AtomicWaker;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio_util::io::InspectReader;
@@ -24,6 +25,9 @@ use crate::wire::Body;
 
 /// Streams the proxy opens on one HTTP/2 connection to an endpoint at most.
 const STREAMS_PER_CONNECTION: usize = crate::wire::ISOLATED_STREAMS as usize;
+/// Reads of a new connection that have it polled again, so it applies the
+/// server's SETTINGS however the first bytes were split.
+const SETTINGS_READS: u32 = 8;
 /// HTTP/2 connections to one endpoint at most; beyond, requests queue on
 /// the least busy one.
 const MAX_H2_CONNECTIONS: usize = 16;
@@ -106,14 +110,16 @@ impl Endpoint {
         let (executor, driver) = Executor::for_connection();
         let (heard, mut hearing) = tokio::sync::watch::channel(false);
         // Says when the server first sent something, and has the connection
-        // polled then, so it records the stream limit the SETTINGS carried.
-        let settings_read = driver.connection_waker();
-        let mut first_read = true;
+        // polled on each of its first reads, so it records the stream limit
+        // the SETTINGS carried even when they arrive in pieces.
+        let settings_read = Arc::new(AtomicWaker::new());
+        let wake_on_read = settings_read.clone();
+        let mut reads = 0;
         let io = InspectReader::new(io, move |read: &[u8]| {
-            if first_read && !read.is_empty() {
-                first_read = false;
-                heard.send_replace(true);
-                settings_read.wake_by_ref();
+            if reads < SETTINGS_READS && !read.is_empty() {
+                reads += 1;
+                heard.send_if_modified(|heard| !std::mem::replace(heard, true));
+                wake_on_read.wake();
             }
         });
         let mut builder = http2::Builder::new(executor);
@@ -134,15 +140,18 @@ impl Endpoint {
         let allowed = Arc::new(AtomicUsize::new(connection.current_max_send_streams()));
         let seen = allowed.clone();
         let addr = self.addr;
+        // Polls the connection, following the server's stream limit as
+        // later SETTINGS change it. The connection moves into the closure:
+        // the driver drops it as soon as it has ended, which is what tells
+        // the HTTP library's I/O future (run by the same driver) to close.
+        let mut connection = Box::pin(connection);
+        let polled = poll_fn(move |cx| {
+            settings_read.register(cx.waker());
+            let polled = connection.as_mut().poll(cx);
+            seen.store(connection.current_max_send_streams(), Ordering::Relaxed);
+            polled
+        });
         tokio::spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            // Polls the connection, following the server's stream limit as
-            // later SETTINGS change it.
-            let polled = poll_fn(|cx| {
-                let polled = connection.as_mut().poll(cx);
-                seen.store(connection.current_max_send_streams(), Ordering::Relaxed);
-                polled
-            });
             if let Err(error) = Executor::drive(polled, driver).await {
                 tracing::debug!(endpoint = %addr, error = %Chain(&error), "HTTP/2 connection ended");
             }

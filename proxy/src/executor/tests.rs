@@ -118,3 +118,23 @@ fn spawned_futures_are_send() {
     sync::<Executor>();
     sync::<Shared>();
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_connection_is_dropped_as_soon_as_it_ends() {
+    // As the HTTP client's I/O future, which ends only once the connection
+    // handle (owned by the connection's future) is dropped.
+    let (executor, driver) = Executor::for_connection();
+    let (handle, handle_dropped) = oneshot::channel::<()>();
+    executor.execute(async move {
+        let _ = handle_dropped.await;
+    });
+    // A future that keeps what it owns after it is ready, as a struct
+    // future does until it is dropped.
+    let connection = std::future::poll_fn(move |_| {
+        let _owned = &handle;
+        Poll::Ready(())
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(5), Executor::drive(connection, driver))
+        .await
+        .expect("the drive ends once the connection has ended and dropped what it owned");
+}
