@@ -218,9 +218,11 @@ impl<F: Future> Future for Driven<F> {
 }
 
 impl<F: Future> Driven<F> {
-    /// Whether the connection was woken or a future handed over.
+    /// Whether the connection (while it runs) was woken or a future handed
+    /// over. A wake of a connection that has ended is no work: futures
+    /// still running may wake its waker, which it left registered.
     fn has_work(&self) -> bool {
-        self.shared.connection_woken.load(Ordering::SeqCst)
+        (self.connection.is_some() && self.shared.connection_woken.load(Ordering::SeqCst))
             || self
                 .shared
                 .handed

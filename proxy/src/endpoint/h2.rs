@@ -149,6 +149,10 @@ impl Endpoint {
             settings_read.register(cx.waker());
             let polled = connection.as_mut().poll(cx);
             seen.store(connection.current_max_send_streams(), Ordering::Relaxed);
+            if polled.is_ready() {
+                // Reads for streams that outlive it wake nothing.
+                settings_read.take();
+            }
             polled
         });
         tokio::spawn(async move {

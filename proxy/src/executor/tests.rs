@@ -138,3 +138,49 @@ async fn the_connection_is_dropped_as_soon_as_it_ends() {
         .await
         .expect("the drive ends once the connection has ended and dropped what it owned");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_wake_of_an_ended_connection_does_not_keep_the_driver_busy() {
+    // The connection ends at once, leaving its waker with a stream that
+    // wakes it later (as an HTTP/2 connection's reads for a stream that
+    // outlives it do).
+    let (executor, driver) = Executor::for_connection();
+    let left_waker: Arc<std::sync::Mutex<Option<std::task::Waker>>> = Arc::default();
+    let connection = {
+        let left_waker = left_waker.clone();
+        std::future::poll_fn(move |cx| {
+            *left_waker.lock().expect("waker slot") = Some(cx.waker().clone());
+            Poll::Ready(())
+        })
+    };
+    let (end_stream, stream_ended) = oneshot::channel::<()>();
+    let stream_polls = Arc::new(AtomicUsize::new(0));
+    executor.execute(counted(stream_polls.clone(), stream_ended));
+    let driver_polls = Arc::new(AtomicUsize::new(0));
+    let mut driven = Box::pin(Executor::drive(connection, driver));
+    let driving = {
+        let driver_polls = driver_polls.clone();
+        tokio::spawn(std::future::poll_fn(move |cx| {
+            driver_polls.fetch_add(1, Ordering::Relaxed);
+            driven.as_mut().poll(cx)
+        }))
+    };
+    tokio::task::yield_now().await;
+    left_waker
+        .lock()
+        .expect("waker slot")
+        .take()
+        .expect("connection polled")
+        .wake();
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let polls = driver_polls.load(Ordering::Relaxed);
+    assert!(
+        polls <= 3,
+        "the driver was polled {polls} times while nothing but an ended connection was woken"
+    );
+    end_stream.send(()).expect("stream waiting");
+    driving.await.expect("drive");
+    assert_eq!(stream_polls.load(Ordering::Relaxed), 2);
+}
