@@ -21,6 +21,25 @@ use crate::throttle::LogThrottle;
 
 static CONNECTION_ERRORS: LogThrottle = LogThrottle::new(5);
 
+/// A future serving `connection` (an HTTP/1 or HTTP/2 connection of the
+/// HTTP library, which share no trait for it) to its end, shut down
+/// gracefully once `drain` starts: HTTP/2 clients get a GOAWAY, HTTP/1
+/// connections close after their current request.
+macro_rules! until_drained {
+    ($connection:expr, $drain:expr) => {
+        async {
+            let mut connection = std::pin::pin!($connection);
+            tokio::select! {
+                result = connection.as_mut() => result,
+                _ = $drain.started() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            }
+        }
+    };
+}
+
 /// Serves one client connection within `limits`. Header lists up to twice
 /// the limit are read (see `header_read_limit`), so the router can answer a
 /// request over it in the request's own protocol (431, or
@@ -55,17 +74,7 @@ where
                 // A sidecar adds no header the application did not send.
                 .auto_date_header(false)
                 .serve_connection(io, service);
-            let served = async {
-                let mut connection = std::pin::pin!(connection);
-                tokio::select! {
-                    result = connection.as_mut() => result,
-                    _ = drain.started() => {
-                        connection.as_mut().graceful_shutdown();
-                        connection.await
-                    }
-                }
-            };
-            Executor::drive(served, driver).await
+            Executor::drive(until_drained!(connection, drain), driver).await
         }
         _ => {
             let connection = http1::Builder::new()
@@ -83,14 +92,7 @@ where
                 .max_buf_size(crate::wire::header_read_limit(limits.max_header_bytes))
                 .serve_connection(io, service)
                 .with_upgrades();
-            let mut connection = std::pin::pin!(connection);
-            tokio::select! {
-                result = connection.as_mut() => result,
-                _ = drain.started() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            }
+            until_drained!(connection, drain).await
         }
     };
     if let Err(error) = result
