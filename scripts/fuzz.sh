@@ -28,7 +28,7 @@ fi
 # A short run (the tests' 20 s a target) is a smoke test: the optimised build
 # (about 9 minutes on two cores, for the Kubernetes types the injector's
 # target pulls in) would cost more than all the fuzzing it serves, so it
-# builds in the fuzz workspace's lighter dev profile (fuzz/Cargo.toml).
+# builds in the fuzz workspace's unoptimised dev profile (fuzz/Cargo.toml).
 # Longer runs build optimised, where executions per second pay.
 build=(--sanitizer none --debug-assertions)
 if ((seconds <= 60)); then
