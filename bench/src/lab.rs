@@ -158,7 +158,10 @@ fn checked(out: Output, what: &str) -> anyhow::Result<String> {
 pub struct Usage {
     pub cpu_seconds: f64,
     pub rss_bytes: u64,
-    pub peak_rss_bytes: u64,
+    /// The largest peak RSS (VmHWM) of one of the processes, since it
+    /// started or since [`reset_peak_rss`]: a proxy's own peak when the
+    /// processes are a path's proxies.
+    pub largest_peak_rss_bytes: u64,
     /// Memory no other process shares: what one more proxy costs a node
     /// (RSS also counts the binary's pages every proxy shares).
     pub private_bytes: u64,
@@ -207,6 +210,17 @@ pub fn tree(root: u32) -> Vec<u32> {
     members
 }
 
+/// Resets the processes' peak RSS (VmHWM) to their RSS now (`5` to
+/// `/proc/<pid>/clear_refs`, Linux 4.0 and later), so the next [`usage`]
+/// reports the peak of what ran in between rather than of the process's
+/// whole life (an earlier scenario's 1,000 connections, say). A process
+/// gone meanwhile is skipped.
+pub fn reset_peak_rss(pids: &[u32]) {
+    for pid in pids {
+        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    }
+}
+
 pub fn usage(pids: &[u32]) -> Usage {
     let mut usage = Usage::default();
     for pid in pids {
@@ -232,7 +246,7 @@ pub fn usage(pids: &[u32]) -> Usage {
                     * 1024
             };
             usage.rss_bytes += kib("VmRSS:");
-            usage.peak_rss_bytes += kib("VmHWM:");
+            usage.largest_peak_rss_bytes = usage.largest_peak_rss_bytes.max(kib("VmHWM:"));
         }
         if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
             usage.private_bytes += ["Private_Clean:", "Private_Dirty:"]
@@ -251,4 +265,29 @@ pub fn usage(pids: &[u32]) -> Usage {
         }
     }
     usage
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run's peak is its own: after a reset, memory this process touched
+    /// and gave back before no longer counts.
+    #[test]
+    fn a_reset_peak_forgets_an_earlier_peak() {
+        let me = [std::process::id()];
+        // 256 MiB, touched, then returned to the system (an allocation
+        // this large is a mapping of its own).
+        let touched = vec![1u8; 256 << 20];
+        assert_eq!(std::hint::black_box(&touched)[touched.len() - 1], 1);
+        drop(touched);
+        let before = usage(&me).largest_peak_rss_bytes;
+        assert!(before >= 256 << 20, "peak {before} B after touching 256 MiB");
+        reset_peak_rss(&me);
+        let after = usage(&me).largest_peak_rss_bytes;
+        assert!(
+            after < before - (128 << 20),
+            "peak {after} B after the reset, {before} B before"
+        );
+    }
 }

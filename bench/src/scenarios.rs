@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use crate::lab::{Lab, Usage, last_json, tree, usage};
+use crate::lab::{Lab, Usage, last_json, reset_peak_rss, tree, usage};
 use crate::report::Table;
 use crate::setup::{EVEN_POOL, MIXED_POOL, ONE_BACKEND, TCP_RELAY, deployment_pods};
 
@@ -176,11 +176,22 @@ impl Cluster {
 pub struct Measured {
     pub load: Value,
     pub proxy_cpu_seconds: f64,
+    /// The proxies' usage after the run; its peak RSS is the run's own.
     pub proxy_usage: Usage,
+}
+
+/// The largest peak RSS of one proxy over a path's runs, in MB.
+fn peak_rss_per_proxy(runs: &[Measured]) -> f64 {
+    runs.iter()
+        .map(|m| m.proxy_usage.largest_peak_rss_bytes)
+        .max()
+        .unwrap_or(0) as f64
+        / 1e6
 }
 
 pub fn measure(cluster: &Cluster, path: &Path, args: &[&str]) -> anyhow::Result<Measured> {
     let pids = cluster.proxy_pids(&path.proxies());
+    reset_peak_rss(&pids);
     let before = usage(&pids);
     let mut command = vec!["strait-bench", "load", "--to", &path.to];
     command.extend_from_slice(args);
@@ -295,6 +306,7 @@ pub fn latency(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Valu
             "p50 added µs",
             "p99 × direct",
             "failed",
+            "peak RSS MB per proxy",
         ],
     );
     let mut raw = Vec::new();
@@ -333,6 +345,11 @@ pub fn latency(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Valu
                 fmt(pick(i, "p50") - direct_p50, 0),
                 fmt(pick(i, "p99") / direct_p99, 2),
                 fmt(failed, 0),
+                if path.proxies.is_empty() {
+                    "–".into()
+                } else {
+                    fmt(peak_rss_per_proxy(&results[i]), 1)
+                },
             ]);
             raw.push(json!({"system": path.system, "rate": rate, "runs": results[i].iter().map(|m| m.load.clone()).collect::<Vec<_>>()}));
         }
@@ -353,7 +370,7 @@ pub fn throughput(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, V
             "× HAProxy",
             "proxy CPU µs/request",
             "requests/s per proxy core",
-            "proxy peak RSS MB",
+            "peak RSS MB per proxy",
         ],
     );
     let mut raw = Vec::new();
@@ -372,12 +389,7 @@ pub fn throughput(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, V
                     .map(|m| num(&m.load["ok"]) / m.proxy_cpu_seconds.max(1e-9))
                     .collect(),
             );
-            let peak = results[i]
-                .iter()
-                .map(|m| m.proxy_usage.peak_rss_bytes)
-                .max()
-                .unwrap_or(0) as f64
-                / 1e6;
+            let peak = peak_rss_per_proxy(&results[i]);
             let proxied = !path.proxies.is_empty();
             table.row(vec![
                 path.system.into(),
