@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use strait_contract::Chain;
 
+use futures::future::Either;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use load::{CLEARLY_CHEAPER, InFlight, PeakEwma, Recent};
@@ -143,23 +144,32 @@ impl Target {
     }
 
     /// Sends a request: see [`Balancer::dispatch`] and [`Backend::dispatch`].
-    pub async fn dispatch(&self, request: Request<Body>) -> Result<(Arc<Backend>, Tracked), DispatchError> {
-        self.dispatch_avoiding(request, None).await
+    pub fn dispatch(&self, request: Request<Body>) -> impl Future<Output = Dispatched> + '_ {
+        self.dispatch_avoiding(request, None)
     }
 
     /// Sends a request, to another endpoint than `avoid` where the
     /// balancer has one (a retry's).
-    pub async fn dispatch_avoiding(
+    ///
+    /// This and [`Target::dispatch`] return the balancer's or backend's
+    /// own future rather than one that awaits it: each layer of `async fn`
+    /// would hold the whole future below it (about 2 KiB) and copy it once
+    /// per call.
+    pub fn dispatch_avoiding(
         &self,
         request: Request<Body>,
         avoid: Option<SocketAddr>,
-    ) -> Result<(Arc<Backend>, Tracked), DispatchError> {
+    ) -> impl Future<Output = Dispatched> + '_ {
         match self {
-            Target::Balanced(balancer) => balancer.dispatch(request, avoid).await,
-            Target::Fixed(backend) => backend.dispatch(request).await,
+            Target::Balanced(balancer) => Either::Left(balancer.dispatch(request, avoid)),
+            Target::Fixed(backend) => Either::Right(backend.dispatch(request)),
         }
     }
 }
+
+/// What sending a request through a [`Target`] gives: the backend that
+/// answered and its response, or why none did.
+pub type Dispatched = Result<(Arc<Backend>, Tracked), DispatchError>;
 
 /// One endpoint, kept across endpoint-set updates so its connections, load
 /// estimate and metric handles survive them.
@@ -243,49 +253,58 @@ impl Backend {
     /// was written gets one fresh try; so does an idempotent request that
     /// died on a reused idle HTTP/1 connection before any answer came back
     /// (the server closed that connection as the request arrived).
-    pub async fn send(&self, request: Request<Body>) -> Result<Tracked, SendError> {
-        let mut request = request;
-        let mut fresh = false;
-        for attempt in SEND.attempts() {
-            let connection = match self.endpoint.connection(request.version(), fresh).await {
-                Ok(connection) => connection,
-                Err(error) => {
-                    self.load.cancel_probe();
-                    return Err(SendError::NotSent {
-                        request: Box::new(request),
-                        error,
-                    });
-                }
-            };
-            let mut replayable = None;
-            if attempt == 0 && connection.is_reused_h1() && request.method().is_idempotent() {
-                (request, replayable) = Replayable::record(request);
-            }
-            let mut load = self.load.start();
-            match connection.send(request, self.endpoint.addr).await {
-                Ok((response, stream)) => {
-                    load.answered();
-                    if let Some(replayable) = replayable {
-                        replayable.discard();
+    ///
+    /// The future holds the request once: an `async fn` would keep its
+    /// argument and a copy (rust-lang/rust#62958), 240 bytes more in every
+    /// future awaiting this one.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold its request twice (rust-lang/rust#62958)"
+    )]
+    pub fn send(&self, mut request: Request<Body>) -> impl Future<Output = Result<Tracked, SendError>> + '_ {
+        async move {
+            let mut fresh = false;
+            for attempt in SEND.attempts() {
+                let connection = match self.endpoint.connection(request.version(), fresh).await {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        self.load.cancel_probe();
+                        return Err(SendError::NotSent {
+                            request: Box::new(request),
+                            error,
+                        });
                     }
-                    return Ok(Tracked { response, load, stream });
+                };
+                let mut replayable = None;
+                if attempt == 0 && connection.is_reused_h1() && request.method().is_idempotent() {
+                    (request, replayable) = Replayable::record(request);
                 }
-                Err(SendError::NotSent { request: unsent, .. }) if attempt == 0 => {
-                    self.endpoint.forget_closed_h2().await;
-                    request = *unsent;
-                }
-                Err(SendError::IdleClosed(error)) => match replayable.and_then(Replayable::into_request) {
-                    Some(again) => {
-                        tracing::debug!(endpoint = %self.endpoint.addr, error = %Chain(&error), "sending again on a fresh connection");
-                        request = again;
-                        fresh = true;
+                let mut load = self.load.start();
+                match connection.send(request, self.endpoint.addr).await {
+                    Ok((response, stream)) => {
+                        load.answered();
+                        if let Some(replayable) = replayable {
+                            replayable.discard();
+                        }
+                        return Ok(Tracked { response, load, stream });
                     }
-                    None => return Err(SendError::Failed(error)),
-                },
-                Err(error) => return Err(error),
+                    Err(SendError::NotSent { request: unsent, .. }) if attempt == 0 => {
+                        self.endpoint.forget_closed_h2().await;
+                        request = *unsent;
+                    }
+                    Err(SendError::IdleClosed(error)) => match replayable.and_then(Replayable::into_request) {
+                        Some(again) => {
+                            tracing::debug!(endpoint = %self.endpoint.addr, error = %Chain(&error), "sending again on a fresh connection");
+                            request = again;
+                            fresh = true;
+                        }
+                        None => return Err(SendError::Failed(error)),
+                    },
+                    Err(error) => return Err(error),
+                }
             }
+            unreachable!("the loop returns on its last attempt")
         }
-        unreachable!("the loop returns on its last attempt")
     }
 }
 
@@ -293,7 +312,7 @@ impl Backend {
     /// Sends a request to this one endpoint (a fixed address: the original
     /// destination, or the local application), with [`Backend::send`]'s
     /// fresh tries; errors as [`Balancer::dispatch`] gives them.
-    pub async fn dispatch(self: &Arc<Self>, request: Request<Body>) -> Result<(Arc<Backend>, Tracked), DispatchError> {
+    pub async fn dispatch(self: &Arc<Self>, request: Request<Body>) -> Dispatched {
         match self.send(request).await {
             Ok(tracked) => Ok((self.clone(), tracked)),
             Err(SendError::NotSent { error, .. }) => Err(DispatchError::Unreachable {
@@ -602,71 +621,79 @@ impl Balancer {
     /// Sends a request to the chosen endpoint; a request that could not be
     /// sent, or that the endpoint turned away before its application saw
     /// it, is tried on another one. `avoid`: see [`Balancer::pick`].
-    pub async fn dispatch(
+    ///
+    /// The future holds the request once, as [`Backend::send`]'s.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold its request twice (rust-lang/rust#62958)"
+    )]
+    pub fn dispatch(
         &self,
-        request: Request<Body>,
+        mut request: Request<Body>,
         avoid: Option<SocketAddr>,
-    ) -> Result<(Arc<Backend>, Tracked), DispatchError> {
-        let deadline = Instant::now() + self.wait;
-        let mut last_error = None;
-        let mut turned_away = None;
-        let (mut request, mut replayable) = (request, None);
-        for attempt in DISPATCH.attempts() {
-            let Some(backend) = self.pick_or_wait(deadline, avoid).await else {
-                break;
-            };
-            // A replay needs another endpoint to go to; with one, nothing is kept.
-            if attempt == 0 && self.has_alternatives() {
-                (request, replayable) = Replayable::record(request);
-            }
-            let refusal = match backend.send(request).await {
-                Ok(mut tracked) => {
-                    if replay::take_unprocessed(&mut tracked.response) {
-                        Refusal::Answered(Box::new(tracked))
-                    } else {
-                        if let Some(replayable) = replayable {
-                            replayable.discard();
+    ) -> impl Future<Output = Dispatched> + '_ {
+        async move {
+            let deadline = Instant::now() + self.wait;
+            let mut last_error = None;
+            let mut turned_away = None;
+            let mut replayable = None;
+            for attempt in DISPATCH.attempts() {
+                let Some(backend) = self.pick_or_wait(deadline, avoid).await else {
+                    break;
+                };
+                // A replay needs another endpoint to go to; with one, nothing is kept.
+                if attempt == 0 && self.has_alternatives() {
+                    (request, replayable) = Replayable::record(request);
+                }
+                let refusal = match backend.send(request).await {
+                    Ok(mut tracked) => {
+                        if replay::take_unprocessed(&mut tracked.response) {
+                            Refusal::Answered(Box::new(tracked))
+                        } else {
+                            if let Some(replayable) = replayable {
+                                replayable.discard();
+                            }
+                            self.record_outcome(&backend, is_failure(&tracked.response));
+                            return Ok((backend, tracked));
                         }
-                        self.record_outcome(&backend, is_failure(&tracked.response));
-                        return Ok((backend, tracked));
                     }
-                }
-                Err(SendError::NotSent { request: unsent, error }) => {
-                    tracing::debug!(endpoint = %backend.endpoint.addr, error = %Chain(&error), "connect failed; trying another endpoint");
-                    backend.metrics().turned_away(TurnedAway::ConnectFailed);
-                    self.record_outcome(&backend, true);
-                    request = *unsent;
-                    last_error = Some(error);
-                    continue;
-                }
-                Err(SendError::Failed(source)) if replay::refused_unprocessed(&source) => Refusal::Refused(source),
-                Err(SendError::Failed(source) | SendError::IdleClosed(source)) => {
-                    self.record_outcome(&backend, true);
-                    return Err(upstream_failed(&backend, source));
-                }
-            };
-            backend.metrics().turned_away(refusal.reason());
-            let Some(again) = replayable.take().and_then(Replayable::into_request) else {
+                    Err(SendError::NotSent { request: unsent, error }) => {
+                        tracing::debug!(endpoint = %backend.endpoint.addr, error = %Chain(&error), "connect failed; trying another endpoint");
+                        backend.metrics().turned_away(TurnedAway::ConnectFailed);
+                        self.record_outcome(&backend, true);
+                        request = *unsent;
+                        last_error = Some(error);
+                        continue;
+                    }
+                    Err(SendError::Failed(source)) if replay::refused_unprocessed(&source) => Refusal::Refused(source),
+                    Err(SendError::Failed(source) | SendError::IdleClosed(source)) => {
+                        self.record_outcome(&backend, true);
+                        return Err(upstream_failed(&backend, source));
+                    }
+                };
+                backend.metrics().turned_away(refusal.reason());
+                let Some(again) = replayable.take().and_then(Replayable::into_request) else {
+                    return refusal.into_result(backend);
+                };
+                tracing::debug!(endpoint = %backend.endpoint.addr, "the request did not reach the application; trying another endpoint");
+                backend.endpoint.mark_failed();
+                turned_away = Some((backend, refusal));
+                (request, replayable) = Replayable::record(again);
+            }
+            if let Some((backend, refusal)) = turned_away {
                 return refusal.into_result(backend);
-            };
-            tracing::debug!(endpoint = %backend.endpoint.addr, "the request did not reach the application; trying another endpoint");
-            backend.endpoint.mark_failed();
-            turned_away = Some((backend, refusal));
-            (request, replayable) = Replayable::record(again);
+            }
+            Err(match last_error {
+                Some(source) => DispatchError::Unreachable {
+                    target: self.name(),
+                    source,
+                },
+                None => DispatchError::NoEndpoints {
+                    target: self.name(),
+                    wait: self.wait,
+                },
+            })
         }
-        if let Some((backend, refusal)) = turned_away {
-            return refusal.into_result(backend);
-        }
-        Err(match last_error {
-            Some(source) => DispatchError::Unreachable {
-                target: self.name(),
-                source,
-            },
-            None => DispatchError::NoEndpoints {
-                target: self.name(),
-                wait: self.wait,
-            },
-        })
     }
 }
 
@@ -687,7 +714,7 @@ impl Refusal {
     }
 
     /// What the client gets when the request goes nowhere else.
-    fn into_result(self, backend: Arc<Backend>) -> Result<(Arc<Backend>, Tracked), DispatchError> {
+    fn into_result(self, backend: Arc<Backend>) -> Dispatched {
         match self {
             Refusal::Answered(tracked) => Ok((backend, *tracked)),
             Refusal::Refused(source) => Err(upstream_failed(&backend, source)),

@@ -509,3 +509,20 @@ async fn a_call_while_every_application_is_still_starting_waits_for_one() {
     let answer = call(&balancer, http::Version::HTTP_2).await.unwrap();
     assert!(["a", "b", "c"].contains(&answer.as_str()), "{answer}");
 }
+
+/// Every call's future holds the dispatch future and copies it as it
+/// starts, once per layer above it: it holds the request once and no
+/// connect (boxed, as few calls connect). Before, 3,280 bytes, with three
+/// layers of `async fn` each holding the whole future below.
+#[tokio::test]
+async fn a_dispatch_future_holds_no_connect_and_no_copy_of_the_request() {
+    let (balancer, _updates) = balancer(&[("127.0.0.1:9".parse().unwrap(), "a")]);
+    let target = Target::Balanced(Arc::new(balancer));
+    let request = Request::builder()
+        .uri("http://web.demo:80/")
+        .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync())
+        .unwrap();
+    let dispatch = target.dispatch(request);
+    let size = std::mem::size_of_val(&dispatch);
+    assert!(size <= 2560, "the dispatch future is {size} bytes");
+}

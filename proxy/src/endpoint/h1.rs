@@ -66,6 +66,12 @@ impl Endpoint {
         if !fresh && let Some(sender) = self.idle_h1() {
             return Ok((sender, true));
         }
+        // Boxed, as the HTTP/2 connect: a large future only some calls reach.
+        Ok((Box::pin(self.h1_connect()).await?, false))
+    }
+
+    /// A new HTTP/1 connection, its I/O driven by a task of its own.
+    async fn h1_connect(&self) -> Result<http1::SendRequest<Body>, ConnectError> {
         let io = TokioIo::new(self.connect_io().await?);
         let fields = crate::wire::max_header_fields(self.connector.max_header_bytes);
         let (sender, connection) = http1::Builder::new()
@@ -81,7 +87,7 @@ impl Endpoint {
                 tracing::debug!(endpoint = %addr, error = %Chain(&error), "HTTP/1 connection ended");
             }
         });
-        Ok((sender, false))
+        Ok(sender)
     }
 }
 /// Returns an HTTP/1 connection to the pool once its response is done, to

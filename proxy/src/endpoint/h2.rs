@@ -92,7 +92,10 @@ impl Endpoint {
         {
             return Ok(least.take_stream());
         }
-        let conn = self.h2_connect().await?;
+        // Boxed: connecting (TCP, TLS, the HTTP/2 handshake) is a large
+        // future that most calls never reach, and every future awaiting
+        // this one would otherwise carry it and copy it on each call.
+        let conn = Box::pin(self.h2_connect()).await?;
         let stream = conn.take_stream();
         conns.push(conn);
         Ok(stream)

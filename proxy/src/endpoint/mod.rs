@@ -214,40 +214,48 @@ impl Connection {
     /// Sends the request. If the connection turned out to be closed before
     /// anything was written, the request comes back as `NotSent`. The
     /// stream's slot, for HTTP/2, is to be held until the response ends.
-    pub async fn send(
+    ///
+    /// The future holds the request once (see [`crate::balance::Backend::send`]).
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would hold its request twice (rust-lang/rust#62958)"
+    )]
+    pub fn send(
         self,
         request: Request<Body>,
         addr: SocketAddr,
-    ) -> Result<(Response<Incoming>, Option<StreamSlot>), SendError> {
-        let method = request.method().clone();
-        let (result, slot, reused) = match self {
-            Connection::H2(mut sender, slot) => (sender.try_send_request(request).await, Some(slot), false),
-            Connection::H1 {
-                mut sender,
-                reused,
-                idle,
-                keep,
-            } => {
-                let result = sender.try_send_request(request).await;
-                if let Ok(response) = &result
-                    && !switches_protocols(&method, response.status())
-                {
-                    let keep = keep_alive_timeout(response.headers()).map_or(keep, |server| server.min(keep));
-                    reuse_when_ready(sender, idle, keep);
+    ) -> impl Future<Output = Result<(Response<Incoming>, Option<StreamSlot>), SendError>> {
+        async move {
+            let method = request.method().clone();
+            let (result, slot, reused) = match self {
+                Connection::H2(mut sender, slot) => (sender.try_send_request(request).await, Some(slot), false),
+                Connection::H1 {
+                    mut sender,
+                    reused,
+                    idle,
+                    keep,
+                } => {
+                    let result = sender.try_send_request(request).await;
+                    if let Ok(response) = &result
+                        && !switches_protocols(&method, response.status())
+                    {
+                        let keep = keep_alive_timeout(response.headers()).map_or(keep, |server| server.min(keep));
+                        reuse_when_ready(sender, idle, keep);
+                    }
+                    (result, None, reused)
                 }
-                (result, None, reused)
+            };
+            match result {
+                Ok(response) => Ok((response, slot)),
+                Err(mut error) => Err(match error.take_message() {
+                    Some(unsent) => SendError::NotSent {
+                        request: Box::new(unsent),
+                        error: connect_failed(error.into_error(), addr),
+                    },
+                    None if reused && closed_without_answer(error.error()) => SendError::IdleClosed(error.into_error()),
+                    None => SendError::Failed(error.into_error()),
+                }),
             }
-        };
-        match result {
-            Ok(response) => Ok((response, slot)),
-            Err(mut error) => Err(match error.take_message() {
-                Some(unsent) => SendError::NotSent {
-                    request: Box::new(unsent),
-                    error: connect_failed(error.into_error(), addr),
-                },
-                None if reused && closed_without_answer(error.error()) => SendError::IdleClosed(error.into_error()),
-                None => SendError::Failed(error.into_error()),
-            }),
         }
     }
 }

@@ -21,7 +21,7 @@ use super::errors::{ProxyError, respond};
 use super::headers::{field_list_size, strip_hop_by_hop, wants_upgrade};
 use super::upgrade::relay_upgraded;
 use super::{Body, is_grpc};
-use crate::balance::{Backend, DispatchError, Target, Tracked};
+use crate::balance::{Backend, Target, Tracked};
 use crate::config::Limits;
 use crate::endpoint::replay;
 use crate::endpoint::replay::Replayable;
@@ -157,8 +157,13 @@ impl Router {
                         .as_ref()
                         .and_then(|routes| Some((routes, routes.current()?)))
                     {
-                        Some((routes, table)) => self.dispatch_routed(routes, &table, request, grpc, &mut route).await,
-                        None => self.dispatch(request).await.map_err(ProxyError::from),
+                        // Boxed: routing (timeouts, retries) makes a future twice
+                        // the size of a plain dispatch, which every call's
+                        // future would otherwise carry and copy.
+                        Some((routes, table)) => {
+                            Box::pin(self.dispatch_routed(routes, &table, request, grpc, &mut route)).await
+                        }
+                        None => self.target.dispatch(request).await.map_err(ProxyError::from),
                     }
                 }
                 Err(error) => Err(error),
@@ -232,10 +237,6 @@ impl Router {
         };
         let limit = self.limits.max_header_bytes;
         response.map(|body| Observed::new(body, completion, limit).boxed_unsync())
-    }
-
-    async fn dispatch(&self, request: Request<Body>) -> Result<(Arc<Backend>, Tracked), DispatchError> {
-        self.target.dispatch(request).await
     }
 
     /// Sends a request by the Service port's routes: the first rule that
