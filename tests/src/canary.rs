@@ -147,10 +147,12 @@ pub async fn run(paths: &LabPaths, client: &LabClient) -> anyhow::Result<()> {
         without["calls"],
     );
     println!("  adding to the route: retry.strait.io/grpc: unavailable, retry.strait.io/limit: \"3\"");
-    let mut route_object = client.get(ROUTE).await?;
-    route_object["metadata"]["annotations"] =
-        json!({"retry.strait.io/grpc": "unavailable", "retry.strait.io/limit": "3"});
-    client.put(ROUTE, &route_object).await?;
+    // A merge patch, as `kubectl annotate` sends: the control plane writes the
+    // route's status meanwhile, and a read-then-replace could meet a 409.
+    let annotations = json!({"retry.strait.io/grpc": "unavailable", "retry.strait.io/limit": "3"});
+    client
+        .merge_patch(ROUTE, &json!({"metadata": {"annotations": annotations}}))
+        .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let retries_before = counts(
         paths,

@@ -134,7 +134,14 @@ fn apply_order(resource: &Resource) -> u8 {
     }
 }
 
-/// Creates the object, or replaces the existing one's contents.
+/// Tries at replacing an object that keeps changing under the replace, as
+/// kubectl apply's (`maxPatchRetry`).
+const REPLACE_TRIES: usize = 5;
+
+/// Creates the object, or replaces the existing one's contents. A replace
+/// that meets a newer version (409 Conflict: a controller wrote the object,
+/// its status say, between the read and the write) reads it again and tries
+/// again, up to [`REPLACE_TRIES`] times.
 pub async fn apply(client: &LabClient, object: &Object) -> Result<Value, ManifestError> {
     let namespace = object.resource.namespaced.then(|| object.namespace());
     let collection = object.resource.path(namespace, None);
@@ -150,9 +157,15 @@ pub async fn apply(client: &LabClient, object: &Object) -> Result<Value, Manifes
         Ok(created) => Ok(created),
         Err(ClientError::Api { code: 409, .. }) => {
             let path = object.resource.path(namespace, Some(object.name()));
-            let current = client.get(&path).await.map_err(error)?;
-            value["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
-            client.put(&path, &value).await.map_err(error)
+            let mut tries = 1;
+            loop {
+                let current = client.get(&path).await.map_err(error)?;
+                value["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+                match client.put(&path, &value).await {
+                    Err(ClientError::Api { code: 409, .. }) if tries < REPLACE_TRIES => tries += 1,
+                    replaced => return replaced.map_err(error),
+                }
+            }
         }
         Err(other) => Err(error(other)),
     }
@@ -160,7 +173,79 @@ pub async fn apply(client: &LabClient, object: &Object) -> Result<Value, Manifes
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
+
+    /// An API server whose Deployment `demo/web` a controller writes
+    /// between each read and each of the first `conflicts` replaces.
+    async fn racing_api_server(socket: &Path, conflicts: usize) -> Arc<AtomicUsize> {
+        use http_body_util::Full;
+        use hyper::service::service_fn;
+        use hyper_util::rt::TokioIo;
+        let replaces = Arc::new(AtomicUsize::new(0));
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        let counted = replaces.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let replaces = counted.clone();
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    let replaces = replaces.clone();
+                    async move {
+                        let (status, body) = match *request.method() {
+                            http::Method::POST => (409, serde_json::json!({"reason": "AlreadyExists"})),
+                            http::Method::GET => (200, serde_json::json!({"metadata": {"resourceVersion": "7"}})),
+                            _ if replaces.fetch_add(1, Ordering::SeqCst) < conflicts => (
+                                409,
+                                serde_json::json!({"reason": "Conflict", "message": "the object has been modified"}),
+                            ),
+                            _ => (200, serde_json::json!({"metadata": {"name": "web"}})),
+                        };
+                        let response = http::Response::builder()
+                            .status(status)
+                            .body(Full::new(bytes::Bytes::from(body.to_string())))
+                            .unwrap();
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        replaces
+    }
+
+    #[tokio::test]
+    async fn a_replace_that_meets_a_newer_version_reads_it_again_and_tries_again() {
+        let state = std::env::temp_dir().join(format!("strait-manifest-race-{}", std::process::id()));
+        std::fs::create_dir_all(&state).unwrap();
+        let paths = crate::paths::LabPaths {
+            name: "race".into(),
+            state: state.clone(),
+        };
+        let object = &parse(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: demo}\n",
+            "web.yaml",
+        )
+        .unwrap()[0];
+        let client = LabClient::new(&paths);
+        let replaces = racing_api_server(&paths.socket(), 2).await;
+        apply(&client, object).await.unwrap();
+        assert_eq!(replaces.load(Ordering::SeqCst), 3, "two conflicts, then the replace");
+
+        // An object that never stops changing is an error, named.
+        std::fs::remove_file(paths.socket()).unwrap();
+        let replaces = racing_api_server(&paths.socket(), usize::MAX).await;
+        let error = apply(&client, object).await.unwrap_err().to_string();
+        assert_eq!(replaces.load(Ordering::SeqCst), REPLACE_TRIES);
+        assert!(
+            error.contains("Deployment demo/web") && error.contains("modified"),
+            "{error}"
+        );
+        let _ = std::fs::remove_dir_all(&state);
+    }
 
     #[test]
     fn documents_are_read_in_dependency_order() {
