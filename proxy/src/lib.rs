@@ -23,6 +23,8 @@ mod discovery;
 mod drain;
 mod endpoint;
 mod executor;
+#[cfg(test)]
+mod heap;
 mod http;
 mod identity;
 mod inbound;

@@ -21,6 +21,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
+
+use crate::wire::GRPC_TIMEOUT;
 use rand::Rng;
 use regex::Regex;
 use strait_api::destination::v1 as api;
@@ -503,7 +505,7 @@ impl Rule {
 /// A gRPC call's `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a
 /// unit, H M S m u n); `None` when absent or malformed.
 pub fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let text = headers.get("grpc-timeout")?.to_str().ok()?;
+    let text = headers.get(GRPC_TIMEOUT)?.to_str().ok()?;
     if text.len() < 2 || text.len() > 9 {
         return None;
     }
@@ -533,7 +535,7 @@ pub fn set_grpc_timeout(headers: &mut HeaderMap, left: Duration) {
         format!("{}S", left.as_secs().min(99_999_999))
     };
     if let Ok(value) = HeaderValue::from_str(&text) {
-        headers.insert("grpc-timeout", value);
+        headers.insert(GRPC_TIMEOUT, value);
     }
 }
 

@@ -1,9 +1,20 @@
 //! What both sides of an HTTP hop agree on: the body type inside the proxy,
-//! HTTP/2 flow-control windows and header list limits. Shared by the server
-//! side (`http`) and the client side (`endpoint`), below both.
+//! HTTP/2 flow-control windows, header list limits and the gRPC header names
+//! the proxy reads and writes. Shared by the server side (`http`), the client
+//! side (`endpoint`) and the routes, below all three.
 
 use bytes::Bytes;
+use http::HeaderName;
 use http_body_util::combinators::UnsyncBoxBody;
+
+/// gRPC's status header or trailer (gRPC over HTTP/2). Header names as
+/// constants: a name given as a string that is not a standard HTTP header
+/// is copied to the heap on every insert.
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// gRPC's status message, percent-encoded (gRPC over HTTP/2).
+pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+/// A gRPC call's deadline: at most 8 digits and a unit (gRPC over HTTP/2).
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// HTTP/2 flow-control windows, on both sides of the proxy: what a peer may
 /// send on one stream before the proxy reads it (256 KiB), and on one

@@ -9,14 +9,15 @@ use std::time::Instant;
 use crate::balance::load::InFlight;
 use crate::endpoint::StreamSlot;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use super::errors::percent_encode;
 use super::headers::field_list_size;
 use crate::metrics::RouteMetrics;
 
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+use crate::wire::{GRPC_MESSAGE, GRPC_STATUS};
+
 const GRPC_CANCELLED: u32 = 1;
 const GRPC_UNKNOWN: u32 = 2;
 const GRPC_RESOURCE_EXHAUSTED: u32 = 8;
@@ -99,7 +100,7 @@ fn trailers_over_limit(size: usize, limit: usize) -> HeaderMap {
         format!("response trailers of {size} bytes are over the proxy's limit of {limit} (STRAIT_MAX_HEADER_BYTES)");
     let mut trailers = HeaderMap::new();
     trailers.insert(GRPC_STATUS, HeaderValue::from(GRPC_RESOURCE_EXHAUSTED));
-    trailers.insert("grpc-message", percent_encode(&message));
+    trailers.insert(GRPC_MESSAGE, percent_encode(&message));
     trailers
 }
 

@@ -10,6 +10,7 @@ use strait_contract::Chain;
 use super::Body;
 use crate::balance::DispatchError;
 use crate::routes::RouteError;
+use crate::wire::{GRPC_MESSAGE, GRPC_STATUS};
 
 /// The header that says an answer came from the proxy, not the application.
 pub const PROXY_ERROR_HEADER: HeaderName = HeaderName::from_static("strait-proxy-error");
@@ -113,8 +114,8 @@ pub fn respond(error: &ProxyError, grpc: bool) -> Response<Body> {
         let mut response = Response::new(body(String::new()));
         let headers = response.headers_mut();
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        headers.insert("grpc-status", HeaderValue::from(error.grpc_status()));
-        headers.insert("grpc-message", percent_encode(&message));
+        headers.insert(GRPC_STATUS, HeaderValue::from(error.grpc_status()));
+        headers.insert(GRPC_MESSAGE, percent_encode(&message));
         response
     } else {
         let mut response = Response::new(body(format!("{message}\n")));

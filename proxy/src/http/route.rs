@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use strait_contract::Chain;
@@ -32,7 +32,7 @@ use tokio::sync::watch;
 
 /// The request header that carries a verified client identity to the
 /// application; from anywhere else it is removed.
-pub const CLIENT_ID_HEADER: &str = "strait-client-id";
+pub const CLIENT_ID_HEADER: HeaderName = HeaderName::from_static("strait-client-id");
 
 /// Sends the requests of one client connection to its target; the
 /// connection's HTTP server calls [`Router::handle`] for each.
@@ -80,11 +80,17 @@ pub fn response_header_list_size<B>(response: &Response<B>) -> usize {
 }
 
 /// Gives the request the URI form the upstream hop expects. HTTP/2 needs a
-/// scheme and authority. HTTP/1 goes on in the form the client sent
-/// (origin-form, absolute-form to a forward proxy, authority-form for
-/// CONNECT: RFC 9112 §3.2), with a Host header.
-fn prepare_uri(request: &mut Request<Incoming>, fallback_authority: &str) -> Result<(), ProxyError> {
-    let parts = request.uri().clone().into_parts();
+/// scheme and authority: an HTTP/2 request has them already, else they come
+/// from the Host header or, without one, `fallback_authority` (called only
+/// then). HTTP/1 goes on in the form the client sent (origin-form,
+/// absolute-form to a forward proxy, authority-form for CONNECT: RFC 9112
+/// §3.2), with a Host header.
+fn prepare_uri(request: &mut Request<Incoming>, fallback_authority: impl FnOnce() -> String) -> Result<(), ProxyError> {
+    let uri = request.uri();
+    if request.version() == Version::HTTP_2 && uri.scheme().is_some() && uri.authority().is_some() {
+        return Ok(());
+    }
+    let parts = uri.clone().into_parts();
     if request.version() != Version::HTTP_2 {
         if let (Some(authority), false) = (&parts.authority, request.headers().contains_key(HOST)) {
             let host = HeaderValue::from_str(authority.as_str()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
@@ -99,11 +105,10 @@ fn prepare_uri(request: &mut Request<Incoming>, fallback_authority: &str) -> Res
     let authority = match parts.authority {
         Some(authority) => authority,
         None => {
-            let host = request
-                .headers()
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or(fallback_authority);
+            let host = match request.headers().get(HOST).and_then(|h| h.to_str().ok()) {
+                Some(host) => host.to_string(),
+                None => fallback_authority(),
+            };
             host.parse::<Authority>()
                 .map_err(|e| ProxyError::BadRequest(format!("invalid authority {host:?}: {e}")))?
         }
@@ -149,7 +154,7 @@ impl Router {
                 limit: self.limits.max_header_bytes,
             })
         } else {
-            match prepare_uri(&mut request, &self.target.authority()) {
+            match prepare_uri(&mut request, || self.target.authority()) {
                 Ok(()) => {
                     let request = request.map(|body| body.boxed_unsync());
                     match self
