@@ -277,6 +277,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // An empty view still holds the detection buffer (1 KiB);
+                // the connection may live for hours.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.inner).poll_read(cx, buf)
@@ -311,9 +316,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+
+    #[tokio::test]
+    async fn a_prefix_read_to_its_end_lets_go_of_the_detection_buffer() {
+        let buffer = Bytes::from(vec![b'x'; 1024]);
+        let mut prefixed = Prefixed::new(buffer.slice(..6), tokio::io::empty());
+        let mut read = Vec::new();
+        prefixed.read_to_end(&mut read).await.unwrap();
+        assert_eq!(read, b"xxxxxx");
+        assert!(buffer.is_unique(), "the stream still holds the buffer");
+    }
 
     #[test]
     fn classifies_first_bytes() {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
@@ -59,10 +60,11 @@ impl Drain {
         F: Future<Output = ()> + Send + 'static,
     {
         let finished = self.finished.clone();
-        self.connections.spawn(async move {
-            handler.await;
+        // A combinator, not an async block: awaiting the moved-in handler
+        // would keep it twice in the task (rust-lang/rust#62958).
+        self.connections.spawn(handler.map(move |()| {
             finished.fetch_add(1, Ordering::Relaxed);
-        });
+        }));
     }
 
     /// How many connections have finished since the start.

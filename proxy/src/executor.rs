@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
+use futures::future::Either;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::task::AtomicWaker;
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -99,19 +100,23 @@ impl Executor {
     /// Runs `connection` to its end, polling the futures handed to this
     /// connection's executor alongside it; resolves to the connection's
     /// output once it has ended and every such future has finished.
-    pub async fn drive<F: Future>(connection: F, driver: Driver) -> F::Output {
-        let Some(shared) = driver.0 else {
-            return connection.await;
-        };
-        let driven = Driven {
-            connection: Some(Box::pin(connection)),
-            output: None,
-            connection_waker: Waker::from(shared.clone()),
-            shared,
-            taken: Vec::new(),
-            running: FuturesUnordered::new(),
-        };
-        driven.await
+    ///
+    /// The connection is boxed, once: an `async fn` would keep its argument
+    /// and, awaiting it, a second copy (rust-lang/rust#62958), and an HTTP/2
+    /// connection is over 3 KiB (held for as long as the connection is).
+    pub fn drive<F: Future>(connection: F, driver: Driver) -> impl Future<Output = F::Output> {
+        let connection = Box::pin(connection);
+        match driver.0 {
+            None => Either::Left(connection),
+            Some(shared) => Either::Right(Driven {
+                connection: Some(connection),
+                output: None,
+                connection_waker: Waker::from(shared.clone()),
+                shared,
+                taken: Vec::new(),
+                running: FuturesUnordered::new(),
+            }),
+        }
     }
 }
 

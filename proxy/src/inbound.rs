@@ -175,14 +175,22 @@ impl Inbound {
         Err(Refusal::Plaintext)
     }
 
-    /// Completes a peer proxy's handshake: returns the TLS stream, the
-    /// application address the connection is for and the client's identity.
+    /// Completes a peer proxy's handshake: returns the TLS stream (boxed,
+    /// see [`ClientStream`]), the application address the connection is for
+    /// and the client's identity.
     async fn accept_mesh(
         &self,
         mesh: &MeshTls,
         stream: TcpStream,
         local: SocketAddr,
-    ) -> Result<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr, Option<SpiffeId>), Refusal> {
+    ) -> Result<
+        (
+            Box<tokio_rustls::server::TlsStream<TcpStream>>,
+            SocketAddr,
+            Option<SpiffeId>,
+        ),
+        Refusal,
+    > {
         let handshake = async {
             // Look at the ClientHello before answering it, so a connection
             // meant for another workload, or not from a proxy, is named as such.
@@ -190,7 +198,7 @@ impl Inbound {
                 .await
                 .map_err(Refusal::Handshake)?;
             admit_hello(&start.client_hello(), &mesh.identity.server_name())?;
-            let mut tls = start.into_stream(mesh.server()).await.map_err(Refusal::Handshake)?;
+            let mut tls = Box::new(start.into_stream(mesh.server()).await.map_err(Refusal::Handshake)?);
             let port = mesh::read_header(&mut tls).await.map_err(Refusal::Header)?;
             let client_id = tls
                 .get_ref()
@@ -230,7 +238,7 @@ pub async fn serve(listener: TcpListener, inbound: Arc<Inbound>, drain: Drain) {
     let limit = inbound.connections.clone();
     listener::serve(listener, drain, limit, move |stream, peer| {
         let (inbound, drain) = (inbound.clone(), connection_drain.clone());
-        async move { handle(inbound, stream, peer, drain).await }
+        handle(inbound, stream, peer, drain)
     })
     .await;
 }

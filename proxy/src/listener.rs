@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use strait_contract::Chain;
 
+use futures::FutureExt;
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -65,11 +66,9 @@ where
         match accepted {
             Ok((stream, peer)) => match limit.admit() {
                 Some(permit) => {
-                    let connection = handle(stream, peer);
-                    drain.spawn(async move {
-                        connection.await;
-                        drop(permit);
-                    });
+                    // The permit goes with the connection (a combinator, as
+                    // in `Drain::spawn`).
+                    drain.spawn(handle(stream, peer).map(move |()| drop(permit)));
                 }
                 None => {
                     limit.refused.inc();

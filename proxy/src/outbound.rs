@@ -171,7 +171,7 @@ pub async fn serve(listener: TcpListener, outbound: Arc<Outbound>, drain: Drain)
     let limit = outbound.connections.clone();
     listener::serve(listener, drain, limit, move |stream, peer| {
         let (outbound, drain) = (outbound.clone(), connection_drain.clone());
-        async move { handle(outbound, stream, peer, drain).await }
+        handle(outbound, stream, peer, drain)
     })
     .await;
 }

@@ -61,7 +61,10 @@ impl ClientStream for TcpStream {
     }
 }
 
-impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+/// Mutual TLS from a peer proxy, boxed: the stream is 1.2 KiB, and every
+/// future on a held connection's way that has a place for it would carry
+/// that much inline.
+impl ClientStream for Box<tokio_rustls::server::TlsStream<TcpStream>> {
     fn into_tcp(self) -> Option<TcpStream> {
         Some(self.into_inner().0)
     }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use strait_contract::Chain;
 
+use futures::FutureExt;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
@@ -82,11 +83,11 @@ impl Endpoint {
             .await
             .map_err(|e| connect_failed(e, self.addr))?;
         let addr = self.addr;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
+        tokio::spawn(connection.with_upgrades().map(move |ended| {
+            if let Err(error) = ended {
                 tracing::debug!(endpoint = %addr, error = %Chain(&error), "HTTP/1 connection ended");
             }
-        });
+        }));
         Ok(sender)
     }
 }

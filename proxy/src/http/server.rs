@@ -25,6 +25,11 @@ static CONNECTION_ERRORS: LogThrottle = LogThrottle::new(5);
 /// HTTP library, which share no trait for it) to its end, shut down
 /// gracefully once `drain` starts: HTTP/2 clients get a GOAWAY, HTTP/1
 /// connections close after their current request.
+///
+/// `connection` is an expression the future evaluates and pins in place, so
+/// the connection (over 1 KiB) is held once: a connection made outside and
+/// moved in would keep its place in the future as well as its pinned copy
+/// (rust-lang/rust#62958), for as long as the client stays connected.
 macro_rules! until_drained {
     ($connection:expr, $drain:expr) => {
         async {
@@ -62,7 +67,8 @@ where
         Protocol::Http2 => {
             // The streams' service calls run inside this connection's task.
             let (executor, driver) = Executor::for_connection();
-            let connection = http2::Builder::new(executor)
+            let mut builder = http2::Builder::new(executor);
+            builder
                 .timer(TokioTimer::new())
                 .initial_stream_window_size(crate::wire::STREAM_WINDOW)
                 .initial_connection_window_size(crate::wire::connection_window(limits.max_concurrent_streams))
@@ -72,12 +78,12 @@ where
                 )
                 .keep_alive_interval(Duration::from_secs(20))
                 // A sidecar adds no header the application did not send.
-                .auto_date_header(false)
-                .serve_connection(io, service);
-            Executor::drive(until_drained!(connection, drain), driver).await
+                .auto_date_header(false);
+            Executor::drive(until_drained!(builder.serve_connection(io, service), drain), driver).await
         }
         _ => {
-            let connection = http1::Builder::new()
+            let mut builder = http1::Builder::new();
+            builder
                 .timer(TokioTimer::new())
                 .keep_alive(true)
                 // What one side sends is what the other receives: header
@@ -89,10 +95,8 @@ where
                 .max_headers(crate::wire::max_header_fields(limits.max_header_bytes))
                 .half_close(true)
                 .header_read_timeout(limits.header_timeout)
-                .max_buf_size(crate::wire::header_read_limit(limits.max_header_bytes))
-                .serve_connection(io, service)
-                .with_upgrades();
-            until_drained!(connection, drain).await
+                .max_buf_size(crate::wire::header_read_limit(limits.max_header_bytes));
+            until_drained!(builder.serve_connection(io, service).with_upgrades(), drain).await
         }
     };
     if let Err(error) = result
