@@ -260,8 +260,10 @@ pub struct Prefixed<S> {
 
 impl<S> Prefixed<S> {
     /// A stream that reads `prefix` first and then `inner`; writes go straight
-    /// to `inner`.
+    /// to `inner`. The prefix is let go of once read (an empty view of a
+    /// buffer still holds all of it, 1 KiB or more, for the connection's life).
     pub fn new(prefix: Bytes, inner: S) -> Self {
+        let prefix = if prefix.is_empty() { Bytes::new() } else { prefix };
         Prefixed { prefix, inner }
     }
 
@@ -278,8 +280,6 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
             if self.prefix.is_empty() {
-                // An empty view still holds the detection buffer (1 KiB);
-                // the connection may live for hours.
                 self.prefix = Bytes::new();
             }
             return Poll::Ready(Ok(()));
@@ -328,6 +328,13 @@ mod tests {
         prefixed.read_to_end(&mut read).await.unwrap();
         assert_eq!(read, b"xxxxxx");
         assert!(buffer.is_unique(), "the stream still holds the buffer");
+        // Nothing read (a server speaks first, or the client is silent): the
+        // detection buffer frozen empty still holds its allocation.
+        let empty = BytesMut::with_capacity(1024).freeze();
+        let kept = empty.clone();
+        assert!(!kept.is_unique());
+        let _prefixed = Prefixed::new(empty, tokio::io::empty());
+        assert!(kept.is_unique(), "an empty prefix holds the buffer");
     }
 
     #[test]

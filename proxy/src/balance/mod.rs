@@ -20,6 +20,7 @@ use futures::future::Either;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use load::{CLEARLY_CHEAPER, InFlight, PeakEwma, Recent};
+use smallvec::SmallVec;
 use tokio::sync::watch;
 
 use crate::discovery::{self, EndpointSet, ServiceRef};
@@ -329,51 +330,6 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
     if count == 0 { 0.0 } else { sum / count as f64 }
 }
 
-/// Which backends a pick may choose.
-type Keep = fn(&Arc<Backend>) -> bool;
-
-/// The backends a pick chooses from, without collecting them: the usable
-/// ones that pass `keep`, less `avoid` where that leaves any. A pick is on
-/// every request, and the lists are short, so counting and walking them
-/// again costs less than an allocation.
-struct Candidates<'a> {
-    usable: &'a [Arc<Backend>],
-    keep: Keep,
-    avoid: Option<SocketAddr>,
-    /// How many there are.
-    len: usize,
-}
-
-impl<'a> Candidates<'a> {
-    fn new(usable: &'a [Arc<Backend>], keep: Keep, avoid: Option<SocketAddr>) -> Self {
-        let kept = usable.iter().filter(|b| keep(b)).count();
-        let avoided = avoid.map_or(0, |avoid| {
-            usable.iter().filter(|b| keep(b) && b.endpoint.addr == avoid).count()
-        });
-        // Avoiding is only a preference: not when it would leave none.
-        let (avoid, len) = if avoided > 0 && avoided < kept {
-            (avoid, kept - avoided)
-        } else {
-            (None, kept)
-        };
-        Candidates {
-            usable,
-            keep,
-            avoid,
-            len,
-        }
-    }
-
-    /// The `index`th candidate, `index < len`.
-    fn get(&self, index: usize) -> &'a Arc<Backend> {
-        self.usable
-            .iter()
-            .filter(|b| (self.keep)(b) && self.avoid.is_none_or(|avoid| b.endpoint.addr != avoid))
-            .nth(index)
-            .expect("a candidate below the count")
-    }
-}
-
 /// The balancer's view of one endpoint set.
 struct Snapshot {
     set: Arc<EndpointSet>,
@@ -533,23 +489,33 @@ impl Balancer {
     pub fn pick(&self, avoid: Option<SocketAddr>) -> Option<Arc<Backend>> {
         self.refresh();
         let snapshot = self.snapshot.read().unwrap_or_else(PoisonError::into_inner);
-        let live: Keep = |b| !b.endpoint.in_backoff();
-        let healthy: Keep = |b| !b.endpoint.in_backoff() && !b.accrual.is_ejected();
-        let mut candidates = Candidates::new(&snapshot.usable, healthy, avoid);
-        if candidates.len == 0 {
-            candidates = Candidates::new(&snapshot.usable, live, avoid);
-            if candidates.len > 0 {
+        let live = |b: &&Arc<Backend>| !b.endpoint.in_backoff();
+        // On the stack up to 16: a pick is on every request, and each
+        // backend's state is read once (other threads may change it).
+        let mut candidates: SmallVec<[&Arc<Backend>; 16]> = snapshot
+            .usable
+            .iter()
+            .filter(|b| live(b) && !b.accrual.is_ejected())
+            .collect();
+        if candidates.is_empty() {
+            candidates = snapshot.usable.iter().filter(live).collect();
+            if !candidates.is_empty() {
                 self.discovery_metrics
                     .failed_open(&self.service.namespace, &self.service.name);
             }
         }
-        match candidates.len {
+        if candidates.len() > 1
+            && let Some(avoid) = avoid
+        {
+            candidates.retain(|b| b.endpoint.addr != avoid);
+        }
+        match candidates.len() {
             0 => None,
-            1 => Some(candidates.get(0).clone()),
+            1 => Some(candidates[0].clone()),
             n => {
                 let a = rand::random_range(0..n);
                 let b = (a + rand::random_range(1..n)) % n;
-                let (a, b) = (candidates.get(a), candidates.get(b));
+                let (a, b) = (candidates[a], candidates[b]);
                 let (cost_a, cost_b) = (a.cost(), b.cost());
                 let (cheap, costly) = if cost_a <= cost_b { (a, b) } else { (b, a) };
                 let chosen = if cost_a.max(cost_b) > cost_a.min(cost_b) * CLEARLY_CHEAPER {

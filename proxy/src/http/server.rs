@@ -67,36 +67,50 @@ where
         Protocol::Http2 => {
             // The streams' service calls run inside this connection's task.
             let (executor, driver) = Executor::for_connection();
-            let mut builder = http2::Builder::new(executor);
-            builder
-                .timer(TokioTimer::new())
-                .initial_stream_window_size(crate::wire::STREAM_WINDOW)
-                .initial_connection_window_size(crate::wire::connection_window(limits.max_concurrent_streams))
-                .max_concurrent_streams(limits.max_concurrent_streams)
-                .max_header_list_size(
-                    u32::try_from(crate::wire::header_read_limit(limits.max_header_bytes)).unwrap_or(u32::MAX),
-                )
-                .keep_alive_interval(Duration::from_secs(20))
-                // A sidecar adds no header the application did not send.
-                .auto_date_header(false);
-            Executor::drive(until_drained!(builder.serve_connection(io, service), drain), driver).await
+            // Built inside the future: the connection is held once (see
+            // `until_drained`), and the builder goes once it is made.
+            let connection = until_drained!(
+                {
+                    let mut builder = http2::Builder::new(executor);
+                    builder
+                        .timer(TokioTimer::new())
+                        .initial_stream_window_size(crate::wire::STREAM_WINDOW)
+                        .initial_connection_window_size(crate::wire::connection_window(limits.max_concurrent_streams))
+                        .max_concurrent_streams(limits.max_concurrent_streams)
+                        .max_header_list_size(
+                            u32::try_from(crate::wire::header_read_limit(limits.max_header_bytes)).unwrap_or(u32::MAX),
+                        )
+                        .keep_alive_interval(Duration::from_secs(20))
+                        // A sidecar adds no header the application did not send.
+                        .auto_date_header(false);
+                    builder.serve_connection(io, service)
+                },
+                drain
+            );
+            Executor::drive(connection, driver).await
         }
         _ => {
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .keep_alive(true)
-                // What one side sends is what the other receives: header
-                // names keep their case, no Date is added, any number of
-                // fields within the byte limit, and a client that
-                // half-closes after its request still gets its answer.
-                .preserve_header_case(true)
-                .auto_date_header(false)
-                .max_headers(crate::wire::max_header_fields(limits.max_header_bytes))
-                .half_close(true)
-                .header_read_timeout(limits.header_timeout)
-                .max_buf_size(crate::wire::header_read_limit(limits.max_header_bytes));
-            until_drained!(builder.serve_connection(io, service).with_upgrades(), drain).await
+            let connection = until_drained!(
+                {
+                    let mut builder = http1::Builder::new();
+                    builder
+                        .timer(TokioTimer::new())
+                        .keep_alive(true)
+                        // What one side sends is what the other receives: header
+                        // names keep their case, no Date is added, any number of
+                        // fields within the byte limit, and a client that
+                        // half-closes after its request still gets its answer.
+                        .preserve_header_case(true)
+                        .auto_date_header(false)
+                        .max_headers(crate::wire::max_header_fields(limits.max_header_bytes))
+                        .half_close(true)
+                        .header_read_timeout(limits.header_timeout)
+                        .max_buf_size(crate::wire::header_read_limit(limits.max_header_bytes));
+                    builder.serve_connection(io, service).with_upgrades()
+                },
+                drain
+            );
+            connection.await
         }
     };
     if let Err(error) = result
