@@ -379,7 +379,7 @@ fn summary(sections: &[Section]) -> Vec<String> {
         check(
             "proxy peak RSS under load",
             "≤ 12 MB",
-            t.cell("strait", one_by_100, "proxy peak RSS MB"),
+            t.cell("strait", one_by_100, scenarios::PEAK_RSS_COLUMN),
             |v| v <= 12.0,
             " MB",
         );
@@ -470,4 +470,40 @@ fn summary(sections: &[Section]) -> Vec<String> {
         );
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use report::Table;
+
+    #[test]
+    fn the_summary_sets_each_throughput_figure_against_its_target() {
+        let mut table = Table::new(
+            "throughput",
+            &[
+                "system",
+                "shape",
+                "× HAProxy",
+                "proxy CPU µs/request",
+                scenarios::PEAK_RSS_COLUMN,
+            ],
+        );
+        for system in ["strait", "strait pair mTLS"] {
+            let row = [system, "1 conn × 100 streams", "1.5", "7.0", "11.0"];
+            table.row(row.map(String::from).to_vec());
+        }
+        let sections = [Section {
+            name: "throughput".into(),
+            table,
+            raw: serde_json::Value::Null,
+        }];
+        let lines = summary(&sections);
+        let peak = lines.iter().find(|l| l.starts_with("proxy peak RSS under load"));
+        assert_eq!(
+            peak.map(String::as_str),
+            Some("proxy peak RSS under load: target ≤ 12 MB; measured 11.00 MB — met"),
+            "{lines:#?}"
+        );
+    }
 }

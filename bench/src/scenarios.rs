@@ -180,6 +180,10 @@ pub struct Measured {
     pub proxy_usage: Usage,
 }
 
+/// The latency and throughput tables' column of [`peak_rss_per_proxy`];
+/// the report's summary reads it by this name.
+pub const PEAK_RSS_COLUMN: &str = "peak RSS MB per proxy";
+
 /// The largest peak RSS of one proxy over a path's runs, in MB.
 fn peak_rss_per_proxy(runs: &[Measured]) -> f64 {
     runs.iter()
@@ -306,7 +310,7 @@ pub fn latency(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Valu
             "p50 added µs",
             "p99 × direct",
             "failed",
-            "peak RSS MB per proxy",
+            PEAK_RSS_COLUMN,
         ],
     );
     let mut raw = Vec::new();
@@ -370,7 +374,7 @@ pub fn throughput(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, V
             "× HAProxy",
             "proxy CPU µs/request",
             "requests/s per proxy core",
-            "peak RSS MB per proxy",
+            PEAK_RSS_COLUMN,
         ],
     );
     let mut raw = Vec::new();
