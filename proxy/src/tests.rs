@@ -61,6 +61,24 @@ impl Resolve for StaticResolve {
     }
 }
 
+/// Workload `api` with mutual TLS: a certificate from a new test CA.
+fn meshed_api() -> (SpiffeId, Arc<MeshTls>) {
+    let ca = Ca::new();
+    let api = id("api");
+    let tls = Arc::new(mesh(&api, &ca.pem(), ca.leaf(&api, -1, 1)));
+    (api, tls)
+}
+
+/// A gRPC call to `demo.Echo/Say` carrying `message` (a length-prefixed
+/// gRPC message).
+fn say(message: Bytes) -> Request<Full<Bytes>> {
+    Request::post("http://api.demo.svc/demo.Echo/Say")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(message))
+        .unwrap()
+}
+
 /// A workload's address: the inbound listener must be on the mesh's
 /// inbound port of the address endpoints have, and loopback has room for
 /// one per test (tests run at once).
@@ -324,9 +342,7 @@ fn services(entries: [(SocketAddr, ServicePort); 1]) -> HashMap<SocketAddr, Serv
 
 #[tokio::test]
 async fn an_upgraded_connections_bytes_are_counted_once() {
-    let ca = Ca::new();
-    let api = id("api");
-    let tls = Arc::new(mesh(&api, &ca.pem(), ca.leaf(&api, -1, 1)));
+    let (api, tls) = meshed_api();
     let service: SocketAddr = "198.18.96.12:80".parse().unwrap();
     let pod = [127, 0, 41, 8];
     let app = upgrade_app(pod).await;
@@ -372,9 +388,7 @@ async fn an_upgraded_connections_bytes_are_counted_once() {
 
 #[tokio::test]
 async fn a_grpc_call_and_an_opaque_stream_cross_the_whole_proxy_over_mutual_tls() {
-    let ca = Ca::new();
-    let api = id("api");
-    let tls = Arc::new(mesh(&api, &ca.pem(), ca.leaf(&api, -1, 1)));
+    let (api, tls) = meshed_api();
     let pod = [127, 0, 41, 7];
     let (grpc, echo) = (grpc_app(pod).await, echo_app(pod).await);
     let grpc_service: SocketAddr = "198.18.96.10:80".parse().unwrap();
@@ -397,11 +411,7 @@ async fn a_grpc_call_and_an_opaque_stream_cross_the_whole_proxy_over_mutual_tls(
         .unwrap();
     tokio::spawn(connection);
     let message = Bytes::from_static(b"\0\0\0\0\x05hello");
-    let request = Request::post("http://api.demo.svc/demo.Echo/Say")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Full::new(message.clone()))
-        .unwrap();
+    let request = say(message.clone());
     let response = sender.send_request(request).await.unwrap();
     assert_eq!(response.status(), 200, "{response:?}");
     assert_eq!(
@@ -454,10 +464,7 @@ async fn hold_http2(proxy: &Running, orig_dst: SocketAddr, count: usize) -> Vec<
                 .await
                 .unwrap();
         let connection = tokio::spawn(connection);
-        let request = Request::post("http://api.demo.svc/demo.Echo/Say")
-            .header("content-type", "application/grpc")
-            .body(Full::new(Bytes::from_static(b"\0\0\0\0\x01x")))
-            .unwrap();
+        let request = say(Bytes::from_static(b"\0\0\0\0\x01x"));
         let response = sender.send_request(request).await.unwrap();
         assert_eq!(response.status(), 200, "{response:?}");
         response.into_body().collect().await.unwrap();
@@ -525,9 +532,7 @@ async fn heap_per_connection<H: Future>(account: &Account, count: usize, hold: i
 async fn an_idle_connection_keeps_little_of_the_proxys_heap() {
     static ACCOUNT: Account = Account::new();
     raise_open_files_limit();
-    let ca = Ca::new();
-    let api = id("api");
-    let tls = Arc::new(mesh(&api, &ca.pem(), ca.leaf(&api, -1, 1)));
+    let (api, tls) = meshed_api();
     let pod = [127, 0, 41, 9];
     let (echo, grpc) = (echo_app(pod).await, grpc_app(pod).await);
     let plaintext: SocketAddr = "198.18.96.12:80".parse().unwrap();
@@ -569,9 +574,7 @@ async fn an_idle_connection_keeps_little_of_the_proxys_heap() {
 #[tokio::test]
 async fn a_grpc_call_makes_few_allocations_in_the_proxy() {
     static ACCOUNT: Account = Account::new();
-    let ca = Ca::new();
-    let api = id("api");
-    let tls = Arc::new(mesh(&api, &ca.pem(), ca.leaf(&api, -1, 1)));
+    let (api, tls) = meshed_api();
     let pod = [127, 0, 41, 10];
     let grpc = grpc_app(pod).await;
     let service: SocketAddr = "198.18.96.14:80".parse().unwrap();
@@ -591,11 +594,7 @@ async fn a_grpc_call_makes_few_allocations_in_the_proxy() {
     tokio::spawn(connection);
     let message = Bytes::from_static(b"\0\0\0\0\x05hello");
     let mut call = async || {
-        let request = Request::post("http://api.demo.svc/demo.Echo/Say")
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(Full::new(message.clone()))
-            .unwrap();
+        let request = say(message.clone());
         let response = sender.send_request(request).await.unwrap();
         assert_eq!(response.status(), 200, "{response:?}");
         let body = response.into_body().collect().await.unwrap();
