@@ -12,6 +12,7 @@ mod report;
 mod scenarios;
 mod setup;
 mod subscribe;
+mod syscalls;
 mod tools;
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,8 @@
 //! The `profile` scenario: where a call's proxy CPU goes. `perf record`
 //! samples the one-hop proxy (the client's sidecar, plaintext to an
-//! unmeshed backend) while the load generator drives it closed loop, 1
-//! connection × 100 streams, as in the throughput scenario. Each sampled
+//! unmeshed backend) while the load generator drives it in each of
+//! [`LOADS`]: closed loop, 1 connection × 100 streams, as in the throughput
+//! scenario, and open loop at 10,000 calls/s, as in the latency one. Each sampled
 //! function is counted under the component its name (or its library) says
 //! it belongs to, and the component's share of the samples, times the
 //! measured CPU per call, is the microseconds per call it costs.
@@ -16,7 +17,7 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::report::Table;
-use crate::scenarios::{Cluster, Effort, fmt, measure};
+use crate::scenarios::{Cluster, Effort, LOADS, Path, fmt, measure};
 
 /// Samples per second.
 const FREQUENCY: &str = "1999";
@@ -74,6 +75,74 @@ pub fn profile(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Valu
         .proxy_pids(&path.proxies())
         .first()
         .context("the one-hop proxy is not running")?;
+    let mut columns = vec!["component".to_string()];
+    for (load, _) in LOADS {
+        columns.push(format!("share, {load}"));
+        columns.push(format!("µs per call, {load}"));
+    }
+    let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+    let mut table = Table::new("Where a call's proxy CPU goes (one hop, sampled by perf)", &columns);
+    let mut order: Vec<&str> = COMPONENTS.iter().map(|(name, _)| *name).collect();
+    order.push(OTHER);
+    let mut rows: Vec<Vec<String>> = order.iter().map(|name| vec![name.to_string()]).collect();
+    let mut all = vec!["all".to_string()];
+    let mut raw = Vec::new();
+    for (load, args) in LOADS {
+        let sampled = sample(cluster, &path, pid, args, effort)?;
+        let mut shares: BTreeMap<&str, f64> = BTreeMap::new();
+        for s in &sampled.functions {
+            *shares.entry(component(&s.dso, &s.symbol)).or_default() += s.percent;
+        }
+        let total: f64 = shares.values().sum::<f64>().max(1e-9);
+        let per_call = sampled.cpu_us_per_call;
+        for (row, name) in rows.iter_mut().zip(&order) {
+            let share = shares.get(name).copied().unwrap_or(0.0) / total;
+            row.push(format!("{}%", fmt(share * 100.0, 1)));
+            row.push(fmt(share * per_call, 2));
+        }
+        all.push("100%".into());
+        all.push(fmt(per_call, 2));
+        let top: Vec<Value> = sampled
+            .functions
+            .iter()
+            .take(TOP)
+            .map(|s| {
+                json!({
+                    "percent": s.percent / total * 100.0,
+                    "us_per_call": s.percent / total * per_call,
+                    "dso": s.dso,
+                    "symbol": s.symbol,
+                })
+            })
+            .collect();
+        raw.push(json!({
+            "load": load,
+            "cpu_us_per_call": per_call,
+            "calls": sampled.calls,
+            "measured": sampled.load,
+            "components": shares,
+            "top": top,
+        }));
+    }
+    for row in rows {
+        table.row(row);
+    }
+    table.row(all);
+    Ok((table, Value::Array(raw)))
+}
+
+/// One load's samples of the proxy: its functions, the most sampled first,
+/// and the calls made and the proxy's CPU per call meanwhile.
+struct Samples {
+    functions: Vec<Sampled>,
+    calls: f64,
+    cpu_us_per_call: f64,
+    load: Value,
+}
+
+/// Samples the proxy `pid` with `perf record` while the load generator
+/// drives `path` with `args` for the effort's duration.
+fn sample(cluster: &Cluster, path: &Path, pid: u32, args: &[&str], effort: Effort) -> anyhow::Result<Samples> {
     let data = cluster.lab.state().join("profile.perf");
     let seconds = effort.seconds.to_string();
     let recording = Command::new("perf")
@@ -84,18 +153,10 @@ pub fn profile(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Valu
         .stderr(Stdio::piped())
         .spawn()
         .context("start perf record")?;
-    let measured = measure(
-        cluster,
-        &path,
-        &[
-            "--connections",
-            "1",
-            "--concurrency",
-            "100",
-            "--duration",
-            &format!("{seconds}s"),
-        ],
-    );
+    let duration = format!("{seconds}s");
+    let mut args = args.to_vec();
+    args.extend(["--duration", &duration]);
+    let measured = measure(cluster, path, &args);
     let recorded = recording.wait_with_output().context("perf record")?;
     let measured = measured?;
     if !recorded.status.success() {
@@ -125,53 +186,17 @@ pub fn profile(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Valu
     if !report.status.success() {
         bail!("perf report failed: {}", String::from_utf8_lossy(&report.stderr).trim());
     }
-    let sampled = parse(&String::from_utf8_lossy(&report.stdout));
-    if sampled.is_empty() {
+    let functions = parse(&String::from_utf8_lossy(&report.stdout));
+    if functions.is_empty() {
         bail!("perf recorded no samples of the proxy (pid {pid})");
     }
     let calls = measured.load["ok"].as_f64().unwrap_or(0.0).max(1.0);
-    let cpu_per_call = measured.proxy_cpu_seconds / calls * 1e6;
-
-    let mut shares: BTreeMap<&str, f64> = BTreeMap::new();
-    for s in &sampled {
-        *shares.entry(component(&s.dso, &s.symbol)).or_default() += s.percent;
-    }
-    let total: f64 = shares.values().sum::<f64>().max(1e-9);
-    let mut table = Table::new(
-        "Where a call's proxy CPU goes (one hop, 1 conn × 100 streams, sampled by perf)",
-        &["component", "share of proxy CPU", "µs per call"],
-    );
-    let mut order: Vec<&str> = COMPONENTS.iter().map(|(name, _)| *name).collect();
-    order.push(OTHER);
-    for name in order {
-        let share = shares.get(name).copied().unwrap_or(0.0) / total;
-        table.row(vec![
-            name.into(),
-            format!("{}%", fmt(share * 100.0, 1)),
-            fmt(share * cpu_per_call, 2),
-        ]);
-    }
-    table.row(vec!["all".into(), "100%".into(), fmt(cpu_per_call, 2)]);
-    let top: Vec<Value> = sampled
-        .iter()
-        .take(TOP)
-        .map(|s| {
-            json!({
-                "percent": s.percent / total * 100.0,
-                "us_per_call": s.percent / total * cpu_per_call,
-                "dso": s.dso,
-                "symbol": s.symbol,
-            })
-        })
-        .collect();
-    let raw = json!({
-        "cpu_us_per_call": cpu_per_call,
-        "calls": calls,
-        "load": measured.load,
-        "components": shares,
-        "top": top,
-    });
-    Ok((table, raw))
+    Ok(Samples {
+        functions,
+        calls,
+        cpu_us_per_call: measured.proxy_cpu_seconds / calls * 1e6,
+        load: measured.load,
+    })
 }
 
 /// perf report's `--stdio -t '\t'` lines, `  12.34%\tdso\t[.] symbol`,

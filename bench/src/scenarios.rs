@@ -180,6 +180,21 @@ pub struct Measured {
     pub proxy_usage: Usage,
 }
 
+/// The loads the profile and syscalls scenarios drive the proxies with,
+/// by name, and the load generator's arguments for them (the duration is
+/// the effort's): the throughput scenario's closed loop on one connection,
+/// and the latency scenario's open loop at its higher rate.
+pub const LOADS: &[(&str, &[&str])] = &[
+    (
+        "closed loop, 1 conn × 100 streams",
+        &["--connections", "1", "--concurrency", "100"],
+    ),
+    (
+        "open loop, 10,000/s, 1 conn",
+        &["--rate", "10000", "--concurrency", "2000"],
+    ),
+];
+
 /// The latency and throughput tables' column of [`peak_rss_per_proxy`];
 /// the report's summary reads it by this name.
 pub const PEAK_RSS_COLUMN: &str = "peak RSS MB per proxy";
@@ -1251,13 +1266,14 @@ pub fn h2load(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value
 }
 
 /// Every scenario, by name, in report order.
-pub const ALL: [&str; 17] = [
+pub const ALL: [&str; 18] = [
     "images",
     "memory",
     "held-connections",
     "latency",
     "throughput",
     "profile",
+    "syscalls",
     "balance",
     "slow-pod",
     "endpoints",
@@ -1278,6 +1294,7 @@ pub fn by_name(name: &str, cluster: &Cluster, effort: Effort) -> anyhow::Result<
         "latency" => latency(cluster, effort),
         "throughput" => throughput(cluster, effort),
         "profile" => crate::profile::profile(cluster, effort),
+        "syscalls" => crate::syscalls::syscalls(cluster, effort),
         "memory" => idle_memory(cluster),
         "held-connections" => held_connections(cluster),
         "balance" => balance(cluster, effort),
