@@ -8,8 +8,11 @@ use std::time::Duration;
 
 use crate::drain::Drain;
 
-/// Fewer finished connections than this are not worth a trim.
-const BURST: u64 = 1024;
+/// Fewer finished connections than this are not worth a trim (a walk of
+/// the heap, off the serving thread). A thousand mTLS connections held
+/// and closed leave about 15 MB of freed heap (bench, held-connections), so
+/// a quarter of that already leaves megabytes to give back.
+const BURST: u64 = 256;
 /// A second with fewer connections finishing than this is quiet.
 const QUIET: u64 = 64;
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -81,13 +84,20 @@ mod tests {
     #[test]
     fn a_trim_follows_a_burst_once_it_has_passed() {
         let mut since = Since::default();
-        assert!(!since.should_trim(500), "too few to matter");
+        assert!(!since.should_trim(200), "too few to matter");
         assert!(!since.should_trim(5_000), "still busy");
         assert!(!since.should_trim(9_000), "still busy");
         assert!(since.should_trim(9_010), "quiet after the burst");
         assert!(!since.should_trim(9_020), "nothing new to give back");
         assert!(!since.should_trim(10_100), "a second burst, still going");
         assert!(since.should_trim(10_110), "and over");
+    }
+
+    #[test]
+    fn a_thousand_connections_that_came_and_went_are_a_burst() {
+        let mut since = Since::default();
+        assert!(!since.should_trim(1_000), "still busy");
+        assert!(since.should_trim(1_000), "and over: their memory is given back");
     }
 
     #[test]
