@@ -3,9 +3,14 @@
 //! the proxy reads and writes. Shared by the server side (`http`), the client
 //! side (`endpoint`) and the routes, below all three.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use http::HeaderName;
+use http_body::{Frame, SizeHint};
 use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
 
 /// gRPC's status header or trailer (gRPC over HTTP/2). Header names as
 /// constants: a name given as a string that is not a standard HTTP header
@@ -58,5 +63,64 @@ pub fn max_header_fields(max_header_bytes: usize) -> usize {
     header_read_limit(max_header_bytes) / 32
 }
 
-/// The body type inside the proxy, for requests and responses alike.
-pub type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+/// The body type inside the proxy, for requests and responses alike: a
+/// body as hyper received it, passed on as it is, or any other body boxed
+/// (the proxy's own answers, a retry's replay, an observed response). Every
+/// proxied request carries a received body: kept unboxed, it costs no
+/// allocation of its own.
+#[derive(Debug)]
+pub enum Body {
+    /// A body as hyper received it from a peer.
+    Received(Incoming),
+    /// Any other body.
+    Boxed(UnsyncBoxBody<Bytes, hyper::Error>),
+}
+
+impl Body {
+    /// `body`, boxed.
+    pub fn boxed<B>(body: B) -> Body
+    where
+        B: http_body::Body<Data = Bytes, Error = hyper::Error> + Send + 'static,
+    {
+        Body::Boxed(UnsyncBoxBody::new(body))
+    }
+}
+
+impl Default for Body {
+    /// An empty body; a boxed empty body allocates nothing.
+    fn default() -> Body {
+        Body::Boxed(UnsyncBoxBody::default())
+    }
+}
+
+impl From<Incoming> for Body {
+    fn from(body: Incoming) -> Body {
+        Body::Received(body)
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Body::Received(body) => Pin::new(body).poll_frame(cx),
+            Body::Boxed(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Received(body) => body.is_end_stream(),
+            Body::Boxed(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Received(body) => body.size_hint(),
+            Body::Boxed(body) => body.size_hint(),
+        }
+    }
+}

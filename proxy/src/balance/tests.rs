@@ -111,7 +111,7 @@ async fn call(balancer: &Balancer, version: http::Version) -> Result<String, Dis
     let request = Request::builder()
         .uri("http://web.demo:80/")
         .version(version)
-        .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync())
+        .body(Body::boxed(Empty::<Bytes>::new().map_err(|never| match never {})))
         .unwrap();
     let (_, tracked) = balancer.dispatch(request, None).await?;
     let body = tracked.response.into_body().collect().await.unwrap().to_bytes();
@@ -456,7 +456,7 @@ async fn idempotent_requests_on_an_idle_connection_the_server_closed_are_sent_ag
             let request = Request::builder()
                 .method(method.clone())
                 .uri("http://web.demo:80/")
-                .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync())
+                .body(Body::boxed(Empty::<Bytes>::new().map_err(|never| match never {})))
                 .unwrap();
             let (_, tracked) = balancer.dispatch(request, None).await.unwrap();
             let body = tracked.response.into_body().collect().await.unwrap().to_bytes();
@@ -466,11 +466,7 @@ async fn idempotent_requests_on_an_idle_connection_the_server_closed_are_sent_ag
     // A POST may have been acted on: it is never sent twice.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let post = Request::post("http://web.demo:80/")
-        .body(
-            Full::new(Bytes::from("x"))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
+        .body(Body::boxed(Full::new(Bytes::from("x")).map_err(|never| match never {})))
         .unwrap();
     let error = balancer.dispatch(post, None).await.map(|_| ()).unwrap_err();
     assert!(matches!(error, DispatchError::Upstream { .. }), "{error}");
@@ -520,7 +516,7 @@ async fn a_dispatch_future_holds_no_connect_and_no_copy_of_the_request() {
     let target = Target::Balanced(Arc::new(balancer));
     let request = Request::builder()
         .uri("http://web.demo:80/")
-        .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync())
+        .body(Body::boxed(Empty::<Bytes>::new().map_err(|never| match never {})))
         .unwrap();
     let dispatch = target.dispatch(request);
     let size = std::mem::size_of_val(&dispatch);

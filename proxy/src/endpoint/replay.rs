@@ -15,7 +15,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body::{Frame, SizeHint};
-use http_body_util::BodyExt;
 
 use crate::wire::Body;
 
@@ -134,7 +133,7 @@ impl Replayable {
             empty,
             recording: recording.clone(),
         };
-        let body = RecordingBody { recording }.boxed_unsync();
+        let body = Body::boxed(RecordingBody { recording });
         (Request::from_parts(parts, body), Some(replayable))
     }
 
@@ -152,11 +151,10 @@ impl Replayable {
         let body = if self.empty {
             Body::default()
         } else {
-            ReplayBody {
+            Body::boxed(ReplayBody {
                 frames: frames.into(),
                 rest,
-            }
-            .boxed_unsync()
+            })
         };
         let mut request = Request::new(body);
         *request.method_mut() = self.method;
@@ -268,22 +266,20 @@ pub(crate) fn two_part_body(
         Ok(Frame::data(Bytes::from_static(rest)))
     });
     let frames = futures::stream::iter([Ok(Frame::data(Bytes::from_static(first)))]).chain(later);
-    StreamBody::new(frames).boxed_unsync()
+    Body::boxed(StreamBody::new(frames))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::Full;
+    use http_body_util::{BodyExt, Full};
 
     fn request(body: &'static [u8]) -> Request<Body> {
         Request::post("http://web.demo:80/upload")
             .header("content-type", "application/grpc")
-            .body(
-                Full::new(Bytes::from_static(body))
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            )
+            .body(Body::boxed(
+                Full::new(Bytes::from_static(body)).map_err(|never| match never {}),
+            ))
             .unwrap()
     }
 
@@ -338,7 +334,7 @@ mod tests {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         let frames = [Frame::data(Bytes::from_static(b"hi")), Frame::trailers(trailers)];
-        let body = http_body_util::StreamBody::new(futures::stream::iter(frames.map(Ok))).boxed_unsync();
+        let body = Body::boxed(http_body_util::StreamBody::new(futures::stream::iter(frames.map(Ok))));
         let (sent, replayable) = Replayable::record(request(b"").map(|_| body));
         sent.into_body().collect().await.unwrap();
         let again = replayable.unwrap().into_request().unwrap();

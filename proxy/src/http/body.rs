@@ -150,6 +150,11 @@ impl Body for Observed {
     }
 }
 
+/// A response body on its way back to the client: `Left`, the upstream's,
+/// observed (every proxied response, kept unboxed: no allocation of its
+/// own); `Right`, the proxy's own answer.
+pub type ResponseBody = http_body_util::Either<Observed, crate::wire::Body>;
+
 impl Drop for Observed {
     fn drop(&mut self) {
         if let Some(completion) = self.completion.take() {

@@ -104,11 +104,7 @@ pub fn respond(error: &ProxyError, grpc: bool) -> Response<Body> {
     let message = Chain(error).to_string();
     let header =
         HeaderValue::from_str(&message.replace(['\r', '\n'], " ")).unwrap_or(HeaderValue::from_static("proxy error"));
-    let body = |text: String| {
-        Full::new(Bytes::from(text))
-            .map_err(|never| match never {})
-            .boxed_unsync()
-    };
+    let body = |text: String| Body::boxed(Full::new(Bytes::from(text)).map_err(|never| match never {}));
     let mut response = if grpc {
         // A trailers-only gRPC response: status and message in the headers.
         let mut response = Response::new(body(String::new()));

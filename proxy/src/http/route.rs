@@ -12,11 +12,10 @@ use futures::future::BoxFuture;
 use http::header::HOST;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use strait_contract::Chain;
 
-use super::body::{Completion, Observed, grpc_status};
+use super::body::{Completion, Observed, ResponseBody, grpc_status};
 use super::errors::{ProxyError, respond};
 use super::headers::{field_list_size, strip_hop_by_hop, wants_upgrade};
 use super::upgrade::relay_upgraded;
@@ -129,7 +128,7 @@ impl Router {
     /// proxy is answered by the proxy (see [`ProxyError::status`]); inbound, an
     /// answer to a request the application never saw is marked so the client's
     /// proxy may send it again.
-    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, mut request: Request<Incoming>) -> Response<ResponseBody> {
         let started = Instant::now();
         let grpc = is_grpc(request.headers());
         let method = request.method().clone();
@@ -156,7 +155,7 @@ impl Router {
         } else {
             match prepare_uri(&mut request, || self.target.authority()) {
                 Ok(()) => {
-                    let request = request.map(|body| body.boxed_unsync());
+                    let request = request.map(Body::Received);
                     match self
                         .routes
                         .as_ref()
@@ -193,7 +192,7 @@ impl Router {
                     grpc.then_some(error.grpc_status()),
                     started.elapsed(),
                 );
-                return response;
+                return response.map(ResponseBody::Right);
             }
         };
         let metrics = match &route {
@@ -211,7 +210,7 @@ impl Router {
             let response = respond(&error, grpc);
             let status = if grpc { 200 } else { response.status().as_u16() };
             metrics.response(status, grpc.then_some(error.grpc_status()), started.elapsed());
-            return response;
+            return response.map(ResponseBody::Right);
         }
         metrics.request();
         let Tracked {
@@ -241,7 +240,7 @@ impl Router {
             stream,
         };
         let limit = self.limits.max_header_bytes;
-        response.map(|body| Observed::new(body, completion, limit).boxed_unsync())
+        response.map(|body| ResponseBody::Left(Observed::new(body, completion, limit)))
     }
 
     /// Sends a request by the Service port's routes: the first rule that
