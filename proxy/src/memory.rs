@@ -21,6 +21,9 @@ const CHECK_EVERY: Duration = Duration::from_secs(1);
 pub async fn return_after_bursts(drain: Drain) {
     let mut since = Since::default();
     let mut tick = tokio::time::interval(CHECK_EVERY);
+    // After a stall, one tick rather than a burst of catch-up ticks that
+    // would read as quiet seconds in the middle of a burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         if since.should_trim(drain.finished_connections()) {
@@ -42,23 +45,30 @@ struct Since {
     /// rest of the burst frees would be kept. The first idle second after
     /// such a trim gives it back.
     settle: bool,
+    /// A busy second (`QUIET` or more finishing) came since the last trim:
+    /// only then is there a burst to give back. A steady trickle below
+    /// that is never one, however many it adds up to.
+    busy: bool,
 }
 
 impl Since {
-    /// A trim is due once a burst of connections has come and gone: many
-    /// finished since the last trim, and hardly any in the last second; or,
-    /// after a trim in a second that was quiet but not idle, at the first
-    /// idle second if any finished since. At most two trims a burst.
+    /// A trim is due once a burst of connections has come and gone: a busy
+    /// second and many finished since the last trim, and hardly any in the
+    /// last second; or, after a trim in a second that was quiet but not
+    /// idle, at the first idle second if any finished since. At most two
+    /// trims a burst, and none for a steady trickle.
     fn should_trim(&mut self, finished: u64) -> bool {
         let lately = finished - self.checked;
         self.checked = finished;
         let since_trim = finished - self.trimmed;
-        let burst_over = since_trim >= BURST && lately < QUIET;
+        self.busy |= lately >= QUIET;
+        let burst_over = self.busy && since_trim >= BURST && lately < QUIET;
         let settled = self.settle && lately == 0 && since_trim > 0;
         let due = burst_over || settled;
         if due {
             self.trimmed = finished;
             self.settle = lately > 0;
+            self.busy = false;
         }
         due
     }
@@ -98,6 +108,14 @@ mod tests {
         let mut since = Since::default();
         assert!(!since.should_trim(1_000), "still busy");
         assert!(since.should_trim(1_000), "and over: their memory is given back");
+    }
+
+    #[test]
+    fn a_steady_trickle_is_never_a_burst() {
+        let mut since = Since::default();
+        for second in 1..=600 {
+            assert!(!since.should_trim(second * 60), "second {second}");
+        }
     }
 
     #[test]
