@@ -11,9 +11,12 @@
 //! Needs `perf` (Debian's `linux-perf`) and tracepoints readable by root.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::{Value, json};
 
 use crate::report::Table;
@@ -21,6 +24,9 @@ use crate::scenarios::{Cluster, Effort, LOADS, fmt, measure};
 
 /// The systems measured, by their names in [`Cluster::one_backend`].
 const SYSTEMS: &[&str] = &["strait", "strait pair mTLS", "HAProxy", "nginx"];
+/// Calls the load generator makes before it measures; they are counted
+/// here too.
+const WARMUP: u32 = 200;
 /// System calls named in the table's last column, the most frequent first.
 const NAMED: usize = 5;
 
@@ -53,28 +59,32 @@ pub fn syscalls(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Val
             bail!("{}: its proxies are not running", path.system);
         }
         let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+        // Counting from before the load starts until it has ended, so every
+        // call made (the warm-up's too) is in the count: perf stat prints
+        // its counts when interrupted.
         let counting = Command::new("perf")
             .args(["stat", "--no-big-num", "-x", "\t", "-e", "syscalls:sys_enter_*", "-p"])
             .arg(list.join(","))
-            .args(["--", "sleep", &seconds])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .context("start perf stat")?;
         let duration = format!("{seconds}s");
+        let warmup = WARMUP.to_string();
         let mut args = args.to_vec();
-        args.extend(["--duration", &duration]);
+        args.extend(["--duration", &duration, "--warmup", &warmup]);
         let measured = measure(cluster, path, &args);
+        let _ = kill(Pid::from_raw(counting.id() as i32), Signal::SIGINT);
         let counted = counting.wait_with_output().context("perf stat")?;
         let measured = measured?;
-        if !counted.status.success() {
+        if !(counted.status.success() || counted.status.signal() == Some(Signal::SIGINT as i32)) {
             bail!("perf stat failed: {}", String::from_utf8_lossy(&counted.stderr).trim());
         }
         let counts = parse(&String::from_utf8_lossy(&counted.stderr));
         if counts.is_empty() {
             bail!("{}: perf stat counted no system calls of pids {list:?}", path.system);
         }
-        let calls = measured.load["ok"].as_f64().unwrap_or(0.0).max(1.0);
+        let calls = (measured.load["ok"].as_f64().unwrap_or(0.0) + WARMUP as f64).max(1.0);
         let total: u64 = counts.values().sum();
         let mut frequent: Vec<(&String, &u64)> = counts.iter().collect();
         frequent.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
