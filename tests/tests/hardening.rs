@@ -460,8 +460,10 @@ fn without_native_sidecars_the_proxy_serves_the_application_until_it_has_stopped
     // The proxy and the application get SIGTERM together; the application
     // then makes its last 20 calls, through the proxy.
     lab.cli_ok(&["scale", "mesh/finisher", "0"]);
+    // Gone from the API, not only terminating: the kubelet removes it once
+    // the application (and so its last calls) and the proxy have stopped.
     eventually(Duration::from_secs(60), "the finisher pod is gone", || {
-        !lab.pods("mesh", "finisher-").contains(&finisher)
+        !lab.pod_exists(&finisher)
     });
     assert_eq!(
         answered() - before,

@@ -241,7 +241,10 @@ impl Lab {
         serde_json::from_str(&self.cli_ok(&["status", "-o", "json"])).unwrap()
     }
 
-    /// Names of the running pods in `namespace` whose name starts with `prefix`.
+    /// Names of the pods in `namespace` whose name starts with `prefix`,
+    /// leaving out those being deleted (a deletionTimestamp set: the pod
+    /// may still be running while its containers stop; see
+    /// [`Lab::pod_exists`]).
     pub fn pods(&self, namespace: &str, prefix: &str) -> Vec<String> {
         let status = self.status();
         let mut pods: Vec<String> = status["pods"]
@@ -255,6 +258,20 @@ impl Lab {
             .collect();
         pods.sort();
         pods
+    }
+
+    /// Whether the pod `namespace/name` is still in the API, terminating
+    /// or not: the kubelet removes a deleted pod only once its containers
+    /// have stopped.
+    pub fn pod_exists(&self, pod: &str) -> bool {
+        let (namespace, name) = pod
+            .split_once('/')
+            .unwrap_or_else(|| panic!("{pod}: not namespace/name"));
+        self.status()["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["metadata"]["namespace"] == namespace && p["metadata"]["name"] == name)
     }
 
     pub fn pod(&self, namespace: &str, prefix: &str) -> String {
