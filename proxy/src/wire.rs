@@ -65,9 +65,10 @@ pub fn max_header_fields(max_header_bytes: usize) -> usize {
 
 /// The body type inside the proxy, for requests and responses alike: a
 /// body as hyper received it, passed on as it is, or any other body boxed
-/// (the proxy's own answers, a retry's replay, an observed response). Every
+/// (the proxy's own answers, a retry's recording and replay). Every
 /// proxied request carries a received body: kept unboxed, it costs no
-/// allocation of its own.
+/// allocation of its own. Not `http_body_util::Either`: that one's error
+/// is boxed, and the endpoint side reads `hyper::Error`s.
 #[derive(Debug)]
 pub enum Body {
     /// A body as hyper received it from a peer.
@@ -90,12 +91,6 @@ impl Default for Body {
     /// An empty body; a boxed empty body allocates nothing.
     fn default() -> Body {
         Body::Boxed(UnsyncBoxBody::default())
-    }
-}
-
-impl From<Incoming> for Body {
-    fn from(body: Incoming) -> Body {
-        Body::Received(body)
     }
 }
 
