@@ -24,7 +24,7 @@ BENCH_BASELINE ?= f2b1705
 bench: deps images
 	target/release/strait-bench run --baseline "$$(scripts/baseline.sh $(BENCH_BASELINE))"
 
-# strait's container images (proxy, init, injector), built with buildah and
+# strait's container images (proxy, init, injector, cni), built with buildah and
 # no daemon into target/images/ as OCI and docker archives: see images/.
 images: deps
 	./scripts/images.sh

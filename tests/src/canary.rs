@@ -185,6 +185,6 @@ pub async fn run(paths: &LabPaths, client: &LabClient) -> anyhow::Result<()> {
     println!("  (retries take about 10% of the calls, within the budget of 20% of the calls plus 10 a second)");
     fail_v2(paths, client, false).await?;
     println!("\nv2 answers again; the route keeps its retry policy. The lab is still running:");
-    println!("`strait-lab status` shows it, `strait-lab down` removes it.");
+    println!("`target/release/strait-lab status` shows it, `target/release/strait-lab down` removes it.");
     Ok(())
 }

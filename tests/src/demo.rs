@@ -177,6 +177,8 @@ pub async fn run(paths: &LabPaths, client: &LabClient) -> anyhow::Result<()> {
     }
     println!("Shares are each server proxy's strait_requests_total{{direction=\"inbound\"}} over the run;");
     println!("CPU is each server pod's application processes, from /proc.");
-    println!("The lab is still running: `strait-lab status` shows it, `strait-lab down` removes it.");
+    println!(
+        "The lab is still running: `target/release/strait-lab status` shows it, `target/release/strait-lab down` removes it."
+    );
     Ok(())
 }
