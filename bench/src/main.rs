@@ -100,6 +100,28 @@ impl Drop for LabGuard<'_> {
     }
 }
 
+/// Ctrl-C (SIGINT), SIGTERM or SIGHUP would end the run without unwinding,
+/// so [`LabGuard`] would not run and the lab's pods, namespaces and rules
+/// would stay until the next run. A thread takes the lab down and removes
+/// `work` first, then exits with the status the signal gives a shell
+/// (128 + its number).
+fn down_on_signal(lab: &Lab, work: &Path) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("install the handlers of SIGINT, SIGTERM and SIGHUP")?;
+    let lab = Lab::new(&lab.name, &lab.bin_dir);
+    let work = work.to_path_buf();
+    std::thread::spawn(move || {
+        if let Some(signal) = signals.forever().next() {
+            eprintln!("strait-bench: signal {signal}: taking the lab {:?} down", lab.name);
+            lab.down();
+            let _ = std::fs::remove_dir_all(&work);
+            std::process::exit(128 + signal);
+        }
+    });
+    Ok(())
+}
+
 fn require(bin_dir: &Path) -> anyhow::Result<()> {
     for binary in [
         "strait-lab",
@@ -189,6 +211,7 @@ fn run(quick: bool, only: &[String], out: &Path, baseline: Option<&Path>) -> any
     );
     lab.down();
     let guard = LabGuard(&lab);
+    down_on_signal(&lab, &work)?;
     eprintln!("strait-bench: bringing up the lab {:?}", lab.name);
     let baseline_dir = match baseline {
         Some(binary) => Some(baseline_binary(binary, &work)?),
