@@ -13,7 +13,9 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 /// The proxy's shutdown, shared by its listeners, connection tasks and
-/// admin server; clones share one state.
+/// admin server; clones share one state. It also counts the traffic that
+/// passed (connections finished, requests received), which
+/// [`crate::memory`] watches for bursts.
 #[derive(Clone, Debug, Default)]
 pub struct Drain {
     /// Fired once the proxy is stopping: readiness turns false.
@@ -24,6 +26,20 @@ pub struct Drain {
     connections: TaskTracker,
     /// How many connections have finished since the start.
     finished: Arc<AtomicU64>,
+    /// How many HTTP requests the servers have received since the start.
+    requests: Requests,
+}
+
+/// The count of HTTP requests received, shared by the connections' servers
+/// (see [`Drain::requests`]); clones share one count.
+#[derive(Clone, Debug, Default)]
+pub struct Requests(Arc<AtomicU64>);
+
+impl Requests {
+    /// Counts one request received.
+    pub fn received(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl Drain {
@@ -70,6 +86,16 @@ impl Drain {
     /// How many connections have finished since the start.
     pub fn finished_connections(&self) -> u64 {
         self.finished.load(Ordering::Relaxed)
+    }
+
+    /// The count a connection's server adds each request it receives to.
+    pub fn requests(&self) -> Requests {
+        self.requests.clone()
+    }
+
+    /// How many HTTP requests have been received since the start.
+    pub fn received_requests(&self) -> u64 {
+        self.requests.0.load(Ordering::Relaxed)
     }
 
     /// Waits for open connections to finish, at most `grace`; returns how

@@ -54,7 +54,9 @@ pub async fn serve<I>(io: I, protocol: Protocol, router: Arc<Router>, limits: &L
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let requests = drain.requests();
     let service = service_fn(move |request| {
+        requests.received();
         let router = router.clone();
         // Boxed once here: the HTTP library moves a request's future
         // several times on its way to the executor, and this one is
