@@ -15,9 +15,15 @@ struct Burst {
     /// Fewer than this since the last trim are not worth a trim (a walk of
     /// the heap, off the serving thread).
     worth: u64,
-    /// A second with fewer than this is quiet.
+    /// A second with fewer than this is quiet, if it is also under a
+    /// [`QUIET_SHARE`] of the busiest second since the last trim.
     quiet: u64,
 }
+
+/// A second is quiet only under this share (1/4) of the busiest second
+/// since the last trim: a steady load whose count per second wanders
+/// around `Burst::quiet` is not a burst that keeps ending.
+const QUIET_SHARE: u64 = 4;
 
 /// Connections finished. A thousand mTLS connections held and closed leave
 /// about 15 MB of freed heap (bench, held-connections), so a quarter of
@@ -25,9 +31,9 @@ struct Burst {
 const CONNECTIONS: Burst = Burst { worth: 256, quiet: 64 };
 
 /// HTTP requests received. Calls leave memory behind when many were in
-/// flight at once: 10,000 calls/s on one connection, more than the proxy's
-/// core can serve, held up to 10 MB more than idle (bench, latency), which
-/// the next scenario still found held. 1,000 calls/s leave little.
+/// flight at once: 10,000 calls/s on one connection, with a p99 of about
+/// 10 ms, held up to 10 MB more than idle (bench, latency), which the next
+/// scenario still found held. 1,000 calls/s leave little.
 const REQUESTS: Burst = Burst {
     worth: 16_384,
     quiet: 1_024,
@@ -91,6 +97,8 @@ struct Since {
     checked: u64,
     /// In the second before the last check.
     lately: u64,
+    /// In the busiest second since the last trim.
+    busiest: u64,
     /// The last trim came in a quiet second that still had traffic: a lull
     /// inside a burst looks like its end, and what the rest of the burst
     /// frees would be kept. The first idle second after such a trim gives
@@ -109,6 +117,7 @@ impl Since {
             trimmed: 0,
             checked: 0,
             lately: 0,
+            busiest: 0,
             settle: false,
             busy: false,
         }
@@ -116,24 +125,30 @@ impl Since {
 
     /// Whether a trim is due, given the count since the start: a burst has
     /// come and gone (a busy second and `burst.worth` since the last trim,
-    /// and a quiet last second); or, after a trim in a second that was
-    /// quiet but not idle, the first idle second with any since. At most
-    /// two trims a burst, and none for a steady trickle.
+    /// and a quiet last second); or, after this kind's burst ended in a
+    /// second that was quiet but not idle, the first idle second with any
+    /// since. At most two trims a burst, and none for a steady load.
     fn observe(&mut self, count: u64) -> bool {
         self.lately = count - self.checked;
         self.checked = count;
+        self.busiest = self.busiest.max(self.lately);
         let since_trim = count - self.trimmed;
         self.busy |= self.lately >= self.burst.quiet;
-        let burst_over = self.busy && since_trim >= self.burst.worth && self.lately < self.burst.quiet;
+        let quiet = self.lately < self.burst.quiet && self.lately * QUIET_SHARE <= self.busiest;
+        let burst_over = self.busy && since_trim >= self.burst.worth && quiet;
         let settled = self.settle && self.lately == 0 && since_trim > 0;
         burst_over || settled
     }
 
-    /// A trim came at the last check.
+    /// A trim came at the last check. Only a kind that had a burst waits
+    /// to settle: traffic of a kind that had none (a trickle beside the
+    /// other's burst) would otherwise set off a trim at its next idle
+    /// second, and so on, one kind's settling trim arming the other's.
     fn trimmed(&mut self) {
         self.trimmed = self.checked;
-        self.settle = self.lately > 0;
+        self.settle = self.busy && self.lately > 0;
         self.busy = false;
+        self.busiest = 0;
     }
 }
 
@@ -216,7 +231,7 @@ mod tests {
     #[test]
     fn a_second_of_calls_below_a_burst_is_not_worth_a_trim() {
         let mut t = Traffic::default();
-        assert!(!t.should_trim(0, 8_000), "1,000/s for 8 s in one second's count");
+        assert!(!t.should_trim(0, 8_000), "8,000 calls in a busy second");
         assert!(!t.should_trim(0, 8_000), "quiet, but too few to matter");
     }
 
@@ -226,5 +241,45 @@ mod tests {
         assert!(!t.should_trim(1_000, 20_000), "both busy");
         assert!(t.should_trim(1_000, 20_000), "both over: one trim");
         assert!(!t.should_trim(1_000, 20_000), "not a second one for the calls");
+    }
+
+    /// After one burst, a trickle of both kinds, taking turns: each trim
+    /// must not arm the other kind's settling trim.
+    #[test]
+    fn a_trickle_of_both_kinds_after_a_burst_is_not_a_chain_of_trims() {
+        let mut t = Traffic::default();
+        assert!(!t.should_trim(1_000, 0), "a burst of connections");
+        let (mut connections, mut requests, mut trims) = (1_000, 0, 0);
+        for second in 1..=600 {
+            if second % 2 == 0 {
+                requests += 1;
+            } else {
+                connections += 1;
+            }
+            trims += u32::from(t.should_trim(connections, requests));
+        }
+        assert!(trims <= 2, "{trims} trims for one burst");
+    }
+
+    /// A steady load whose count wanders around the quiet threshold, as
+    /// real traffic does, is not a burst that keeps ending.
+    #[test]
+    fn a_steady_load_that_wanders_around_the_threshold_is_never_a_burst() {
+        let mut t = Traffic::default();
+        let (mut connections, mut requests) = (0, 0);
+        for second in 1..=600 {
+            let (c, r) = if second % 3 == 0 { (70, 1_100) } else { (58, 950) };
+            connections += c;
+            requests += r;
+            assert!(!t.should_trim(connections, requests), "second {second}");
+        }
+    }
+
+    /// A burst still ends when its load drops to a trickle, not to nothing.
+    #[test]
+    fn a_burst_that_falls_to_a_trickle_is_over() {
+        let mut t = Traffic::default();
+        assert!(!t.should_trim(0, 20_000), "busy");
+        assert!(t.should_trim(0, 20_100), "a trickle after it: over");
     }
 }

@@ -29,6 +29,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
 use crate::discovery::{Destination, Endpoint, EndpointSet, Resolve, ServicePort, ServiceRef, TargetRef};
+use crate::drain::Drain;
 use crate::heap::Account;
 use crate::tls::MeshTls;
 use crate::tls::testing::{Ca, id, mesh};
@@ -170,6 +171,8 @@ async fn echo_app(pod: PodIp) -> SocketAddr {
 struct Running {
     outbound: SocketAddr,
     admin: SocketAddr,
+    /// The proxy's drain, which also counts its traffic.
+    drain: Drain,
     nat: Arc<Mutex<HashMap<SocketAddr, SocketAddr>>>,
     stop: oneshot::Sender<()>,
     task: Task,
@@ -214,6 +217,7 @@ impl Running {
 
     async fn start(pod: PodIp, tls: Arc<MeshTls>, services: HashMap<SocketAddr, ServicePort>) -> Running {
         let (proxy, nat) = Self::build(pod, tls, services);
+        let drain = proxy.drain.clone();
         let bound: Bound = proxy.bind().unwrap();
         let outbound = bound.outbound[0].local_addr().unwrap();
         let admin = bound.admin.local_addr().unwrap();
@@ -224,6 +228,7 @@ impl Running {
         Running {
             outbound,
             admin,
+            drain,
             nat,
             stop,
             task: Task::Here(task),
@@ -239,6 +244,7 @@ impl Running {
         account: &'static Account,
     ) -> Running {
         let (proxy, nat) = Self::build(pod, tls, services);
+        let drain = proxy.drain.clone();
         let (bound_tx, bound_rx) = oneshot::channel();
         let (stop, stopped) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -265,6 +271,7 @@ impl Running {
         Running {
             outbound,
             admin,
+            drain,
             nat,
             stop,
             task: Task::Apart(thread),
@@ -433,6 +440,15 @@ async fn a_grpc_call_and_an_opaque_stream_cross_the_whole_proxy_over_mutual_tls(
     opaque.read_to_end(&mut back).await.unwrap();
     assert_eq!(back.len(), payload.len());
     assert!(back == payload, "the echo differs from what was sent");
+
+    // The memory task reads bursts of calls from the requests the servers
+    // count (memory.rs): the call once by each server it crossed, the
+    // opaque stream not at all.
+    assert_eq!(
+        proxy.drain.received_requests(),
+        2,
+        "the call crossed the outbound server and then, over mutual TLS, the inbound one"
+    );
 
     drop(sender);
     proxy.stop().await;
