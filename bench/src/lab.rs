@@ -3,11 +3,28 @@
 //! is a process tree on this machine.
 
 use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 use serde_json::Value;
+
+/// Set by [`Lab::end`].
+static ENDING: AtomicBool = AtomicBool::new(false);
+/// Held while `strait-lab down` runs.
+static DOWN: Mutex<()> = Mutex::new(());
+
+/// Parks the calling thread for good if the run is ending ([`Lab::end`]):
+/// whatever it was about to do (a scenario, the report) would only meet a
+/// lab that is going or gone, and the ending thread exits the process.
+pub fn park_if_ending() {
+    while ENDING.load(Ordering::SeqCst) {
+        std::thread::park();
+    }
+}
 
 /// One lab, by name, driven through `strait-lab` from `bin_dir`.
 pub struct Lab {
@@ -40,7 +57,11 @@ impl Lab {
         checked(out, &format!("strait-lab {}", args.join(" ")))
     }
 
+    /// Applies `manifest`, bringing the lab up if it is down. Once the run
+    /// is [`Lab::end`]ing, the calling thread parks instead: the lab stays
+    /// down.
     pub fn up(&self, manifest: &Path, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        park_if_ending();
         let out = self
             .command()
             .args(["up", "-f"])
@@ -50,8 +71,26 @@ impl Lab {
         checked(out, "strait-lab up").map(drop)
     }
 
+    /// Takes the lab down. One `strait-lab down` at a time, in a process
+    /// group of its own, so a second Ctrl-C at the terminal does not stop
+    /// it halfway. Once the run is [`Lab::end`]ing, another thread's call
+    /// parks instead (the ending thread takes the lab down).
     pub fn down(&self) {
-        let _ = self.command().arg("down").output();
+        park_if_ending();
+        self.take_down();
+    }
+
+    /// Ends the run for good (a signal): every other thread that then
+    /// brings the lab up or down, or calls [`park_if_ending`], parks; the
+    /// lab is taken down, once any `down` already under way has finished.
+    pub fn end(&self) {
+        ENDING.store(true, Ordering::SeqCst);
+        self.take_down();
+    }
+
+    fn take_down(&self) {
+        let _one_at_a_time = DOWN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = self.command().arg("down").process_group(0).output();
     }
 
     pub fn scale(&self, deployment: &str, replicas: u32) -> anyhow::Result<()> {

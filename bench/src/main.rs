@@ -15,6 +15,7 @@ mod subscribe;
 mod syscalls;
 mod tools;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -91,31 +92,42 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-/// The lab goes down however the run ends.
-struct LabGuard<'a>(&'a Lab);
+/// The lab goes down, and the run's work directory goes, however the run
+/// ends (a signal aside: see [`down_on_signal`]).
+struct LabGuard<'a> {
+    lab: &'a Lab,
+    work: &'a Path,
+}
 
 impl Drop for LabGuard<'_> {
     fn drop(&mut self) {
-        self.0.down();
+        self.lab.down();
+        let _ = std::fs::remove_dir_all(self.work);
     }
 }
 
-/// Ctrl-C (SIGINT), SIGTERM or SIGHUP would end the run without unwinding,
-/// so [`LabGuard`] would not run and the lab's pods, namespaces and rules
-/// would stay until the next run. A thread takes the lab down and removes
-/// `work` first, then exits with the status the signal gives a shell
-/// (128 + its number).
+/// Ctrl-C (SIGINT) or SIGTERM would end the run without unwinding, so
+/// [`LabGuard`] would not run and the lab's pods, namespaces and rules would
+/// stay until the next run. A thread ends the run instead: it stops the
+/// other threads at their next step with the lab ([`Lab::end`]), takes the
+/// lab down, removes `work`, then dies of the signal, as the caller (a
+/// shell, make) expects. SIGHUP is left alone: `nohup make bench` goes on.
 fn down_on_signal(lab: &Lab, work: &Path) -> anyhow::Result<()> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
-        .context("install the handlers of SIGINT, SIGTERM and SIGHUP")?;
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).context("install the handlers of SIGINT and SIGTERM")?;
     let lab = Lab::new(&lab.name, &lab.bin_dir);
     let work = work.to_path_buf();
     std::thread::spawn(move || {
         if let Some(signal) = signals.forever().next() {
-            eprintln!("strait-bench: signal {signal}: taking the lab {:?} down", lab.name);
-            lab.down();
+            let _ = writeln!(
+                std::io::stderr(),
+                "strait-bench: signal {signal}: taking the lab {:?} down",
+                lab.name
+            );
+            lab.end();
             let _ = std::fs::remove_dir_all(&work);
+            let _ = signal_hook::low_level::emulate_default_handler(signal);
             std::process::exit(128 + signal);
         }
     });
@@ -209,9 +221,9 @@ fn run(quick: bool, only: &[String], out: &Path, baseline: Option<&Path>) -> any
         &std::env::var("STRAIT_BENCH_LAB").unwrap_or_else(|_| "strait-bench".into()),
         &bin_dir,
     );
-    lab.down();
-    let guard = LabGuard(&lab);
     down_on_signal(&lab, &work)?;
+    lab.down();
+    let guard = LabGuard { lab: &lab, work: &work };
     eprintln!("strait-bench: bringing up the lab {:?}", lab.name);
     let baseline_dir = match baseline {
         Some(binary) => Some(baseline_binary(binary, &work)?),
@@ -222,6 +234,7 @@ fn run(quick: bool, only: &[String], out: &Path, baseline: Option<&Path>) -> any
     let mut sections = Vec::new();
     let mut failed = Vec::new();
     for name in &selected {
+        lab::park_if_ending();
         eprintln!("strait-bench: {name}");
         // A scenario that fails is reported as such; the others still run.
         let (table, raw) = scenarios::by_name(name, &cluster, effort).unwrap_or_else(|error| {
@@ -240,6 +253,7 @@ fn run(quick: bool, only: &[String], out: &Path, baseline: Option<&Path>) -> any
             raw,
         });
     }
+    lab::park_if_ending();
     if !failed.is_empty() {
         // Taking the lab down removes its state: keep the daemon's log, which
         // says why a lab stopped answering.
@@ -253,7 +267,7 @@ fn run(quick: bool, only: &[String], out: &Path, baseline: Option<&Path>) -> any
         }
     }
     drop(guard);
-    let _ = std::fs::remove_dir_all(&work);
+    lab::park_if_ending();
 
     std::fs::create_dir_all(out)?;
     let plots = plots(&sections, out);
