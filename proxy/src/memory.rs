@@ -97,17 +97,16 @@ struct Since {
     checked: u64,
     /// In the second before the last check.
     lately: u64,
-    /// In the busiest second since the last trim.
+    /// In the busiest second since the last trim. A busy second
+    /// (`burst.quiet` or more) since the last trim is what makes a burst to
+    /// give back ([`Since::busy`]): a steady trickle below that never is
+    /// one, however much it adds up to.
     busiest: u64,
     /// The last trim came in a quiet second that still had traffic: a lull
     /// inside a burst looks like its end, and what the rest of the burst
     /// frees would be kept. The first idle second after such a trim gives
     /// it back.
     settle: bool,
-    /// A busy second (`burst.quiet` or more) came since the last trim: only
-    /// then is there a burst to give back. A steady trickle below that is
-    /// never one, however much it adds up to.
-    busy: bool,
 }
 
 impl Since {
@@ -119,8 +118,12 @@ impl Since {
             lately: 0,
             busiest: 0,
             settle: false,
-            busy: false,
         }
+    }
+
+    /// A busy second came since the last trim.
+    fn busy(&self) -> bool {
+        self.busiest >= self.burst.quiet
     }
 
     /// Whether a trim is due, given the count since the start: a burst has
@@ -133,9 +136,8 @@ impl Since {
         self.checked = count;
         self.busiest = self.busiest.max(self.lately);
         let since_trim = count - self.trimmed;
-        self.busy |= self.lately >= self.burst.quiet;
         let quiet = self.lately < self.burst.quiet && self.lately * QUIET_SHARE <= self.busiest;
-        let burst_over = self.busy && since_trim >= self.burst.worth && quiet;
+        let burst_over = self.busy() && since_trim >= self.burst.worth && quiet;
         let settled = self.settle && self.lately == 0 && since_trim > 0;
         burst_over || settled
     }
@@ -146,8 +148,7 @@ impl Since {
     /// second, and so on, one kind's settling trim arming the other's.
     fn trimmed(&mut self) {
         self.trimmed = self.checked;
-        self.settle = self.busy && self.lately > 0;
-        self.busy = false;
+        self.settle = self.busy() && self.lately > 0;
         self.busiest = 0;
     }
 }
