@@ -830,7 +830,8 @@ pub fn opaque(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value
     Ok((table, Value::Array(raw)))
 }
 
-/// New connections per second, each with one echo, plaintext vs mTLS.
+/// New connections per second, each with one echo and closed with a reset
+/// (see [`crate::tools::connect`]), plaintext vs mTLS.
 pub fn connections(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value)> {
     let backend_ip = &cluster.backend_ip;
     let paths = [
@@ -859,7 +860,7 @@ pub fn connections(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, 
         per_second.push((*system, median(runs)));
     }
     let mut table = Table::new(
-        "New connections per second (connect, 1-byte echo, close; 4 at a time)",
+        "New connections per second (connect, 1-byte echo, reset; 4 at a time)",
         &["system", "connections/s", "× direct"],
     );
     for (system, rate) in &per_second {
