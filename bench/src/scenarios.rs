@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::lab::{Lab, Usage, last_json, reset_peak_rss, tree, usage};
 use crate::report::Table;
-use crate::setup::{EVEN_POOL, MIXED_POOL, ONE_BACKEND, TCP_RELAY, deployment_pods};
+use crate::setup::{ECHO_RELAY, EVEN_POOL, MIXED_POOL, ONE_BACKEND, TCP_RELAY, deployment_pods};
 
 /// How long and how often to measure.
 #[derive(Clone, Copy, Debug)]
@@ -836,6 +836,7 @@ pub fn connections(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, 
     let backend_ip = &cluster.backend_ip;
     let paths = [
         ("direct", &cluster.client, format!("{backend_ip}:7000")),
+        ("strait", &cluster.client_plaintext, format!("backend.{SVC}:7000")),
         (
             "strait pair",
             &cluster.client_plaintext,
@@ -845,6 +846,11 @@ pub fn connections(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, 
             "strait pair mTLS",
             &cluster.client_mtls,
             format!("backend-mtls.{SVC}:7000"),
+        ),
+        (
+            "HAProxy (TCP)",
+            &cluster.client,
+            format!("{}:{ECHO_RELAY}", cluster.haproxy_ip),
         ),
     ];
     let seconds = format!("{}s", effort.seconds);
@@ -861,10 +867,16 @@ pub fn connections(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, 
     }
     let mut table = Table::new(
         "New connections per second (connect, 1-byte echo, reset; 4 at a time)",
-        &["system", "connections/s", "× direct"],
+        &["system", "connections/s", "× direct", "× HAProxy"],
     );
+    let (direct, haproxy) = (per_second[0].1, per_second[4].1);
     for (system, rate) in &per_second {
-        table.row(vec![(*system).into(), fmt(*rate, 0), fmt(rate / per_second[0].1, 2)]);
+        table.row(vec![
+            (*system).into(),
+            fmt(*rate, 0),
+            fmt(rate / direct, 2),
+            fmt(rate / haproxy, 2),
+        ]);
     }
     let raw = per_second
         .iter()

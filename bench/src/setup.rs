@@ -16,6 +16,7 @@ pub const ONE_BACKEND: u16 = 8001;
 pub const EVEN_POOL: u16 = 8002;
 pub const MIXED_POOL: u16 = 8003;
 pub const TCP_RELAY: u16 = 8004;
+pub const ECHO_RELAY: u16 = 8005;
 
 /// Pod IPs the peers are configured with.
 pub struct Backends {
@@ -77,7 +78,7 @@ pub fn haproxy_config(backends: &Backends) -> String {
             .collect::<String>()
     };
     format!(
-        "# HAProxy as an HTTP/2 (gRPC) per-request balancer, and a TCP relay.\n\
+        "# HAProxy as an HTTP/2 (gRPC) per-request balancer, and TCP relays.\n\
          global\n  maxconn 8000\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
          frontend one\n  bind :{ONE_BACKEND} proto h2\n  default_backend one\n\
@@ -86,11 +87,13 @@ pub fn haproxy_config(backends: &Backends) -> String {
          backend even\n  balance roundrobin\n{}\
          frontend mixed\n  bind :{MIXED_POOL} proto h2\n  default_backend mixed\n\
          backend mixed\n  balance roundrobin\n{}\
-         listen tcp\n  mode tcp\n  bind :{TCP_RELAY}\n  server iperf {}:5201\n",
+         listen tcp\n  mode tcp\n  bind :{TCP_RELAY}\n  server iperf {}:5201\n\
+         listen echo\n  mode tcp\n  bind :{ECHO_RELAY}\n  server echo {}:7000\n",
         servers(std::slice::from_ref(&backends.one)),
         servers(&backends.even),
         servers(&backends.mixed),
         backends.iperf,
+        backends.one,
     )
 }
 
