@@ -54,6 +54,11 @@ enum Command {
         /// run: adds the `baseline` scenario.
         #[arg(long)]
         baseline: Option<PathBuf>,
+        /// With a `--baseline` built with `-Cprofile-generate`: the directory
+        /// its proxies write their LLVM profiles to as they exit, made if
+        /// missing (`scripts/pgo.sh` merges them into the proxy's profile).
+        #[arg(long, requires = "baseline")]
+        baseline_profiles: Option<PathBuf>,
     },
     /// The load generator (runs in a pod).
     Load(load::LoadArgs),
@@ -73,7 +78,8 @@ fn main() -> ExitCode {
             only,
             out,
             baseline,
-        } => run(quick, &only, &out, baseline.as_deref()),
+            baseline_profiles,
+        } => run(quick, &only, &out, baseline.as_deref(), baseline_profiles.as_deref()),
         Command::Load(args) => runtime().and_then(|rt| rt.block_on(load::run(args))),
         Command::Connect(args) => runtime().and_then(|rt| rt.block_on(tools::connect(args))),
         Command::Startup(args) => runtime().and_then(|rt| rt.block_on(tools::startup(args))),
@@ -144,7 +150,7 @@ fn require(bin_dir: &Path) -> anyhow::Result<()> {
     ] {
         if !bin_dir.join(binary).exists() {
             bail!(
-                "{binary} is not next to strait-bench in {}: build everything first (cargo build --release --workspace --bins)",
+                "{binary} is not next to strait-bench in {}: build everything first (scripts/images.sh)",
                 bin_dir.display()
             );
         }
@@ -183,7 +189,24 @@ fn baseline_binary(binary: &Path, work: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn run(quick: bool, only: &[String], out: &Path, baseline: Option<&Path>) -> anyhow::Result<()> {
+/// Makes `dir` for the baseline proxies' LLVM profiles, writable by the
+/// proxy's user (not root), as /tmp is: anyone may add a file. Returns its
+/// absolute path, for the pods' hostPath volume.
+fn profiles_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("the profiles' directory {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777))
+        .with_context(|| format!("opening {} to the proxy's user", dir.display()))?;
+    Ok(std::fs::canonicalize(dir)?)
+}
+
+fn run(
+    quick: bool,
+    only: &[String],
+    out: &Path,
+    baseline: Option<&Path>,
+    baseline_profiles: Option<&Path>,
+) -> anyhow::Result<()> {
     let bin_dir = std::env::current_exe()?
         .parent()
         .context("strait-bench's directory")?
@@ -229,7 +252,12 @@ fn run(quick: bool, only: &[String], out: &Path, baseline: Option<&Path>) -> any
         Some(binary) => Some(baseline_binary(binary, &work)?),
         None => None,
     };
-    let (haproxy, nginx) = setup::cluster(&lab, &bin_dir, &work, baseline_dir.as_deref())?;
+    let profiles = baseline_profiles.map(profiles_dir).transpose()?;
+    let baseline = baseline_dir.as_deref().map(|dir| setup::Baseline {
+        dir,
+        profiles: profiles.as_deref(),
+    });
+    let (haproxy, nginx) = setup::cluster(&lab, &bin_dir, &work, baseline)?;
     let cluster = Cluster::find(Lab::new(&lab.name, &bin_dir))?;
     let mut sections = Vec::new();
     let mut failed = Vec::new();

@@ -226,11 +226,27 @@ fn push(object: &mut Value, field: &str, item: Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where an instrumented baseline proxy writes its LLVM profiles in its pods.
+const PROFILES_MOUNT: &str = "/run/strait-profiles";
+
+/// The proxy binary of a same-run A/B (`--baseline`).
+#[derive(Clone, Copy, Debug)]
+pub struct Baseline<'a> {
+    /// The host directory holding it, as `strait-proxy`, readable by the
+    /// proxy's user; mounted read-only into the baseline pods.
+    pub dir: &'a Path,
+    /// For a binary built with `-Cprofile-generate`: the host directory,
+    /// writable by the proxy's user, where each of its proxies writes its
+    /// LLVM profile (`<pid>-<binary signature>.profraw`) as it exits
+    /// (`scripts/pgo.sh`).
+    pub profiles: Option<&'a Path>,
+}
+
 /// The same-run A/B pair for `--baseline`: `client-baseline` and
 /// `backend-baseline` (Service `backend-baseline`), shaped as `client-mtls`
-/// and `backend-mtls`, whose proxies run the binary in `baseline_dir`
-/// (`strait-proxy`, mounted from the host) instead of the image's.
-fn baseline_pair(bin_dir: &Path, trust_anchors: &str, baseline_dir: &Path) -> anyhow::Result<Vec<Value>> {
+/// and `backend-mtls`, whose proxies run the baseline binary (mounted from
+/// the host) instead of the image's.
+fn baseline_pair(bin_dir: &Path, trust_anchors: &str, baseline: Baseline) -> anyhow::Result<Vec<Value>> {
     let use_baseline = |spec: &mut Value| -> anyhow::Result<()> {
         let proxy = proxy_container(spec)?;
         proxy["command"] = json!([format!("{BASELINE_MOUNT}/strait-proxy")]);
@@ -239,10 +255,27 @@ fn baseline_pair(bin_dir: &Path, trust_anchors: &str, baseline_dir: &Path) -> an
             "volumeMounts",
             json!({"name": "strait-baseline", "mountPath": BASELINE_MOUNT, "readOnly": true}),
         )?;
+        if let Some(profiles) = baseline.profiles {
+            push(
+                proxy,
+                "volumeMounts",
+                json!({"name": "strait-profiles", "mountPath": PROFILES_MOUNT}),
+            )?;
+            push(
+                proxy,
+                "env",
+                json!({"name": "LLVM_PROFILE_FILE", "value": format!("{PROFILES_MOUNT}/%p-%m.profraw")}),
+            )?;
+            push(
+                spec,
+                "volumes",
+                json!({"name": "strait-profiles", "hostPath": {"path": profiles, "type": "Directory"}}),
+            )?;
+        }
         push(
             spec,
             "volumes",
-            json!({"name": "strait-baseline", "hostPath": {"path": baseline_dir, "type": "Directory"}}),
+            json!({"name": "strait-baseline", "hostPath": {"path": baseline.dir, "type": "Directory"}}),
         )
     };
     let client = deployment(
@@ -268,9 +301,9 @@ fn baseline_pair(bin_dir: &Path, trust_anchors: &str, baseline_dir: &Path) -> an
     ])
 }
 
-/// Brings the lab up with everything the scenarios use; with `baseline` (a
-/// directory holding an older `strait-proxy`), also the baseline pair.
-pub fn cluster(lab: &Lab, bin_dir: &Path, work: &Path, baseline: Option<&Path>) -> anyhow::Result<(String, String)> {
+/// Brings the lab up with everything the scenarios use; with `baseline`,
+/// also the baseline pair.
+pub fn cluster(lab: &Lab, bin_dir: &Path, work: &Path, baseline: Option<Baseline>) -> anyhow::Result<(String, String)> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("manifests/bench.yaml");
     lab.up(&manifest, &[])?;
     let backends = Backends::find(lab)?;
