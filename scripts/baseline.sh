@@ -15,8 +15,12 @@ tree=target/baseline/src-$commit
 out=target/baseline/strait-proxy-$commit
 if [[ ! -x $out ]]; then
   [[ -d $tree ]] || "${git[@]}" worktree add --detach "$tree" "$commit" >&2
-  CARGO_TARGET_DIR=$PWD/target/baseline/target cargo build --release --locked -p strait-proxy \
-    --manifest-path "$tree/Cargo.toml" >&2
+  # With the profile that revision has, as scripts/images.sh builds it, so
+  # an A/B between revisions does not count profile-guided optimisation as
+  # part of the change.
+  pgo=$(scripts/profile-flags.sh "$tree" "$PWD/target/baseline/target")
+  RUSTFLAGS=${RUSTFLAGS:+$RUSTFLAGS }$pgo CARGO_TARGET_DIR=$PWD/target/baseline/target \
+    cargo build --release --locked -p strait-proxy --manifest-path "$tree/Cargo.toml" >&2
   cp target/baseline/target/release/strait-proxy "$out"
   "${git[@]}" worktree remove --force "$tree" >&2
 fi

@@ -46,22 +46,26 @@ fi
 [[ $(id -u) == 0 ]] || { echo "images: run as root (mmdebstrap and buildah write root-owned files)" >&2; exit 1; }
 
 # The whole workspace, as `make demo` and `make bench` build it, optimised
-# with the proxy's profile (profile-guided optimisation, made by
-# scripts/pgo.sh). The flag goes to every crate, so h2, hyper, tokio and
-# rustls are laid out for the proxy's hot path too; crates and functions the
-# profile does not cover compile as without it. A release build without the
-# same flag rebuilds all. The proxy is built on its own, with its own
-# features, as scripts/pgo.sh profiles it: a profile is found by the names
-# of the functions it was taken from.
-profile=$PWD/proxy/pgo/strait-proxy.profdata
-if [[ -f $profile ]]; then
-  export RUSTFLAGS="-C profile-use=$profile"
-else
-  echo "images: no $profile (scripts/pgo.sh makes it): building without it" >&2
-fi
-cargo build --release --locked --workspace --bins --exclude strait-proxy
-cargo build --release --locked -p strait-proxy --bins
-unset RUSTFLAGS
+# with the proxy's profile (profile-guided optimisation: scripts/pgo.sh makes
+# it, scripts/profile-flags.sh gives the flag). The proxy is built on its own,
+# with the features it was profiled with: a profile is found by the names of
+# the functions it was taken from, and those name the features their crate
+# was built with. Both steps pass the same flags, or the crates they share
+# would be rebuilt back and forth on every run; in the first, dependencies
+# the proxy also uses but with other features match nothing in the profile
+# and compile as without it.
+pgo=$(scripts/profile-flags.sh "$PWD" "$PWD/target")
+[[ -n $pgo ]] || echo "images: no proxy/pgo/strait-proxy.profdata (scripts/pgo.sh makes it): building without it" >&2
+flags=${RUSTFLAGS:+$RUSTFLAGS }$pgo
+release() {
+  if [[ -n $flags ]]; then
+    RUSTFLAGS=$flags cargo build --release --locked "$@"
+  else
+    cargo build --release --locked "$@"
+  fi
+}
+release --workspace --bins --exclude strait-proxy
+release -p strait-proxy --bins
 # strait-cni runs on the nodes, under each node's own loader and C library
 # (whatever its distribution and glibc): it is linked statically, in a build
 # of its own, in the lighter `plugin` profile (Cargo.toml: it runs for

@@ -2,8 +2,9 @@
 # Makes strait-proxy's profile for profile-guided optimisation,
 # proxy/pgo/strait-proxy.profdata, which scripts/images.sh builds the release
 # binaries with. Run it as root (the bench runs a lab) after changing the
-# proxy's hot path: a stale profile still builds, but functions whose code
-# changed lose their profile and compile as without one.
+# proxy's hot path: a stale profile still builds (rustc may warn of the
+# functions whose code changed), but those functions lose their profile and
+# compile as without one.
 #
 #   1. builds strait-proxy with -C profile-generate into target/pgo;
 #   2. runs it as the bench's baseline pair (mutual TLS, gRPC unary, closed
@@ -19,12 +20,17 @@ set -euo pipefail
 cd "$(dirname "$(realpath "$0")")/.."
 [[ $(id -u) == 0 ]] || { echo "pgo: run as root (the bench runs a lab)" >&2; exit 1; }
 llvm_profdata=/usr/lib/llvm-19/bin/llvm-profdata
-[[ -x $llvm_profdata ]] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q llvm-19 >&2
+if [[ ! -x $llvm_profdata ]]; then
+  apt-get update -q >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q llvm-19 >&2
+fi
 
 # The bench and the lab's images, as `make bench` builds them.
 make images
 # strait-proxy alone, with its own features, as scripts/images.sh builds it.
-CARGO_TARGET_DIR=$PWD/target/pgo RUSTFLAGS="-C profile-generate=/tmp/strait-pgo" \
+# (Build scripts and proc macros run instrumented too; their profiles land
+# in target/pgo/build-profiles and are not used.)
+CARGO_TARGET_DIR=$PWD/target/pgo RUSTFLAGS="-C profile-generate=$PWD/target/pgo/build-profiles" \
   cargo build --release --locked -p strait-proxy --bins
 raw=$PWD/target/pgo/profiles
 rm -rf "$raw"
@@ -39,3 +45,5 @@ fi
 mkdir -p proxy/pgo
 "$llvm_profdata" merge --sparse -o proxy/pgo/strait-proxy.profdata "${profiles[@]}"
 "$llvm_profdata" show proxy/pgo/strait-proxy.profdata | sed -n 's/^/pgo: /p' >&2
+# This tree's binaries and images, now with the new profile.
+make images

@@ -55,8 +55,9 @@ enum Command {
         #[arg(long)]
         baseline: Option<PathBuf>,
         /// With a `--baseline` built with `-Cprofile-generate`: the directory
-        /// its proxies write their LLVM profiles to as they exit, made if
-        /// missing (`scripts/pgo.sh` merges them into the proxy's profile).
+        /// its proxies write their LLVM profiles to as they exit; made here,
+        /// so it must not exist (`scripts/pgo.sh` merges them into the
+        /// proxy's profile).
         #[arg(long, requires = "baseline")]
         baseline_profiles: Option<PathBuf>,
     },
@@ -189,12 +190,14 @@ fn baseline_binary(binary: &Path, work: &Path) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Makes `dir` for the baseline proxies' LLVM profiles, writable by the
-/// proxy's user (not root), as /tmp is: anyone may add a file. Returns its
-/// absolute path, for the pods' hostPath volume.
+/// Makes `dir` (it must not exist) for the baseline proxies' LLVM
+/// profiles, writable by the proxy's user (not root), as /tmp is: anyone may
+/// add a file. A directory of its own, so no existing one is opened to all.
+/// Returns its absolute path, for the pods' hostPath volume.
 fn profiles_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).with_context(|| format!("the profiles' directory {}", dir.display()))?;
+    std::fs::create_dir(dir)
+        .with_context(|| format!("making the profiles' directory {} (it must not exist)", dir.display()))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777))
         .with_context(|| format!("opening {} to the proxy's user", dir.display()))?;
     Ok(std::fs::canonicalize(dir)?)

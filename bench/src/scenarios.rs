@@ -831,7 +831,8 @@ pub fn opaque(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value
 }
 
 /// New connections per second, each with one echo and closed with a reset
-/// (see [`crate::tools::connect`]), plaintext vs mTLS.
+/// (see [`crate::tools::connect`]): direct, strait's one hop, the pair with
+/// and without mTLS, and HAProxy's TCP relay.
 pub fn connections(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, Value)> {
     let backend_ip = &cluster.backend_ip;
     let paths = [
@@ -869,7 +870,13 @@ pub fn connections(cluster: &Cluster, effort: Effort) -> anyhow::Result<(Table, 
         "New connections per second (connect, 1-byte echo, reset; 4 at a time)",
         &["system", "connections/s", "× direct", "× HAProxy"],
     );
-    let (direct, haproxy) = (per_second[0].1, per_second[4].1);
+    let rate = |system| {
+        per_second
+            .iter()
+            .find(|(s, _)| *s == system)
+            .map_or(f64::NAN, |(_, r)| *r)
+    };
+    let (direct, haproxy) = (rate("direct"), rate("HAProxy (TCP)"));
     for (system, rate) in &per_second {
         table.row(vec![
             (*system).into(),
