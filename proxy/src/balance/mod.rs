@@ -88,12 +88,16 @@ pub enum DispatchError {
 }
 
 impl DispatchError {
-    /// Whether nothing of the request was sent anywhere.
+    /// Whether the request reached no application: nothing of it was sent
+    /// anywhere, or the endpoint's HTTP/2 server turned its stream away
+    /// unprocessed (a RST_STREAM with REFUSED_STREAM, or a GOAWAY whose last
+    /// stream ID leaves it out; RFC 9113, 8.7), as an application does
+    /// while it shuts down.
     pub fn is_unprocessed(&self) -> bool {
-        matches!(
-            self,
-            DispatchError::NoEndpoints { .. } | DispatchError::Unreachable { .. }
-        )
+        match self {
+            DispatchError::NoEndpoints { .. } | DispatchError::Unreachable { .. } => true,
+            DispatchError::Upstream { source, .. } => replay::refused_unprocessed(source),
+        }
     }
 }
 

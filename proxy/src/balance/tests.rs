@@ -367,6 +367,36 @@ async fn a_stream_refused_by_reset_or_goaway_goes_to_another_endpoint_body_and_a
     every_request_reaches_the_echo(refusing, &turned_away, http::Version::HTTP_2, "stream_refused").await;
 }
 
+#[tokio::test]
+async fn a_stream_its_only_endpoint_refused_is_reported_unprocessed() {
+    // An inbound proxy in front of an application that shuts down: the
+    // application's HTTP/2 server turns the stream away, and the inbound
+    // proxy has no other endpoint. The client's proxy may send the request
+    // elsewhere only if it hears that the application never saw it.
+    for refusing in [refusing_streams(Arc::default()).await, going_away(Arc::default()).await] {
+        let (balancer, _updates) = balancer(&[(refusing, "refusing")]);
+        let error = call(&balancer, http::Version::HTTP_2).await.unwrap_err();
+        assert!(matches!(error, DispatchError::Upstream { .. }), "{error}");
+        assert!(error.is_unprocessed(), "{}", Chain(&error));
+    }
+    // A stream the server reset for another reason may have been processed.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let failing = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut connection = h2::server::handshake(stream).await.unwrap();
+                while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                    respond.send_reset(h2::Reason::INTERNAL_ERROR);
+                }
+            });
+        }
+    });
+    let (balancer, _updates) = balancer(&[(failing, "failing")]);
+    let error = call(&balancer, http::Version::HTTP_2).await.unwrap_err();
+    assert!(!error.is_unprocessed(), "{}", Chain(&error));
+}
+
 /// An HTTP/2 server that lets a client have `streams` streams open on a
 /// connection, and answers only once `together` requests are in progress
 /// at the same time.
