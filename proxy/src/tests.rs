@@ -88,20 +88,28 @@ type PodIp = [u8; 4];
 /// A Service port `demo/<name>:<port>` whose one endpoint is the
 /// application at `app`, meshed as `identity` (or not meshed).
 fn service_port(name: &str, app: SocketAddr, identity: Option<&SpiffeId>, opaque: bool) -> ServicePort {
-    let endpoint = Endpoint {
-        addr: app,
-        ready: true,
-        serving: true,
-        terminating: false,
-        target: Some(TargetRef {
-            namespace: "demo".into(),
-            name: format!("{name}-0"),
-        }),
-        identity: identity.cloned(),
-    };
-    let (_keep, endpoints) = watch::channel(Arc::new(EndpointSet {
-        endpoints: vec![endpoint],
-    }));
+    service_port_of(name, &[app], identity, opaque)
+}
+
+/// A Service port `demo/<name>:<port>` whose endpoints are the applications
+/// at `apps` (pods `<name>-0`, `<name>-1`, ...), meshed as `identity`.
+fn service_port_of(name: &str, apps: &[SocketAddr], identity: Option<&SpiffeId>, opaque: bool) -> ServicePort {
+    let endpoints = apps
+        .iter()
+        .enumerate()
+        .map(|(index, app)| Endpoint {
+            addr: *app,
+            ready: true,
+            serving: true,
+            terminating: false,
+            target: Some(TargetRef {
+                namespace: "demo".into(),
+                name: format!("{name}-{index}"),
+            }),
+            identity: identity.cloned(),
+        })
+        .collect();
+    let (_keep, endpoints) = watch::channel(Arc::new(EndpointSet { endpoints }));
     // The sender may go: a balancer keeps the last set it saw.
     std::mem::forget(_keep);
     ServicePort {
@@ -146,6 +154,28 @@ async fn grpc_app(pod: PodIp) -> SocketAddr {
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service),
             );
+        }
+    });
+    addr
+}
+
+/// An HTTP/2 server shutting down: it turns every stream away unprocessed
+/// (RST_STREAM with REFUSED_STREAM), and counts them in `refused`.
+async fn refusing_app(pod: PodIp, refused: Arc<std::sync::atomic::AtomicUsize>) -> SocketAddr {
+    let listener = TcpListener::bind(SocketAddr::from((pod, 0))).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let refused = refused.clone();
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
         }
     });
     addr
@@ -450,6 +480,54 @@ async fn a_grpc_call_and_an_opaque_stream_cross_the_whole_proxy_over_mutual_tls(
         "the call crossed the outbound server and then, over mutual TLS, the inbound one"
     );
 
+    drop(sender);
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn a_call_an_application_turned_away_unprocessed_goes_to_another_pod() {
+    // Two pods of a Service, meshed; one's application is shutting down and
+    // refuses every stream. Its inbound proxy must say that the call never
+    // reached the application, or the client's proxy cannot send it
+    // elsewhere and the client sees UNAVAILABLE.
+    let (api, tls) = meshed_api();
+    let pod = [127, 0, 41, 9];
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let apps = [refusing_app(pod, refused.clone()).await, grpc_app(pod).await];
+    let service: SocketAddr = "198.18.96.12:80".parse().unwrap();
+    let proxy = Running::start(
+        pod,
+        tls,
+        services([(service, service_port_of("api", &apps, Some(&api), false))]),
+    )
+    .await;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(proxy.connect(service).await))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let message = Bytes::from_static(b"\0\0\0\0\x05hello");
+    for call in 0..50 {
+        let response = sender.send_request(say(message.clone())).await.unwrap();
+        assert_eq!(response.status(), 200, "call {call}: {response:?}");
+        let grpc_status = |headers: &HeaderMap| headers.get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+        let early = grpc_status(response.headers());
+        let body = response.into_body().collect().await.unwrap();
+        let status = early.or_else(|| body.trailers().and_then(grpc_status));
+        assert_eq!(status.as_deref(), Some("0"), "call {call}: {body:?}");
+        assert_eq!(body.to_bytes(), message, "call {call}");
+        if refused.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            break;
+        }
+    }
+    assert!(
+        refused.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the refusing pod was never tried"
+    );
+    let sent_elsewhere = proxy
+        .metric("strait_requests_turned_away_total", "reason=\"application_gone\"")
+        .await;
+    assert!(sent_elsewhere >= 1.0, "{sent_elsewhere}");
     drop(sender);
     proxy.stop().await;
 }

@@ -42,8 +42,9 @@ const DEFAULT_RTT: Duration = Duration::from_millis(1);
 /// slow response (a pause, a cold cache) costs an endpoint its share only
 /// briefly; long enough that a consistently slow endpoint stays avoided.
 const DECAY: Duration = Duration::from_millis(1000);
-/// Attempts for a request no application saw (connections refused, or an
-/// application not listening yet), all within the bounded wait. An endpoint
+/// Attempts for a request no application saw (connections refused, an
+/// application not listening yet, or a stream its HTTP/2 server turned
+/// away), all within the bounded wait. An endpoint
 /// that refused is left out for a while, so when every endpoint refuses, as
 /// when the applications of Ready pods are still binding (a readiness probe
 /// that does not test the application, or none), the request waits for one
@@ -76,7 +77,8 @@ pub enum DispatchError {
         #[source]
         source: ConnectError,
     },
-    /// The endpoint failed the request after it was sent.
+    /// The endpoint failed the request, or its HTTP/2 server turned the
+    /// request's stream away ([`DispatchError::is_unprocessed`] says which).
     #[error("upstream {endpoint} failed")]
     Upstream {
         /// The endpoint the request was sent to.

@@ -313,10 +313,18 @@ async fn refusing_streams(turned_away: Arc<AtomicUsize>) -> SocketAddr {
 /// An HTTP/2 server, in raw frames, that answers the first request's
 /// HEADERS with a GOAWAY whose last stream ID (0) leaves it out.
 async fn going_away(turned_away: Arc<AtomicUsize>) -> SocketAddr {
+    going_away_after(turned_away, 0).await
+}
+
+/// An HTTP/2 server, in raw frames, that answers the first request's
+/// HEADERS with a GOAWAY (NO_ERROR) whose last stream ID is `last`; if that
+/// keeps the request's stream (1), it then closes the connection without
+/// answering.
+async fn going_away_after(turned_away: Arc<AtomicUsize>, last: u8) -> SocketAddr {
     const PREFACE: usize = 24;
     const HEADERS: u8 = 1;
     let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
-    let goaway = [0u8, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let goaway = [0u8, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, last, 0, 0, 0, 0];
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -348,6 +356,10 @@ async fn going_away(turned_away: Arc<AtomicUsize>) -> SocketAddr {
                 }
                 turned_away.fetch_add(1, Ordering::Relaxed);
                 stream.write_all(&goaway).await.unwrap();
+                if last > 0 {
+                    // The request was kept, and may have been processed.
+                    return;
+                }
                 // Read on until the client lets go.
                 while matches!(stream.read(&mut buffer).await, Ok(1..)) {}
             });
@@ -379,6 +391,11 @@ async fn a_stream_its_only_endpoint_refused_is_reported_unprocessed() {
         assert!(matches!(error, DispatchError::Upstream { .. }), "{error}");
         assert!(error.is_unprocessed(), "{}", Chain(&error));
     }
+    // A stream the GOAWAY kept, on a connection that then closed without
+    // an answer, may have been processed.
+    let (closing, _updates) = balancer(&[(going_away_after(Arc::default(), 1).await, "closing")]);
+    let error = call(&closing, http::Version::HTTP_2).await.unwrap_err();
+    assert!(!error.is_unprocessed(), "{}", Chain(&error));
     // A stream the server reset for another reason may have been processed.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let failing = listener.local_addr().unwrap();

@@ -1,7 +1,8 @@
 //! Requests that can be sent again. When the next hop answers that nothing
 //! of a request reached its application (the application refused the
-//! connection: it is shutting down, say, while its endpoint is still being
-//! withdrawn), the request is safe to send to another endpoint. Its body is
+//! connection, or its HTTP/2 server turned the stream away: it is shutting
+//! down, say, while its endpoint is still being withdrawn), the request is
+//! safe to send to another endpoint. Its body is
 //! read through a recording: what has been read so far is kept, up to a
 //! small cap, and what has not been read yet stays with the recording, so a
 //! replay sends the kept part and then goes on reading where the first
@@ -42,8 +43,16 @@ pub fn take_unprocessed<B>(response: &mut Response<B>) -> bool {
 
 /// Whether an HTTP/2 upstream turned the request's stream away before its
 /// application saw it: a RST_STREAM with REFUSED_STREAM, or a GOAWAY whose
-/// last stream ID leaves the stream out (RFC 9113, 8.7). Either way the
-/// request may go elsewhere.
+/// last stream ID leaves the stream out (RFC 9113, 8.7), or that came
+/// before the stream was opened. Either way the request may go elsewhere.
+///
+/// The HTTP/2 library fails a stream with the peer's GOAWAY only in those
+/// cases: streams the GOAWAY keeps end with their answer, or with a broken
+/// pipe if the connection closes first, which does not count. One
+/// exception needs a multi-threaded runtime (`STRAIT_WORKER_THREADS` above
+/// 1): hyper checks the connection again right after opening a stream, and
+/// a GOAWAY read on another thread in between fails a stream the GOAWAY
+/// kept. On the default single thread nothing runs between the two.
 pub fn refused_unprocessed(error: &hyper::Error) -> bool {
     std::error::Error::source(error)
         .and_then(|source| source.downcast_ref::<h2::Error>())

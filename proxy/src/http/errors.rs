@@ -77,7 +77,8 @@ impl ProxyError {
         }
     }
 
-    /// Whether nothing of the request was sent anywhere.
+    /// Whether the request reached no application (see
+    /// [`crate::balance::DispatchError::is_unprocessed`]).
     pub fn is_unprocessed(&self) -> bool {
         matches!(self, ProxyError::Dispatch(error) if error.is_unprocessed())
     }
