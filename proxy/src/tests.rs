@@ -491,10 +491,10 @@ async fn a_call_an_application_turned_away_unprocessed_goes_to_another_pod() {
     // reached the application, or the client's proxy cannot send it
     // elsewhere and the client sees UNAVAILABLE.
     let (api, tls) = meshed_api();
-    let pod = [127, 0, 41, 9];
+    let pod = [127, 0, 41, 11];
     let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let apps = [refusing_app(pod, refused.clone()).await, grpc_app(pod).await];
-    let service: SocketAddr = "198.18.96.12:80".parse().unwrap();
+    let service: SocketAddr = "198.18.96.16:80".parse().unwrap();
     let proxy = Running::start(
         pod,
         tls,
