@@ -390,12 +390,17 @@ async fn a_stream_its_only_endpoint_refused_is_reported_unprocessed() {
         let error = call(&balancer, http::Version::HTTP_2).await.unwrap_err();
         assert!(matches!(error, DispatchError::Upstream { .. }), "{error}");
         assert!(error.is_unprocessed(), "{}", Chain(&error));
+        // An HTTP client of the inbound proxy hears the same: try again.
+        let status = crate::http::errors::ProxyError::from(error).status();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     }
     // A stream the GOAWAY kept, on a connection that then closed without
     // an answer, may have been processed.
     let (closing, _updates) = balancer(&[(going_away_after(Arc::default(), 1).await, "closing")]);
     let error = call(&closing, http::Version::HTTP_2).await.unwrap_err();
     assert!(!error.is_unprocessed(), "{}", Chain(&error));
+    let status = crate::http::errors::ProxyError::from(error).status();
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
     // A stream the server reset for another reason may have been processed.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let failing = listener.local_addr().unwrap();

@@ -1,5 +1,5 @@
 //! Errors shaped for the protocol: where a request failed decides the
-//! answer (503 when no endpoint could take it, 502 when the upstream failed
+//! answer (503 when no application took it, 502 when the upstream failed
 //! it, 504 on timeout), and gRPC callers get a gRPC status instead.
 
 use bytes::Bytes;
@@ -50,23 +50,20 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    /// The HTTP status of the proxy's answer: 503 when nothing was sent (no
-    /// ready endpoint, none reachable), 504 when the upstream or the route's
+    /// The HTTP status of the proxy's answer: 503 when the request reached no
+    /// application (no ready endpoint, none reachable, or the endpoint's
+    /// HTTP/2 server turned the stream away), 504 when the upstream or the route's
     /// timeout passed, 502 when it failed the request or its response headers
     /// were over the limit, 400 for an invalid request, 431 for request
     /// headers over the limit; for routes (Gateway API): 404 when none
     /// matches, 500 when the rule's backend is unusable.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::Dispatch(DispatchError::NoEndpoints { .. } | DispatchError::Unreachable { .. }) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::Dispatch(error) if error.is_unprocessed() => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Dispatch(DispatchError::Upstream { source, .. }) if source.is_timeout() => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            ProxyError::Dispatch(DispatchError::Upstream { .. }) | ProxyError::ResponseHeadersTooLarge { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
+            ProxyError::Dispatch(_) | ProxyError::ResponseHeadersTooLarge { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Route(RouteError::NoMatch { .. }) => StatusCode::NOT_FOUND,
             ProxyError::Route(RouteError::NoBackend { .. } | RouteError::Unresolved { .. }) => {
                 StatusCode::INTERNAL_SERVER_ERROR
