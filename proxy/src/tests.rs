@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -129,26 +130,40 @@ fn service_port_of(name: &str, apps: &[SocketAddr], identity: Option<&SpiffeId>,
 /// `grpc-status: 0`, and the `strait-client-id` it was given as
 /// `x-client-id`.
 async fn grpc_app(pod: PodIp) -> SocketAddr {
+    grpc_app_answering(pod, watch::channel(true).1).await
+}
+
+/// [`grpc_app`], answering each call (once its request has been read) only
+/// when `answer` says so.
+async fn grpc_app_answering(pod: PodIp, answer: watch::Receiver<bool>) -> SocketAddr {
     let listener = TcpListener::bind(SocketAddr::from((pod, 0))).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             stream.set_nodelay(true).unwrap();
-            let service = service_fn(|request: Request<Incoming>| async move {
-                let client = request.headers().get("strait-client-id").cloned();
-                let message = request.into_body().collect().await.unwrap().to_bytes();
-                let mut trailers = HeaderMap::new();
-                trailers.insert("grpc-status", "0".parse().unwrap());
-                let frames =
-                    futures::stream::iter([Ok::<_, Infallible>(Frame::data(message)), Ok(Frame::trailers(trailers))]);
-                let mut response = Response::new(StreamBody::new(frames));
-                response
-                    .headers_mut()
-                    .insert("content-type", "application/grpc".parse().unwrap());
-                if let Some(client) = client {
-                    response.headers_mut().insert("x-client-id", client);
+            let answer = answer.clone();
+            let service = service_fn(move |request: Request<Incoming>| {
+                let mut answer = answer.clone();
+                async move {
+                    let client = request.headers().get("strait-client-id").cloned();
+                    let message = request.into_body().collect().await.unwrap().to_bytes();
+                    // Its sender may be gone: the last value stands.
+                    let _ = answer.wait_for(|go| *go).await;
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    let frames = futures::stream::iter([
+                        Ok::<_, Infallible>(Frame::data(message)),
+                        Ok(Frame::trailers(trailers)),
+                    ]);
+                    let mut response = Response::new(StreamBody::new(frames));
+                    response
+                        .headers_mut()
+                        .insert("content-type", "application/grpc".parse().unwrap());
+                    if let Some(client) = client {
+                        response.headers_mut().insert("x-client-id", client);
+                    }
+                    Ok::<_, Infallible>(response)
                 }
-                Ok::<_, Infallible>(response)
             });
             tokio::spawn(
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -161,7 +176,7 @@ async fn grpc_app(pod: PodIp) -> SocketAddr {
 
 /// An HTTP/2 server shutting down: it turns every stream away unprocessed
 /// (RST_STREAM with REFUSED_STREAM), and counts them in `refused`.
-async fn refusing_app(pod: PodIp, refused: Arc<std::sync::atomic::AtomicUsize>) -> SocketAddr {
+async fn refusing_app(pod: PodIp, refused: Arc<AtomicUsize>) -> SocketAddr {
     let listener = TcpListener::bind(SocketAddr::from((pod, 0))).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -172,7 +187,7 @@ async fn refusing_app(pod: PodIp, refused: Arc<std::sync::atomic::AtomicUsize>) 
                     return;
                 };
                 while let Some(Ok((_request, mut respond))) = connection.accept().await {
-                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    refused.fetch_add(1, Ordering::Relaxed);
                     respond.send_reset(h2::Reason::REFUSED_STREAM);
                 }
             });
@@ -345,6 +360,19 @@ impl Running {
     }
 }
 
+/// An HTTP/2 client connection to `service` through the proxy's outbound
+/// listener, as a gRPC client opens it (no Nagle's algorithm holding a
+/// request back); the connection runs on a task of its own.
+async fn grpc_client(proxy: &Running, service: SocketAddr) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let stream = proxy.connect(service).await;
+    stream.set_nodelay(true).unwrap();
+    let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
 /// An HTTP/1 server that answers any request with 101 (`Upgrade: echo`)
 /// and then writes back what it reads.
 async fn upgrade_app(pod: PodIp) -> SocketAddr {
@@ -492,7 +520,7 @@ async fn a_call_an_application_turned_away_unprocessed_goes_to_another_pod() {
     // elsewhere and the client sees UNAVAILABLE.
     let (api, tls) = meshed_api();
     let pod = [127, 0, 41, 11];
-    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
     let apps = [refusing_app(pod, refused.clone()).await, grpc_app(pod).await];
     let service: SocketAddr = "198.18.96.16:80".parse().unwrap();
     let proxy = Running::start(
@@ -501,11 +529,7 @@ async fn a_call_an_application_turned_away_unprocessed_goes_to_another_pod() {
         services([(service, service_port_of("api", &apps, Some(&api), false))]),
     )
     .await;
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(proxy.connect(service).await))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = grpc_client(&proxy, service).await;
     let message = Bytes::from_static(b"\0\0\0\0\x05hello");
     for call in 0..50 {
         let response = sender.send_request(say(message.clone())).await.unwrap();
@@ -516,14 +540,11 @@ async fn a_call_an_application_turned_away_unprocessed_goes_to_another_pod() {
         let status = early.or_else(|| body.trailers().and_then(grpc_status));
         assert_eq!(status.as_deref(), Some("0"), "call {call}: {body:?}");
         assert_eq!(body.to_bytes(), message, "call {call}");
-        if refused.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        if refused.load(Ordering::Relaxed) > 0 {
             break;
         }
     }
-    assert!(
-        refused.load(std::sync::atomic::Ordering::Relaxed) > 0,
-        "the refusing pod was never tried"
-    );
+    assert!(refused.load(Ordering::Relaxed) > 0, "the refusing pod was never tried");
     let sent_elsewhere = proxy
         .metric("strait_requests_turned_away_total", "reason=\"application_gone\"")
         .await;
@@ -665,37 +686,6 @@ async fn an_idle_connection_keeps_little_of_the_proxys_heap() {
     proxy.stop().await;
 }
 
-/// A gRPC server that answers every call as [`grpc_app`] does, but only
-/// once `answer` says so.
-async fn held_grpc_app(pod: PodIp, answer: watch::Receiver<bool>) -> SocketAddr {
-    let listener = TcpListener::bind(SocketAddr::from((pod, 0))).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let answer = answer.clone();
-            let service = service_fn(move |request: Request<Incoming>| {
-                let mut answer = answer.clone();
-                async move {
-                    let message = request.into_body().collect().await.unwrap().to_bytes();
-                    let _ = answer.wait_for(|go| *go).await;
-                    let mut trailers = HeaderMap::new();
-                    trailers.insert("grpc-status", "0".parse().unwrap());
-                    let frames = futures::stream::iter([
-                        Ok::<_, Infallible>(Frame::data(message)),
-                        Ok(Frame::trailers(trailers)),
-                    ]);
-                    Ok::<_, Infallible>(Response::new(StreamBody::new(frames)))
-                }
-            });
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service),
-            );
-        }
-    });
-    addr
-}
-
 /// Heap bytes the proxy holds for each gRPC call in flight through both
 /// its sides (outbound, mutual TLS, inbound), while the application has
 /// the calls and has not answered: what a queue of calls costs under load.
@@ -705,7 +695,7 @@ async fn a_call_in_flight_keeps_little_of_the_proxys_heap() {
     let (api, tls) = meshed_api();
     let pod = [127, 0, 41, 12];
     let (release, answer) = watch::channel(false);
-    let grpc = held_grpc_app(pod, answer).await;
+    let grpc = grpc_app_answering(pod, answer).await;
     let service: SocketAddr = "198.18.96.17:80".parse().unwrap();
     let proxy = Running::start_apart(
         pod,
@@ -714,12 +704,7 @@ async fn a_call_in_flight_keeps_little_of_the_proxys_heap() {
         &ACCOUNT,
     )
     .await;
-    let stream = proxy.connect(service).await;
-    stream.set_nodelay(true).unwrap();
-    let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let sender = grpc_client(&proxy, service).await;
     const CALLS: usize = 80;
     // `CALLS` calls sent and waiting for their answers; then answered.
     let round = |release: &watch::Sender<bool>| {
@@ -756,7 +741,7 @@ async fn a_call_in_flight_keeps_little_of_the_proxys_heap() {
     finish(calls).await;
     let per_call = (during - before) / CALLS as isize;
     eprintln!("heap per call in flight (outbound, mutual TLS, inbound): {per_call} B");
-    // In the test profile 11,876 B for both of the proxy's sides: a queue
+    // In the test profile 11,480-11,876 B for both of the proxy's sides: a queue
     // of calls at 10,000/s (a few hundred in flight) costs about 1-4 MB.
     assert!(per_call <= 16 * 1024, "{per_call} B per call in flight");
     proxy.stop().await;
@@ -776,13 +761,7 @@ async fn a_grpc_call_makes_few_allocations_in_the_proxy() {
         &ACCOUNT,
     )
     .await;
-    let stream = proxy.connect(service).await;
-    // As gRPC clients do: no Nagle's algorithm holding a request back.
-    stream.set_nodelay(true).unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let mut sender = grpc_client(&proxy, service).await;
     let message = Bytes::from_static(b"\0\0\0\0\x05hello");
     let mut call = async || {
         let request = say(message.clone());
