@@ -467,14 +467,10 @@ async fn a_grpc_call_and_an_opaque_stream_cross_the_whole_proxy_over_mutual_tls(
         ]),
     )
     .await;
-    let stream = proxy.connect(grpc_service).await;
+    let mut sender = grpc_client(&proxy, grpc_service).await;
     let stream_opaque = proxy.connect(echo_service).await;
     // A gRPC call: answered by the application, which learned the caller's
     // identity from the inbound side's mutual TLS.
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
     let message = Bytes::from_static(b"\0\0\0\0\x05hello");
     let request = say(message.clone());
     let response = sender.send_request(request).await.unwrap();
